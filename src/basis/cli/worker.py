@@ -1,0 +1,149 @@
+"""``basis worker`` — run a contributor worker.
+
+Registered by cli/main.py as ``app.add_typer(worker.app, name="worker")``. ``basis worker``
+with options and no subcommand runs the worker too (same as ``basis worker run``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(help="Contributor worker: serve models to a Basis gateway and earn rewards.")
+
+DEFAULT_GATEWAY = "ws://127.0.0.1:8000/v1/workers/connect"
+
+
+def _run(
+    gateway: str,
+    key_file: Path,
+    new_key: bool,
+    engine: str,
+    models: list[str],
+    capacity: int,
+    sglang_url: str | None,
+    launch: str | None,
+    sglang_port: int,
+    n_ctx: int | None,
+    threads: int | None,
+    log_level: str,
+) -> None:
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from basis.models import load_bindings
+    from basis.worker import Worker, WorkerRejected, load_key, make_offers, new_key_file
+
+    if new_key:
+        if key_file.exists():
+            raise typer.BadParameter(f"{key_file} exists; not overwriting a key", param_hint="--key-file")
+        _, address = new_key_file(key_file)
+        typer.echo(f"new key written to {key_file} (mode 0600); reward address {address}")
+    try:
+        key = load_key(key_file)
+    except (OSError, ValueError) as exc:
+        raise typer.BadParameter(str(exc), param_hint="--key-file") from exc
+
+    bindings = load_bindings()
+    models = models or ["basis-default"]
+    unknown = [m for m in models if m not in bindings]
+    if unknown:
+        raise typer.BadParameter(f"unknown model(s): {', '.join(unknown)}", param_hint="--model")
+    served = {m: bindings[m] for m in models}
+
+    async def main() -> None:
+        if engine == "llama-cpp":
+            from basis.engines.llama_cpp import LlamaCppEngine
+
+            eng = LlamaCppEngine(served, n_ctx=n_ctx, n_threads=threads)
+            await asyncio.to_thread(eng.warm_up)
+        elif engine == "sglang":
+            from basis.engines.sglang import SGLangEngine, launch_server
+
+            if len(served) != 1:
+                raise typer.BadParameter("the sglang engine serves exactly one --model")
+            binding = next(iter(served.values()))
+            if launch:
+                proc, url = await launch_server(launch, port=sglang_port)
+                eng = SGLangEngine.for_binding(url, binding, process=proc)
+            elif sglang_url:
+                eng = SGLangEngine.for_binding(sglang_url, binding)
+            else:
+                raise typer.BadParameter("--engine sglang needs --sglang-url URL or --launch MODEL_PATH")
+        elif engine == "instant":
+            from basis.engines.instant import InstantEngine
+
+            eng = InstantEngine(served)
+        else:
+            raise typer.BadParameter("engine must be llama-cpp, sglang or instant", param_hint="--engine")
+        offers = await asyncio.to_thread(make_offers, served, models, capacity)
+        worker = Worker(gateway_url=gateway, private_key=key, engine=eng, offers=offers)
+        typer.echo(f"worker {worker.address} -> {gateway} serving {', '.join(models)} (capacity {capacity})")
+        try:
+            await worker.run()
+        except WorkerRejected as exc:
+            typer.echo(str(exc), err=True)
+            raise typer.Exit(2) from exc
+        finally:
+            await eng.aclose()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(main())
+
+
+_GATEWAY = typer.Option(DEFAULT_GATEWAY, "--gateway", help="Gateway WebSocket URL")
+_KEY = typer.Option(Path("worker.key"), "--key-file", help="File holding the worker's 0x-hex private key")
+_NEW = typer.Option(False, "--new-key", help="Generate a new key into --key-file (mode 0600)")
+_ENGINE = typer.Option("llama-cpp", "--engine", help="llama-cpp | sglang | instant (benchmark only)")
+_MODEL = typer.Option(None, "--model", help="Advertised model id (repeatable); default basis-default")
+_CAP = typer.Option(1, "--capacity", min=1, help="Concurrent jobs per model")
+_SURL = typer.Option(None, "--sglang-url", help="URL of a running sglang server")
+_LAUNCH = typer.Option(None, "--launch", help="Model path: start sglang.launch_server as a subprocess")
+_SPORT = typer.Option(30000, "--sglang-port", help="Port for --launch")
+_NCTX = typer.Option(None, "--n-ctx", help="llama.cpp context size (default 4096)")
+_THREADS = typer.Option(None, "--threads", help="llama.cpp threads (default: all cores)")
+_LOG = typer.Option("info", "--log-level")
+
+
+@app.command("run")
+def run(
+    gateway: str = _GATEWAY,
+    key_file: Path = _KEY,
+    new_key: bool = _NEW,
+    engine: str = _ENGINE,
+    model: list[str] | None = _MODEL,
+    capacity: int = _CAP,
+    sglang_url: str | None = _SURL,
+    launch: str | None = _LAUNCH,
+    sglang_port: int = _SPORT,
+    n_ctx: int | None = _NCTX,
+    threads: int | None = _THREADS,
+    log_level: str = _LOG,
+) -> None:
+    """Connect to the gateway and serve jobs until interrupted (reconnects with backoff)."""
+    _run(gateway, key_file, new_key, engine, model or [], capacity, sglang_url, launch, sglang_port, n_ctx,
+         threads, log_level)
+
+
+@app.callback(invoke_without_command=True)
+def default(
+    ctx: typer.Context,
+    gateway: str = _GATEWAY,
+    key_file: Path = _KEY,
+    new_key: bool = _NEW,
+    engine: str = _ENGINE,
+    model: list[str] | None = _MODEL,
+    capacity: int = _CAP,
+    sglang_url: str | None = _SURL,
+    launch: str | None = _LAUNCH,
+    sglang_port: int = _SPORT,
+    n_ctx: int | None = _NCTX,
+    threads: int | None = _THREADS,
+    log_level: str = _LOG,
+) -> None:
+    """Contributor worker. Without a subcommand, runs the worker (same options as `run`)."""
+    if ctx.invoked_subcommand is None:
+        _run(gateway, key_file, new_key, engine, model or [], capacity, sglang_url, launch, sglang_port,
+             n_ctx, threads, log_level)

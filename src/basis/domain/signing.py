@@ -1,0 +1,43 @@
+"""The gateway operator's EIP-191 signature over a receipt hash (DESIGN 1.2).
+
+Signs the raw 32 bytes of the hash (``encode_defunct(primitive=hash_bytes)``). Signing uses
+coincurve directly (about 0.1 ms) so it stays off the request's critical path; anyone recovers
+the signer with eth-account.
+"""
+
+from __future__ import annotations
+
+from coincurve import PrivateKey
+from eth_account import Account
+from eth_account.messages import encode_defunct
+from eth_utils import keccak, to_checksum_address
+
+_PREFIX = b"\x19Ethereum Signed Message:\n32"
+
+
+class ReceiptSigner:
+    def __init__(self, private_key: str | bytes) -> None:
+        raw = bytes.fromhex(private_key.removeprefix("0x")) if isinstance(private_key, str) else private_key
+        if len(raw) != 32:
+            raise ValueError("a signing key is 32 bytes of hex")
+        self._key = PrivateKey(raw)
+        public = self._key.public_key.format(compressed=False)[1:]
+        self.address = to_checksum_address(keccak(public)[-20:])
+
+    def sign_hash(self, receipt_hash: str) -> str:
+        digest = keccak(_PREFIX + hash_bytes(receipt_hash))
+        sig = self._key.sign_recoverable(digest, hasher=None)  # r(32) s(32) recid(1)
+        return "0x" + sig[:64].hex() + format(sig[64] + 27, "02x")
+
+
+def hash_bytes(receipt_hash: str) -> bytes:
+    raw = bytes.fromhex(receipt_hash.removeprefix("0x"))
+    if len(raw) != 32:
+        raise ValueError("a receipt hash is 32 bytes")
+    return raw
+
+
+def recover_signer(receipt_hash: str, signature: str) -> str:
+    """The checksummed address that signed this hash, exactly as an outside verifier computes it."""
+    message = encode_defunct(primitive=hash_bytes(receipt_hash))
+    return Account.recover_message(message, signature=signature)

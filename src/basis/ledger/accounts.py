@@ -1,0 +1,148 @@
+"""Account aggregate: credits by source, reservations, spend. Never overdrawn."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.domain import Aggregate, event
+
+from basis.domain.pricing import require_amount
+from basis.ledger import ids
+from basis.ledger.errors import InsufficientCredit, InvalidTransition
+
+CREDIT_SOURCES = ("grant", "deposit")
+
+
+class Account(Aggregate):
+    """Credit flows in as grants (operator, no tokens behind) or deposits (vault-backed).
+
+    Spend draws on granted credit first (promotional credit is used before paid credit, as
+    cloud providers do), so settlement knows how much of each charge moves vault tokens.
+    """
+
+    TOPIC = "basis:Account"
+
+    class Created(Aggregate.Created):
+        TOPIC = "basis:Account.Created.v1"
+
+    @staticmethod
+    def create_id(name: str) -> UUID:
+        return ids.account_id(name)
+
+    @event("Opened", topic="basis:Account.Opened.v1")
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.granted = 0
+        self.deposited = 0
+        self.withdrawn = 0
+        self.spent_granted = 0
+        self.spent_deposited = 0
+        self.reservations: dict[str, int] = {}
+        self.reserved = 0
+        self.api_keys = 0
+
+    @property
+    def available(self) -> int:
+        return self.total_credit - self.spent - self.withdrawn - self.reserved
+
+    @property
+    def total_credit(self) -> int:
+        return self.granted + self.deposited
+
+    @property
+    def spent(self) -> int:
+        return self.spent_granted + self.spent_deposited
+
+    @event("ApiKeyAdded", topic="basis:Account.ApiKeyAdded.v1")
+    def add_api_key(self, key_hash: str, prefix: str) -> None:
+        self.api_keys += 1
+
+    @event("Credited", topic="basis:Account.Credited.v1")
+    def credit(self, source: str, external_id: str, amount: int, memo: str = "") -> None:
+        require_amount(amount, "amount", positive=True)
+        if source not in CREDIT_SOURCES:
+            raise ValueError(f"credit source must be one of {CREDIT_SOURCES}")
+        if source == "grant":
+            self.granted += amount
+        else:
+            self.deposited += amount
+
+    @event("Reserved", topic="basis:Account.Reserved.v1")
+    def reserve(self, job_id: str, amount: int) -> None:
+        require_amount(amount, "amount")
+        if job_id in self.reservations:
+            raise InvalidTransition(f"job {job_id} already holds a reservation")
+        if amount > self.available:
+            raise InsufficientCredit(
+                f"this request may cost up to {amount} base units; the account has {self.available} available"
+            )
+        self.reservations[job_id] = amount
+        self.reserved += amount
+
+    @event("ReservationSettled", topic="basis:Account.ReservationSettled.v1")
+    def settle_reservation(self, job_id: str, charged: int, from_grant: int, from_deposit: int) -> None:
+        """Release a job's reservation and spend its real charge (0 for a job with no receipt)."""
+        held = self.reservations.get(job_id)
+        if held is None:
+            raise InvalidTransition(f"job {job_id} holds no reservation")
+        if charged > held or from_grant + from_deposit != charged or min(from_grant, from_deposit) < 0:
+            raise InvalidTransition(f"charge {charged} does not fit the reservation {held}")
+        del self.reservations[job_id]
+        self.reserved -= held
+        self.spent_granted += from_grant
+        self.spent_deposited += from_deposit
+
+    def split_spend(self, charged: int) -> tuple[int, int]:
+        """How a charge divides between granted and deposited credit (grant first)."""
+        grant_left = self.granted - self.spent_granted
+        from_grant = min(charged, grant_left)
+        return from_grant, charged - from_grant
+
+    def snapshot_view(self) -> dict[str, Any]:
+        return {
+            "granted": self.granted,
+            "deposited": self.deposited,
+            "withdrawn": self.withdrawn,
+            "spent": self.spent,
+            "reserved": self.reserved,
+            "available": self.available,
+        }
+
+
+class ApiKey(Aggregate):
+    """Index: key hash -> account. Its deterministic id makes a key unique across processes."""
+
+    TOPIC = "basis:ApiKey"
+
+    class Created(Aggregate.Created):
+        TOPIC = "basis:ApiKey.Created.v1"
+
+    @staticmethod
+    def create_id(key_hash: str) -> UUID:
+        return ids.api_key_id(key_hash)
+
+    @event("Issued", topic="basis:ApiKey.Issued.v1")
+    def __init__(self, key_hash: str, account_id: UUID) -> None:
+        self.key_hash = key_hash
+        self.account_id = account_id
+
+
+class CreditRef(Aggregate):
+    """Index: (source, external id) -> credit. Creating it twice conflicts: a credit lands once."""
+
+    TOPIC = "basis:CreditRef"
+
+    class Created(Aggregate.Created):
+        TOPIC = "basis:CreditRef.Created.v1"
+
+    @staticmethod
+    def create_id(source: str, external_id: str) -> UUID:
+        return ids.credit_ref_id(source, external_id)
+
+    @event("Recorded", topic="basis:CreditRef.Recorded.v1")
+    def __init__(self, source: str, external_id: str, account_id: UUID, amount: int) -> None:
+        self.source = source
+        self.external_id = external_id
+        self.account_id = account_id
+        self.amount = amount

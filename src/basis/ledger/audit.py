@@ -1,0 +1,158 @@
+"""The auditor's tool: replay every event into empty views and check everything.
+
+Checks (each failure is named):
+- the live views equal a fresh replay, table by table, byte for byte;
+- every receipt: core well-formed, charge and reward recomputed from the core, hash recomputed
+  with RFC 8785 + SHA-256, signature recovers to the operator's published address;
+- money invariants: charged = reward + fee with fee >= 0; per account credits - spent -
+  withdrawn - reserved = available >= 0, spent = sum of its receipts' charges; per worker
+  accrued reward = sum of its receipts' rewards; account aggregates equal their views.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+from basis.domain.receipt import receipt_hash, recompute_problems
+from basis.domain.signing import recover_signer
+from basis.ledger.projections import Projector, ViewReader
+from basis.ledger.projections.reader import TABLES
+from basis.ledger.store import LedgerStore
+
+
+@dataclass
+class AuditReport:
+    events: int = 0
+    receipts: int = 0
+    accounts: int = 0
+    workers: int = 0
+    open_jobs: int = 0
+    charged_total: int = 0
+    reward_total: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok, "events": self.events, "receipts": self.receipts, "accounts": self.accounts,
+            "workers": self.workers, "open_jobs": self.open_jobs, "charged_total": str(self.charged_total),
+            "reward_total": str(self.reward_total), "fee_total": str(self.charged_total - self.reward_total),
+            "problems": self.problems,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.as_dict(), indent=2)
+
+
+def audit(store: LedgerStore, live_views: str | Path, *, signer: str | None = None,
+          on_progress: Callable[[int, int], None] | None = None) -> AuditReport:
+    report = AuditReport()
+    total = store.recorder.max_notification_id() or 0
+
+    live = Projector(store, live_views)
+    live.catch_up()
+    live.stop()
+
+    with tempfile.TemporaryDirectory(prefix="basis-audit-") as tmp:
+        fresh_path = Path(tmp) / "replay.sqlite3"
+        fresh = Projector(store, fresh_path)
+        done = 0
+        while n := fresh.run_once():
+            done += n
+            if on_progress:
+                on_progress(done, total)
+        report.events = fresh.position
+        fresh.stop()
+
+        replay, current = ViewReader(fresh_path), ViewReader(live_views)
+        try:
+            _compare_views(replay, current, report)
+            _check_receipts(replay, report, signer)
+            _check_money(replay, store, report)
+            counts = replay.counts()
+            report.accounts, report.workers = counts["accounts"], counts["workers"]
+            report.open_jobs = replay.db.execute(
+                "SELECT COUNT(*) FROM jobs WHERE status IN ('accepted', 'assigned')").fetchone()[0]
+        finally:
+            replay.close()
+            current.close()
+    return report
+
+
+def _compare_views(replay: ViewReader, live: ViewReader, report: AuditReport) -> None:
+    if replay.position() != live.position():
+        report.problems.append(f"live views at position {live.position()}, replay at {replay.position()}")
+    for table in TABLES:
+        if replay.digest(table) == live.digest(table):
+            continue
+        a, b = list(replay.dump_rows(table)), list(live.dump_rows(table))
+        detail = f"{len(a)} rows replayed, {len(b)} live"
+        for x, y in zip(a, b, strict=False):
+            if x != y:
+                detail = f"first difference: replay {x.decode()[:300]} / live {y.decode()[:300]}"
+                break
+        report.problems.append(f"view {table!r} differs from its replay ({detail})")
+
+
+def _check_receipts(replay: ViewReader, report: AuditReport, signer: str | None) -> None:
+    for row in replay.iter_receipts():
+        report.receipts += 1
+        job = row["job_id"]
+        core = json.loads(row["core"])
+        for p in recompute_problems(core):
+            report.problems.append(f"receipt {job}: {p}")
+        if receipt_hash(core) != row["hash"]:
+            report.problems.append(f"receipt {job}: hash {row['hash']} != recomputed {receipt_hash(core)}")
+        try:
+            recovered = recover_signer(row["hash"], row["signature"])
+        except Exception as exc:  # malformed signature bytes
+            report.problems.append(f"receipt {job}: signature does not recover ({exc})")
+            continue
+        if recovered != row["signer"]:
+            report.problems.append(f"receipt {job}: signature recovers to {recovered}, not {row['signer']}")
+        if signer is not None and recovered.lower() != signer.lower():
+            report.problems.append(f"receipt {job}: signed by {recovered}, not the operator {signer}")
+        charged, reward = int(core["charged"]), int(core["reward"])
+        if reward > charged:
+            report.problems.append(f"receipt {job}: reward exceeds charge (fee negative)")
+        report.charged_total += charged
+        report.reward_total += reward
+
+
+def _check_money(replay: ViewReader, store: LedgerStore, report: AuditReport) -> None:
+    spent_by_account: dict[str, int] = defaultdict(int)
+    reward_by_worker: dict[str, int] = defaultdict(int)
+    for r in replay.db.execute("SELECT account_id, worker, charged, reward FROM receipts"):
+        spent_by_account[r["account_id"]] += int(r["charged"])
+        if r["worker"]:
+            reward_by_worker[r["worker"]] += int(r["reward"])
+    credits: dict[tuple[str, str], int] = defaultdict(int)
+    for r in replay.db.execute("SELECT account_id, source, amount FROM credits"):
+        credits[(r["account_id"], r["source"])] += int(r["amount"])
+    for acc in replay.accounts():
+        aid = acc["account_id"]
+        if credits[(aid, "grant")] != int(acc["granted"]) or credits[(aid, "deposit")] != int(acc["deposited"]):
+            report.problems.append(f"account {acc['name']}: credits do not add up to its balance")
+        for col in ("available", "reserved", "spent"):
+            if int(acc[col]) < 0:
+                report.problems.append(f"account {acc['name']}: {col} is negative ({acc[col]})")
+        if int(acc["spent"]) != spent_by_account.get(aid, 0):
+            report.problems.append(
+                f"account {acc['name']}: spent {acc['spent']} != sum of its receipts {spent_by_account.get(aid, 0)}")
+        agg = store.repository.get(UUID(aid))
+        view = {k: int(acc[k]) for k in ("granted", "deposited", "withdrawn", "spent", "reserved", "available")}
+        if agg.snapshot_view() != view:
+            report.problems.append(f"account {acc['name']}: aggregate {agg.snapshot_view()} != view {view}")
+    for row in replay.rewards():
+        if int(row["accrued"]) != reward_by_worker.get(row["worker"], 0):
+            report.problems.append(f"worker {row['worker']}: accrued reward != sum of its receipts' rewards")

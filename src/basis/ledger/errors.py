@@ -1,0 +1,49 @@
+"""Domain errors of the ledger: each one is a refusal that recorded nothing."""
+
+
+class LedgerError(Exception):
+    code = "ledger_error"
+
+
+class InsufficientCredit(LedgerError):
+    code = "insufficient_credit"
+
+
+class DuplicateCredit(LedgerError):
+    code = "duplicate_credit"
+
+
+class UnknownAccount(LedgerError):
+    code = "unknown_account"
+
+
+class AccountExists(LedgerError):
+    code = "account_exists"
+
+
+class UnknownJob(LedgerError):
+    code = "unknown_job"
+
+
+class InvalidTransition(LedgerError):
+    code = "invalid_transition"
+
+
+class IdempotencyConflict(LedgerError):
+    """Same Idempotency-Key with another body, or while the first request still runs."""
+
+    code = "idempotency_conflict"
+
+    def __init__(self, message: str, job_id: str | None = None) -> None:
+        super().__init__(message)
+        self.job_id = job_id
+
+
+class IdempotentReplay(LedgerError):
+    """Same Idempotency-Key and same body as a finished job: the caller returns that job."""
+
+    code = "idempotent_replay"
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"replay of job {job_id}")
+        self.job_id = job_id

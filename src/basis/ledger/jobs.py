@@ -1,0 +1,143 @@
+"""Job aggregate: one stream per job.
+
+accepted -> assigned (once per attempt) -> completed | failed | cancelled -> receipt issued -> settled
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.domain import Aggregate, event
+
+from basis.domain.pricing import PriceTerms, require_amount
+from basis.ledger import ids
+from basis.ledger.errors import InvalidTransition
+
+ENDED = ("completed", "failed", "cancelled")
+
+
+class Job(Aggregate):
+    TOPIC = "basis:Job"
+
+    class Created(Aggregate.Created):
+        TOPIC = "basis:Job.Created.v1"
+
+    @event("Accepted", topic="basis:Job.Accepted.v1")
+    def __init__(self, id: UUID, account_id: UUID, model: str, prompt_tokens: int, max_output_tokens: int,
+                 terms: dict[str, int], reserved: int, idempotency_key: str | None = None,
+                 request_hash: str | None = None, stream: bool = False, node: str = "") -> None:
+        require_amount(prompt_tokens, "prompt_tokens")
+        require_amount(max_output_tokens, "max_output_tokens")
+        self.account_id = account_id
+        self.model = model
+        self.prompt_tokens = prompt_tokens
+        self.max_output_tokens = max_output_tokens
+        self.terms = dict(terms)
+        self.reserved = reserved
+        self.idempotency_key = idempotency_key
+        self.request_hash = request_hash
+        self.stream = stream
+        self.node = node
+        self.status = "accepted"
+        self.attempts: list[dict[str, Any]] = []
+        self.outcome: str | None = None
+        self.output_tokens = 0
+        self.output_text: str | None = None
+        self.finish_reason: str | None = None
+        self.receipt: dict[str, Any] | None = None
+        self.settlement: dict[str, Any] | None = None
+
+    @property
+    def price_terms(self) -> PriceTerms:
+        return PriceTerms(**self.terms)
+
+    @property
+    def is_ended(self) -> bool:
+        return self.outcome is not None
+
+    @property
+    def served_by(self) -> str | None:
+        return self.attempts[-1]["served_by"] if self.attempts else None
+
+    @property
+    def worker(self) -> str | None:
+        return self.attempts[-1]["worker"] if self.attempts else None
+
+    @event("Assigned", topic="basis:Job.Assigned.v1")
+    def assign(self, served_by: str, worker: str | None) -> None:
+        if self.is_ended:
+            raise InvalidTransition("an ended job cannot be assigned")
+        if served_by not in ("contributor", "gateway") or (served_by == "gateway") != (worker is None):
+            raise InvalidTransition("a contributor job names its worker; a gateway job names none")
+        self.attempts.append({"served_by": served_by, "worker": worker.lower() if worker else None})
+        self.status = "assigned"
+
+    @event("Ended", topic="basis:Job.Ended.v1")
+    def end(self, outcome: str, output_tokens: int, finish_reason: str | None, reason: str | None,
+            worker_usage: dict[str, int] | None, output_text: str | None) -> None:
+        """completed, failed or cancelled; output tokens are the gateway's own count (DESIGN 1.3).
+
+        ``worker_usage`` is the worker's self-report, kept for audit and never used for money.
+        ``output_text`` is kept so an idempotent repeat returns the same completion.
+        """
+        if self.is_ended:
+            raise InvalidTransition(f"job already {self.outcome}")
+        if outcome not in ENDED:
+            raise InvalidTransition(f"unknown outcome {outcome!r}")
+        require_amount(output_tokens, "output_tokens")
+        if output_tokens > self.max_output_tokens:
+            raise InvalidTransition("more output tokens than the job allowed")
+        if outcome == "completed" and not self.attempts:
+            raise InvalidTransition("a job completes only after it was assigned")
+        self.outcome = outcome
+        self.status = outcome
+        self.output_tokens = output_tokens
+        self.finish_reason = finish_reason
+        self.output_text = output_text
+
+    @property
+    def earns_receipt(self) -> bool:
+        return self.outcome == "completed" or (self.outcome is not None and self.output_tokens > 0)
+
+    @event("ReceiptIssued", topic="basis:Job.ReceiptIssued.v1")
+    def issue_receipt(self, core: dict[str, Any], hash: str, signature: str, signer: str) -> None:
+        if not self.earns_receipt:
+            raise InvalidTransition("this job earns no receipt")
+        if self.receipt is not None:
+            raise InvalidTransition("a job gets exactly one receipt")
+        self.receipt = {"core": core, "hash": hash, "signature": signature, "signer": signer}
+        self.status = "receipted"
+
+    @event("Settled", topic="basis:Job.Settled.v1")
+    def mark_settled(self, batch_id: str, leaf_index: int, tx_hash: str, chain_id: int) -> None:
+        if self.receipt is None or self.settlement is not None:
+            raise InvalidTransition("only an issued, unsettled receipt can be settled")
+        self.settlement = {"batch_id": batch_id, "leaf_index": leaf_index, "tx_hash": tx_hash,
+                           "chain_id": chain_id}
+        self.status = "settled"
+
+
+class IdempotencyRecord(Aggregate):
+    """Index: (account, Idempotency-Key) -> job and the hash of the request body."""
+
+    TOPIC = "basis:IdempotencyRecord"
+
+    class Created(Aggregate.Created):
+        TOPIC = "basis:IdempotencyRecord.Created.v1"
+
+    @staticmethod
+    def create_id(account_id: UUID, key: str) -> UUID:
+        return ids.idempotency_id(account_id, key)
+
+    @event("Recorded", topic="basis:IdempotencyRecord.Recorded.v1")
+    def __init__(self, account_id: UUID, key: str, job_id: UUID, request_hash: str) -> None:
+        self.account_id = account_id
+        self.key = key
+        self.job_id = job_id
+        self.request_hash = request_hash
+
+    @event("Rebound", topic="basis:IdempotencyRecord.Rebound.v1")
+    def rebind(self, job_id: UUID) -> None:
+        """The first job with this key ended charging nothing; the key now names its retry."""
+        self.job_id = job_id

@@ -1,0 +1,252 @@
+"""Tracking projector: polls the notification log (SQLite has no subscriptions) and applies
+each event to the views and the tracking position in ONE transaction, so every event counts
+exactly once and a crash resumes where the last commit left off.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from eventsourcing.persistence import Notification
+
+from basis.domain.receipt import canonical_json
+from basis.ledger.store import LedgerStore
+
+VIEW = "basis"
+PAGE = 5000
+AMOUNT_COLUMNS = {
+    "accounts": ("granted", "deposited", "withdrawn", "reserved", "spent_granted", "spent_deposited"),
+    "rewards": ("accrued", "settled", "claimed"),
+}
+
+
+def connect(path: str | Path) -> sqlite3.Connection:
+    db = sqlite3.connect(str(path), timeout=30, isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.executescript(resources.files("basis.ledger.projections").joinpath("schema.sql").read_text())
+    return db
+
+
+class _Batch:
+    """Rows with running totals (accounts, rewards) are read once per batch and written back once."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+        self.rows: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def row(self, table: str, key: str) -> dict[str, Any] | None:
+        k = (table, key)
+        if k not in self.rows:
+            pk = "account_id" if table == "accounts" else "worker"
+            cur = self.db.execute(f"SELECT * FROM {table} WHERE {pk} = ?", (key,))
+            found = cur.fetchone()
+            if found is None:
+                return None
+            row = dict(zip([c[0] for c in cur.description], found, strict=True))
+            for col in AMOUNT_COLUMNS[table]:
+                row[col] = int(row[col])
+            self.rows[k] = row
+        return self.rows[k]
+
+    def put(self, table: str, key: str, row: dict[str, Any]) -> None:
+        self.rows[(table, key)] = row
+
+    def flush(self) -> None:
+        for (table, _key), row in self.rows.items():
+            out = {k: (str(v) if k in AMOUNT_COLUMNS[table] else v) for k, v in row.items()}
+            cols = ", ".join(out)
+            marks = ", ".join("?" for _ in out)
+            self.db.execute(f"INSERT OR REPLACE INTO {table} ({cols}) VALUES ({marks})", tuple(out.values()))
+        self.rows.clear()
+
+
+class Projector:
+    def __init__(self, store: LedgerStore, path: str | Path) -> None:
+        self.store = store
+        self.path = str(path)
+        self.db = connect(self.path)
+        self._decode = store.mapper.transcoder.decode
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.handlers: dict[str, Callable[[_Batch, Notification, dict[str, Any]], None]] = {
+            "basis:Account.Opened.v1": self._account_opened,
+            "basis:Account.ApiKeyAdded.v1": self._api_key_added,
+            "basis:Account.Credited.v1": self._credited,
+            "basis:Account.Reserved.v1": self._reserved,
+            "basis:Account.ReservationSettled.v1": self._reservation_settled,
+            "basis:Job.Accepted.v1": self._job_accepted,
+            "basis:Job.Assigned.v1": self._job_assigned,
+            "basis:Job.Ended.v1": self._job_ended,
+            "basis:Job.ReceiptIssued.v1": self._receipt_issued,
+            "basis:Job.Settled.v1": self._job_settled,
+            "basis:Worker.Registered.v1": self._worker_registered,
+            "basis:Worker.Advertised.v1": self._worker_advertised,
+        }
+
+    # -- driving ----------------------------------------------------------------------------
+    @property
+    def position(self) -> int:
+        row = self.db.execute("SELECT position FROM tracking WHERE view = ?", (VIEW,)).fetchone()
+        return row[0] if row else 0
+
+    def run_once(self, limit: int = PAGE) -> int:
+        """Apply the next page of events; returns how many were applied."""
+        self.db.execute("BEGIN IMMEDIATE")  # re-read the position under the write lock
+        try:
+            start = self.position
+            notes = self.store.recorder.select_notifications(start, limit, inclusive_of_start=False)
+            if not notes:
+                self.db.execute("ROLLBACK")
+                return 0
+            batch = _Batch(self.db)
+            for n in notes:
+                handler = self.handlers.get(n.topic)
+                if handler is not None:
+                    handler(batch, n, self._decode(n.state))
+            batch.flush()
+            self.db.execute("INSERT OR REPLACE INTO tracking (view, position) VALUES (?, ?)",
+                            (VIEW, notes[-1].id))
+            self.db.execute("COMMIT")
+            return len(notes)
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+
+    def catch_up(self, on_progress: Callable[[int], None] | None = None) -> int:
+        total = 0
+        while n := self.run_once():
+            total += n
+            if on_progress:
+                on_progress(n)
+        return total
+
+    def start(self, wake: threading.Event, interval: float = 0.05) -> None:
+        def loop() -> None:
+            while not self._stop.is_set():
+                wake.wait(interval)
+                wake.clear()
+                try:
+                    self.catch_up()
+                except Exception:  # keep serving; the next poll retries from the tracked position
+                    import logging
+
+                    logging.getLogger(__name__).exception("projection failed; will retry")
+                    self._stop.wait(1.0)
+
+        self._thread = threading.Thread(target=loop, name="basis-projector", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=10)
+        self.db.close()
+
+    # -- handlers -----------------------------------------------------------------------------
+    @staticmethod
+    def _ts(d: dict[str, Any]) -> str:
+        return d["timestamp"].isoformat()
+
+    def _account_opened(self, b: _Batch, n: Notification, d: dict[str, Any]) -> None:
+        b.put("accounts", str(n.originator_id), {
+            "account_id": str(n.originator_id), "name": d["name"], "opened_at": self._ts(d),
+            "granted": 0, "deposited": 0, "withdrawn": 0, "reserved": 0, "spent_granted": 0,
+            "spent_deposited": 0, "api_keys": 0, "jobs": 0, "receipts": 0, "updated_at": self._ts(d),
+        })
+
+    def _account(self, b: _Batch, n: Notification, d: dict[str, Any]) -> dict[str, Any]:
+        row = b.row("accounts", str(n.originator_id))
+        assert row is not None, f"event for unknown account {n.originator_id}"
+        row["updated_at"] = self._ts(d)
+        return row
+
+    def _api_key_added(self, b: _Batch, n: Notification, d: dict[str, Any]) -> None:
+        self._account(b, n, d)["api_keys"] += 1
+
+    def _credited(self, b: _Batch, n: Notification, d: dict[str, Any]) -> None:
+        row = self._account(b, n, d)
+        row["granted" if d["source"] == "grant" else "deposited"] += d["amount"]
+        self.db.execute("INSERT INTO credits VALUES (?, ?, ?, ?, ?, ?)",
+                        (d["source"], d["external_id"], str(n.originator_id), str(d["amount"]),
+                         d.get("memo", ""), self._ts(d)))
+
+    def _reserved(self, b: _Batch, n: Notification, d: dict[str, Any]) -> None:
+        row = self._account(b, n, d)
+        row["reserved"] += d["amount"]
+        row["jobs"] += 1
+
+    def _reservation_settled(self, b: _Batch, n: Notification, d: dict[str, Any]) -> None:
+        row = self._account(b, n, d)
+        held = self.db.execute("SELECT reserved FROM jobs WHERE job_id = ?", (d["job_id"],)).fetchone()
+        row["reserved"] -= int(held[0])
+        row["spent_granted"] += d["from_grant"]
+        row["spent_deposited"] += d["from_deposit"]
+
+    def _job_accepted(self, b: _Batch, n: Notification, d: dict[str, Any]) -> None:
+        self.db.execute(
+            "INSERT INTO jobs VALUES (?, ?, ?, ?, 'accepted', NULL, NULL, 0, ?, 0, ?, NULL, NULL, NULL, NULL, ?, NULL)",
+            (str(n.originator_id), str(d["account_id"]), d.get("node", ""), d["model"], d["prompt_tokens"],
+             str(d["reserved"]), self._ts(d)))
+
+    def _job_assigned(self, b: _Batch, n: Notification, d: dict[str, Any]) -> None:
+        self.db.execute(
+            "UPDATE jobs SET status = 'assigned', served_by = ?, worker = ?, attempts = attempts + 1 WHERE job_id = ?",
+            (d["served_by"], d["worker"].lower() if d["worker"] else None, str(n.originator_id)))
+
+    def _job_ended(self, b: _Batch, n: Notification, d: dict[str, Any]) -> None:
+        usage = json.dumps(d["worker_usage"], sort_keys=True) if d.get("worker_usage") is not None else None
+        self.db.execute(
+            "UPDATE jobs SET status = ?, outcome = ?, output_tokens = ?, finish_reason = ?, reason = ?,"
+            " worker_usage = ?, ended_at = ? WHERE job_id = ?",
+            (d["outcome"], d["outcome"], d["output_tokens"], d.get("finish_reason"), d.get("reason"), usage,
+             self._ts(d), str(n.originator_id)))
+
+    def _receipt_issued(self, b: _Batch, n: Notification, d: dict[str, Any]) -> None:
+        core = d["core"]
+        job_id = str(n.originator_id)
+        account_id = self.db.execute("SELECT account_id FROM jobs WHERE job_id = ?", (job_id,)).fetchone()[0]
+        self.db.execute(
+            "INSERT INTO receipts VALUES (?, ?, ?, ?, ?, ?, 'issued', NULL, ?, ?, ?, ?, ?, ?, ?, ?, NULL)",
+            (job_id, n.id, d["hash"], canonical_json(core).decode(), d["signature"], d["signer"], account_id,
+             core["model"], core["served_by"], core["worker"], core["outcome"], core["charged"], core["reward"],
+             self._ts(d)))
+        self.db.execute("UPDATE jobs SET status = 'receipted' WHERE job_id = ?", (job_id,))
+        acc = b.row("accounts", account_id)
+        assert acc is not None
+        acc["receipts"] += 1
+        if core["worker"]:
+            row = b.row("rewards", core["worker"])
+            if row is None:
+                row = {"worker": core["worker"], "accrued": 0, "settled": 0, "claimed": 0, "jobs": 0,
+                       "output_tokens": 0}
+                b.put("rewards", core["worker"], row)
+            row["accrued"] += int(core["reward"])
+            row["jobs"] += 1
+            row["output_tokens"] += core["output_tokens"]
+
+    def _job_settled(self, b: _Batch, n: Notification, d: dict[str, Any]) -> None:
+        settlement = {k: d[k] for k in ("batch_id", "leaf_index", "tx_hash", "chain_id")}
+        job_id = str(n.originator_id)
+        self.db.execute("UPDATE receipts SET status = 'settled', settlement = ?, settled_at = ? WHERE job_id = ?",
+                        (json.dumps(settlement, sort_keys=True), self._ts(d), job_id))
+        self.db.execute("UPDATE jobs SET status = 'settled' WHERE job_id = ?", (job_id,))
+        found = self.db.execute("SELECT worker, reward FROM receipts WHERE job_id = ?", (job_id,)).fetchone()
+        if found and found[0]:
+            row = b.row("rewards", found[0])
+            assert row is not None
+            row["settled"] += int(found[1])
+
+    def _worker_registered(self, b: _Batch, n: Notification, d: dict[str, Any]) -> None:
+        self.db.execute("INSERT INTO workers VALUES (?, ?, '[]', '', ?, ?)",
+                        (d["address"], str(n.originator_id), self._ts(d), self._ts(d)))
+
+    def _worker_advertised(self, b: _Batch, n: Notification, d: dict[str, Any]) -> None:
+        self.db.execute("UPDATE workers SET models = ?, software = ?, updated_at = ? WHERE worker_id = ?",
+                        (json.dumps(sorted(d["models"])), d.get("software", ""), self._ts(d), str(n.originator_id)))

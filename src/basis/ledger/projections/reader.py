@@ -1,0 +1,141 @@
+"""Read-only queries over the views, for the API, the explorer, the CLI and the auditor."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from basis.ledger.projections.projector import connect
+
+TABLES = {  # table -> primary-key order used for canonical dumps
+    "accounts": "account_id",
+    "credits": "source, external_id",
+    "jobs": "job_id",
+    "receipts": "job_id",
+    "rewards": "worker",
+    "workers": "address",
+}
+
+
+class ViewReader:
+    def __init__(self, path: str | Path) -> None:
+        self.db = connect(path)
+        self.db.row_factory = sqlite3.Row
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- receipts ---------------------------------------------------------------------------
+    @staticmethod
+    def receipt_json(row: sqlite3.Row) -> dict[str, Any]:
+        return {
+            "core": json.loads(row["core"]),
+            "hash": row["hash"],
+            "signature": row["signature"],
+            "signer": row["signer"],
+            "status": row["status"],
+            "settlement": json.loads(row["settlement"]) if row["settlement"] else None,
+            "issued_at": row["issued_at"],
+            "settled_at": row["settled_at"],
+        }
+
+    def receipt(self, job_id_or_hash: str) -> dict[str, Any] | None:
+        key = job_id_or_hash.lower()
+        col = "hash" if key.startswith("0x") else "job_id"
+        row = self.db.execute(f"SELECT * FROM receipts WHERE {col} = ?", (key,)).fetchone()
+        return self.receipt_json(row) if row else None
+
+    def receipts(self, *, limit: int = 50, before: int | None = None, worker: str | None = None,
+                 status: str | None = None, account_id: str | None = None) -> list[dict[str, Any]]:
+        """Newest first; ``before`` is the ``seq`` cursor of the last item of the previous page."""
+        where, args = [], []
+        if before is not None:
+            where.append("seq < ?")
+            args.append(before)
+        if worker:
+            where.append("worker = ?")
+            args.append(worker.lower())
+        if status:
+            where.append("status = ?")
+            args.append(status)
+        if account_id:
+            where.append("account_id = ?")
+            args.append(account_id)
+        sql = "SELECT * FROM receipts" + (" WHERE " + " AND ".join(where) if where else "")
+        rows = self.db.execute(sql + " ORDER BY seq DESC LIMIT ?", (*args, limit)).fetchall()
+        return [{**self.receipt_json(r), "seq": r["seq"]} for r in rows]
+
+    def iter_receipts(self) -> Iterator[sqlite3.Row]:
+        yield from self.db.execute("SELECT * FROM receipts ORDER BY seq")
+
+    def unsettled_receipts(self) -> list[sqlite3.Row]:
+        return self.db.execute("SELECT * FROM receipts WHERE status = 'issued' ORDER BY seq").fetchall()
+
+    # -- accounts, workers, jobs -------------------------------------------------------------
+    def account(self, account_id: str) -> dict[str, Any] | None:
+        row = self.db.execute("SELECT * FROM accounts WHERE account_id = ?", (account_id,)).fetchone()
+        return balance_json(row) if row else None
+
+    def accounts(self) -> list[dict[str, Any]]:
+        return [balance_json(r) for r in self.db.execute("SELECT * FROM accounts ORDER BY name")]
+
+    def rewards(self) -> list[dict[str, Any]]:
+        return [dict(r) for r in self.db.execute("SELECT * FROM rewards ORDER BY worker")]
+
+    def workers(self) -> list[dict[str, Any]]:
+        out = []
+        for r in self.db.execute(
+            "SELECT w.*, COALESCE(rw.accrued, '0') AS accrued, COALESCE(rw.settled, '0') AS settled,"
+            " COALESCE(rw.claimed, '0') AS claimed, COALESCE(rw.jobs, 0) AS jobs,"
+            " COALESCE(rw.output_tokens, 0) AS output_tokens"
+            " FROM workers w LEFT JOIN rewards rw ON rw.worker = w.address ORDER BY w.address"
+        ):
+            d = dict(r)
+            d["models"] = json.loads(d["models"])
+            out.append(d)
+        return out
+
+    def job(self, job_id: str) -> dict[str, Any] | None:
+        row = self.db.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        return dict(row) if row else None
+
+    def open_jobs(self, node: str) -> list[str]:
+        """Jobs this node accepted that never ended (a crash interrupted them)."""
+        rows = self.db.execute(
+            "SELECT job_id FROM jobs WHERE node = ? AND status IN ('accepted', 'assigned')", (node,))
+        return [r[0] for r in rows]
+
+    def counts(self) -> dict[str, int]:
+        return {t: self.db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in TABLES}
+
+    def position(self) -> int:
+        row = self.db.execute("SELECT position FROM tracking WHERE view = 'basis'").fetchone()
+        return row[0] if row else 0
+
+    # -- audit ------------------------------------------------------------------------------
+    def dump_rows(self, table: str) -> Iterator[bytes]:
+        """Each row as canonical bytes, in primary-key order: the unit of byte-for-byte comparison."""
+        cur = self.db.execute(f"SELECT * FROM {table} ORDER BY {TABLES[table]}")
+        cols = [c[0] for c in cur.description]
+        for row in cur:
+            yield json.dumps(dict(zip(cols, tuple(row), strict=True)), sort_keys=True,
+                             separators=(",", ":")).encode()
+
+    def digest(self, table: str) -> str:
+        h = hashlib.sha256()
+        for line in self.dump_rows(table):
+            h.update(line + b"\n")
+        return h.hexdigest()
+
+
+def balance_json(row: sqlite3.Row) -> dict[str, Any]:
+    d = dict(row)
+    credit = int(d["granted"]) + int(d["deposited"])
+    spent = int(d["spent_granted"]) + int(d["spent_deposited"])
+    d["spent"] = str(spent)
+    d["available"] = str(credit - spent - int(d["withdrawn"]) - int(d["reserved"]))
+    return d

@@ -1,0 +1,241 @@
+"""The ledger's public face: commands that gateways, the CLI and settlement call.
+
+Commands run on the group-commit writer thread; callers wait on a future (``run``) or await
+it (``arun``) so the event loop never blocks on the database or on receipt signing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import threading
+import uuid
+from collections.abc import Callable
+from typing import Any, TypeVar
+from uuid import UUID
+
+from eventsourcing.application import AggregateNotFoundError
+
+from basis.config import Settings
+from basis.domain.pricing import PriceTerms, PricingTable, require_amount, worst_case_charge
+from basis.domain.receipt import build_core, receipt_hash
+from basis.domain.signing import ReceiptSigner
+from basis.ledger import ids
+from basis.ledger.accounts import Account, ApiKey, CreditRef
+from basis.ledger.committer import GroupCommitter, UnitOfWork
+from basis.ledger.errors import (
+    DuplicateCredit,
+    IdempotencyConflict,
+    IdempotentReplay,
+    InvalidTransition,
+    UnknownAccount,
+    UnknownJob,
+)
+from basis.ledger.jobs import IdempotencyRecord, Job
+from basis.ledger.store import LedgerStore
+from basis.ledger.workers import Worker
+
+T = TypeVar("T")
+API_KEY_PREFIX = "sk-basis-"
+
+
+class Ledger:
+    def __init__(self, settings: Settings | None = None, *, env: dict[str, str] | None = None,
+                 signer_key: str | None = None, pricing: PricingTable | None = None) -> None:
+        self.settings = settings or Settings()
+        self.store = LedgerStore(env or self.settings.event_store_env())
+        self.pricing = pricing or PricingTable.load(self.settings.pricing_table)
+        self.signer = ReceiptSigner(signer_key or self.settings.operator_key())
+        self.committed = threading.Event()  # set after each commit: wakes projection pollers
+        self.writer = GroupCommitter(self.store, on_commit=self.committed.set)
+        self._key_cache: dict[str, UUID] = {}
+
+    def close(self) -> None:
+        self.writer.close()
+        self.store.close()
+
+    # -- plumbing ---------------------------------------------------------------------------
+    def run(self, fn: Callable[[UnitOfWork], T]) -> T:
+        return self.writer.submit(fn).result()
+
+    async def arun(self, fn: Callable[[UnitOfWork], T]) -> T:
+        return await asyncio.wrap_future(self.writer.submit(fn))
+
+    def get(self, aggregate_id: UUID) -> Any:
+        """Read the latest state of one aggregate straight from the store (any thread)."""
+        return self.store.repository.get(aggregate_id)
+
+    # -- accounts ---------------------------------------------------------------------------
+    def open_account(self, name: str) -> UUID:
+        """Open the account if it does not exist yet; its id derives from its name."""
+        if not name or len(name) > 200:
+            raise ValueError("an account name is 1 to 200 characters")
+
+        def cmd(uow: UnitOfWork) -> UUID:
+            acc = uow.find(Account, ids.account_id(name))
+            if acc is None:
+                acc = uow.add(Account(name=name))
+            return acc.id
+
+        return self.run(cmd)
+
+    def create_api_key(self, account_name: str) -> tuple[UUID, str]:
+        """A new key, shown once; only its hash is stored."""
+        account_id = self.open_account(account_name)
+        key = API_KEY_PREFIX + secrets.token_urlsafe(32)
+        key_hash = ids.hash_api_key(key)
+
+        def cmd(uow: UnitOfWork) -> None:
+            acc = uow.find(Account, account_id)
+            assert acc is not None
+            acc.add_api_key(key_hash=key_hash, prefix=key[: len(API_KEY_PREFIX) + 4])
+            uow.add(ApiKey(key_hash=key_hash, account_id=account_id))
+
+        self.run(cmd)
+        return account_id, key
+
+    def authenticate(self, api_key: str) -> UUID | None:
+        if not api_key.startswith(API_KEY_PREFIX) or len(api_key) > 200:
+            return None
+        key_hash = ids.hash_api_key(api_key)
+        cached = self._key_cache.get(key_hash)
+        if cached is not None:
+            return cached
+        try:
+            record: ApiKey = self.get(ids.api_key_id(key_hash))
+        except AggregateNotFoundError:
+            return None
+        self._key_cache[key_hash] = record.account_id
+        return record.account_id
+
+    def credit(self, account_id: UUID, source: str, external_id: str, amount: int, memo: str = "") -> None:
+        """Credit an account exactly once per (source, external id)."""
+        require_amount(amount, "amount", positive=True)
+        if not external_id:
+            raise ValueError("a credit needs an external id")
+
+        def cmd(uow: UnitOfWork) -> None:
+            acc = uow.find(Account, account_id)
+            if acc is None:
+                raise UnknownAccount(f"no account {account_id}")
+            if uow.find(CreditRef, ids.credit_ref_id(source, external_id)) is not None:
+                raise DuplicateCredit(f"{source} credit {external_id!r} was already recorded")
+            acc.credit(source=source, external_id=external_id, amount=amount, memo=memo)
+            uow.add(CreditRef(source=source, external_id=external_id, account_id=account_id, amount=amount))
+
+        self.run(cmd)
+
+    def grant(self, account_name: str, amount: int, grant_id: str | None = None, memo: str = "") -> str:
+        """An operator grant (development, promotions): credit with no tokens behind it."""
+        require_amount(amount, "amount", positive=True)
+        account_id = self.open_account(account_name)
+        grant_id = grant_id or str(uuid.uuid4())
+        self.credit(account_id, "grant", grant_id, amount, memo)
+        return grant_id
+
+    # -- jobs -------------------------------------------------------------------------------
+    def accept_job(self, *, job_id: UUID, account_id: UUID, model: str, prompt_tokens: int,
+                   max_output_tokens: int, terms: PriceTerms | None = None,
+                   idempotency_key: str | None = None, request_hash: str | None = None,
+                   stream: bool = False) -> Callable[[UnitOfWork], int]:
+        """A command that opens the job and reserves its worst-case charge. Returns the reservation."""
+        terms = terms or self.pricing.terms_for(model)
+        reserved = worst_case_charge(prompt_tokens, max_output_tokens, terms)
+
+        def cmd(uow: UnitOfWork) -> int:
+            acc = uow.find(Account, account_id)
+            if acc is None:
+                raise UnknownAccount(f"no account {account_id}")
+            record = None
+            if idempotency_key is not None:
+                record = uow.find(IdempotencyRecord, ids.idempotency_id(account_id, idempotency_key))
+                if record is not None:
+                    prior: Job | None = uow.find(Job, record.job_id)
+                    if record.request_hash != request_hash:
+                        raise IdempotencyConflict(
+                            "this Idempotency-Key was used with a different request body", str(record.job_id))
+                    if prior is not None and not prior.is_ended:
+                        raise IdempotencyConflict("a request with this Idempotency-Key is still running",
+                                                  str(record.job_id))
+                    if prior is not None and prior.receipt is not None:
+                        raise IdempotentReplay(str(prior.id))
+                    # The first attempt ended charging nothing: this request may try again.
+            acc.reserve(job_id=str(job_id), amount=reserved)
+            uow.add(Job(id=job_id, account_id=account_id, model=model, prompt_tokens=prompt_tokens,
+                        max_output_tokens=max_output_tokens, terms=terms.as_dict(), reserved=reserved,
+                        idempotency_key=idempotency_key, request_hash=request_hash, stream=stream,
+                        node=self.settings.node_id))
+            if idempotency_key is not None:
+                if record is None:
+                    uow.add(IdempotencyRecord(account_id=account_id, key=idempotency_key, job_id=job_id,
+                                              request_hash=request_hash or ""))
+                else:
+                    record.rebind(job_id=job_id)
+            return reserved
+
+        return cmd
+
+    def assign_job(self, job_id: UUID, served_by: str, worker: str | None) -> Callable[[UnitOfWork], None]:
+        def cmd(uow: UnitOfWork) -> None:
+            self._job(uow, job_id).assign(served_by=served_by, worker=worker)
+
+        return cmd
+
+    def finish_job(self, job_id: UUID, *, outcome: str, output_tokens: int, finish_reason: str | None = None,
+                   reason: str | None = None, worker_usage: dict[str, int] | None = None,
+                   output_text: str | None = None) -> Callable[[UnitOfWork], dict[str, Any] | None]:
+        """End the job, issue and sign its receipt when it earns one, and settle its reservation."""
+
+        def cmd(uow: UnitOfWork) -> dict[str, Any] | None:
+            job = self._job(uow, job_id)
+            acc = uow.find(Account, job.account_id)
+            assert acc is not None
+            job.end(outcome=outcome, output_tokens=output_tokens, finish_reason=finish_reason, reason=reason,
+                    worker_usage=worker_usage, output_text=output_text)
+            charged = 0
+            if job.earns_receipt:
+                core = build_core(job_id=job.id, model=job.model, served_by=job.served_by or "gateway",
+                                  worker=job.worker, outcome=outcome, prompt_tokens=job.prompt_tokens,
+                                  output_tokens=output_tokens, terms=job.price_terms)
+                digest = receipt_hash(core)
+                job.issue_receipt(core=core, hash=digest, signature=self.signer.sign_hash(digest),
+                                  signer=self.signer.address)
+                charged = int(core["charged"])
+            from_grant, from_deposit = acc.split_spend(charged)
+            acc.settle_reservation(job_id=str(job.id), charged=charged, from_grant=from_grant,
+                                   from_deposit=from_deposit)
+            uow.release(job)
+            return job.receipt
+
+        return cmd
+
+    def _job(self, uow: UnitOfWork, job_id: UUID) -> Job:
+        job = uow.find(Job, job_id)
+        if job is None:
+            raise UnknownJob(f"no job {job_id}")
+        return job
+
+    # -- workers ----------------------------------------------------------------------------
+    def register_worker(self, address: str, models: list[str], software: str = "") -> Callable[[UnitOfWork], None]:
+        def cmd(uow: UnitOfWork) -> None:
+            worker = uow.find(Worker, ids.worker_id(address))
+            if worker is None:
+                worker = uow.add(Worker(address=address))
+            if sorted(models) != worker.models:
+                worker.advertise(models=models, software=software)
+
+        return cmd
+
+    # -- recovery ---------------------------------------------------------------------------
+    def end_interrupted(self, job_ids: list[UUID]) -> int:
+        """After a crash: jobs this node accepted but never ended are failed, charging nothing
+        (their accepted tokens were never committed), and their reservations are released."""
+        done = 0
+        for job_id in job_ids:
+            try:
+                self.run(self.finish_job(job_id, outcome="failed", output_tokens=0,
+                                         reason="gateway restarted before the job ended"))
+                done += 1
+            except InvalidTransition:
+                pass
+        return done

@@ -1,0 +1,33 @@
+"""The event store: an eventsourcing Application over SQLite (default) or PostgreSQL."""
+
+from __future__ import annotations
+
+import time
+
+from eventsourcing.application import Application
+from eventsourcing.persistence import InternalError, OperationalError
+
+# Import every aggregate so their explicit topics are registered before any event is read.
+from basis.ledger.accounts import Account, ApiKey, CreditRef
+from basis.ledger.jobs import IdempotencyRecord, Job
+from basis.ledger.workers import Worker
+
+AGGREGATES = (Account, ApiKey, CreditRef, Job, IdempotencyRecord, Worker)
+
+
+class LedgerStore(Application):
+    name = "basis"
+
+    def __init__(self, env: dict[str, str]) -> None:
+        if "PERSISTENCE_MODULE" not in env:
+            raise ValueError("refusing an in-memory event store: set PERSISTENCE_MODULE")
+        for attempt in range(5):
+            try:
+                super().__init__(env=env)
+                return
+            except (InternalError, OperationalError):
+                # Several processes creating the tables at once race in PostgreSQL's catalog
+                # ("tuple concurrently updated"); the tables exist once one of them wins.
+                if attempt == 4:
+                    raise
+                time.sleep(0.2 * (attempt + 1))

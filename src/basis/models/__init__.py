@@ -1,0 +1,29 @@
+"""Model bindings shared by gateway and worker (DESIGN 1.3).
+
+Importing this package does not import llama_cpp; a binding loads its GGUF vocabulary on first use.
+"""
+
+from basis.models.binding import (
+    ChatTemplateError,
+    ModelBinding,
+    compute_binding_hash,
+    normalize_messages,
+)
+from basis.models.gguf import default_gguf_path, load_vocab
+from basis.models.registry import DEV_CATALOG, binding_from_entry, load_bindings
+from basis.models.utf8 import IncrementalText, TextMismatch, UTF8Matcher
+
+__all__ = [
+    "DEV_CATALOG",
+    "ChatTemplateError",
+    "IncrementalText",
+    "ModelBinding",
+    "TextMismatch",
+    "UTF8Matcher",
+    "binding_from_entry",
+    "compute_binding_hash",
+    "default_gguf_path",
+    "load_bindings",
+    "load_vocab",
+    "normalize_messages",
+]

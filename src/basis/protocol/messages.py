@@ -1,0 +1,154 @@
+"""Worker <-> gateway WebSocket protocol, version 1 (docs/worker-protocol.md).
+
+Every frame is one JSON object in a WebSocket *text* frame with a ``type`` discriminator.
+This module is shared by the gateway and the contributor worker and imports neither.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+PROTOCOL_VERSION = 1
+SUPPORTED_VERSIONS = frozenset({1})
+DEFAULT_HEARTBEAT_INTERVAL = 10.0  # seconds; a peer silent for 3 intervals is gone
+
+
+class _Msg(BaseModel):
+    # Unknown fields are ignored so that a v1 peer can read frames from a newer minor revision.
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+# ---- gateway -> worker ------------------------------------------------------------------
+
+
+class Challenge(_Msg):
+    type: Literal["challenge"] = "challenge"
+    gateway_address: str
+    chain_id: int
+    nonce: str
+    expires_at: int  # unix seconds
+    protocol_version: int = PROTOCOL_VERSION
+    heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL
+
+
+class Welcome(_Msg):
+    type: Literal["welcome"] = "welcome"
+    worker_address: str
+    protocol_version: int = PROTOCOL_VERSION
+    heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL
+    models: list[str] = Field(default_factory=list)
+
+
+class Reject(_Msg):
+    type: Literal["reject"] = "reject"
+    code: str  # bad_signature | expired | wrong_gateway | unsupported_version | binding_mismatch | ...
+    message: str = ""
+
+
+class HeartbeatAck(_Msg):
+    type: Literal["heartbeat_ack"] = "heartbeat_ack"
+    active_jobs: int = 0
+
+
+class Job(_Msg):
+    type: Literal["job"] = "job"
+    job_id: str
+    model: str
+    prompt_ids: list[int]
+    max_tokens: int = Field(ge=1)
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: list[str] | None = None  # hint only: the gateway applies stop sequences itself
+    stop_ids: list[int] | None = None
+
+
+class Cancel(_Msg):
+    type: Literal["cancel"] = "cancel"
+    job_id: str
+
+
+# ---- worker -> gateway ------------------------------------------------------------------
+
+
+class ModelOffer(_Msg):
+    model: str
+    binding_hash: str
+    capacity: int = Field(ge=1)
+
+
+class Hello(_Msg):
+    type: Literal["hello"] = "hello"
+    protocol_version: int
+    worker_address: str
+    signature: str
+    models: list[ModelOffer]
+    software: str = ""
+
+
+class Heartbeat(_Msg):
+    type: Literal["heartbeat"] = "heartbeat"
+    active_jobs: int = 0
+
+
+class Tokens(_Msg):
+    type: Literal["tokens"] = "tokens"
+    job_id: str
+    ids: list[int]
+    text: str = ""
+
+
+class Usage(_Msg):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class Done(_Msg):
+    type: Literal["done"] = "done"
+    job_id: str
+    finish_reason: Literal["stop", "length"]
+    usage: Usage = Field(default_factory=Usage)  # self-report, recorded for audit, never trusted
+    # Final flush of the worker's UTF-8 decoder: "" normally, U+FFFD when the last ids ended
+    # inside an incomplete multi-byte character.
+    text: str = ""
+
+
+class Error(_Msg):
+    type: Literal["error"] = "error"
+    job_id: str
+    message: str = ""
+
+
+GatewayMessage = Annotated[
+    Challenge | Welcome | Reject | HeartbeatAck | Job | Cancel, Field(discriminator="type")
+]
+WorkerMessage = Annotated[Hello | Heartbeat | Tokens | Done | Error, Field(discriminator="type")]
+AnyMessage = Annotated[
+    Challenge | Welcome | Reject | HeartbeatAck | Job | Cancel | Hello | Heartbeat | Tokens | Done | Error,
+    Field(discriminator="type"),
+]
+
+_gateway_adapter: TypeAdapter = TypeAdapter(GatewayMessage)
+_worker_adapter: TypeAdapter = TypeAdapter(WorkerMessage)
+_any_adapter: TypeAdapter = TypeAdapter(AnyMessage)
+
+
+def parse_gateway_message(raw: str | bytes):
+    """Parse a frame sent by the gateway (raises pydantic.ValidationError on bad input)."""
+    return _gateway_adapter.validate_json(raw)
+
+
+def parse_worker_message(raw: str | bytes):
+    """Parse a frame sent by a worker (raises pydantic.ValidationError on bad input)."""
+    return _worker_adapter.validate_json(raw)
+
+
+def parse_message(raw: str | bytes):
+    return _any_adapter.validate_json(raw)
+
+
+def dump(msg: BaseModel) -> str:
+    """Serialise a message to the JSON text of one frame."""
+    return msg.model_dump_json()

@@ -1,0 +1,268 @@
+"""Contributor worker: connects out to the gateway, authenticates, serves jobs with an engine.
+
+Never imports basis.ledger or basis.gateway (DESIGN §2): it shares only basis.protocol,
+basis.models and basis.engines with the gateway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Iterable
+
+from eth_account import Account
+from pydantic import ValidationError
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+
+from basis.engines.base import Engine, EngineError, GenerateRequest
+from basis.protocol import (
+    PROTOCOL_VERSION,
+    Cancel,
+    Challenge,
+    Done,
+    Error,
+    Heartbeat,
+    HeartbeatAck,
+    Hello,
+    Job,
+    ModelOffer,
+    Reject,
+    Tokens,
+    Usage,
+    Welcome,
+    challenge_text,
+    dump,
+    parse_gateway_message,
+    sign_challenge,
+)
+
+log = logging.getLogger("basis.worker")
+
+SOFTWARE = "basis-worker/0.1.0"
+# Rejections that a reconnect cannot fix.
+FATAL_REJECTIONS = frozenset({"binding_mismatch", "unknown_model", "unsupported_version", "no_models"})
+
+
+class GatewayLost(Exception):
+    pass
+
+
+_RETRYABLE = (OSError, InvalidHandshake, InvalidURI, ConnectionClosed, GatewayLost, TimeoutError)
+
+
+class WorkerRejected(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"gateway rejected the worker: {code}: {message}")
+        self.code = code
+        self.message = message
+
+
+
+
+def make_offers(bindings, models: Iterable[str], capacity: int) -> list[ModelOffer]:
+    """One ModelOffer per model, with the binding hash computed from the local tokenizer."""
+    return [
+        ModelOffer(model=m, binding_hash=bindings[m].binding_hash, capacity=int(capacity)) for m in models
+    ]
+
+
+class Worker:
+    def __init__(
+        self,
+        *,
+        gateway_url: str,
+        private_key: str,
+        engine: Engine,
+        offers: list[ModelOffer],
+        software: str = SOFTWARE,
+        backoff_initial: float = 0.5,
+        backoff_max: float = 30.0,
+        open_timeout: float = 10.0,
+    ) -> None:
+        self.gateway_url = gateway_url
+        self._key = private_key
+        self.address = Account.from_key(private_key).address
+        self.engine = engine
+        self.offers = list(offers)
+        self.software = software
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self.open_timeout = open_timeout
+        self._sems = {o.model: asyncio.Semaphore(o.capacity) for o in self.offers}
+        self._jobs: dict[str, asyncio.Task] = {}
+        self._stop = asyncio.Event()
+        self.connected = asyncio.Event()
+        self.welcome: Welcome | None = None
+        self.sessions = 0
+        self.jobs_done = 0
+
+    @property
+    def active_jobs(self) -> int:
+        return len(self._jobs)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> None:
+        """Connect, serve, and reconnect with exponential backoff (with jitter) until stop()."""
+        delay = self.backoff_initial
+        while not self._stop.is_set():
+            served = False
+            try:
+                served = await self.run_once()
+            except WorkerRejected as exc:
+                if exc.code in FATAL_REJECTIONS:
+                    raise
+                log.warning("%s", exc)
+            except _RETRYABLE as exc:
+                log.warning("gateway connection failed: %s", exc)
+            if self._stop.is_set():
+                break
+            if served:
+                delay = self.backoff_initial
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), timeout=delay * (0.5 + random.random()))
+            delay = min(self.backoff_max, delay * 2)
+
+    async def run_once(self) -> bool:
+        """One connection: authenticate and serve until it ends. True if it got welcomed."""
+        async with connect(
+            self.gateway_url, open_timeout=self.open_timeout, max_size=2**24, proxy=None
+        ) as ws:
+            send_lock = asyncio.Lock()
+
+            async def send(msg) -> None:
+                async with send_lock:
+                    await ws.send(dump(msg))
+
+            first = parse_gateway_message(await asyncio.wait_for(ws.recv(), timeout=self.open_timeout))
+            if not isinstance(first, Challenge):
+                raise GatewayLost(f"expected a challenge, got {first.type}")
+            version = min(PROTOCOL_VERSION, first.protocol_version)
+            text = challenge_text(
+                gateway_address=first.gateway_address,
+                chain_id=first.chain_id,
+                nonce=first.nonce,
+                expires_at=first.expires_at,
+                protocol_version=version,
+            )
+            signature = await asyncio.to_thread(sign_challenge, self._key, text)
+            await send(
+                Hello(
+                    protocol_version=version,
+                    worker_address=self.address,
+                    signature=signature,
+                    models=self.offers,
+                    software=self.software,
+                )
+            )
+            reply = parse_gateway_message(await asyncio.wait_for(ws.recv(), timeout=self.open_timeout))
+            if isinstance(reply, Reject):
+                raise WorkerRejected(reply.code, reply.message)
+            if not isinstance(reply, Welcome):
+                raise GatewayLost(f"expected welcome, got {reply.type}")
+            self.welcome = reply
+            self.sessions += 1
+            self.connected.set()
+            interval = max(0.05, float(reply.heartbeat_interval))
+            log.info("connected to %s as %s", self.gateway_url, self.address)
+
+            async def heartbeats() -> None:
+                while True:
+                    await asyncio.sleep(interval)
+                    await send(Heartbeat(active_jobs=self.active_jobs))
+
+            hb = asyncio.create_task(heartbeats())
+            stop_wait = asyncio.create_task(self._stop.wait())
+            recv: asyncio.Future | None = None
+            try:
+                while True:
+                    recv = asyncio.ensure_future(ws.recv())
+                    done, _ = await asyncio.wait(
+                        {recv, stop_wait, hb}, timeout=3 * interval, return_when=asyncio.FIRST_COMPLETED
+                    )
+                    if recv not in done:
+                        recv.cancel()
+                        with contextlib.suppress(BaseException):
+                            await recv
+                        if stop_wait in done:
+                            return True
+                        if hb in done:
+                            hb.result()  # re-raise the send error
+                        raise GatewayLost("gateway silent for 3 heartbeat intervals")
+                    try:
+                        msg = parse_gateway_message(recv.result())
+                    except ValidationError:
+                        log.warning("malformed frame from the gateway; ignored")
+                        continue
+                    if isinstance(msg, Job):
+                        if msg.job_id not in self._jobs:
+                            task = asyncio.create_task(self._run_job(msg, send))
+                            self._jobs[msg.job_id] = task
+                            task.add_done_callback(lambda _t, jid=msg.job_id: self._jobs.pop(jid, None))
+                    elif isinstance(msg, Cancel):
+                        task = self._jobs.get(msg.job_id)
+                        if task is not None:
+                            task.cancel()
+                    elif isinstance(msg, HeartbeatAck):
+                        pass
+            finally:
+                self.connected.clear()
+                hb.cancel()
+                stop_wait.cancel()
+                jobs = list(self._jobs.values())
+                for t in jobs:
+                    t.cancel()
+                pending = [hb, stop_wait, *jobs]
+                if recv is not None:
+                    recv.cancel()
+                    pending.append(recv)
+                await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _run_job(self, job: Job, send) -> None:
+        sem = self._sems.get(job.model)
+        if sem is None:
+            await send(Error(job_id=job.job_id, message=f"model {job.model!r} not served here"))
+            return
+        async with sem:
+            req = GenerateRequest(
+                prompt_ids=list(job.prompt_ids),
+                max_tokens=job.max_tokens,
+                temperature=job.temperature,
+                top_p=job.top_p,
+                seed=job.seed,
+                stop_ids=job.stop_ids,
+                model=job.model,
+                request_id=job.job_id,
+            )
+            count = 0
+            gen = self.engine.generate(req)
+            try:
+                async for step in gen:
+                    if step.final:
+                        await send(
+                            Done(
+                                job_id=job.job_id,
+                                finish_reason=step.finish_reason,
+                                usage=Usage(prompt_tokens=len(job.prompt_ids), completion_tokens=count),
+                                text=step.text,
+                            )
+                        )
+                        self.jobs_done += 1
+                        return
+                    if step.ids or step.text:
+                        count += len(step.ids)
+                        await send(Tokens(job_id=job.job_id, ids=step.ids, text=step.text))
+                await send(Error(job_id=job.job_id, message="engine ended without finishing"))
+            except EngineError as exc:
+                log.warning("job %s failed: %s", job.job_id, exc)
+                with contextlib.suppress(Exception):
+                    await send(Error(job_id=job.job_id, message=str(exc)))
+            except ConnectionClosed:
+                pass
+            finally:
+                with contextlib.suppress(BaseException):
+                    await gen.aclose()
