@@ -39,8 +39,10 @@ class Account(Aggregate):
         self.spent_granted = 0
         self.spent_deposited = 0
         self.reservations: dict[str, int] = {}
-        self.reserved = 0
+        self.reserved = 0  # job reservations + outstanding withdrawal vouchers
         self.api_keys = 0
+        self.vouchers: dict[str, int] = {}  # outstanding withdrawal vouchers: nonce -> amount
+        self.unsettled_deposit_spend: dict[str, int] = {}  # job id -> deposit-backed charge not yet on chain
 
     @property
     def available(self) -> int:
@@ -92,12 +94,54 @@ class Account(Aggregate):
         self.reserved -= held
         self.spent_granted += from_grant
         self.spent_deposited += from_deposit
+        if from_deposit:
+            self.unsettled_deposit_spend[job_id] = from_deposit
 
     def split_spend(self, charged: int) -> tuple[int, int]:
         """How a charge divides between granted and deposited credit (grant first)."""
         grant_left = self.granted - self.spent_granted
         from_grant = min(charged, grant_left)
         return from_grant, charged - from_grant
+
+    # -- on-chain settlement and withdrawals ----------------------------------------------------
+    @property
+    def withdrawable(self) -> int:
+        """Unspent deposit-backed credit that is not held by a job or a voucher."""
+        deposit_left = self.deposited - self.spent_deposited - self.withdrawn - sum(self.vouchers.values())
+        return max(0, min(self.available, deposit_left))
+
+    @event("DepositSpendSettled", topic="basis:Account.DepositSpendSettled.v1")
+    def settle_deposit_spend(self, batch_id: str, job_ids: list[str]) -> None:
+        """These jobs' deposit-backed charges left the vault in settlement batch ``batch_id``."""
+        for job_id in job_ids:
+            self.unsettled_deposit_spend.pop(job_id, None)
+
+    @event("WithdrawalReserved", topic="basis:Account.WithdrawalReserved.v1")
+    def reserve_withdrawal(self, nonce: int, amount: int, recipient: str, expiry: int) -> None:
+        require_amount(amount, "amount", positive=True)
+        if str(nonce) in self.vouchers:
+            raise InvalidTransition(f"voucher {nonce} already reserved")
+        if amount > self.withdrawable:
+            raise InsufficientCredit(
+                f"withdrawal of {amount} base units asked; {self.withdrawable} of deposited credit is withdrawable")
+        self.vouchers[str(nonce)] = amount
+        self.reserved += amount
+
+    @event("WithdrawalRedeemed", topic="basis:Account.WithdrawalRedeemed.v1")
+    def redeem_withdrawal(self, nonce: int, amount: int, tx_hash: str, log_index: int) -> None:
+        if self.vouchers.get(str(nonce)) != amount:
+            raise InvalidTransition(f"voucher {nonce} for {amount} is not outstanding")
+        del self.vouchers[str(nonce)]
+        self.reserved -= amount
+        self.withdrawn += amount
+
+    @event("WithdrawalReleased", topic="basis:Account.WithdrawalReleased.v1")
+    def release_withdrawal(self, nonce: int, amount: int, chain_time: int) -> None:
+        """The voucher expired unredeemed (chain time past its expiry): its credit is available again."""
+        if self.vouchers.get(str(nonce)) != amount:
+            raise InvalidTransition(f"voucher {nonce} for {amount} is not outstanding")
+        del self.vouchers[str(nonce)]
+        self.reserved -= amount
 
     def snapshot_view(self) -> dict[str, Any]:
         return {

@@ -137,7 +137,7 @@ class Ledger:
     def accept_job(self, *, job_id: UUID, account_id: UUID, model: str, prompt_tokens: int,
                    max_output_tokens: int, terms: PriceTerms | None = None,
                    idempotency_key: str | None = None, request_hash: str | None = None,
-                   stream: bool = False) -> Callable[[UnitOfWork], int]:
+                   stream: bool = False, created: int = 0) -> Callable[[UnitOfWork], int]:
         """A command that opens the job and reserves its worst-case charge. Returns the reservation."""
         terms = terms or self.pricing.terms_for(model)
         reserved = worst_case_charge(prompt_tokens, max_output_tokens, terms)
@@ -164,7 +164,7 @@ class Ledger:
             uow.add(Job(id=job_id, account_id=account_id, model=model, prompt_tokens=prompt_tokens,
                         max_output_tokens=max_output_tokens, terms=terms.as_dict(), reserved=reserved,
                         idempotency_key=idempotency_key, request_hash=request_hash, stream=stream,
-                        node=self.settings.node_id))
+                        node=self.settings.node_id, created=created))
             if idempotency_key is not None:
                 if record is None:
                     uow.add(IdempotencyRecord(account_id=account_id, key=idempotency_key, job_id=job_id,

@@ -10,9 +10,11 @@ from eventsourcing.persistence import InternalError, OperationalError
 # Import every aggregate so their explicit topics are registered before any event is read.
 from basis.ledger.accounts import Account, ApiKey, CreditRef
 from basis.ledger.jobs import IdempotencyRecord, Job
+from basis.ledger.settlement import ChainCursor, RewardClaims, SettlementBatch, SettlementLog, VoucherBook
 from basis.ledger.workers import Worker
 
-AGGREGATES = (Account, ApiKey, CreditRef, Job, IdempotencyRecord, Worker)
+AGGREGATES = (Account, ApiKey, CreditRef, Job, IdempotencyRecord, Worker, SettlementBatch, SettlementLog,
+              VoucherBook, ChainCursor, RewardClaims)
 
 
 class LedgerStore(Application):

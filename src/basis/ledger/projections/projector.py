@@ -88,6 +88,19 @@ class Projector:
             "basis:Job.Settled.v1": self._job_settled,
             "basis:Worker.Registered.v1": self._worker_registered,
             "basis:Worker.Advertised.v1": self._worker_advertised,
+            "basis:Account.WithdrawalReserved.v1": self._withdrawal_reserved,
+            "basis:Account.WithdrawalRedeemed.v1": self._withdrawal_redeemed,
+            "basis:Account.WithdrawalReleased.v1": self._withdrawal_released,
+            "basis:SettlementBatch.Proposed.v1": self._batch_proposed,
+            "basis:SettlementBatch.Submitted.v1": self._batch_submitted,
+            "basis:SettlementBatch.Confirmed.v1": self._batch_confirmed,
+            "basis:SettlementBatch.Abandoned.v1": self._batch_abandoned,
+            "basis:VoucherBook.Allocated.v1": self._voucher_allocated,
+            "basis:VoucherBook.Closed.v1": self._voucher_closed,
+            "basis:VoucherBook.ForeignRedeemed.v1": self._voucher_foreign,
+            "basis:RewardClaims.Claimed.v1": self._reward_claimed,
+            "basis:ChainCursor.Started.v1": self._cursor_started,
+            "basis:ChainCursor.Advanced.v1": self._cursor_advanced,
         }
 
     # -- driving ----------------------------------------------------------------------------
@@ -250,3 +263,79 @@ class Projector:
     def _worker_advertised(self, b: _Batch, n: Notification, d: dict[str, Any]) -> None:
         self.db.execute("UPDATE workers SET models = ?, software = ?, updated_at = ? WHERE worker_id = ?",
                         (json.dumps(sorted(d["models"])), d.get("software", ""), self._ts(d), str(n.originator_id)))
+
+    # -- withdrawals ------------------------------------------------------------------------------
+    def _withdrawal_reserved(self, b: _Batch, n: Notification, d: dict[str, Any]) -> None:
+        self._account(b, n, d)["reserved"] += d["amount"]
+
+    def _withdrawal_redeemed(self, b: _Batch, n: Notification, d: dict[str, Any]) -> None:
+        row = self._account(b, n, d)
+        row["reserved"] -= d["amount"]
+        row["withdrawn"] += d["amount"]
+
+    def _withdrawal_released(self, b: _Batch, n: Notification, d: dict[str, Any]) -> None:
+        self._account(b, n, d)["reserved"] -= d["amount"]
+
+    def _voucher_allocated(self, b: _Batch, n: Notification, d: dict[str, Any]) -> None:
+        self.db.execute(
+            "INSERT INTO withdrawals VALUES (?, ?, ?, ?, ?, ?, 'reserved', NULL, NULL, ?, NULL)",
+            (str(n.originator_id), d["nonce"], d["account_id"], d["recipient"], str(d["amount"]), d["expiry"],
+             self._ts(d)))
+
+    def _voucher_closed(self, b: _Batch, n: Notification, d: dict[str, Any]) -> None:
+        self.db.execute(
+            "UPDATE withdrawals SET status = ?, tx_hash = ?, chain_time = ?, closed_at = ?"
+            " WHERE book_id = ? AND nonce = ?",
+            (d["outcome"], d.get("tx_hash"), d.get("chain_time"), self._ts(d), str(n.originator_id), d["nonce"]))
+
+    def _voucher_foreign(self, b: _Batch, n: Notification, d: dict[str, Any]) -> None:
+        self.db.execute(
+            "INSERT OR REPLACE INTO withdrawals VALUES (?, ?, NULL, ?, ?, 0, 'foreign', ?, NULL, ?, ?)",
+            (str(n.originator_id), d["nonce"], d["recipient"], str(d["amount"]), d["tx_hash"], self._ts(d),
+             self._ts(d)))
+
+    # -- settlement batches -----------------------------------------------------------------------
+    def _batch_proposed(self, b: _Batch, n: Notification, d: dict[str, Any]) -> None:
+        jobs = d["jobs"]
+        self.db.execute(
+            "INSERT INTO settlement_batches VALUES (?, ?, ?, ?, ?, ?, 'proposed', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,"
+            " NULL, NULL, NULL, NULL, ?, NULL, NULL)",
+            (d["batch_id"], str(n.originator_id), d["seq"], d["chain_id"], d["vault"], d["distributor"], len(jobs),
+             d["receipts_root"], d["rewards_root"], str(sum(j["charged"] for j in jobs)),
+             str(sum(j["reward"] for j in jobs)), str(sum(j["from_deposit"] for j in jobs)),
+             str(d["to_distributor"]), str(d["to_treasury"]), str(d["reward_top_up"]),
+             json.dumps([j["hash"] for j in jobs]), json.dumps([[w, str(c)] for w, c in d["rewards"]]),
+             d.get("previous"), self._ts(d)))
+
+    def _batch_submitted(self, b: _Batch, n: Notification, d: dict[str, Any]) -> None:
+        self.db.execute("UPDATE settlement_batches SET status = 'submitted', tx_hash = ?, submitted_at = ?"
+                        " WHERE aggregate_id = ?", (d["tx_hash"], self._ts(d), str(n.originator_id)))
+
+    def _batch_confirmed(self, b: _Batch, n: Notification, d: dict[str, Any]) -> None:
+        self.db.execute("UPDATE settlement_batches SET status = 'confirmed', tx_hash = ?, block = ?, gas_used = ?,"
+                        " closed_at = ? WHERE aggregate_id = ?",
+                        (d["tx_hash"], d["block"], d["gas_used"], self._ts(d), str(n.originator_id)))
+
+    def _batch_abandoned(self, b: _Batch, n: Notification, d: dict[str, Any]) -> None:
+        self.db.execute("UPDATE settlement_batches SET status = 'abandoned', reason = ?, closed_at = ?"
+                        " WHERE aggregate_id = ?", (d["reason"], self._ts(d), str(n.originator_id)))
+
+    # -- claims and cursors -----------------------------------------------------------------------
+    def _reward_claimed(self, b: _Batch, n: Notification, d: dict[str, Any]) -> None:
+        worker = d["worker"].lower()
+        self.db.execute("INSERT INTO claims VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (d["tx_hash"], d["log_index"], worker, str(d["amount"]), str(d["cumulative"]), d["block"],
+                         self._ts(d)))
+        row = b.row("rewards", worker)
+        if row is None:
+            row = {"worker": worker, "accrued": 0, "settled": 0, "claimed": 0, "jobs": 0, "output_tokens": 0}
+            b.put("rewards", worker, row)
+        row["claimed"] += d["amount"]
+
+    def _cursor_started(self, b: _Batch, n: Notification, d: dict[str, Any]) -> None:
+        self.db.execute("INSERT INTO chain_cursors VALUES (?, ?, ?, 0, ?)",
+                        (str(n.originator_id), d["name"], d["block"], self._ts(d)))
+
+    def _cursor_advanced(self, b: _Batch, n: Notification, d: dict[str, Any]) -> None:
+        self.db.execute("UPDATE chain_cursors SET block = ?, timestamp = ?, updated_at = ? WHERE cursor_id = ?",
+                        (d["block"], d["timestamp"], self._ts(d), str(n.originator_id)))

@@ -18,6 +18,10 @@ TABLES = {  # table -> primary-key order used for canonical dumps
     "receipts": "job_id",
     "rewards": "worker",
     "workers": "address",
+    "settlement_batches": "batch_id",
+    "withdrawals": "book_id, nonce",
+    "claims": "tx_hash, log_index",
+    "chain_cursors": "cursor_id",
 }
 
 
@@ -115,6 +119,54 @@ class ViewReader:
     def position(self) -> int:
         row = self.db.execute("SELECT position FROM tracking WHERE view = 'basis'").fetchone()
         return row[0] if row else 0
+
+    # -- settlement ---------------------------------------------------------------------------
+    @staticmethod
+    def batch_json(row: sqlite3.Row, *, full: bool = False) -> dict[str, Any]:
+        d = dict(row)
+        d.pop("aggregate_id", None)
+        hashes, rewards = d.pop("hashes"), d.pop("rewards")
+        if full:
+            d["receipt_hashes"] = json.loads(hashes)
+            d["rewards"] = json.loads(rewards)
+        return d
+
+    def batches(self, *, limit: int = 50, before: int | None = None, status: str | None = None,
+                full: bool = False) -> list[dict[str, Any]]:
+        """Newest first; ``before`` is the ``seq`` of the last item of the previous page."""
+        where, args = [], []
+        if before is not None:
+            where.append("seq < ?")
+            args.append(before)
+        if status:
+            where.append("status = ?")
+            args.append(status)
+        sql = "SELECT * FROM settlement_batches" + (" WHERE " + " AND ".join(where) if where else "")
+        rows = self.db.execute(sql + " ORDER BY seq DESC LIMIT ?", (*args, limit)).fetchall()
+        return [self.batch_json(r, full=full) for r in rows]
+
+    def batch(self, batch_id: str) -> dict[str, Any] | None:
+        row = self.db.execute("SELECT * FROM settlement_batches WHERE batch_id = ?", (batch_id.lower(),)).fetchone()
+        return self.batch_json(row, full=True) if row else None
+
+    def latest_confirmed_batch(self) -> dict[str, Any] | None:
+        row = self.db.execute(
+            "SELECT * FROM settlement_batches WHERE status = 'confirmed' ORDER BY seq DESC LIMIT 1").fetchone()
+        return self.batch_json(row, full=True) if row else None
+
+    def withdrawals(self, account_id: str | None = None) -> list[dict[str, Any]]:
+        if account_id:
+            rows = self.db.execute("SELECT * FROM withdrawals WHERE account_id = ? ORDER BY nonce", (account_id,))
+        else:
+            rows = self.db.execute("SELECT * FROM withdrawals ORDER BY nonce")
+        return [dict(r) for r in rows]
+
+    def claims(self, worker: str | None = None) -> list[dict[str, Any]]:
+        if worker:
+            rows = self.db.execute("SELECT * FROM claims WHERE worker = ? ORDER BY block, log_index", (worker.lower(),))
+        else:
+            rows = self.db.execute("SELECT * FROM claims ORDER BY block, log_index")
+        return [dict(r) for r in rows]
 
     # -- audit ------------------------------------------------------------------------------
     def dump_rows(self, table: str) -> Iterator[bytes]:

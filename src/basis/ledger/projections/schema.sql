@@ -35,3 +35,29 @@ CREATE TABLE IF NOT EXISTS workers (
     address TEXT PRIMARY KEY, worker_id TEXT NOT NULL UNIQUE, models TEXT NOT NULL, software TEXT NOT NULL,
     registered_at TEXT NOT NULL, updated_at TEXT NOT NULL
 );
+-- On-chain settlement (basis.ledger.settlement aggregates).
+CREATE TABLE IF NOT EXISTS settlement_batches (
+    batch_id TEXT PRIMARY KEY, aggregate_id TEXT NOT NULL UNIQUE, seq INTEGER NOT NULL,
+    chain_id INTEGER NOT NULL, vault TEXT NOT NULL, distributor TEXT NOT NULL, status TEXT NOT NULL,
+    receipts INTEGER NOT NULL, receipts_root TEXT NOT NULL, rewards_root TEXT NOT NULL,
+    charged TEXT NOT NULL, reward TEXT NOT NULL, from_deposit TEXT NOT NULL,
+    to_distributor TEXT NOT NULL, to_treasury TEXT NOT NULL, reward_top_up TEXT NOT NULL,
+    hashes TEXT NOT NULL, rewards TEXT NOT NULL, previous TEXT,
+    tx_hash TEXT, block INTEGER, gas_used INTEGER, reason TEXT,
+    proposed_at TEXT NOT NULL, submitted_at TEXT, closed_at TEXT
+);
+CREATE INDEX IF NOT EXISTS settlement_batches_seq ON settlement_batches (status, seq);
+CREATE TABLE IF NOT EXISTS withdrawals (
+    book_id TEXT NOT NULL, nonce INTEGER NOT NULL, account_id TEXT, recipient TEXT NOT NULL,
+    amount TEXT NOT NULL, expiry INTEGER NOT NULL, status TEXT NOT NULL, tx_hash TEXT, chain_time INTEGER,
+    requested_at TEXT NOT NULL, closed_at TEXT, PRIMARY KEY (book_id, nonce)
+);
+CREATE INDEX IF NOT EXISTS withdrawals_account ON withdrawals (account_id, nonce);
+CREATE TABLE IF NOT EXISTS claims (
+    tx_hash TEXT NOT NULL, log_index INTEGER NOT NULL, worker TEXT NOT NULL, amount TEXT NOT NULL,
+    cumulative TEXT NOT NULL, block INTEGER NOT NULL, at TEXT NOT NULL, PRIMARY KEY (tx_hash, log_index)
+);
+CREATE TABLE IF NOT EXISTS chain_cursors (
+    cursor_id TEXT PRIMARY KEY, name TEXT NOT NULL, block INTEGER NOT NULL, timestamp INTEGER NOT NULL,
+    updated_at TEXT NOT NULL
+);

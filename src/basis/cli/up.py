@@ -1,0 +1,132 @@
+"""`basis up`: a whole local network on embedded defaults, in one command.
+
+SQLite ledger under BASIS_HOME, the gateway, one local contributor worker on the CPU engine,
+a demo account with credit; prints (and writes to $BASIS_HOME/up.json) what a client needs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from basis.config import Settings
+from basis.ledger.errors import DuplicateCredit
+
+DEMO_ACCOUNT = "demo"
+DEMO_GRANT = 10**21  # 1,000 $BASIS of operator-granted (unbacked) development credit
+
+
+def _demo_key(runtime: Any, home: Path) -> str:
+    """Reuse the demo key of an earlier `basis up` on this BASIS_HOME; else create one."""
+    up_file = home / "up.json"
+    if up_file.exists():
+        with contextlib.suppress(ValueError, KeyError):
+            key = json.loads(up_file.read_text())["api_key"]
+            if runtime.ledger.authenticate(key) is not None:
+                return key
+    _, key = runtime.ledger.create_api_key(DEMO_ACCOUNT)
+    return key
+
+
+def _worker_key(home: Path) -> Path:
+    path = home / "worker.key"
+    if not path.exists():
+        from basis.worker import new_key_file
+
+        new_key_file(path)
+    return path
+
+
+def up(
+    host: str = typer.Option("127.0.0.1", help="Interface for the gateway."),
+    port: int = typer.Option(8000, help="Gateway port."),
+    worker_threads: int = typer.Option(None, help="CPU threads for the local worker's llama.cpp engine."),
+    gateway_engine: bool = typer.Option(False, help="Also let the gateway serve jobs itself (no reward)."),
+) -> None:
+    """Bring up a local Basis network; Ctrl-C stops everything."""
+    import uvicorn
+
+    from basis.cli.serve import _check_port
+    from basis.gateway.app import create_app
+    from basis.gateway.runtime import GatewayOptions, GatewayRuntime
+
+    settings = Settings()
+    home = settings.ensure_home()
+    _check_port(host, port)
+    options = GatewayOptions(engine="llama-cpp" if gateway_engine else "none", engine_models=None)
+    runtime = GatewayRuntime(settings, options)
+    key = _demo_key(runtime, home)
+    with contextlib.suppress(DuplicateCredit):
+        runtime.ledger.grant(DEMO_ACCOUNT, DEMO_GRANT, grant_id="basis-up-demo-grant", memo="basis up demo credit")
+
+    base = f"http://{host}:{port}"
+    worker_cmd = [sys.executable, "-m", "basis.cli.main", "worker", "run",
+                  "--gateway", f"ws://{host}:{port}/v1/workers/connect", "--key-file", str(_worker_key(home)),
+                  "--engine", "llama-cpp", "--model", "basis-default", "--model", "basis-small",
+                  "--model", "basis-large", "--capacity", "2", "--log-level", "warning"]
+    if worker_threads:
+        worker_cmd += ["--threads", str(worker_threads)]
+
+    config = uvicorn.Config(create_app(runtime), host=host, port=port, log_level="warning", access_log=False)
+    server = uvicorn.Server(config)
+    worker_log = open(home / "worker.log", "ab")  # noqa: SIM115 - lives as long as the worker
+
+    async def main() -> None:
+        serving = asyncio.create_task(server.serve())
+        while not server.started:
+            if serving.done():
+                await serving
+                return
+            await asyncio.sleep(0.05)
+        worker = subprocess.Popen(worker_cmd, stdout=worker_log, stderr=subprocess.STDOUT,
+                                  env={**os.environ, "BASIS_HOME": str(home)})
+        try:
+            deadline = time.monotonic() + 120
+            while not runtime.hub.live_models() and time.monotonic() < deadline and worker.poll() is None:
+                await asyncio.sleep(0.1)
+            info = {
+                "base_url": f"{base}/v1", "api_key": key, "gateway": base, "explorer_url": f"{base}/",
+                "models": [m["id"] for m in runtime.models_status()],
+                "live_models": sorted(runtime.hub.live_models()), "home": str(home),
+                "gateway_signer": runtime.ledger.signer.address, "chain_id": runtime.chain_id,
+                "worker_pid": worker.pid, "gateway_pid": os.getpid(),
+            }
+            (home / "up.json").write_text(json.dumps(info, indent=2) + "\n")
+            if worker.poll() is not None:
+                typer.echo(f"the local worker exited (code {worker.returncode}); see {home / 'worker.log'}", err=True)
+            _print_banner(info)
+            await serving
+        finally:
+            if worker.poll() is None:
+                worker.send_signal(signal.SIGTERM)
+                try:
+                    await asyncio.to_thread(worker.wait, 15)
+                except subprocess.TimeoutExpired:
+                    worker.kill()
+            worker_log.close()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(main())
+    typer.echo("basis up: stopped cleanly")
+
+
+def _print_banner(info: dict[str, Any]) -> None:
+    typer.echo("")
+    typer.echo("Basis is up.")
+    typer.echo(f"  base URL      {info['base_url']}")
+    typer.echo(f"  API key       {info['api_key']}")
+    typer.echo(f"  explorer      {info['explorer_url']}")
+    typer.echo(f"  models        {', '.join(info['models'])} (live: {', '.join(info['live_models']) or 'none yet'})")
+    typer.echo(f"  signer        {info['gateway_signer']}  chain {info['chain_id']}")
+    typer.echo(f"  (also in {info['home']}/up.json; Ctrl-C stops everything)")
+    typer.echo("")

@@ -1,0 +1,167 @@
+"""POST /v1/chat/completions (DESIGN 1.4)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+from uuid import UUID
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import ValidationError
+
+from basis.gateway.auth import bearer_account
+from basis.gateway.chat.schemas import ChatCompletionRequest
+from basis.gateway.chat.service import JobRun, plan_request
+from basis.gateway.errors import APIError
+from basis.ledger.errors import IdempotentReplay
+
+router = APIRouter(tags=["chat"])
+MAX_IDEMPOTENCY_KEY = 255
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+
+
+async def _parse(request: Request) -> tuple[ChatCompletionRequest, dict[str, Any]]:
+    limit = request.app.state.runtime.options.max_body_bytes
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise APIError(400, f"The request body is larger than {limit} bytes.", code="request_too_large")
+    raw = await request.body()
+    if len(raw) > limit:
+        raise APIError(400, f"The request body is larger than {limit} bytes.", code="request_too_large")
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise APIError(400, "We could not parse the JSON body of your request.", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise APIError(400, "The request body must be a JSON object.", code="invalid_json")
+    try:
+        return ChatCompletionRequest.model_validate(body), body
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        param = ".".join(str(p) for p in err.get("loc", ())) or None
+        raise APIError(400, f"Invalid value for '{param}': {err.get('msg')}", param=param,
+                       code="invalid_value") from None
+
+
+def _usage(prompt_tokens: int, output_tokens: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": output_tokens,
+            "total_tokens": prompt_tokens + output_tokens}
+
+
+def _completion(cid: str, created: int, model: str, text: str, finish_reason: str | None,
+                usage: dict[str, int], receipt: dict[str, Any] | None) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "id": cid, "object": "chat.completion", "created": created, "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text, "refusal": None},
+                     "logprobs": None, "finish_reason": finish_reason}],
+        "usage": usage, "system_fingerprint": None,
+    }
+    if receipt is not None:
+        job_id = cid.removeprefix("chatcmpl-")
+        body["receipt"] = {"hash": receipt["hash"], "url": f"/v1/receipts/{job_id}"}
+    return body
+
+
+def _chunk(cid: str, created: int, model: str, delta: dict[str, Any], finish_reason: str | None = None) -> str:
+    return "data: " + _dumps({
+        "id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
+        "system_fingerprint": None,
+        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+    }) + "\n\n"
+
+
+def _usage_chunk(cid: str, created: int, model: str, usage: dict[str, int]) -> str:
+    return "data: " + _dumps({"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
+                              "system_fingerprint": None, "choices": [], "usage": usage}) + "\n\n"
+
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(request: Request, account_id: UUID = Depends(bearer_account)) -> Response:
+    runtime = request.app.state.runtime
+    req, body = await _parse(request)
+    key = request.headers.get("idempotency-key")
+    if key is not None and not (0 < len(key) <= MAX_IDEMPOTENCY_KEY):
+        raise APIError(400, f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters.",
+                       param="Idempotency-Key", code="invalid_value")
+    plan = plan_request(runtime, req, body, key)
+    run = JobRun(runtime, plan, account_id)
+    try:
+        await run.accept()
+    except IdempotentReplay as replay:
+        return _replay(runtime, replay.job_id, plan)
+    run.start()
+    headers = {"basis-job-id": str(plan.job_id)}
+    if plan.stream:
+        first = await run.events.get()
+        if first[0] == "error":
+            return first[1].response()
+        return StreamingResponse(_sse(run, first), media_type="text/event-stream",
+                                 headers={**SSE_HEADERS, **headers})
+    receipt = await run.wait_receipt()
+    events = []
+    while not run.events.empty():
+        events.append(run.events.get_nowait())
+    for kind, value in events:
+        if kind == "error":
+            return value.response()
+    finish = next((v for k, v in events if k == "end"), None)
+    usage = _usage(len(plan.prompt_ids), run.output_tokens)
+    out = _completion(run.completion_id, plan.created, plan.model, "".join(run.text_parts), finish, usage, receipt)
+    if receipt is not None:
+        headers["basis-receipt-hash"] = receipt["hash"]
+    return JSONResponse(out, headers=headers)
+
+
+async def _sse(run: JobRun, first: tuple[str, Any]) -> AsyncIterator[str]:
+    p = run.plan
+    cid, created, model = run.completion_id, p.created, p.model
+    try:
+        yield _chunk(cid, created, model, {"role": "assistant", "content": ""})
+        kind, value = first
+        while True:
+            if kind == "delta":
+                yield _chunk(cid, created, model, {"content": value})
+            elif kind == "end":
+                yield _chunk(cid, created, model, {}, value)
+                if p.include_usage:
+                    yield _usage_chunk(cid, created, model, _usage(len(p.prompt_ids), run.output_tokens))
+                yield "data: [DONE]\n\n"
+                return
+            else:  # a failure after streaming began (DESIGN 1.4)
+                yield "data: " + _dumps(value.body()) + "\n\n"
+                return
+            kind, value = await run.events.get()
+    finally:
+        run.client_gone()
+
+
+def _replay(runtime: Any, job_id: str, plan: Any) -> Response:
+    """An idempotent repeat: the same completion, from the recorded job (never a second charge)."""
+    job = runtime.ledger.get(UUID(job_id))
+    core = job.receipt["core"]
+    cid, created, model = f"chatcmpl-{job_id}", job.created, job.model
+    text = job.output_text or ""
+    usage = _usage(core["prompt_tokens"], core["output_tokens"])
+    headers = {"basis-job-id": job_id, "basis-receipt-hash": job.receipt["hash"], "basis-idempotent-replay": "true"}
+    if not plan.stream:
+        return JSONResponse(_completion(cid, created, model, text, job.finish_reason, usage, job.receipt),
+                            headers=headers)
+
+    async def replay() -> AsyncIterator[str]:
+        yield _chunk(cid, created, model, {"role": "assistant", "content": ""})
+        if text:
+            yield _chunk(cid, created, model, {"content": text})
+        yield _chunk(cid, created, model, {}, job.finish_reason)
+        if plan.include_usage:
+            yield _usage_chunk(cid, created, model, usage)
+        yield "data: [DONE]\n\n"
+
+    return StreamingResponse(replay(), media_type="text/event-stream", headers={**SSE_HEADERS, **headers})

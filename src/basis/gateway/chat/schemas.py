@@ -1,0 +1,81 @@
+"""The chat completions request, validated as OpenAI does (and refusing what Basis can't honour)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+MAX_MESSAGES = 1024
+MAX_STOP = 4
+
+
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    type: Literal["text"]
+    text: str
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart] | None = None
+    name: str | None = None
+
+    def text(self) -> str:
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(p.text for p in self.content)
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(BaseModel):
+    # Unknown OpenAI parameters are accepted and ignored, as OpenAI-compatible servers do;
+    # the ones that would change the result and are not supported are refused below.
+    model_config = ConfigDict(extra="allow")
+
+    model: str
+    messages: list[Message] = Field(min_length=1, max_length=MAX_MESSAGES)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    n: int | None = Field(default=None, ge=1, le=128)
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    user: str | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _stop(cls, v: str | list[str] | None) -> list[str] | None:
+        if v is None:
+            return None
+        stops = [v] if isinstance(v, str) else v
+        if len(stops) > MAX_STOP:
+            raise ValueError(f"at most {MAX_STOP} stop sequences")
+        if any(not s for s in stops):
+            raise ValueError("stop sequences must be non-empty")
+        return stops or None
+
+    def unsupported(self) -> tuple[str, str] | None:
+        """(param, message) for a parameter whose effect this server cannot honour."""
+        if self.n not in (None, 1):
+            return "n", "Only n=1 is supported."
+        extra: dict[str, Any] = self.model_extra or {}
+        for name in ("tools", "functions", "tool_choice", "function_call"):
+            if extra.get(name):
+                return name, "Tool and function calling are not supported by Basis models."
+        if extra.get("logprobs") or extra.get("top_logprobs"):
+            return "logprobs", "logprobs are not supported."
+        fmt = extra.get("response_format")
+        if isinstance(fmt, dict) and fmt.get("type") not in (None, "text"):
+            return "response_format", "Only the 'text' response format is supported."
+        return None

@@ -1,0 +1,289 @@
+"""One chat completion = one job: count, reserve, route, relay, meter, receipt.
+
+The job runs in its own task, apart from the HTTP response, so a client that goes away
+cannot interrupt the bookkeeping: the runner notices, stops the worker, and ends the job as
+``cancelled``, charging the tokens accepted until then (DESIGN 1.3).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import hashlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+import rfc8785
+
+from basis.engines.base import EngineError, GenerateRequest
+from basis.gateway.chat.schemas import ChatCompletionRequest
+from basis.gateway.chat.stops import StopScanner
+from basis.gateway.errors import APIError
+from basis.gateway.workers import NoWorkerAvailable, WorkerFailedBeforeFirstToken, WorkerJobError
+from basis.ledger.errors import IdempotencyConflict, IdempotentReplay, InsufficientCredit
+from basis.models import ChatTemplateError, ModelBinding, TextMismatch, UTF8Matcher
+from basis.observability import metrics
+from basis.protocol import Job as JobMessage
+from basis.protocol import Tokens
+
+log = logging.getLogger("basis.gateway.chat")
+_tasks: set[asyncio.Task[Any]] = set()  # keep runner tasks alive until they finish
+
+
+class JobFailed(Exception):
+    """The serving side broke the job after it began (worker died, ids/text disagree)."""
+
+
+@dataclass
+class Plan:
+    job_id: uuid.UUID
+    model: str
+    binding: ModelBinding
+    prompt_ids: list[int]
+    max_tokens: int
+    temperature: float
+    top_p: float
+    seed: int | None
+    stops: list[str] | None
+    stream: bool
+    include_usage: bool
+    idempotency_key: str | None
+    request_hash: str | None
+    created: int = field(default_factory=lambda: int(time.time()))
+
+
+@dataclass
+class Outcome:
+    outcome: str
+    output_tokens: int
+    finish_reason: str | None
+    reason: str | None = None
+    worker_usage: dict[str, int] | None = None
+
+
+def request_hash(body: dict[str, Any]) -> str:
+    return hashlib.sha256(rfc8785.dumps(body)).hexdigest()
+
+
+def plan_request(runtime: Any, req: ChatCompletionRequest, body: dict[str, Any],
+                 idempotency_key: str | None) -> Plan:
+    unsupported = req.unsupported()
+    if unsupported:
+        raise APIError(400, unsupported[1], param=unsupported[0], code="unsupported_parameter")
+    spec = runtime.pricing.models.get(req.model)
+    binding = runtime.bindings.get(req.model)
+    if spec is None or binding is None:
+        raise APIError(404, f"The model '{req.model}' does not exist.", param="model", code="model_not_found",
+                       retry=False)
+    try:
+        prompt_ids = binding.apply_chat_template(req.messages)
+    except ChatTemplateError as exc:
+        raise APIError(400, str(exc), param="messages", code="invalid_messages") from None
+    requested = req.max_completion_tokens or req.max_tokens
+    if requested is not None and requested > spec.max_output_tokens:
+        raise APIError(400, f"max_tokens is too large: {requested}. This model supports at most "
+                       f"{spec.max_output_tokens} completion tokens.", param="max_tokens", code="invalid_value")
+    max_tokens = requested or spec.max_output_tokens
+    room = spec.context_window - len(prompt_ids)
+    if room < 1 or (requested is not None and requested > room):
+        raise APIError(400, f"This model's maximum context length is {spec.context_window} tokens. However, you "
+                       f"requested {len(prompt_ids) + max_tokens} tokens ({len(prompt_ids)} in the messages, "
+                       f"{max_tokens} in the completion).", param="messages", code="context_length_exceeded")
+    max_tokens = min(max_tokens, room)  # without a limit in the request: up to the model's, within context
+    return Plan(
+        job_id=uuid.uuid4(), model=req.model, binding=binding, prompt_ids=prompt_ids, max_tokens=max_tokens,
+        temperature=1.0 if req.temperature is None else req.temperature,
+        top_p=1.0 if req.top_p is None else req.top_p, seed=req.seed, stops=req.stop, stream=bool(req.stream),
+        include_usage=bool(req.stream_options and req.stream_options.include_usage),
+        idempotency_key=idempotency_key,
+        request_hash=request_hash(body) if idempotency_key is not None else None,
+    )
+
+
+class JobRun:
+    """Events for the response: ("delta", text) ... then ("end", finish_reason) or ("error", APIError)."""
+
+    def __init__(self, runtime: Any, plan: Plan, account_id: uuid.UUID) -> None:
+        self.runtime = runtime
+        self.plan = plan
+        self.account_id = account_id
+        self.events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self.output_tokens = 0
+        self.receipt: Future[dict[str, Any] | None] | None = None
+        self.task: asyncio.Task[None] | None = None
+        self._assigned: list[Future[Any]] = []
+        self.text_parts: list[str] = []
+        self.served_by = "gateway"
+        self.finished = False
+
+    @property
+    def completion_id(self) -> str:
+        return f"chatcmpl-{self.plan.job_id}"
+
+    async def accept(self) -> None:
+        ledger, p = self.runtime.ledger, self.plan
+        try:
+            await ledger.arun(ledger.accept_job(
+                job_id=p.job_id, account_id=self.account_id, model=p.model, prompt_tokens=len(p.prompt_ids),
+                max_output_tokens=p.max_tokens, idempotency_key=p.idempotency_key,
+                request_hash=p.request_hash, stream=p.stream, created=p.created))
+        except InsufficientCredit as exc:
+            raise APIError(402, f"Insufficient credit: {exc}.", code="insufficient_credit", retry=False) from None
+        except IdempotencyConflict as exc:
+            raise APIError(409, f"Idempotency-Key conflict: {exc}.", code="idempotency_conflict",
+                           param="Idempotency-Key", retry=False) from None
+        # IdempotentReplay propagates: the router answers from the recorded job.
+
+    def start(self) -> None:
+        self.task = asyncio.get_running_loop().create_task(self._run(), name=f"job-{self.plan.job_id}")
+        _tasks.add(self.task)
+        self.task.add_done_callback(_tasks.discard)
+
+    def client_gone(self) -> None:
+        if self.task is not None and not self.task.done() and not self.finished:
+            self.task.cancel()
+
+    # -- the job ---------------------------------------------------------------------------
+    def _assign(self, served_by: str, worker: str | None) -> None:
+        ledger = self.runtime.ledger
+        self.served_by = served_by
+        # Not awaited: the single writer keeps commands in order, so the end follows it.
+        self._assigned.append(ledger.writer.submit(ledger.assign_job(self.plan.job_id, served_by, worker)))
+
+    async def _source(self) -> AsyncIterator[tuple[list[int], str, str | None, dict[str, int] | None]]:
+        """(ids, text, finish_reason, usage) from a contributor, else the gateway's own engine.
+        A worker that fails before its first token is replaced: still one job."""
+        p, hub = self.plan, self.runtime.hub
+        tried: set[str] = set()
+        while True:
+            msg = JobMessage(job_id=str(p.job_id), model=p.model, prompt_ids=p.prompt_ids, max_tokens=p.max_tokens,
+                             temperature=p.temperature, top_p=p.top_p, seed=p.seed, stop=p.stops)
+            try:
+                async with hub.dispatch(msg, exclude=tried) as stream:
+                    self._assign("contributor", stream.worker_address)
+                    async for frame in stream:
+                        if isinstance(frame, Tokens):
+                            yield frame.ids, frame.text, None, None
+                        else:
+                            yield [], frame.text, frame.finish_reason, frame.usage.model_dump()
+                    return
+            except NoWorkerAvailable:
+                break
+            except WorkerFailedBeforeFirstToken as exc:
+                log.warning("worker %s failed before its first token; retrying elsewhere", exc.worker_address)
+                tried.add(exc.worker_address)
+        engine = self.runtime.engine
+        if engine is None or p.model not in self.runtime.engine_models:
+            raise APIError(503, f"No worker is serving '{p.model}' right now; try again later.",
+                           code="no_worker_available", retry=False)
+        self._assign("gateway", None)
+        req = GenerateRequest(prompt_ids=p.prompt_ids, max_tokens=p.max_tokens, temperature=p.temperature,
+                              top_p=p.top_p, seed=p.seed, model=p.model, request_id=str(p.job_id))
+        gen = engine.generate(req)
+        try:
+            async for step in gen:
+                usage = None
+                if step.final:
+                    usage = {"prompt_tokens": step.prompt_tokens or 0,
+                             "completion_tokens": step.completion_tokens or 0}
+                yield step.ids, step.text, step.finish_reason, usage
+        finally:
+            await gen.aclose()
+
+    async def _run(self) -> None:
+        p = self.plan
+        matcher, decoder = UTF8Matcher(), codecs.getincrementaldecoder("utf-8")(errors="replace")
+        stopper = StopScanner(p.stops)
+        eos = p.binding.eos_token_ids
+        counted = 0
+        started = time.perf_counter()
+        result = Outcome("failed", 0, None)
+        source = self._source()
+        try:
+            async for ids, text, finish_reason, usage in source:
+                if finish_reason is not None:
+                    matcher.finish(text)
+                    tail, _ = stopper.push(decoder.decode(b"", final=True))
+                    self._emit(tail + stopper.flush())
+                    result = Outcome("completed", matcher.accepted, finish_reason, worker_usage=usage)
+                    break
+                if any(i in eos for i in ids):
+                    raise JobFailed("the worker relayed an end-of-sequence token id")
+                if counted + len(ids) > p.max_tokens:
+                    raise JobFailed("the worker relayed more tokens than the job allows")
+                pieces = p.binding.token_pieces(ids)
+                matcher.feed(pieces, text)
+                if counted == 0 and ids:
+                    metrics.TTFT.labels(p.model).observe(time.perf_counter() - started)
+                hit = False
+                for piece in pieces:
+                    counted += 1
+                    emit, hit = stopper.push(decoder.decode(piece))
+                    self._emit(emit)
+                    if hit:
+                        break
+                self.output_tokens = matcher.accepted
+                if hit:  # the token completing a stop sequence counts; its text is not emitted
+                    result = Outcome("completed", counted, "stop")
+                    break
+            else:
+                result = Outcome("failed", matcher.accepted, None, reason="the stream ended without a finish")
+        except asyncio.CancelledError:
+            result = Outcome("cancelled", matcher.accepted, None, reason="the client went away")
+        except APIError as exc:
+            result = Outcome("failed", 0, None, reason=exc.message)
+            self.events.put_nowait(("error", exc))
+        except (TextMismatch, JobFailed, WorkerJobError, EngineError) as exc:
+            result = Outcome("failed", matcher.accepted, None, reason=str(exc))
+            self.events.put_nowait(("error", APIError(
+                502, f"The serving worker failed mid-stream: {exc}", code="worker_failed", type_="server_error")))
+        except Exception as exc:  # never lose the job's ending
+            log.exception("job %s broke", p.job_id)
+            result = Outcome("failed", matcher.accepted, None, reason=f"gateway error: {exc}")
+            self.events.put_nowait(("error", APIError(500, "The server had an error while processing your request.",
+                                                      code="internal_error", type_="server_error")))
+        finally:
+            await _close_quietly(source)
+            self._finish(result)
+            self.finished = True
+        if result.outcome == "completed":
+            self.events.put_nowait(("end", result.finish_reason))
+
+    def _emit(self, text: str) -> None:
+        if text:
+            self.text_parts.append(text)
+            self.events.put_nowait(("delta", text))
+
+    def _finish(self, result: Outcome) -> None:
+        ledger, p = self.runtime.ledger, self.plan
+        self.output_tokens = result.output_tokens
+        # Idempotent repeats replay the recorded output: keep it only when a key was given.
+        text = "".join(self.text_parts) if p.idempotency_key is not None else None
+        self.receipt = ledger.writer.submit(ledger.finish_job(
+            p.job_id, outcome=result.outcome, output_tokens=result.output_tokens,
+            finish_reason=result.finish_reason, reason=result.reason, worker_usage=result.worker_usage,
+            output_text=text))
+        metrics.JOBS.labels(p.model, result.outcome, self.served_by).inc()
+        metrics.TOKENS.labels(p.model, "prompt").inc(len(p.prompt_ids))
+        metrics.TOKENS.labels(p.model, "output").inc(result.output_tokens)
+
+    async def wait_receipt(self) -> dict[str, Any] | None:
+        assert self.task is not None
+        await asyncio.shield(self.task)
+        assert self.receipt is not None
+        return await asyncio.wrap_future(self.receipt)
+
+
+async def _close_quietly(gen: Any) -> None:
+    try:
+        await gen.aclose()
+    except Exception:
+        log.debug("closing the token source failed", exc_info=True)
+
+
+__all__ = ["APIError", "IdempotentReplay", "JobRun", "Plan", "plan_request"]

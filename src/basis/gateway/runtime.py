@@ -1,0 +1,176 @@
+"""Everything a gateway process holds: ledger, views, bindings, worker hub, own engine, chain facts.
+
+Routers reach it as ``request.app.state.runtime``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+from basis.config import Settings
+from basis.engines.base import Engine
+from basis.gateway.auth import RateLimiter
+from basis.gateway.workers import WorkerHub
+from basis.ledger.projections import Projector, ViewReader
+from basis.ledger.service import Ledger
+from basis.models import ModelBinding, load_bindings
+from basis.observability import metrics
+from basis.protocol import PROTOCOL_VERSION
+
+log = logging.getLogger("basis.gateway")
+LOCAL_CHAIN_ID = 31337
+
+
+@dataclass
+class GatewayOptions:
+    engine: str = "none"  # the gateway's own engine: none | llama-cpp | instant
+    engine_models: list[str] | None = None  # models it serves itself (default: all)
+    n_threads: int | None = None
+    n_ctx: int = 4096
+    heartbeat_interval: float = 10.0
+    rate_per_second: float = float(os.environ.get("BASIS_RATE_LIMIT_RPS", "0"))  # 0: off
+    rate_burst: int = 100
+    max_body_bytes: int = 4 * 1024 * 1024
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class GatewayRuntime:
+    def __init__(self, settings: Settings | None = None, options: GatewayOptions | None = None,
+                 *, ledger: Ledger | None = None, engine: Engine | None = None) -> None:
+        self.settings = settings or Settings()
+        self.options = options or GatewayOptions()
+        self.settings.ensure_home()
+        self.ledger = ledger or Ledger(self.settings)
+        self.pricing = self.ledger.pricing
+        self.bindings: dict[str, ModelBinding] = load_bindings(list(self.pricing.models.values()))
+        self.deployment = self._load_deployment()
+        self.chain_id = int(self.deployment["chain_id"]) if self.deployment else int(
+            os.environ.get("BASIS_CHAIN_ID", LOCAL_CHAIN_ID))
+        self.web3: Any = None
+        self.hub = WorkerHub(
+            gateway_address=self.ledger.signer.address,
+            chain_id=self.chain_id,
+            binding_hashes={m: b.binding_hash for m, b in self.bindings.items()},
+            heartbeat_interval=self.options.heartbeat_interval,
+            on_worker_online=self._worker_online,
+            on_worker_offline=self._worker_offline,
+        )
+        self.engine = engine or self._make_engine()
+        served = self.options.engine_models
+        self.engine_models: set[str] = set(self.engine.models if self.engine else ()) & set(
+            served if served is not None else self.bindings)
+        self.rate_limiter = RateLimiter(self.options.rate_per_second, self.options.rate_burst)
+        self.projector = Projector(self.ledger.store, self.settings.views_path)
+        self._readers = threading.local()
+        self.background: list[Any] = []  # things with .stop() (indexers, schedulers) the app stops
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def start(self) -> None:
+        self.projector.catch_up()
+        interrupted = ViewReader(self.settings.views_path).open_jobs(self.settings.node_id)
+        if interrupted:
+            n = self.ledger.end_interrupted([UUID(j) for j in interrupted])
+            log.warning("ended %d job(s) interrupted by the last stop; their reservations are released", n)
+        self.projector.start(self.ledger.committed)
+
+    async def stop(self) -> None:
+        for thing in reversed(self.background):
+            try:
+                res = thing.stop()
+                if hasattr(res, "__await__"):
+                    await res
+            except Exception:
+                log.exception("stopping %r failed", thing)
+        await self.hub.close()
+        if self.engine is not None:
+            await self.engine.aclose()
+        self.projector.stop()
+        self.ledger.close()
+
+    def _make_engine(self) -> Engine | None:
+        kind = self.options.engine
+        if kind == "none":
+            return None
+        if kind == "llama-cpp":
+            from basis.engines.llama_cpp import LlamaCppEngine
+
+            models = self.options.engine_models or list(self.bindings)
+            return LlamaCppEngine({m: self.bindings[m] for m in models}, n_ctx=self.options.n_ctx,
+                                  n_threads=self.options.n_threads)
+        if kind == "instant":
+            from basis.engines.instant import InstantEngine
+
+            models = self.options.engine_models or list(self.bindings)
+            return InstantEngine({m: self.bindings[m] for m in models})
+        raise ValueError(f"unknown engine {kind!r} (none, llama-cpp, instant)")
+
+    def _load_deployment(self) -> dict[str, Any] | None:
+        path = Path(os.environ.get("BASIS_DEPLOYMENT") or self.settings.home / "deployment.json")
+        if not path.exists():
+            return None
+        return json.loads(path.read_text())
+
+    # -- workers ------------------------------------------------------------------------------
+    def _worker_online(self, address: str, models: dict[str, int]) -> None:
+        metrics.ACTIVE_WORKERS.set(len(self.hub.workers()))
+        self.ledger.writer.submit(self.ledger.register_worker(address, sorted(models)))
+
+    def _worker_offline(self, address: str) -> None:
+        metrics.ACTIVE_WORKERS.set(len(self.hub.workers()))
+
+    def online_workers(self) -> set[str]:
+        return {w.address.lower() for w in self.hub.workers()}
+
+    # -- reads ----------------------------------------------------------------------------------
+    def reader(self) -> ViewReader:
+        r = getattr(self._readers, "reader", None)
+        if r is None:
+            r = self._readers.reader = ViewReader(self.settings.views_path)
+        return r
+
+    def models_status(self) -> list[dict[str, Any]]:
+        live = self.hub.live_models()
+        out = []
+        for model_id, spec in self.pricing.models.items():
+            binding = self.bindings[model_id]
+            workers = live.get(model_id, {}).get("workers", 0)
+            served_here = model_id in self.engine_models
+            out.append({
+                "id": model_id,
+                "context_window": spec.context_window,
+                "max_output_tokens": spec.max_output_tokens,
+                "multiplier_bps": spec.multiplier_bps,
+                "status": "live" if workers or served_here else "planned",
+                "workers": workers,
+                "gateway_served": served_here,
+                **binding.describe(),
+            })
+        return out
+
+    def network_status(self) -> dict[str, Any]:
+        contracts = (self.deployment or {}).get("contracts", {})
+
+        def contract(name: str) -> dict[str, Any]:
+            addr = contracts.get(name, {}).get("address")
+            out: dict[str, Any] = {"status": "live" if addr else "pending", "address": addr}
+            if name == "token" and addr:
+                out["stand_in"] = bool(contracts[name].get("stand_in"))
+            return out
+
+        runtime_live = bool(self.hub.live_models() or self.engine_models)
+        return {
+            "runtime": {"status": "live" if runtime_live else "pending"},
+            "token": contract("token"),
+            "vault": contract("vault"),
+            "distributor": contract("distributor"),
+            "chain_id": self.chain_id,
+            "gateway_signer": self.ledger.signer.address,
+            "worker_protocol_version": PROTOCOL_VERSION,
+        }

@@ -1,0 +1,23 @@
+"""Prometheus metrics of a gateway process (exposed at /metrics)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+REQUESTS = Counter("basis_requests_total", "HTTP requests by route and status code.", ["route", "status"],
+                   registry=REGISTRY)
+LATENCY = Histogram("basis_request_latency_seconds", "Request latency by route.", ["route"], registry=REGISTRY,
+                    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+TTFT = Histogram("basis_time_to_first_token_seconds", "Time to first accepted token by model.", ["model"],
+                 registry=REGISTRY, buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+TOKENS = Counter("basis_tokens_total", "Server-counted tokens by model and kind (prompt|output).",
+                 ["model", "kind"], registry=REGISTRY)
+JOBS = Counter("basis_jobs_total", "Finished jobs by model, outcome and who served them.",
+               ["model", "outcome", "served_by"], registry=REGISTRY)
+ACTIVE_WORKERS = Gauge("basis_active_workers", "Contributor workers connected and authenticated.",
+                       registry=REGISTRY)
+LEDGER_LAG = Gauge("basis_ledger_lag_events", "Events recorded but not yet in the projections.", registry=REGISTRY)
+UNSETTLED = Gauge("basis_unsettled_charged_base_units", "Charged base units in receipts not yet settled.",
+                  registry=REGISTRY)
