@@ -22,7 +22,7 @@ from basis.observability import metrics
 log = logging.getLogger("basis.gateway")
 
 # Areas that arrive with later features; mounted when present.
-OPTIONAL_ROUTERS = ("basis.gateway.settlement.router", "basis.explorer")
+OPTIONAL_ROUTERS = ("basis.gateway.settlement.router", "basis.explorer.router")
 
 
 def create_app(runtime: GatewayRuntime) -> FastAPI:

@@ -203,6 +203,7 @@ class JobRun:
         counted = 0
         started = time.perf_counter()
         result = Outcome("failed", 0, None)
+        error: APIError | None = None
         source = self._source()
         try:
             async for ids, text, finish_reason, usage in source:
@@ -236,22 +237,27 @@ class JobRun:
         except asyncio.CancelledError:
             result = Outcome("cancelled", matcher.accepted, None, reason="the client went away")
         except APIError as exc:
-            result = Outcome("failed", 0, None, reason=exc.message)
-            self.events.put_nowait(("error", exc))
+            result, error = Outcome("failed", 0, None, reason=exc.message), exc
         except (TextMismatch, JobFailed, WorkerJobError, EngineError) as exc:
             result = Outcome("failed", matcher.accepted, None, reason=str(exc))
-            self.events.put_nowait(("error", APIError(
-                502, f"The serving worker failed mid-stream: {exc}", code="worker_failed", type_="server_error")))
+            error = APIError(502, f"The serving worker failed mid-stream: {exc}", code="worker_failed",
+                             type_="server_error")
         except Exception as exc:  # never lose the job's ending
             log.exception("job %s broke", p.job_id)
             result = Outcome("failed", matcher.accepted, None, reason=f"gateway error: {exc}")
-            self.events.put_nowait(("error", APIError(500, "The server had an error while processing your request.",
-                                                      code="internal_error", type_="server_error")))
+            error = APIError(500, "The server had an error while processing your request.", code="internal_error",
+                             type_="server_error")
         finally:
             await _close_quietly(source)
             self._finish(result)
             self.finished = True
-        if result.outcome == "completed":
+        try:  # durable before the client hears how it ended
+            await asyncio.wrap_future(self.receipt)  # type: ignore[arg-type]
+        except Exception:
+            log.exception("recording the end of job %s failed", p.job_id)
+        if error is not None:
+            self.events.put_nowait(("error", error))
+        elif result.outcome == "completed":
             self.events.put_nowait(("end", result.finish_reason))
 
     def _emit(self, text: str) -> None:

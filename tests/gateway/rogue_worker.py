@@ -1,0 +1,60 @@
+"""Deliberately misbehaving workers: test doubles for failures a real engine cannot be made to show.
+
+Modes: lie-usage (honest tokens, inflated usage report), bad-text (text disagrees with the ids),
+stall-before (accepts the job, never sends a token), stall-after (a few tokens, then hangs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+from basis.engines.base import GenerateRequest, TokenStep
+from basis.engines.instant import InstantEngine
+from basis.models import load_bindings
+from basis.worker import Worker, client, load_key, make_offers
+
+
+class RogueEngine:
+    def __init__(self, mode: str, binding) -> None:
+        self.mode = mode
+        self.inner = InstantEngine(binding)
+        self.models = self.inner.models
+
+    async def generate(self, request: GenerateRequest):
+        if self.mode == "stall-before":
+            await asyncio.Event().wait()
+        n = 0
+        async for step in self.inner.generate(request):
+            n += 1
+            if self.mode == "bad-text" and n == 3 and step.ids:
+                step = TokenStep(ids=step.ids, text=step.text + "!")
+            yield step
+            if self.mode == "stall-after" and n == 5:
+                await asyncio.Event().wait()
+
+    async def aclose(self) -> None:
+        return None
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--gateway")
+    ap.add_argument("--key-file")
+    ap.add_argument("--mode")
+    ap.add_argument("--model", default="basis-default")
+    a = ap.parse_args()
+    if a.mode == "lie-usage":
+        real = client.Usage
+        client.Usage = lambda prompt_tokens, completion_tokens: real(  # type: ignore[assignment]
+            prompt_tokens=prompt_tokens * 3, completion_tokens=completion_tokens + 1000)
+    bindings = load_bindings()
+    served = {a.model: bindings[a.model]}
+    engine = RogueEngine(a.mode, served[a.model])
+    worker = Worker(gateway_url=a.gateway, private_key=load_key(a.key_file), engine=engine,
+                    offers=make_offers(served, [a.model], 4))
+    asyncio.run(worker.run())
+
+
+if __name__ == "__main__":
+    main()
