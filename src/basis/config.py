@@ -38,9 +38,10 @@ class Settings:
             return postgres_env(self.database_url)
         self.ensure_home()
         return {
-            "PERSISTENCE_MODULE": "eventsourcing.sqlite",
+            "PERSISTENCE_MODULE": "basis.ledger.sqlite_store:TunedSQLiteFactory",
             "SQLITE_DBNAME": str(self.events_path),
             "SQLITE_LOCK_TIMEOUT": "30",
+            "SQLITE_SYNCHRONOUS": os.environ.get("BASIS_SQLITE_SYNCHRONOUS", "NORMAL"),
         }
 
     def operator_key(self) -> str:

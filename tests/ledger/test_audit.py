@@ -179,11 +179,6 @@ def test_in_process_audit_names_the_same_signer_mismatch(store_home):
     assert any(f"receipt {jobs['failed']}: signed by {other.address}" in p for p in report.problems)
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError, reason=(
-    "BUG: GroupCommitter saves a batch aggregate by aggregate (the account first), so when a job's accept and "
-    "finish commit in one batch the account's ReservationSettled precedes the job's Accepted in the log; "
-    "Projector._reservation_settled then reads the job's row before it exists (None[0] -> TypeError) and the "
-    "projection (and the audit replay) is stuck at that event for good"))
 def test_a_lifecycle_committed_in_one_group_commit_projects_and_audits(settings):
     """Commands submitted without waiting (a pipelining client) share one group commit."""
     ledger = Ledger(settings)

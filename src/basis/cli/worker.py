@@ -147,3 +147,62 @@ def default(
     if ctx.invoked_subcommand is None:
         _run(gateway, key_file, new_key, engine, model or [], capacity, sglang_url, launch, sglang_port,
              n_ctx, threads, log_level)
+
+
+@app.command("claim")
+def claim(
+    gateway: str = typer.Option("http://127.0.0.1:8000", "--gateway", help="Gateway base URL (http[s]://...)"),
+    key_file: Path = _KEY,
+    rpc: str = typer.Option(..., "--rpc", envvar="BASIS_RPC_URL", help="JSON-RPC URL of the chain"),
+) -> None:
+    """Fetch this worker's reward proof from the gateway and claim it from the RewardDistributor.
+
+    The transaction is sent from the worker's key (it needs gas); the tokens go to the worker."""
+    import json
+    from urllib.parse import urlsplit, urlunsplit
+
+    import httpx
+    from eth_account import Account
+    from web3 import Web3
+
+    from basis.chain.compiler import load_artifacts
+    from basis.chain.contracts import ChainRevert, ErrorDecoder, Sender
+    from basis.worker import load_key
+
+    try:
+        key = load_key(key_file)
+    except (OSError, ValueError) as exc:
+        raise typer.BadParameter(str(exc), param_hint="--key-file") from exc
+    address = Account.from_key(key).address
+    parts = urlsplit(gateway)
+    scheme = {"ws": "http", "wss": "https"}.get(parts.scheme, parts.scheme)
+    base = urlunsplit((scheme, parts.netloc, "", "", ""))
+    resp = httpx.get(f"{base}/v1/settlement/proofs/{address.lower()}", timeout=30)
+    if resp.status_code == 404:
+        typer.echo(f"no settled rewards for {address} yet")
+        raise typer.Exit(1)
+    resp.raise_for_status()
+    proof = resp.json()
+    w3 = Web3(Web3.HTTPProvider(rpc, request_kwargs={"timeout": 60}))
+    if int(w3.eth.chain_id) != int(proof["chain_id"]):
+        typer.echo(f"the RPC serves chain {w3.eth.chain_id}; the rewards are on chain {proof['chain_id']}", err=True)
+        raise typer.Exit(2)
+    arts = load_artifacts()
+    distributor = w3.eth.contract(address=Web3.to_checksum_address(proof["distributor"]),
+                                  abi=arts["RewardDistributor"].abi)
+    already = int(distributor.functions.claimed(address).call())
+    cumulative = int(proof["cumulative"])
+    if cumulative <= already:
+        typer.echo(json.dumps({"worker": address, "claimed": str(already), "claimable": "0"}))
+        return
+    sender = Sender(w3, key, ErrorDecoder([a.abi for a in arts.values()]))
+    try:
+        result = sender.transact(
+            distributor.functions.claim(address, cumulative, [bytes.fromhex(p[2:]) for p in proof["proof"]]),
+            (distributor,))
+    except ChainRevert as exc:
+        typer.echo(f"claim refused: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    ev = result.event("Claimed")
+    typer.echo(json.dumps({"worker": address, "amount": str(ev.args["amount"]), "cumulative": str(cumulative),
+                           "tx_hash": result.tx_hash, "gas_used": result.gas_used, "batch_id": proof["batch_id"]}))

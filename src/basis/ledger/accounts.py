@@ -83,11 +83,14 @@ class Account(Aggregate):
         self.reserved += amount
 
     @event("ReservationSettled", topic="basis:Account.ReservationSettled.v1")
-    def settle_reservation(self, job_id: str, charged: int, from_grant: int, from_deposit: int) -> None:
-        """Release a job's reservation and spend its real charge (0 for a job with no receipt)."""
+    def settle_reservation(self, job_id: str, released: int, charged: int, from_grant: int,
+                           from_deposit: int) -> None:
+        """Release a job's reservation and spend its real charge (0 for a job with no receipt).
+
+        ``released`` repeats the amount held, so readers of this stream alone know it."""
         held = self.reservations.get(job_id)
-        if held is None:
-            raise InvalidTransition(f"job {job_id} holds no reservation")
+        if held is None or held != released:
+            raise InvalidTransition(f"job {job_id} holds no reservation of {released}")
         if charged > held or from_grant + from_deposit != charged or min(from_grant, from_deposit) < 0:
             raise InvalidTransition(f"charge {charged} does not fit the reservation {held}")
         del self.reservations[job_id]

@@ -40,6 +40,7 @@ class UnitOfWork:
         self._committer = committer
         self.touched: dict[UUID, Aggregate] = {}
         self.forget: set[UUID] = set()
+        self.events: list[Any] = []  # in the order the commands produced them
         self._seen: dict[UUID, int] = {}  # pending events per aggregate when this command first saw it
 
     def begin(self) -> None:
@@ -48,6 +49,13 @@ class UnitOfWork:
     def _see(self, agg: Aggregate, fresh: bool = False) -> None:
         if agg.id not in self._seen:
             self._seen[agg.id] = -1 if fresh else len(agg.pending_events)
+
+    def collect(self) -> None:
+        """Take the current command's new events, so the log keeps command order across aggregates."""
+        for agg_id in self._seen:
+            agg = self.touched[agg_id]
+            if agg.pending_events:
+                self.events.extend(agg.collect_events())
 
     def changed(self) -> bool:
         """Did the current command change any aggregate?"""
@@ -178,11 +186,12 @@ class GroupCommitter:
                     return self._try_batch(rest) if rest else True
                 results.append((item, False, exc))
             else:
+                uow.collect()
                 results.append((item, True, result))
-        dirty = [a for a in uow.touched.values() if a.pending_events]
+        dirty = bool(uow.events)
         if dirty:
             try:
-                self.store.save(*dirty)
+                self.store.events.put(uow.events)
             except IntegrityError:
                 self._evict(uow.touched)
                 return False

@@ -202,8 +202,8 @@ class Ledger:
                                   signer=self.signer.address)
                 charged = int(core["charged"])
             from_grant, from_deposit = acc.split_spend(charged)
-            acc.settle_reservation(job_id=str(job.id), charged=charged, from_grant=from_grant,
-                                   from_deposit=from_deposit)
+            acc.settle_reservation(job_id=str(job.id), released=acc.reservations.get(str(job.id), -1),
+                                   charged=charged, from_grant=from_grant, from_deposit=from_deposit)
             uow.release(job)
             return job.receipt
 

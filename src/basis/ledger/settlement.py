@@ -172,6 +172,8 @@ class VoucherBook(Aggregate):
         self.outstanding: dict[str, dict[str, Any]] = {}
         self.redeemed_total = 0
         self.foreign_total = 0
+        self.redeemed: set[str] = set()  # nonces of this ledger's vouchers seen redeemed
+        self.foreign_seen: set[str] = set()  # "<tx hash>:<log index>" of foreign Withdrawn events
 
     @event("Allocated", topic="basis:VoucherBook.Allocated.v1")
     def allocate(self, nonce: int, account_id: str, amount: int, recipient: str, expiry: int) -> None:
@@ -190,12 +192,14 @@ class VoucherBook(Aggregate):
             raise InvalidTransition(f"voucher {nonce} is not outstanding")
         if outcome == "redeemed":
             self.redeemed_total += entry["amount"]
+            self.redeemed.add(str(nonce))
 
     @event("ForeignRedeemed", topic="basis:VoucherBook.ForeignRedeemed.v1")
     def foreign_redeemed(self, nonce: int, account: str, recipient: str, amount: int, tx_hash: str,
                          log_index: int) -> None:
         """A Withdrawn event for a nonce this ledger never allocated (an audit finding)."""
         self.foreign_total += amount
+        self.foreign_seen.add(f"{tx_hash}:{log_index}")
 
 
 class ChainCursor(Aggregate):
@@ -214,14 +218,15 @@ class ChainCursor(Aggregate):
     def __init__(self, name: str, block: int) -> None:
         self.name = name
         self.block = block
-        self.timestamp = 0
+        self.chain_time = 0
 
     @event("Advanced", topic="basis:ChainCursor.Advanced.v1")
-    def advance(self, block: int, timestamp: int) -> None:
+    def advance(self, block: int, chain_time: int) -> None:
+        """``chain_time``: the block's timestamp (``timestamp`` is eventsourcing's own attribute)."""
         if block <= self.block:
             raise InvalidTransition(f"cursor {self.name} is at {self.block}, not moving back to {block}")
         self.block = block
-        self.timestamp = timestamp
+        self.chain_time = chain_time
 
 
 class RewardClaims(Aggregate):

@@ -130,7 +130,8 @@ class Worker:
     async def run_once(self) -> bool:
         """One connection: authenticate and serve until it ends. True if it got welcomed."""
         async with connect(
-            self.gateway_url, open_timeout=self.open_timeout, max_size=2**24, proxy=None
+            self.gateway_url, open_timeout=self.open_timeout, max_size=2**24, proxy=None,
+            compression=None,  # small JSON frames: deflate costs more CPU than it saves
         ) as ws:
             send_lock = asyncio.Lock()
 

@@ -197,8 +197,7 @@ class Projector:
 
     def _reservation_settled(self, b: _Batch, n: Notification, d: dict[str, Any]) -> None:
         row = self._account(b, n, d)
-        held = self.db.execute("SELECT reserved FROM jobs WHERE job_id = ?", (d["job_id"],)).fetchone()
-        row["reserved"] -= int(held[0])
+        row["reserved"] -= d["released"]
         row["spent_granted"] += d["from_grant"]
         row["spent_deposited"] += d["from_deposit"]
 
@@ -337,5 +336,5 @@ class Projector:
                         (str(n.originator_id), d["name"], d["block"], self._ts(d)))
 
     def _cursor_advanced(self, b: _Batch, n: Notification, d: dict[str, Any]) -> None:
-        self.db.execute("UPDATE chain_cursors SET block = ?, timestamp = ?, updated_at = ? WHERE cursor_id = ?",
-                        (d["block"], d["timestamp"], self._ts(d), str(n.originator_id)))
+        self.db.execute("UPDATE chain_cursors SET block = ?, chain_time = ?, updated_at = ? WHERE cursor_id = ?",
+                        (d["block"], d["chain_time"], self._ts(d), str(n.originator_id)))

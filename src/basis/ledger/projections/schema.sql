@@ -58,6 +58,6 @@ CREATE TABLE IF NOT EXISTS claims (
     cumulative TEXT NOT NULL, block INTEGER NOT NULL, at TEXT NOT NULL, PRIMARY KEY (tx_hash, log_index)
 );
 CREATE TABLE IF NOT EXISTS chain_cursors (
-    cursor_id TEXT PRIMARY KEY, name TEXT NOT NULL, block INTEGER NOT NULL, timestamp INTEGER NOT NULL,
+    cursor_id TEXT PRIMARY KEY, name TEXT NOT NULL, block INTEGER NOT NULL, chain_time INTEGER NOT NULL,
     updated_at TEXT NOT NULL
 );

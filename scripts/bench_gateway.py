@@ -1,0 +1,199 @@
+#!/usr/bin/env python
+"""Gateway benchmark: the same workload straight to an engine, and through gateway + worker.
+
+    .venv/bin/python scripts/bench_gateway.py [--engines instant,llama-cpp] [--concurrency 1,16,64]
+
+(a) baseline: the engine's own ``generate`` called in-process (no HTTP, no ledger);
+(b) gateway: a real `basis serve` process (SQLite ledger, durable signed receipts) and a real
+    `basis worker` process on loopback, driven over HTTP by an aiohttp client in this process.
+Prints requests/s, p50/p99 latency and the gateway's added latency, time to first token and
+relayed tokens/s, side by side, with ratios. `instant` isolates the gateway's own cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+
+from basis.domain.pricing import PricingTable
+from basis.engines.base import GenerateRequest
+from basis.models import load_bindings
+
+REPO = Path(__file__).resolve().parents[1]
+PY = sys.executable
+MESSAGES = [{"role": "user", "content": "Summarize this transaction."}]
+
+
+def pct(xs: list[float], p: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))] if xs else float("nan")
+
+
+async def drive(n: int, concurrency: int, one) -> dict:
+    """Run ``one()`` n times with ``concurrency`` in flight; one() -> (latency, ttft, tokens)."""
+    lat, ttft, toks = [], [], 0
+    it = iter(range(n))
+
+    async def lane() -> None:
+        nonlocal toks
+        for _ in it:
+            a, b, t = await one()
+            lat.append(a)
+            if b is not None:
+                ttft.append(b)
+            toks += t
+
+    start = time.perf_counter()
+    await asyncio.gather(*(lane() for _ in range(concurrency)))
+    wall = time.perf_counter() - start
+    return {"n": n, "rps": n / wall, "p50": pct(lat, 50), "p99": pct(lat, 99), "ttft50": pct(ttft, 50),
+            "tok_s": toks / wall}
+
+
+def engine_for(kind: str, binding):
+    if kind == "instant":
+        from basis.engines.instant import InstantEngine
+
+        return InstantEngine(binding)
+    from basis.engines.llama_cpp import LlamaCppEngine
+
+    eng = LlamaCppEngine(binding, n_threads=1)
+    eng.warm_up()
+    return eng
+
+
+async def baseline(kind: str, n: int, concurrency: int, max_tokens: int, stream: bool) -> dict:
+    binding = load_bindings(list(PricingTable.load().models.values()))["basis-default"]
+    prompt = binding.apply_chat_template(MESSAGES)
+    engine = engine_for(kind, binding)
+
+    async def one():
+        t0 = time.perf_counter()
+        first, count = None, 0
+        async for step in engine.generate(GenerateRequest(prompt_ids=prompt, max_tokens=max_tokens,
+                                                          model="basis-default")):
+            if step.ids and first is None:
+                first = time.perf_counter() - t0
+            count += len(step.ids)
+        return time.perf_counter() - t0, first if stream else None, count
+
+    try:
+        return await drive(n, concurrency, one)
+    finally:
+        await engine.aclose()
+
+
+async def through_gateway(base: str, key: str, n: int, concurrency: int, max_tokens: int, stream: bool) -> dict:
+    conn = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=conn, headers={"Authorization": f"Bearer {key}"}) as session:
+        body = {"model": "basis-default", "messages": MESSAGES, "max_tokens": max_tokens, "stream": stream}
+
+        async def one():
+            t0 = time.perf_counter()
+            first, tokens = None, 0
+            async with session.post(f"{base}/v1/chat/completions", json=body) as r:
+                if r.status != 200:
+                    raise RuntimeError(f"HTTP {r.status}: {await r.text()}")
+                if not stream:
+                    tokens = (await r.json())["usage"]["completion_tokens"]
+                else:
+                    async for raw in r.content:
+                        line = raw.decode().strip()
+                        if not line.startswith("data: {"):
+                            continue
+                        delta = json.loads(line[6:])["choices"][0]["delta"]
+                        if delta.get("content") and first is None:
+                            first = time.perf_counter() - t0
+                        tokens = max_tokens  # the server's count; streamed frames may merge tokens
+            return time.perf_counter() - t0, first, tokens
+
+        await drive(min(50, n), concurrency, one)  # warm-up
+        return await drive(n, concurrency, one)
+
+
+def start_network(home: Path, engine: str, port: int, capacity: int) -> list[subprocess.Popen]:
+    env = {**os.environ, "BASIS_HOME": str(home), "BASIS_LOG_LEVEL": "ERROR"}
+    basis = [PY, "-m", "basis.cli.main"]
+    subprocess.run([*basis, "credits", "grant", "--account", "bench", "--amount", str(10**27)], env=env, check=True,
+                   capture_output=True)
+    key = subprocess.run([*basis, "keys", "create", "--account", "bench"], env=env, check=True, capture_output=True,
+                         text=True).stdout.strip()
+    (home / "bench.key").write_text(key)
+    gw = subprocess.Popen([*basis, "serve", "--port", str(port), "--log-level", "error"], env=env)
+    procs = [gw]
+    wkey = home / "worker.key"
+    worker = subprocess.Popen([*basis, "worker", "run", "--gateway", f"ws://127.0.0.1:{port}/v1/workers/connect",
+                               "--key-file", str(wkey), "--new-key", "--engine", engine, "--capacity", str(capacity),
+                               "--threads", "1", "--log-level", "error"], env=env, stdout=subprocess.DEVNULL)
+    procs.append(worker)
+    import httpx
+
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            models = httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=2).json()["data"]
+            if any(m["id"] == "basis-default" and m["status"] == "live" for m in models):
+                return procs
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError("gateway/worker did not come up")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--engines", default="instant,llama-cpp")
+    ap.add_argument("--concurrency", default="1,16,64")
+    ap.add_argument("--requests", type=int, default=2000, help="requests per instant run")
+    ap.add_argument("--llama-requests", type=int, default=8, help="requests per llama run")
+    ap.add_argument("--max-tokens", type=int, default=16)
+    ap.add_argument("--port", type=int, default=8790)
+    a = ap.parse_args()
+    levels = [int(c) for c in a.concurrency.split(",")]
+    print(f"# bench_gateway  {time.strftime('%Y-%m-%d %H:%M')}  cores={os.cpu_count()}  max_tokens={a.max_tokens}")
+    rows = []
+    for engine in a.engines.split(","):
+        home = Path(tempfile.mkdtemp(prefix=f"basis-bench-{engine}-"))
+        procs = start_network(home, engine, a.port, capacity=max(levels))
+        key = (home / "bench.key").read_text().strip()
+        try:
+            for stream in (False, True):
+                for c in levels:
+                    n = a.requests if engine == "instant" else max(a.llama_requests, c)
+                    if engine != "instant" and c > 16:
+                        continue  # one CPU engine serialises generation: 64 lanes only queue
+                    base = asyncio.run(baseline(engine, n, c, a.max_tokens, stream))
+                    gw = asyncio.run(through_gateway(f"http://127.0.0.1:{a.port}", key, n, c, a.max_tokens, stream))
+                    rows.append((engine, "stream" if stream else "plain", c, base, gw))
+                    print_row(*rows[-1])
+        finally:
+            for p in procs:
+                p.terminate()
+            for p in procs:
+                p.wait(30)
+        a.port += 1
+    print("\nlegend: rps = requests/s; p50/p99 latency ms; added = gateway p50 - engine p50; ttft = time to first "
+          "token (stream); tok/s = relayed output tokens per second; ratio = gateway / engine")
+
+
+def print_row(engine: str, mode: str, c: int, base: dict, gw: dict) -> None:
+    added = (gw["p50"] - base["p50"]) * 1000
+    print(f"{engine:9s} {mode:6s} c={c:<3d} | engine {base['rps']:8.1f} rps p50 {base['p50']*1e3:7.2f} ms "
+          f"p99 {base['p99']*1e3:7.2f} | gateway {gw['rps']:8.1f} rps p50 {gw['p50']*1e3:7.2f} ms "
+          f"p99 {gw['p99']*1e3:7.2f} | added p50 {added:7.2f} ms"
+          + (f" | ttft +{(gw['ttft50'] - base['ttft50'])*1e3:6.2f} ms" if mode == "stream" else "")
+          + f" | tok/s {gw['tok_s']:9.1f} vs {base['tok_s']:9.1f} ({gw['tok_s'] / base['tok_s']:.0%})",
+          flush=True)
+
+
+if __name__ == "__main__":
+    main()

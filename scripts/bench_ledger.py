@@ -1,0 +1,337 @@
+#!/usr/bin/env python
+"""Ledger benchmark: the real code path, end to end, on SQLite and/or PostgreSQL.
+
+Several client threads drive N synthetic jobs through the full lifecycle (accept with its
+reservation, assign, finish with receipt hashing + signing and reservation settlement) as
+Ledger commands submitted to the group-commit writer (``ledger.writer.submit``). Each client keeps
+``--inflight`` jobs in flight and waits for each stage as a gateway request would. Then the live
+views are projected, a fresh replay is timed, and the full audit runs (replay + every check).
+
+Baseline, same database, same run: eventsourcing's own recorder inserting the same stored events
+(copied from this run) in batches of the writer's average batch size, into an empty store.
+
+The result stays in the store: SQLite under BASIS_HOME (default ./.basis), so afterwards
+``basis receipts export`` and ``basis audit`` run on it. PostgreSQL: the database that
+BASIS_DATABASE_URL names, with its views under BASIS_HOME/postgres (the script prints the
+environment to use); without BASIS_DATABASE_URL a throwaway cluster is started and discarded
+at exit unless --keep-postgres.
+
+    python scripts/bench_ledger.py --jobs 20000 --clients 8 --backend both
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import os
+import platform
+import pstats
+import shutil
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO / "src"), str(REPO)]
+
+from eventsourcing.application import Application  # noqa: E402
+from eventsourcing.persistence import StoredEvent  # noqa: E402
+
+from basis.config import Settings, postgres_env  # noqa: E402
+from basis.ledger.audit import audit  # noqa: E402
+from basis.ledger.committer import GroupCommitter  # noqa: E402
+from basis.ledger.projections import Projector  # noqa: E402
+from basis.ledger.service import Ledger  # noqa: E402
+
+TARGET_JOBS_PER_S = 5_000  # SQLite lifecycle ingest
+TARGET_REPLAY_EVENTS_PER_S = 50_000
+MODELS = ("basis-default", "basis-small", "basis-large")
+WORKERS = ["0x" + format(i, "040x") for i in range(1, 33)]
+
+
+@dataclass
+class Result:
+    backend: str
+    jobs: int = 0
+    events: int = 0
+    receipts: int = 0
+    ingest_s: float = 0.0
+    batches: int = 0
+    project_s: float = 0.0
+    replay_events: int = 0
+    replay_s: float = 0.0
+    audit_s: float = 0.0
+    audit_ok: bool = False
+    audit_problems: list[str] = field(default_factory=list)
+    raw_events: int = 0
+    raw_s: float = 0.0
+    where: str = ""
+
+    def lines(self) -> list[str]:
+        jps, eps = self.jobs / self.ingest_s, self.events / self.ingest_s
+        raw = self.raw_events / self.raw_s if self.raw_s else 0.0
+        rps = self.replay_events / self.replay_s
+        out = [
+            f"[{self.backend}] ingest: {self.jobs} jobs, {self.events} events, {self.receipts} signed receipts "
+            f"in {self.ingest_s:.2f} s ({self.batches} group commits, {self.events / max(self.batches, 1):.0f} "
+            "events/commit)",
+            f"[{self.backend}]   lifecycle ingest: {jps:,.0f} jobs/s, {eps:,.0f} events/s",
+            f"[{self.backend}]   raw insert baseline (eventsourcing recorder, same events, same batch size): "
+            f"{raw:,.0f} events/s; ingest/raw = {eps / raw:.2f}" if raw else f"[{self.backend}]   no baseline",
+            f"[{self.backend}] live projection: {self.project_s:.2f} s; "
+            f"fresh replay: {self.replay_events} events in {self.replay_s:.2f} s = {rps:,.0f} events/s",
+            f"[{self.backend}] full audit (replay + compare + recompute + signature recovery): {self.audit_s:.2f} s, "
+            f"{'passed' if self.audit_ok else 'FAILED: ' + '; '.join(self.audit_problems[:5])}",
+        ]
+        if self.backend == "sqlite":
+            out.append(f"[{self.backend}] target >= {TARGET_JOBS_PER_S:,} jobs/s: "
+                       f"{'MET' if jps >= TARGET_JOBS_PER_S else 'NOT MET'} ({jps:,.0f})")
+        out.append(f"[{self.backend}] target replay >= {TARGET_REPLAY_EVENTS_PER_S:,} events/s: "
+                   f"{'MET' if rps >= TARGET_REPLAY_EVENTS_PER_S else 'NOT MET'} ({rps:,.0f})")
+        out.append(f"[{self.backend}] store: {self.where}")
+        return out
+
+
+# -- profiling the writer thread ------------------------------------------------------------------
+_writer_profiles: list[cProfile.Profile] = []
+
+
+def profile_writer_threads() -> None:
+    """cProfile sees only its own thread: wrap the writer loop so each ledger's writer is profiled."""
+    original = GroupCommitter._run
+
+    def run(self: GroupCommitter) -> None:
+        prof = cProfile.Profile()
+        _writer_profiles.append(prof)
+        prof.enable()
+        try:
+            original(self)
+        finally:
+            prof.disable()
+
+    GroupCommitter._run = run  # type: ignore[method-assign]
+
+
+def print_profile(prof: cProfile.Profile | pstats.Stats, title: str, dump: Path | None, limit: int = 25) -> None:
+    stats = prof if isinstance(prof, pstats.Stats) else pstats.Stats(prof)
+    if dump is not None:
+        stats.dump_stats(str(dump))
+    buf = io.StringIO()
+    stats.stream = buf  # type: ignore[attr-defined]
+    stats.sort_stats("tottime").print_stats(limit)
+    print(f"\n===== profile: {title} (by own time) =====")
+    print("\n".join(line for line in buf.getvalue().splitlines() if line.strip())[:8000])
+
+
+# -- the run --------------------------------------------------------------------------------------
+def ingest(ledger: Ledger, jobs: int, clients: int, inflight: int) -> tuple[float, int]:
+    """Drive `jobs` jobs through accept -> assign -> finish from `clients` threads. Returns (seconds, receipts)."""
+    accounts = []
+    for i in range(clients):
+        name = f"bench-{i}"
+        accounts.append(ledger.open_account(name))
+        ledger.grant(name, 10**36, memo="benchmark")
+    per_client = [jobs // clients + (1 if i < jobs % clients else 0) for i in range(clients)]
+    barrier = threading.Barrier(clients + 1)
+    receipts = [0] * clients
+    errors: list[BaseException] = []
+    submit = ledger.writer.submit
+
+    def client(n: int) -> None:
+        try:
+            account_id = accounts[n]
+            todo = per_client[n]
+            barrier.wait()
+            k = 0
+            while k < todo:
+                wave = min(inflight, todo - k)
+                specs = []
+                for j in range(wave):
+                    i = k + j
+                    specs.append((uuid.uuid4(), MODELS[i % 3], 20 + (i * 37) % 700, 64 + (i * 53) % 960, i))
+                futs = [submit(ledger.accept_job(job_id=job, account_id=account_id, model=model,
+                                                 prompt_tokens=prompt, max_output_tokens=max_out))
+                        for job, model, prompt, max_out, _ in specs]
+                for f in futs:
+                    f.result()
+                futs = [submit(ledger.assign_job(job, "contributor" if i % 4 else "gateway",
+                                                 WORKERS[i % len(WORKERS)] if i % 4 else None))
+                        for job, _m, _p, _x, i in specs]
+                for f in futs:
+                    f.result()
+                outcomes = ("completed", "completed", "completed", "cancelled", "failed")
+                futs = [submit(ledger.finish_job(job, outcome=outcomes[i % 5], output_tokens=(i * 31) % (max_out + 1),
+                                                 finish_reason="length", worker_usage={"completion_tokens": i % 500}))
+                        for job, _m, _p, max_out, i in specs]
+                receipts[n] += sum(1 for f in futs if f.result() is not None)
+                k += wave
+        except BaseException as exc:  # surface it in the main thread
+            errors.append(exc)
+            raise
+
+    threads = [threading.Thread(target=client, args=(n,), name=f"bench-client-{n}") for n in range(clients)]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    start = time.perf_counter()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - start
+    if errors:
+        raise errors[0]
+    return elapsed, sum(receipts)
+
+
+def raw_baseline(store_env: dict[str, str], source: Ledger, first_id: int, batch_events: int) -> tuple[int, float]:
+    """Insert this run's stored events, copied, into an empty store with eventsourcing's recorder."""
+    events: list[StoredEvent] = []
+    start = first_id
+    while notes := source.store.recorder.select_notifications(start, 10_000, inclusive_of_start=False):
+        events.extend(StoredEvent(n.originator_id, n.originator_version, n.topic, n.state) for n in notes)
+        start = notes[-1].id
+    app = Application(env=store_env)
+    try:
+        t0 = time.perf_counter()
+        for i in range(0, len(events), batch_events):
+            app.recorder.insert_events(events[i:i + batch_events])
+        return len(events), time.perf_counter() - t0
+    finally:
+        app.close()
+
+
+def run_backend(backend: str, args: argparse.Namespace, home: Path, dsn: str | None) -> Result:
+    settings = Settings(home=home, database_url=dsn)
+    settings.ensure_home()
+    result = Result(backend)
+    ledger = Ledger(settings)
+    try:
+        first_id = ledger.store.recorder.max_notification_id() or 0
+        if first_id:
+            print(f"[{backend}] note: the store already holds {first_id} events; adding to it")
+        batches_before = ledger.writer.batches
+        result.ingest_s, result.receipts = ingest(ledger, args.jobs, args.clients, args.inflight)
+        result.jobs = args.jobs
+        result.batches = ledger.writer.batches - batches_before
+        total = ledger.store.recorder.max_notification_id() or 0
+        result.events = total - first_id - 3 * args.clients  # less the account opening and grants
+        batch_events = max(1, round(result.events / max(result.batches, 1)))
+
+        t0 = time.perf_counter()
+        live = Projector(ledger.store, settings.views_path)
+        live.catch_up()
+        live.stop()
+        result.project_s = time.perf_counter() - t0
+
+        with tempfile.TemporaryDirectory(prefix="basis-bench-replay-") as tmp:
+            prof = cProfile.Profile() if args.profile else None
+            fresh = Projector(ledger.store, Path(tmp) / "replay.sqlite3")
+            t0 = time.perf_counter()
+            if prof:
+                prof.enable()
+            result.replay_events = fresh.catch_up()
+            if prof:
+                prof.disable()
+            result.replay_s = time.perf_counter() - t0
+            fresh.stop()
+            if prof:
+                print_profile(prof, f"{backend} replay (Projector.catch_up)",
+                              args.profile / f"{backend}-replay.prof")
+
+        t0 = time.perf_counter()
+        report = audit(ledger.store, settings.views_path, signer=ledger.signer.address)
+        result.audit_s = time.perf_counter() - t0
+        result.audit_ok, result.audit_problems = report.ok, report.problems
+
+        if backend == "sqlite":
+            with tempfile.TemporaryDirectory(prefix="basis-bench-raw-") as tmp:
+                env = {"PERSISTENCE_MODULE": "eventsourcing.sqlite", "SQLITE_DBNAME": str(Path(tmp) / "raw.sqlite3"),
+                       "SQLITE_LOCK_TIMEOUT": "30"}
+                result.raw_events, result.raw_s = raw_baseline(env, ledger, first_id, batch_events)
+            result.where = (f"BASIS_HOME={home} (events {settings.events_path.name}, views "
+                            f"{settings.views_path.name}): BASIS_HOME={home} basis audit --json")
+        else:
+            assert dsn is not None
+            import psycopg
+
+            raw_db = "basis_bench_raw_" + uuid.uuid4().hex[:8]
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                conn.execute(f"CREATE DATABASE {raw_db}")
+            try:
+                result.raw_events, result.raw_s = raw_baseline(
+                    postgres_env(dsn.rsplit("/", 1)[0] + "/" + raw_db), ledger, first_id, batch_events)
+            finally:
+                with psycopg.connect(dsn, autocommit=True) as conn:
+                    conn.execute(f"DROP DATABASE IF EXISTS {raw_db} WITH (FORCE)")
+            result.where = (f"BASIS_DATABASE_URL={dsn} BASIS_HOME={home} (views there): "
+                            f"BASIS_DATABASE_URL={dsn} BASIS_HOME={home} basis audit --json")
+    finally:
+        ledger.close()
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--jobs", type=int, default=20_000)
+    parser.add_argument("--clients", type=int, default=8, help="concurrent client threads")
+    parser.add_argument("--inflight", type=int, default=64, help="jobs each client keeps in flight")
+    parser.add_argument("--backend", choices=("sqlite", "postgres", "both"), default="sqlite")
+    parser.add_argument("--keep-postgres", action="store_true",
+                        help="leave the throwaway PostgreSQL cluster running (its URL is printed)")
+    parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
+                        help="cProfile the writer thread (ingest) and the replay; .prof files go to DIR")
+    args = parser.parse_args()
+    if args.jobs < 1 or args.clients < 1 or args.inflight < 1:
+        parser.error("--jobs, --clients and --inflight must be positive")
+    if args.profile:
+        args.profile.mkdir(parents=True, exist_ok=True)
+        profile_writer_threads()
+
+    home = Settings().home
+    print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cpus, Python "
+          f"{platform.python_version()}, {platform.platform()}")
+    print(f"jobs={args.jobs} clients={args.clients} inflight/client={args.inflight} BASIS_HOME={home}")
+    results: list[Result] = []
+    if args.backend in ("sqlite", "both"):
+        results.append(run_backend("sqlite", args, home, None))
+        for line in results[-1].lines():
+            print(line, flush=True)
+    if args.backend in ("postgres", "both"):
+        dsn = os.environ.get("BASIS_DATABASE_URL")
+        server = None
+        if not dsn:
+            from tests.support.postgres import ThrowawayPostgres
+
+            server = ThrowawayPostgres()
+            dsn = server.dsn
+            print(f"[postgres] started a throwaway cluster at {dsn}")
+        pg_home = home / "postgres"
+        pg_home.mkdir(parents=True, exist_ok=True)
+        key = Settings(home=home).operator_key_path
+        if key.exists() and not (pg_home / "operator.key").exists():
+            shutil.copy2(key, pg_home / "operator.key")
+        try:
+            results.append(run_backend("postgres", args, pg_home, dsn))
+            for line in results[-1].lines():
+                print(line, flush=True)
+        finally:
+            if server is not None:
+                if args.keep_postgres:
+                    print(f"[postgres] cluster left running: {dsn}; stop it with "
+                          f"pg_ctl -D {server.dir / 'data'} stop (as the postgres user when root)")
+                else:
+                    server.stop()
+                    print("[postgres] throwaway cluster stopped and deleted (use BASIS_DATABASE_URL or "
+                          "--keep-postgres to keep the store)")
+    for i, prof in enumerate(_writer_profiles):
+        if prof.getstats():
+            print_profile(prof, f"writer thread #{i} (ingest)", args.profile / f"writer-{i}.prof")
+    return 0 if all(r.audit_ok for r in results) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,207 @@
+"""``basis audit --chain``: the ledger against the chain. Each difference is named in report.problems.
+
+- every confirmed batch: its receipts root is the one posted on chain for its batch id, and its
+  tree rebuilds from the ledger; every receipt in it: its core (from the Job's events) re-hashes to
+  the leaf at its index, and the leaf's proof verifies against the on-chain root (the first leaf of
+  each batch is also checked by the distributor's own ``verifyReceipt``);
+- every receipt the views call settled belongs to a confirmed batch at its leaf index;
+- the latest confirmed batch's cumulative rewards equal the reward projection (settled per worker)
+  and its rewards root is the distributor's current root;
+- at the indexer's cursor block (so indexing lag is not a difference): vault ``totalDeposited``,
+  ``totalSettled``, ``totalWithdrawn``, ``totalRewardTopUp`` and token balance equal the ledger's
+  deposits, settled deposit-backed spend, redeemed vouchers and top-ups; the distributor's balance
+  equals funded - claimed; each worker's ``claimed`` equals the indexed claims.
+
+The RPC URL comes from ``BASIS_RPC_URL`` (or ``rpc_url`` in the manifest).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import defaultdict
+from typing import Any
+
+from eth_utils import to_checksum_address
+from eventsourcing.application import AggregateNotFoundError
+from web3 import Web3
+
+from basis.config import Settings
+from basis.domain.merkle import RECEIPTS_ENCODING, StandardMerkleTree, receipts_tree, rewards_tree
+from basis.domain.receipt import receipt_hash
+from basis.ledger.audit import AuditReport
+from basis.ledger.jobs import Job
+from basis.ledger.projections import Projector, ViewReader
+from basis.ledger.settlement import SettlementBatch, batch_aggregate_id, cursor_id
+from basis.ledger.store import LedgerStore
+from basis.settlement.chain import ZERO32, Chain, connect, from_hex, hex32, load_manifest
+
+
+def audit_chain(settings: Settings, report: AuditReport, *, w3: Web3 | None = None,
+                manifest: dict[str, Any] | None = None) -> None:
+    manifest = manifest or load_manifest(None, settings.home)
+    if manifest is None:
+        report.problems.append("--chain: no deployment manifest (the vault is pending); nothing to verify")
+        return
+    if w3 is None:
+        rpc = os.environ.get("BASIS_RPC_URL") or manifest.get("rpc_url")
+        if not rpc:
+            report.problems.append("--chain: set BASIS_RPC_URL to the chain's JSON-RPC URL")
+            return
+        w3 = connect(rpc)
+    try:
+        chain = Chain(w3, manifest)
+    except Exception as exc:
+        report.problems.append(f"--chain: cannot reach the deployment: {exc}")
+        return
+    store = LedgerStore(settings.event_store_env())
+    try:
+        projector = Projector(store, settings.views_path)
+        projector.catch_up()
+        projector.stop()
+        reader = ViewReader(settings.views_path)
+        try:
+            ChainAudit(chain, store, reader, report).run()
+        finally:
+            reader.close()
+    finally:
+        store.close()
+
+
+class ChainAudit:
+    def __init__(self, chain: Chain, store: LedgerStore, reader: ViewReader, report: AuditReport) -> None:
+        self.chain, self.store, self.reader, self.report = chain, store, reader, report
+        self.problem = report.problems.append
+
+    def run(self) -> None:
+        batches = self._batches()
+        self._check_receipts(batches)
+        self._check_rewards(batches)
+        self._check_balances(batches)
+
+    def _batches(self) -> list[SettlementBatch]:
+        out = []
+        for row in self.reader.batches(limit=1_000_000):
+            if row["status"] in ("proposed", "submitted"):
+                self.problem(f"batch {row['batch_id']} (seq {row['seq']}) is still in flight ({row['status']})")
+            if row["status"] != "confirmed":
+                continue
+            out.append(self.store.repository.get(batch_aggregate_id(row["batch_id"])))
+        return sorted(out, key=lambda b: b.seq)
+
+    # -- receipts ------------------------------------------------------------------------------
+    def _check_receipts(self, batches: list[SettlementBatch]) -> None:
+        dist = self.chain.contracts.distributor.functions
+        in_batch: dict[str, tuple[str, int]] = {}
+        for batch in batches:
+            bid = from_hex(batch.batch_id)
+            onchain = hex32(dist.receiptsRootOf(bid).call())
+            if onchain == ZERO32:
+                self.problem(f"batch {batch.batch_id}: confirmed in the ledger but not posted on chain")
+                continue
+            if onchain != batch.receipts_root:
+                self.problem(f"batch {batch.batch_id}: receipts root on chain {onchain} != "
+                             f"ledger {batch.receipts_root}")
+            hashes = [e["hash"] for e in batch.jobs]
+            tree = receipts_tree(hashes)
+            if tree.root_hex != batch.receipts_root:
+                self.problem(f"batch {batch.batch_id}: its receipts do not rebuild its recorded root")
+            for index, e in enumerate(batch.jobs):
+                in_batch[e["job_id"]] = (batch.batch_id, index)
+                try:
+                    job: Job = self.store.repository.get(_uuid(e["job_id"]))
+                except AggregateNotFoundError:
+                    self.problem(f"receipt {e['job_id']}: in batch {batch.batch_id} but no such job")
+                    continue
+                if job.receipt is None:
+                    self.problem(f"receipt {e['job_id']}: in batch {batch.batch_id} but the job has no receipt")
+                    continue
+                actual = receipt_hash(job.receipt["core"])
+                proof = tree.proof(index)
+                if not StandardMerkleTree.verify(onchain, RECEIPTS_ENCODING, (actual,), proof):
+                    self.problem(f"receipt {e['job_id']}: its core hashes to {actual}, which the receipts root of "
+                                 f"batch {batch.batch_id} on chain does not include (leaf {index} is {e['hash']})")
+                settlement = job.settlement or {}
+                if settlement.get("batch_id") != batch.batch_id or settlement.get("leaf_index") != index:
+                    self.problem(f"receipt {e['job_id']}: settlement pointer {settlement} != batch "
+                                 f"{batch.batch_id} leaf {index}")
+                if index == 0 and not self.chain.contracts.verify_receipt(bid, from_hex(actual), proof):
+                    self.problem(f"receipt {e['job_id']}: the distributor's verifyReceipt refuses its proof")
+        for row in self.reader.db.execute("SELECT job_id, settlement FROM receipts WHERE status = 'settled'"):
+            s = json.loads(row["settlement"])
+            if in_batch.get(row["job_id"]) != (s["batch_id"], s["leaf_index"]):
+                self.problem(f"receipt {row['job_id']}: marked settled in batch {s['batch_id']} leaf "
+                             f"{s['leaf_index']}, which no confirmed batch holds")
+
+    # -- rewards -------------------------------------------------------------------------------
+    def _check_rewards(self, batches: list[SettlementBatch]) -> None:
+        onchain = hex32(self.chain.contracts.rewards_root())
+        latest = batches[-1] if batches else None
+        expected = latest.rewards_root if latest else ZERO32
+        if onchain != expected:
+            self.problem(f"rewards root on chain {onchain} != latest confirmed batch's {expected}")
+        cumulative = {w.lower(): int(c) for w, c in latest.rewards} if latest else {}
+        if cumulative and rewards_tree(list(cumulative.items())).root_hex != expected:
+            self.problem("the latest batch's cumulative rewards do not rebuild its rewards root")
+        projected = {r["worker"]: int(r["settled"]) for r in self.reader.rewards() if int(r["settled"])}
+        for worker in sorted(set(projected) | set(cumulative)):
+            if projected.get(worker, 0) != cumulative.get(worker, 0):
+                self.problem(f"worker {worker}: settled reward in the projection {projected.get(worker, 0)} != "
+                             f"cumulative in the rewards root {cumulative.get(worker, 0)}")
+
+    # -- balances ------------------------------------------------------------------------------
+    def _check_balances(self, batches: list[SettlementBatch]) -> None:
+        chain = self.chain
+        name = f"indexer:{chain.chain_id}:{chain.vault.lower()}"
+        try:
+            at = self.store.repository.get(cursor_id(name)).block
+        except AggregateNotFoundError:
+            at = int(chain.w3.eth.block_number)  # never indexed: any deposit on chain shows as a difference
+        db = self.reader.db
+        deposits = sum(int(r[0]) for r in db.execute("SELECT amount FROM credits WHERE source = 'deposit'"))
+        withdrawn = sum(int(r[0]) for r in db.execute(
+            "SELECT amount FROM withdrawals WHERE status IN ('redeemed', 'foreign')"))
+        for r in db.execute("SELECT nonce, amount, tx_hash FROM withdrawals WHERE status = 'foreign'"):
+            self.problem(f"withdrawal with nonce {r['nonce']} ({r['amount']}, tx {r['tx_hash']}) was not issued by "
+                         "this ledger")
+        done = [b for b in batches if b.block is not None and b.block <= at]
+        settled = sum(b.to_distributor + b.to_treasury for b in done)
+        top_up = sum(b.reward_top_up for b in done)
+        funded = sum(b.to_distributor + b.reward_top_up for b in done)
+        claims: dict[str, int] = defaultdict(int)
+        for r in db.execute("SELECT worker, amount FROM claims WHERE block <= ?", (at,)):
+            claims[r["worker"]] += int(r["amount"])
+        vault = chain.contracts.vault.functions
+        token = chain.contracts.token.functions
+        onchain = {
+            "totalDeposited": int(vault.totalDeposited().call(block_identifier=at)),
+            "totalSettled": int(vault.totalSettled().call(block_identifier=at)),
+            "totalWithdrawn": int(vault.totalWithdrawn().call(block_identifier=at)),
+            "totalRewardTopUp": int(vault.totalRewardTopUp().call(block_identifier=at)),
+        }
+        ledger = {"totalDeposited": deposits, "totalSettled": settled, "totalWithdrawn": withdrawn,
+                  "totalRewardTopUp": top_up}
+        for key, value in ledger.items():
+            if onchain[key] != value:
+                self.problem(f"vault {key} at block {at}: chain {onchain[key]} != ledger {value}")
+        vault_balance = int(token.balanceOf(chain.vault).call(block_identifier=at))
+        if vault_balance != deposits - settled - withdrawn:
+            self.problem(f"vault token balance at block {at}: chain {vault_balance} != ledger deposits - settled - "
+                         f"withdrawn = {deposits - settled - withdrawn}")
+        dist_balance = int(token.balanceOf(chain.distributor).call(block_identifier=at))
+        claimed_total = sum(claims.values())
+        if dist_balance != funded - claimed_total:
+            self.problem(f"distributor token balance at block {at}: chain {dist_balance} != ledger funded - claimed "
+                         f"= {funded - claimed_total}")
+        dist = chain.contracts.distributor.functions
+        workers = {w.lower() for b in done for w, _ in b.rewards} | set(claims)
+        for worker in sorted(workers):
+            on = int(dist.claimed(to_checksum_address(worker)).call(block_identifier=at))
+            if on != claims.get(worker, 0):
+                self.problem(f"worker {worker}: claimed on chain {on} != indexed claims {claims.get(worker, 0)}")
+
+
+def _uuid(text: str):
+    from uuid import UUID
+
+    return UUID(text)
