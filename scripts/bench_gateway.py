@@ -35,7 +35,7 @@ MESSAGES = [{"role": "user", "content": "Summarize this transaction."}]
 
 def pct(xs: list[float], p: float) -> float:
     xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))] if xs else float("nan")
+    return xs[min(len(xs) - 1, round(p / 100 * (len(xs) - 1)))] if xs else float("nan")
 
 
 async def drive(n: int, concurrency: int, one) -> dict:

@@ -18,6 +18,7 @@ _AREAS = [
     ("basis.cli.worker", "worker", "Run a contributor worker (and claim its rewards)."),
     ("basis.cli.contracts", "contracts", "Compile and deploy the Basis contracts."),
     ("basis.cli.settlement", None, None),
+    ("basis.cli.status", None, None),
 ]
 
 for module_name, name, help_text in _AREAS:

@@ -20,10 +20,9 @@ from typing import Any
 import typer
 
 from basis.config import Settings
-from basis.ledger.errors import DuplicateCredit
 
 DEMO_ACCOUNT = "demo"
-DEMO_GRANT = 10**21  # 1,000 $BASIS of operator-granted (unbacked) development credit
+DEMO_DEPOSIT = 10**21  # 1,000 stand-in $BASIS deposited through the vault on the local chain
 
 
 def _demo_key(runtime: Any, home: Path) -> str:
@@ -52,22 +51,50 @@ def up(
     port: int = typer.Option(8000, help="Gateway port."),
     worker_threads: int = typer.Option(None, help="CPU threads for the local worker's llama.cpp engine."),
     gateway_engine: bool = typer.Option(False, help="Also let the gateway serve jobs itself (no reward)."),
+    chain_port: int = typer.Option(8545, help="Port of the local anvil chain."),
+    settle_interval: float = typer.Option(30.0, help="Seconds between settlement batches (0: off)."),
+    fresh: bool = typer.Option(False, "--fresh", help="Set the old ledger and chain state aside and start over "
+                               "(keys are kept)."),
 ) -> None:
-    """Bring up a local Basis network; Ctrl-C stops everything."""
+    """Bring up a local Basis network (chain, contracts, gateway, worker); Ctrl-C stops everything."""
     import uvicorn
 
     from basis.cli.serve import _check_port
+    from basis.domain.signing import ReceiptSigner
     from basis.gateway.app import create_app
     from basis.gateway.runtime import GatewayOptions, GatewayRuntime
+    from basis.settlement import local_chain
 
     settings = Settings()
     home = settings.ensure_home()
     _check_port(host, port)
+    _check_port("127.0.0.1", chain_port)
+    if fresh:
+        typer.echo(f"set the old state aside in {local_chain.set_aside(home)}")
+    operator = ReceiptSigner(settings.operator_key()).address
+    try:
+        chain = local_chain.start_local_chain(home, operator, chain_port)
+    except local_chain.ChainStateLost as exc:
+        typer.echo(f"error: {exc}.\nRun `basis up --fresh` to set this state aside and start a new network.",
+                   err=True)
+        raise typer.Exit(2) from None
     options = GatewayOptions(engine="llama-cpp" if gateway_engine else "none", engine_models=None)
     runtime = GatewayRuntime(settings, options)
+    runtime.enable_chain(chain.rpc_url, settle_interval=settle_interval or None)
+    try:
+        local_chain.check_ledger_matches_chain(runtime)
+    except local_chain.ChainStateLost as exc:
+        chain.stop()
+        runtime.ledger.close()
+        typer.echo(f"error: {exc}.\nRun `basis up --fresh` to set this state aside and start a new network.",
+                   err=True)
+        raise typer.Exit(2) from None
     key = _demo_key(runtime, home)
-    with contextlib.suppress(DuplicateCredit):
-        runtime.ledger.grant(DEMO_ACCOUNT, DEMO_GRANT, grant_id="basis-up-demo-grant", memo="basis up demo credit")
+    runtime.indexer.sync()
+    demo = runtime.ledger.get(runtime.ledger.open_account(DEMO_ACCOUNT))
+    if demo.deposited == 0:
+        local_chain.fund_demo_account(chain, demo.id, DEMO_DEPOSIT)
+        runtime.indexer.sync()
 
     base = f"http://{host}:{port}"
     worker_cmd = [sys.executable, "-m", "basis.cli.main", "worker", "run",
@@ -99,7 +126,8 @@ def up(
                 "models": [m["id"] for m in runtime.models_status()],
                 "live_models": sorted(runtime.hub.live_models()), "home": str(home),
                 "gateway_signer": runtime.ledger.signer.address, "chain_id": runtime.chain_id,
-                "worker_pid": worker.pid, "gateway_pid": os.getpid(),
+                "rpc_url": chain.rpc_url, "contracts": local_chain.describe(chain.manifest),
+                "settle_interval": settle_interval, "worker_pid": worker.pid, "gateway_pid": os.getpid(),
             }
             (home / "up.json").write_text(json.dumps(info, indent=2) + "\n")
             if worker.poll() is not None:
@@ -115,8 +143,11 @@ def up(
                     worker.kill()
             worker_log.close()
 
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(main())
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(main())
+    finally:
+        chain.stop()  # anvil writes its state on a clean exit
     typer.echo("basis up: stopped cleanly")
 
 
@@ -127,6 +158,8 @@ def _print_banner(info: dict[str, Any]) -> None:
     typer.echo(f"  API key       {info['api_key']}")
     typer.echo(f"  explorer      {info['explorer_url']}")
     typer.echo(f"  models        {', '.join(info['models'])} (live: {', '.join(info['live_models']) or 'none yet'})")
-    typer.echo(f"  signer        {info['gateway_signer']}  chain {info['chain_id']}")
+    typer.echo(f"  signer        {info['gateway_signer']}  chain {info['chain_id']} at {info['rpc_url']}")
+    c = info["contracts"]
+    typer.echo(f"  contracts     vault {c['vault']}  distributor {c['distributor']}  token {c['token']} (stand-in)")
     typer.echo(f"  (also in {info['home']}/up.json; Ctrl-C stops everything)")
     typer.echo("")

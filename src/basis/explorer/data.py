@@ -27,8 +27,11 @@ BATCH_FIELDS: dict[str, tuple[str, ...]] = {
     "reward": ("reward", "rewards", "total_reward", "reward_total", "rewards_total"),
     "fee": ("fee", "fees", "total_fee", "fee_total"),
     "from_deposit": ("from_deposit", "deposit_backed", "charged_deposit", "vault_amount"),
-    "from_grant": ("from_grant", "grant_backed", "charged_grant", "treasury_amount"),
-    "created_at": ("created_at", "posted_at", "settled_at", "at", "timestamp"),
+    "to_treasury": ("to_treasury",),
+    "reward_top_up": ("reward_top_up",),
+    "block": ("block", "block_number"),
+    "created_at": ("proposed_at", "created_at", "posted_at", "settled_at", "at", "timestamp"),
+    "closed_at": ("closed_at", "confirmed_at"),
 }
 
 
@@ -97,21 +100,30 @@ def _batches_from_receipts(reader: Any, limit: int) -> list[dict[str, Any]]:
 
 
 def settlement_batches(reader: Any, limit: int = 50) -> tuple[list[dict[str, Any]], str]:
-    """(batches newest first, source) where source is "batches" (the settlement view), "receipts"
-    (derived from settled receipts' pointers) or "none" (nothing readable yet)."""
+    """(batches newest first, source): source is "batches" (the settlement view), "receipts" (only
+    derived from settled receipts' pointers: no roots), "mixed" (both) or "none" (no view yet).
+    Each batch is normalised to the keys of BATCH_FIELDS (None where unknown)."""
+    batches: list[dict[str, Any]] = []
+    source = "none"
     try:
         rows = _batches_from_table(reader, limit)
         if rows is not None:
             batches = [normalize_batch(r) for r in rows]
             _fill_counts(reader, batches)
-            return batches, "batches"
+            source = "batches"
     except (sqlite3.Error, AttributeError, KeyError, TypeError, ValueError) as exc:
         log.warning("settlement batch view unreadable, falling back to receipts: %s", exc)
-    try:
-        return [normalize_batch(r) for r in _batches_from_receipts(reader, limit)], "receipts"
+    try:  # receipts settled into a batch the batch view does not (yet) show
+        known = {str(b["batch_id"]) for b in batches}
+        derived = [normalize_batch(r) for r in _batches_from_receipts(reader, limit)
+                   if str(r["batch_id"]) not in known]
     except (sqlite3.Error, AttributeError, KeyError, TypeError, ValueError) as exc:
         log.warning("settlement pointers unreadable: %s", exc)
-        return [], "none"
+        derived = []
+    if derived:
+        batches += derived
+        source = "receipts" if source == "none" else "mixed"
+    return batches[:limit], source
 
 
 def _fill_counts(reader: Any, batches: list[dict[str, Any]]) -> None:
@@ -137,16 +149,26 @@ def receipt_totals(reader: Any) -> dict[str, Any]:
     return {"receipts": row[0], "workers_paid": row[1]}
 
 
+REWARD_FIELDS = ("accrued", "settled", "claimed", "jobs", "output_tokens")
+
+
 def worker_rows(reader: Any, online: set[str]) -> list[dict[str, Any]]:
-    """Registered workers plus any address that earned rewards without a registration row."""
-    rows = {w["address"].lower(): {**w, "registered": True} for w in reader.workers()}
-    for r in reader.rewards():
-        addr = r["worker"].lower()
+    """Registered workers plus any address that earned rewards without a registration row, online
+    first. Addresses are matched lowercase: the workers view may hold a checksummed address while
+    receipts and rewards hold it lowercase, so the rewards are joined here rather than in SQL."""
+    rewards = {r["worker"].lower(): r for r in reader.rewards()}
+    empty = {"accrued": "0", "settled": "0", "claimed": "0", "jobs": 0, "output_tokens": 0}
+    rows: dict[str, dict[str, Any]] = {}
+    for w in reader.workers():
+        addr = w["address"].lower()
+        earned = rewards.get(addr, empty)
+        rows[addr] = {**w, **{k: earned[k] for k in REWARD_FIELDS}, "address": addr, "registered": True}
+    for addr, r in rewards.items():
         if addr not in rows:
-            rows[addr] = {"address": addr, "models": [], "software": "", "registered": False,
-                          "registered_at": None, **r}
+            rows[addr] = {"address": addr, "models": [], "software": "", "registered": False, "registered_at": None,
+                          **{k: r[k] for k in REWARD_FIELDS}}
     out = []
-    for addr, w in sorted(rows.items()):
+    for addr, w in rows.items():
         w["online"] = addr in online
         out.append(w)
     out.sort(key=lambda w: (not w["online"], w["address"]))

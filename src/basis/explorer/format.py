@@ -26,6 +26,10 @@ def group_thousands(digits: str) -> str:
 
 def format_basis(value: int | str | None, decimals: int = DECIMALS) -> str:
     """``"1500000000000000000"`` -> ``"1.5"``; every significant decimal is kept, none invented."""
+    if isinstance(value, str) and value.startswith("-") and base_units(value[1:]) not in (None, "0"):
+        return "-" + format_basis(value[1:], decimals)  # e.g. a tampered core's fee; never from the ledger
+    if isinstance(value, int) and not isinstance(value, bool) and value < 0:
+        return "-" + format_basis(-value, decimals)
     text = base_units(value)
     if text is None:
         return "—" if value is None else str(value)

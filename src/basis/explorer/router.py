@@ -105,7 +105,10 @@ def _component(value: Any) -> dict[str, Any]:
     if not isinstance(value, dict):
         return {"status": "pending", "address": None}
     status = value.get("status") if value.get("status") in ("live", "pending") else "pending"
-    return {"status": status, "address": value.get("address"), "detail": value.get("detail")}
+    detail = value.get("detail")
+    if value.get("stand_in"):
+        detail = "local stand-in ERC20 for development, not the real $BASIS token"
+    return {"status": status, "address": value.get("address"), "detail": detail}
 
 
 @router.get("/models", response_class=HTMLResponse, name="explorer_models")

@@ -79,6 +79,13 @@ class GatewayRuntime:
             n = self.ledger.end_interrupted([UUID(j) for j in interrupted])
             log.warning("ended %d job(s) interrupted by the last stop; their reservations are released", n)
         self.projector.start(self.ledger.committed)
+        for task, interval in getattr(self, "_chain_tasks", []):
+            if interval is None:
+                task.start()
+            else:
+                task.sync()  # credit deposits made while the gateway was down before serving
+                task.start(interval=interval)
+            self.background.append(task)
 
     async def stop(self) -> None:
         for thing in reversed(self.background):
@@ -112,10 +119,28 @@ class GatewayRuntime:
         raise ValueError(f"unknown engine {kind!r} (none, llama-cpp, instant)")
 
     def _load_deployment(self) -> dict[str, Any] | None:
-        path = Path(os.environ.get("BASIS_DEPLOYMENT") or self.settings.home / "deployment.json")
+        path = Path(os.environ.get("BASIS_MANIFEST") or self.settings.home / "deployment.json")
         if not path.exists():
             return None
         return json.loads(path.read_text())
+
+    def enable_chain(self, rpc_url: str, *, settle_interval: float | None = 30.0, index_interval: float = 1.0,
+                     confirmations: int = 0) -> None:
+        """Follow the vault (deposits, withdrawals, claims) and settle batches on a schedule."""
+        from basis.settlement.batches import SettlementScheduler
+        from basis.settlement.chain import connect
+        from basis.settlement.deposits import ChainIndexer
+
+        if self.deployment is None:
+            raise RuntimeError("no deployment manifest: run `basis contracts deploy` first (the vault is pending)")
+        self.web3 = connect(rpc_url)
+        self.rpc_url = rpc_url
+        self.indexer = ChainIndexer(self.ledger, self.web3, self.deployment, confirmations=confirmations)
+        self._chain_tasks = [(self.indexer, index_interval)]
+        if settle_interval:
+            self.scheduler = SettlementScheduler(self.ledger, self.web3, self.deployment, self.settings.operator_key(),
+                                                 reader=self.reader, interval=settle_interval)
+            self._chain_tasks.append((self.scheduler, None))
 
     # -- workers ------------------------------------------------------------------------------
     def _worker_online(self, address: str, models: dict[str, int]) -> None:

@@ -20,8 +20,6 @@
         return value ? "true" : "false";
       case "number":
         if (!isFinite(value)) throw new TypeError("JCS: NaN and Infinity are not JSON");
-        if (Math.floor(value) === value && !Number.isSafeInteger(value))
-          throw new RangeError("JCS: integer beyond 2^53-1 (amounts are decimal strings)");
         return JSON.stringify(value); // ECMAScript Number serialization; -0 gives "0"
       case "string":
         return jcsString(value);
@@ -33,6 +31,16 @@
         }).join(",") + "}";
     }
     throw new TypeError("JCS: unsupported value of type " + typeof value);
+  }
+
+  // A receipt core's integers must survive JSON.parse exactly (DESIGN 1.2: amounts are decimal
+  // strings because RFC 8785 numbers are IEEE doubles); a larger one cannot be verified as served.
+  function requireSafeIntegers(value) {
+    if (typeof value === "number" && Math.floor(value) === value && !Number.isSafeInteger(value))
+      throw new RangeError("integer beyond 2^53-1 in the core (amounts must be decimal strings)");
+    if (value && typeof value === "object")
+      Object.keys(value).forEach(function (k) { requireSafeIntegers(value[k]); });
+    return value;
   }
 
   // ---- SHA-256 (FIPS 180-4), for pages without WebCrypto ---------------------------------
@@ -112,7 +120,7 @@
     var published = (out.getAttribute("data-published") || "").toLowerCase();
     var canonical;
     try {
-      canonical = jcs(JSON.parse(source.textContent));
+      canonical = jcs(requireSafeIntegers(JSON.parse(source.textContent)));
     } catch (err) {
       return Promise.resolve(report(out, "error", published, "", "", String(err && err.message || err)));
     }
@@ -143,6 +151,7 @@
 
   window.BasisVerify = {
     jcs: jcs,
+    requireSafeIntegers: requireSafeIntegers,
     sha256: sha256,
     sha256Hex: function (s) { return hex(sha256(typeof s === "string" ? utf8(s) : s)); },
     digest: digest,

@@ -5,6 +5,7 @@ exactly once and a crash resumes where the last commit left off.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 import threading
@@ -26,10 +27,36 @@ AMOUNT_COLUMNS = {
 }
 
 
+def _views_version() -> str:
+    """Changes whenever the schema or the projection code changes: stale views are rebuilt."""
+    pkg = resources.files("basis.ledger.projections")
+    digest = hashlib.sha256(pkg.joinpath("schema.sql").read_bytes())
+    digest.update(Path(__file__).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+VIEWS_VERSION = _views_version()
+
+
 def connect(path: str | Path) -> sqlite3.Connection:
     db = sqlite3.connect(str(path), timeout=30, isolation_level=None, check_same_thread=False)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=NORMAL")
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        db.execute("CREATE TABLE IF NOT EXISTS views_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        row = db.execute("SELECT value FROM views_meta WHERE key = 'version'").fetchone()
+        if row is None or row[0] != VIEWS_VERSION:
+            # Views are disposable: another projection version rebuilds them from the event log.
+            tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+            for t in tables:
+                if t != "views_meta":
+                    db.execute(f"DROP TABLE {t}")
+            db.execute("INSERT OR REPLACE INTO views_meta VALUES ('version', ?)", (VIEWS_VERSION,))
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
     db.executescript(resources.files("basis.ledger.projections").joinpath("schema.sql").read_text())
     return db
 
@@ -257,7 +284,7 @@ class Projector:
 
     def _worker_registered(self, b: _Batch, n: Notification, d: dict[str, Any]) -> None:
         self.db.execute("INSERT INTO workers VALUES (?, ?, '[]', '', ?, ?)",
-                        (d["address"], str(n.originator_id), self._ts(d), self._ts(d)))
+                        (d["address"].lower(), str(n.originator_id), self._ts(d), self._ts(d)))
 
     def _worker_advertised(self, b: _Batch, n: Notification, d: dict[str, Any]) -> None:
         self.db.execute("UPDATE workers SET models = ?, software = ?, updated_at = ? WHERE worker_id = ?",
