@@ -30,9 +30,11 @@ def free_port() -> int:
 
 
 class Gateway:
-    def __init__(self, home: Path, options: GatewayOptions | None = None) -> None:
+    def __init__(self, home: Path, options: GatewayOptions | None = None, *, rpc_url: str | None = None) -> None:
         self.settings = Settings(home=home, database_url=None)
         self.runtime = GatewayRuntime(self.settings, options or GatewayOptions(heartbeat_interval=1.0))
+        if rpc_url is not None:  # settlement runs when the test says so (scheduler.tick), not on a timer
+            self.runtime.enable_chain(rpc_url, settle_interval=3600)
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.ws = f"ws://127.0.0.1:{self.port}/v1/workers/connect"
