@@ -61,8 +61,15 @@ def connect(path: str | Path) -> sqlite3.Connection:
     return db
 
 
+_PK = {"accounts": "account_id", "rewards": "worker", "jobs": "job_id"}
+_JOB_COLUMNS = ("job_id", "account_id", "node", "model", "status", "served_by", "worker", "attempts", "prompt_tokens",
+                "output_tokens", "reserved", "outcome", "finish_reason", "reason", "worker_usage", "accepted_at",
+                "ended_at")
+
+
 class _Batch:
-    """Rows with running totals (accounts, rewards) are read once per batch and written back once."""
+    """Rows that several events change (accounts, rewards, jobs) are read once per page and
+    written back once, instead of one statement per event."""
 
     def __init__(self, db: sqlite3.Connection) -> None:
         self.db = db
@@ -71,13 +78,12 @@ class _Batch:
     def row(self, table: str, key: str) -> dict[str, Any] | None:
         k = (table, key)
         if k not in self.rows:
-            pk = "account_id" if table == "accounts" else "worker"
-            cur = self.db.execute(f"SELECT * FROM {table} WHERE {pk} = ?", (key,))
+            cur = self.db.execute(f"SELECT * FROM {table} WHERE {_PK[table]} = ?", (key,))
             found = cur.fetchone()
             if found is None:
                 return None
             row = dict(zip([c[0] for c in cur.description], found, strict=True))
-            for col in AMOUNT_COLUMNS[table]:
+            for col in AMOUNT_COLUMNS.get(table, ()):
                 row[col] = int(row[col])
             self.rows[k] = row
         return self.rows[k]
@@ -87,7 +93,8 @@ class _Batch:
 
     def flush(self) -> None:
         for (table, _key), row in self.rows.items():
-            out = {k: (str(v) if k in AMOUNT_COLUMNS[table] else v) for k, v in row.items()}
+            amounts = AMOUNT_COLUMNS.get(table, ())
+            out = {k: (str(v) if k in amounts else v) for k, v in row.items()}
             cols = ", ".join(out)
             marks = ", ".join("?" for _ in out)
             self.db.execute(f"INSERT OR REPLACE INTO {table} ({cols}) VALUES ({marks})", tuple(out.values()))
@@ -167,10 +174,14 @@ class Projector:
                 on_progress(n)
         return total
 
-    def start(self, wake: threading.Event, interval: float = 0.05) -> None:
+    def start(self, wake: threading.Event, interval: float = 0.5, gather: float = 0.02) -> None:
+        """Poll every ``interval`` s, or soon after ``wake`` is set: waiting ``gather`` s first
+        lets one page take many commits instead of competing with the writer for every one."""
+
         def loop() -> None:
             while not self._stop.is_set():
-                wake.wait(interval)
+                if wake.wait(interval):
+                    self._stop.wait(gather)
                 wake.clear()
                 try:
                     self.catch_up()
@@ -228,35 +239,39 @@ class Projector:
         row["spent_granted"] += d["from_grant"]
         row["spent_deposited"] += d["from_deposit"]
 
+    def _job(self, b: _Batch, n: Notification) -> dict[str, Any]:
+        row = b.row("jobs", str(n.originator_id))
+        assert row is not None, f"event for unknown job {n.originator_id}"
+        return row
+
     def _job_accepted(self, b: _Batch, n: Notification, d: dict[str, Any]) -> None:
-        self.db.execute(
-            "INSERT INTO jobs VALUES (?, ?, ?, ?, 'accepted', NULL, NULL, 0, ?, 0, ?, NULL, NULL, NULL, NULL, ?, NULL)",
-            (str(n.originator_id), str(d["account_id"]), d.get("node", ""), d["model"], d["prompt_tokens"],
-             str(d["reserved"]), self._ts(d)))
+        job_id = str(n.originator_id)
+        b.put("jobs", job_id, dict(zip(_JOB_COLUMNS, (
+            job_id, str(d["account_id"]), d.get("node", ""), d["model"], "accepted", None, None, 0,
+            d["prompt_tokens"], 0, str(d["reserved"]), None, None, None, None, self._ts(d), None), strict=True)))
 
     def _job_assigned(self, b: _Batch, n: Notification, d: dict[str, Any]) -> None:
-        self.db.execute(
-            "UPDATE jobs SET status = 'assigned', served_by = ?, worker = ?, attempts = attempts + 1 WHERE job_id = ?",
-            (d["served_by"], d["worker"].lower() if d["worker"] else None, str(n.originator_id)))
+        row = self._job(b, n)
+        row.update(status="assigned", served_by=d["served_by"], worker=d["worker"].lower() if d["worker"] else None)
+        row["attempts"] += 1
 
     def _job_ended(self, b: _Batch, n: Notification, d: dict[str, Any]) -> None:
         usage = json.dumps(d["worker_usage"], sort_keys=True) if d.get("worker_usage") is not None else None
-        self.db.execute(
-            "UPDATE jobs SET status = ?, outcome = ?, output_tokens = ?, finish_reason = ?, reason = ?,"
-            " worker_usage = ?, ended_at = ? WHERE job_id = ?",
-            (d["outcome"], d["outcome"], d["output_tokens"], d.get("finish_reason"), d.get("reason"), usage,
-             self._ts(d), str(n.originator_id)))
+        self._job(b, n).update(status=d["outcome"], outcome=d["outcome"], output_tokens=d["output_tokens"],
+                               finish_reason=d.get("finish_reason"), reason=d.get("reason"), worker_usage=usage,
+                               ended_at=self._ts(d))
 
     def _receipt_issued(self, b: _Batch, n: Notification, d: dict[str, Any]) -> None:
         core = d["core"]
         job_id = str(n.originator_id)
-        account_id = self.db.execute("SELECT account_id FROM jobs WHERE job_id = ?", (job_id,)).fetchone()[0]
+        job = self._job(b, n)
+        account_id = job["account_id"]
         self.db.execute(
             "INSERT INTO receipts VALUES (?, ?, ?, ?, ?, ?, 'issued', NULL, ?, ?, ?, ?, ?, ?, ?, ?, NULL)",
             (job_id, n.id, d["hash"], canonical_json(core).decode(), d["signature"], d["signer"], account_id,
              core["model"], core["served_by"], core["worker"], core["outcome"], core["charged"], core["reward"],
              self._ts(d)))
-        self.db.execute("UPDATE jobs SET status = 'receipted' WHERE job_id = ?", (job_id,))
+        job["status"] = "receipted"
         acc = b.row("accounts", account_id)
         assert acc is not None
         acc["receipts"] += 1
@@ -275,7 +290,7 @@ class Projector:
         job_id = str(n.originator_id)
         self.db.execute("UPDATE receipts SET status = 'settled', settlement = ?, settled_at = ? WHERE job_id = ?",
                         (json.dumps(settlement, sort_keys=True), self._ts(d), job_id))
-        self.db.execute("UPDATE jobs SET status = 'settled' WHERE job_id = ?", (job_id,))
+        self._job(b, n)["status"] = "settled"
         found = self.db.execute("SELECT worker, reward FROM receipts WHERE job_id = ?", (job_id,)).fetchone()
         if found and found[0]:
             row = b.row("rewards", found[0])
