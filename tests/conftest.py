@@ -45,3 +45,31 @@ def pg_dsn(pg_server: str) -> str:
     with psycopg.connect(pg_server, autocommit=True) as conn:
         conn.execute(f"CREATE DATABASE {name}")
     return pg_server.rsplit("/", 1)[0] + "/" + name
+
+
+def require_foundry() -> None:
+    """Skip (with the reason) where the pinned Foundry toolchain is not installed; CI installs it."""
+    from basis.chain.paths import node_modules
+
+    nm = node_modules()
+    if nm is None or not (nm / "@foundry-rs" / "anvil-linux-amd64" / "bin" / "anvil").is_file():
+        if os.environ.get("CI"):
+            raise RuntimeError("node_modules with @foundry-rs/anvil absent in CI: `npm ci` did not run")
+        pytest.skip("node_modules with @foundry-rs/anvil absent: run `npm ci` at the repository root")
+
+
+@pytest.fixture(scope="module")
+def anvil():
+    """A real anvil chain on a free loopback port, for one test module."""
+    from basis.chain.anvil import Anvil
+
+    require_foundry()
+    with Anvil() as chain:
+        yield chain
+
+
+@pytest.fixture(scope="module")
+def w3(anvil):
+    from web3 import Web3
+
+    return Web3(Web3.HTTPProvider(anvil.rpc_url))

@@ -22,6 +22,8 @@ def _forge():
     nm = node_modules()
     forge = nm / "@foundry-rs" / "forge-linux-amd64" / "bin" / "forge" if nm else None
     if forge is None or not forge.is_file():
+        if os.environ.get("CI"):
+            raise RuntimeError("forge absent in CI: `npm ci` did not run")
         pytest.skip("node_modules absent (run `npm ci`): the forge suite cannot run")
     return forge
 

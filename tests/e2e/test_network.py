@@ -19,12 +19,12 @@ from web3 import Web3
 
 from basis.chain.anvil import Anvil
 from basis.chain.deploy import deploy
-from basis.chain.paths import node_modules
 from basis.chain.vouchers import Withdrawal
 from basis.domain.account_id import to_bytes32
 from basis.domain.receipt import receipt_hash
 from basis.gateway.runtime import GatewayOptions
 from basis.settlement.chain import from_hex
+from tests.conftest import require_foundry
 from tests.gateway.harness import REPO, Gateway
 
 TOKENS = 10**18
@@ -33,9 +33,7 @@ pytestmark = [pytest.mark.chain, pytest.mark.llama]
 
 @pytest.fixture
 def network(tmp_path):
-    nm = node_modules()
-    if nm is None or not (nm / "@foundry-rs" / "anvil-linux-amd64" / "bin" / "anvil").is_file():
-        pytest.skip("node_modules with @foundry-rs/anvil absent: run `npm ci`")
+    require_foundry()
     pytest.importorskip("llama_cpp", reason="llama-cpp-python not installed")
     home = tmp_path / "home"
     home.mkdir()

@@ -3,32 +3,12 @@ from __future__ import annotations
 import pytest
 from web3 import Web3
 
-from basis.chain.anvil import Anvil
 from basis.chain.deploy import deploy
-from basis.chain.paths import node_modules
 from basis.ledger.projections import Projector, ViewReader
 from basis.ledger.service import Ledger
 from basis.settlement.chain import Chain
 
 TOKENS = 10**18
-
-
-def _require_toolchain() -> None:
-    nm = node_modules()
-    if nm is None or not (nm / "@foundry-rs" / "anvil-linux-amd64" / "bin" / "anvil").is_file():
-        pytest.skip("node_modules with @foundry-rs/anvil absent: run `npm ci` at the repository root")
-
-
-@pytest.fixture(scope="module")
-def anvil():
-    _require_toolchain()
-    with Anvil() as chain:
-        yield chain
-
-
-@pytest.fixture(scope="module")
-def w3(anvil):
-    return Web3(Web3.HTTPProvider(anvil.rpc_url))
 
 
 class Env:

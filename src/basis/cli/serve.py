@@ -29,20 +29,40 @@ def serve(
                                "instant (benchmarks only)."),
     engine_models: str = typer.Option(None, help="Comma-separated models the gateway serves itself (default all)."),
     threads: int = typer.Option(None, help="CPU threads for the llama-cpp engine."),
-    log_level: str = typer.Option("warning", help="uvicorn log level."),
+    rpc: str = typer.Option(None, envvar="BASIS_RPC_URL", help="Chain JSON-RPC: follow the vault and settle "
+                            "(needs $BASIS_HOME/deployment.json from `basis contracts deploy`)."),
+    settle_interval: float = typer.Option(60.0, help="Seconds between settlement batches with --rpc (0: off)."),
+    log_level: str = typer.Option("info", help="Log level (JSON lines on stderr)."),
 ) -> None:
     """Run the OpenAI-compatible gateway (SQLite under BASIS_HOME unless BASIS_DATABASE_URL is set)."""
     import uvicorn
 
     from basis.gateway.app import create_app
     from basis.gateway.runtime import GatewayOptions, GatewayRuntime
+    from basis.observability.logging import configure_logging
 
+    configure_logging(log_level)
     _check_port(host, port)
     options = GatewayOptions(engine=engine, n_threads=threads,
                              engine_models=engine_models.split(",") if engine_models else None)
-    runtime = GatewayRuntime(Settings(), options)
-    uvicorn.run(create_app(runtime), host=host, port=port, log_level=log_level, access_log=False,
-                ws_max_size=16 * 1024 * 1024)
+    try:
+        runtime = GatewayRuntime(Settings(), options)
+    except (FileNotFoundError, ValueError) as exc:
+        raise typer.BadParameter(str(exc)) from None
+    if rpc:
+        _enable_chain(runtime, rpc, settle_interval)
+    uvicorn.run(create_app(runtime), host=host, port=port, log_level="warning", access_log=False,
+                ws_max_size=16 * 1024 * 1024, log_config=None)
+
+
+def _enable_chain(runtime, rpc: str, settle_interval: float) -> None:
+    try:
+        runtime.enable_chain(rpc, settle_interval=settle_interval or None)
+        runtime.web3.eth.block_number  # noqa: B018 - fail now, clearly, if the RPC is unreachable
+    except RuntimeError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--rpc") from None
+    except Exception as exc:
+        raise typer.BadParameter(f"cannot reach the chain at {rpc}: {exc}", param_hint="--rpc") from None
 
 
 def register(app: typer.Typer) -> None:

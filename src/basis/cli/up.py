@@ -63,10 +63,13 @@ def up(
     from basis.domain.signing import ReceiptSigner
     from basis.gateway.app import create_app
     from basis.gateway.runtime import GatewayOptions, GatewayRuntime
+    from basis.observability.logging import configure_logging
     from basis.settlement import local_chain
 
     settings = Settings()
     home = settings.ensure_home()
+    gateway_log = open(home / "gateway.log", "a", buffering=1)  # noqa: SIM115 - open while the network runs
+    configure_logging("INFO", stream=gateway_log)  # JSON lines, the job id on each job's lines
     _check_port(host, port)
     _check_port("127.0.0.1", chain_port)
     if fresh:
@@ -161,5 +164,6 @@ def _print_banner(info: dict[str, Any]) -> None:
     typer.echo(f"  signer        {info['gateway_signer']}  chain {info['chain_id']} at {info['rpc_url']}")
     c = info["contracts"]
     typer.echo(f"  contracts     vault {c['vault']}  distributor {c['distributor']}  token {c['token']} (stand-in)")
-    typer.echo(f"  (also in {info['home']}/up.json; Ctrl-C stops everything)")
+    typer.echo(f"  (also in {info['home']}/up.json; logs in {info['home']}/gateway.log and worker.log;"
+               " Ctrl-C stops everything)")
     typer.echo("")

@@ -28,6 +28,7 @@ from basis.gateway.workers import NoWorkerAvailable, WorkerFailedBeforeFirstToke
 from basis.ledger.errors import IdempotencyConflict, IdempotentReplay, InsufficientCredit
 from basis.models import ChatTemplateError, ModelBinding, TextMismatch, UTF8Matcher
 from basis.observability import metrics
+from basis.observability.logging import job_context
 from basis.protocol import Job as JobMessage
 from basis.protocol import Tokens
 
@@ -140,7 +141,8 @@ class JobRun:
         # IdempotentReplay propagates: the router answers from the recorded job.
 
     def start(self) -> None:
-        self.task = asyncio.get_running_loop().create_task(self._run(), name=f"job-{self.plan.job_id}")
+        with job_context(self.plan.job_id):  # the task copies this context: its log lines name the job
+            self.task = asyncio.get_running_loop().create_task(self._run(), name=f"job-{self.plan.job_id}")
         _tasks.add(self.task)
         self.task.add_done_callback(_tasks.discard)
 
@@ -274,6 +276,9 @@ class JobRun:
             p.job_id, outcome=result.outcome, output_tokens=result.output_tokens,
             finish_reason=result.finish_reason, reason=result.reason, worker_usage=result.worker_usage,
             output_text=text))
+        log.info("job ended", extra={"model": p.model, "outcome": result.outcome, "served_by": self.served_by,
+                                     "prompt_tokens": len(p.prompt_ids), "output_tokens": result.output_tokens,
+                                     "finish_reason": result.finish_reason, "reason": result.reason})
         metrics.JOBS.labels(p.model, result.outcome, self.served_by).inc()
         metrics.TOKENS.labels(p.model, "prompt").inc(len(p.prompt_ids))
         metrics.TOKENS.labels(p.model, "output").inc(result.output_tokens)
