@@ -30,6 +30,7 @@ class RogueEngine:
             if self.mode == "bad-text" and n == 3 and step.ids:
                 step = TokenStep(ids=step.ids, text=step.text + "!")
             yield step
+            await asyncio.sleep(0.002)  # paced like a real engine, so each step is its own frame
             if self.mode == "stall-after" and n == 5:
                 await asyncio.Event().wait()
 

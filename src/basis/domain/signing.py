@@ -8,8 +8,6 @@ the signer with eth-account.
 from __future__ import annotations
 
 from coincurve import PrivateKey
-from eth_account import Account
-from eth_account.messages import encode_defunct
 from eth_utils import keccak, to_checksum_address
 
 _PREFIX = b"\x19Ethereum Signed Message:\n32"
@@ -39,5 +37,10 @@ def hash_bytes(receipt_hash: str) -> bytes:
 
 def recover_signer(receipt_hash: str, signature: str) -> str:
     """The checksummed address that signed this hash, exactly as an outside verifier computes it."""
+    # Imported here: eth_account takes about a second to import (it builds curve tables), and
+    # signing, the hot path, does not need it.
+    from eth_account import Account
+    from eth_account.messages import encode_defunct
+
     message = encode_defunct(primitive=hash_bytes(receipt_hash))
     return Account.recover_message(message, signature=signature)

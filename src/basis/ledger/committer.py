@@ -10,6 +10,7 @@ command by command, so no command's conflict fails a neighbour.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import random
@@ -87,11 +88,24 @@ class UnitOfWork:
 
 
 class _Item:
-    __slots__ = ("fn", "future")
+    __slots__ = ("fn", "future", "waiter")
 
-    def __init__(self, fn: Command) -> None:
+    def __init__(self, fn: Command, waiter: tuple[Any, Any] | None = None) -> None:
         self.fn = fn
         self.future: Future[Any] = Future()
+        self.waiter = waiter  # (event loop, asyncio future) of an async caller
+
+
+def _transfer(pairs: list[tuple[Any, Future[Any]]]) -> None:
+    """On the caller's event loop: settle its asyncio futures from the writer's results."""
+    for afut, fut in pairs:
+        if afut.cancelled():
+            continue
+        exc = fut.exception()
+        if exc is not None:
+            afut.set_exception(exc)
+        else:
+            afut.set_result(fut.result())
 
 
 class GroupCommitter:
@@ -109,10 +123,12 @@ class GroupCommitter:
         self._thread.start()
 
     # -- public ---------------------------------------------------------------------------
-    def submit(self, fn: Command) -> Future[Any]:
+    def submit(self, fn: Command, waiter: tuple[Any, Any] | None = None) -> Future[Any]:
+        """Queue a command. ``waiter`` (loop, asyncio future) is settled on that loop: one wake-up
+        per loop per batch, instead of one thread-safe call per command."""
         if self._closed:
             raise RuntimeError("the ledger writer is closed")
-        item = _Item(fn)
+        item = _Item(fn, waiter)
         self._queue.put(item)
         return item.future
 
@@ -123,6 +139,17 @@ class GroupCommitter:
             self._thread.join(timeout=30)
 
     # -- writer thread ---------------------------------------------------------------------
+    @staticmethod
+    def _wake_async_callers(items: list[_Item]) -> None:
+        by_loop: dict[Any, list[tuple[Any, Future[Any]]]] = {}
+        for item in items:
+            if item.waiter is not None:
+                loop, afut = item.waiter
+                by_loop.setdefault(loop, []).append((afut, item.future))
+        for loop, pairs in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
+                loop.call_soon_threadsafe(_transfer, pairs)
+
     def _cached(self, aggregate_id: UUID) -> Aggregate | None:
         agg = self._cache.get(aggregate_id)
         if agg is not None:
@@ -152,6 +179,7 @@ class GroupCommitter:
                 for item in items:
                     if not item.future.done():
                         item.future.set_exception(exc)
+            self._wake_async_callers(items)
             if stop:
                 return
 

@@ -59,7 +59,10 @@ class Ledger:
         return self.writer.submit(fn).result()
 
     async def arun(self, fn: Callable[[UnitOfWork], T]) -> T:
-        return await asyncio.wrap_future(self.writer.submit(fn))
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
+        self.writer.submit(fn, (loop, waiter))
+        return await waiter
 
     def get(self, aggregate_id: UUID) -> Any:
         """Read the latest state of one aggregate straight from the store (any thread)."""

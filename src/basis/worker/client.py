@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
-from basis.engines.base import Engine, EngineError, GenerateRequest
+from basis.engines.base import Engine, EngineError, GenerateRequest, TokenStep
 from basis.protocol import (
     PROTOCOL_VERSION,
     Cancel,
@@ -241,23 +241,52 @@ class Worker:
             )
             count = 0
             gen = self.engine.generate(req)
+            steps: asyncio.Queue = asyncio.Queue()
+
+            async def produce() -> None:
+                try:
+                    async for step in gen:
+                        steps.put_nowait(step)
+                        if step.final:
+                            return
+                    steps.put_nowait(None)
+                except BaseException as exc:  # handed to the sender, which knows what to say
+                    steps.put_nowait(exc)
+                    if isinstance(exc, asyncio.CancelledError):
+                        raise
+
+            producer = asyncio.create_task(produce())
             try:
-                async for step in gen:
-                    if step.final:
+                while True:
+                    # One frame carries every token the engine has ready: a fast engine
+                    # (batching GPU servers, the instant engine) is not throttled by one frame
+                    # per token, and a slow one still streams each token as it comes.
+                    ready = [await steps.get()]
+                    while not steps.empty() and isinstance(ready[-1], TokenStep) and not ready[-1].final:
+                        ready.append(steps.get_nowait())
+                    tail = ready[-1]
+                    body = [st for st in ready if isinstance(st, TokenStep) and not st.final]
+                    ids = [i for st in body for i in st.ids]
+                    text = "".join(st.text for st in body)
+                    if ids or text:
+                        count += len(ids)
+                        await send(Tokens(job_id=job.job_id, ids=ids, text=text))
+                    if isinstance(tail, BaseException):
+                        raise tail
+                    if tail is None:
+                        await send(Error(job_id=job.job_id, message="engine ended without finishing"))
+                        return
+                    if tail.final:
                         await send(
                             Done(
                                 job_id=job.job_id,
-                                finish_reason=step.finish_reason,
+                                finish_reason=tail.finish_reason,
                                 usage=Usage(prompt_tokens=len(job.prompt_ids), completion_tokens=count),
-                                text=step.text,
+                                text=tail.text,
                             )
                         )
                         self.jobs_done += 1
                         return
-                    if step.ids or step.text:
-                        count += len(step.ids)
-                        await send(Tokens(job_id=job.job_id, ids=step.ids, text=step.text))
-                await send(Error(job_id=job.job_id, message="engine ended without finishing"))
             except EngineError as exc:
                 log.warning("job %s failed: %s", job.job_id, exc)
                 with contextlib.suppress(Exception):
@@ -265,5 +294,8 @@ class Worker:
             except ConnectionClosed:
                 pass
             finally:
+                producer.cancel()
+                with contextlib.suppress(BaseException):
+                    await producer
                 with contextlib.suppress(BaseException):
                     await gen.aclose()
