@@ -74,7 +74,11 @@ class GatewayRuntime:
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self) -> None:
         self.projector.catch_up()
-        interrupted = ViewReader(self.settings.views_path).open_jobs(self.settings.node_id)
+        reader = ViewReader(self.settings.views_path)
+        try:
+            interrupted = reader.open_jobs(self.settings.node_id)
+        finally:
+            reader.close()
         if interrupted:
             n = self.ledger.end_interrupted([UUID(j) for j in interrupted])
             log.warning("ended %d job(s) interrupted by the last stop; their reservations are released", n)

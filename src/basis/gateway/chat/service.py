@@ -254,7 +254,7 @@ class JobRun:
             self._finish(result)
             self.finished = True
         try:  # durable before the client hears how it ended
-            await asyncio.wrap_future(self.receipt)  # type: ignore[arg-type]
+            await self._recorded
         except Exception:
             log.exception("recording the end of job %s failed", p.job_id)
         if error is not None:
@@ -272,10 +272,12 @@ class JobRun:
         self.output_tokens = result.output_tokens
         # Idempotent repeats replay the recorded output: keep it only when a key was given.
         text = "".join(self.text_parts) if p.idempotency_key is not None else None
+        loop = asyncio.get_running_loop()
+        self._recorded: asyncio.Future[dict[str, Any] | None] = loop.create_future()
         self.receipt = ledger.writer.submit(ledger.finish_job(
             p.job_id, outcome=result.outcome, output_tokens=result.output_tokens,
             finish_reason=result.finish_reason, reason=result.reason, worker_usage=result.worker_usage,
-            output_text=text))
+            output_text=text), (loop, self._recorded))
         log.info("job ended", extra={"model": p.model, "outcome": result.outcome, "served_by": self.served_by,
                                      "prompt_tokens": len(p.prompt_ids), "output_tokens": result.output_tokens,
                                      "finish_reason": result.finish_reason, "reason": result.reason})
@@ -287,7 +289,7 @@ class JobRun:
         assert self.task is not None
         await asyncio.shield(self.task)
         assert self.receipt is not None
-        return await asyncio.wrap_future(self.receipt)
+        return self.receipt.result() if self.receipt.done() else await asyncio.wrap_future(self.receipt)
 
 
 async def _close_quietly(gen: Any) -> None:
