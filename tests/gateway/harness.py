@@ -30,8 +30,9 @@ def free_port() -> int:
 
 
 class Gateway:
-    def __init__(self, home: Path, options: GatewayOptions | None = None, *, rpc_url: str | None = None) -> None:
-        self.settings = Settings(home=home, database_url=None)
+    def __init__(self, home: Path, options: GatewayOptions | None = None, *, rpc_url: str | None = None,
+                 database_url: str | None = None) -> None:
+        self.settings = Settings(home=home, database_url=database_url)
         self.runtime = GatewayRuntime(self.settings, options or GatewayOptions(heartbeat_interval=1.0))
         if rpc_url is not None:  # settlement runs when the test says so (scheduler.tick), not on a timer
             self.runtime.enable_chain(rpc_url, settle_interval=3600)
@@ -75,7 +76,9 @@ class Gateway:
                    "--threads", "1"]
             for m in models:
                 cmd += ["--model", m]
-        proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "BASIS_HOME": str(self.settings.home)},
+        env = {**os.environ, "BASIS_HOME": str(self.settings.home)}
+        env.pop("BASIS_DATABASE_URL", None)  # a worker never touches the ledger
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.workers.append(proc)
         if wait:
