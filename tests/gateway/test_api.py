@@ -146,3 +146,21 @@ def test_health_metrics_and_network(gateway):
 @pytest.mark.parametrize("path", ["/v1/receipts?limit=0", "/v1/receipts?status=bogus"])
 def test_receipt_listing_validates_its_query(gateway, path):
     assert_error(httpx.get(gateway.base + path), 400)
+
+
+def test_rate_limit_is_a_429_in_openai_shape(tmp_path):
+    from basis.gateway.runtime import GatewayOptions
+    from tests.gateway.harness import Gateway
+
+    gw = Gateway(tmp_path / "home", GatewayOptions(heartbeat_interval=1.0, rate_per_second=0.01, rate_burst=2))
+    try:
+        gw.start_worker()
+        account_id, key = gw.account("hasty", 10**21)
+        body = {"model": "basis-default", "messages": CHAT, "max_tokens": 2}
+        statuses = [post(gw, key, body).status_code for _ in range(3)]
+        assert statuses == [200, 200, 429]  # a burst of two, then about one request a 100 s
+        limited = post(gw, key, body)
+        assert_error(limited, 429, "rate_limit_exceeded")
+        assert gw.ledger.get(account_id).reserved == 0
+    finally:
+        gw.close()
