@@ -117,7 +117,6 @@ class JobRun:
         self.output_tokens = 0
         self.receipt: Future[dict[str, Any] | None] | None = None
         self.task: asyncio.Task[None] | None = None
-        self._assigned: list[Future[Any]] = []
         self.text_parts: list[str] = []
         self.served_by = "gateway"
         self.finished = False
@@ -154,8 +153,8 @@ class JobRun:
     def _assign(self, served_by: str, worker: str | None) -> None:
         ledger = self.runtime.ledger
         self.served_by = served_by
-        # Not awaited: the single writer keeps commands in order, so the end follows it.
-        self._assigned.append(ledger.writer.submit(ledger.assign_job(self.plan.job_id, served_by, worker)))
+        # Not awaited: the single writer keeps commands in order, so the job's end follows it.
+        ledger.writer.submit(ledger.assign_job(self.plan.job_id, served_by, worker))
 
     async def _source(self) -> AsyncIterator[tuple[list[int], str, str | None, dict[str, int] | None]]:
         """(ids, text, finish_reason, usage) from a contributor, else the gateway's own engine.
