@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import socket
 from importlib import resources
 
@@ -12,6 +13,17 @@ from typer.testing import CliRunner
 from basis.cli.main import app
 
 runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    """`basis serve` configures the root logger (JSON on stderr); CliRunner's stderr closes after
+    each invocation, so put the root logger back for the tests that follow."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture
