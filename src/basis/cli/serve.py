@@ -59,10 +59,10 @@ def _enable_chain(runtime, rpc: str, settle_interval: float) -> None:
     try:
         runtime.enable_chain(rpc, settle_interval=settle_interval or None)
         runtime.web3.eth.block_number  # noqa: B018 - fail now, clearly, if the RPC is unreachable
-    except RuntimeError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--rpc") from None
     except Exception as exc:
-        raise typer.BadParameter(f"cannot reach the chain at {rpc}: {exc}", param_hint="--rpc") from None
+        runtime.ledger.close()
+        message = str(exc) if isinstance(exc, RuntimeError) else f"cannot reach the chain at {rpc}: {exc}"
+        raise typer.BadParameter(message, param_hint="--rpc") from None
 
 
 def register(app: typer.Typer) -> None:
