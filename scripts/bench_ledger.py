@@ -129,11 +129,13 @@ def print_profile(prof: cProfile.Profile | pstats.Stats, title: str, dump: Path 
 
 
 # -- the run --------------------------------------------------------------------------------------
-def ingest(ledger: Ledger, jobs: int, clients: int, inflight: int) -> tuple[float, int]:
-    """Drive `jobs` jobs through accept -> assign -> finish from `clients` threads. Returns (seconds, receipts)."""
+def ingest(ledger: Ledger, jobs: int, clients: int, inflight: int, prefix: str = "",
+           started: list[float] | None = None) -> tuple[float, int]:
+    """Drive `jobs` jobs through accept -> assign -> finish from `clients` threads. Returns (seconds, receipts).
+    ``started`` receives the wall-clock time the jobs began (to add up several processes)."""
     accounts = []
     for i in range(clients):
-        name = f"bench-{i}"
+        name = f"{prefix}bench-{i}"
         accounts.append(ledger.open_account(name))
         ledger.grant(name, 10**36, memo="benchmark")
     per_client = [jobs // clients + (1 if i < jobs % clients else 0) for i in range(clients)]
@@ -179,12 +181,93 @@ def ingest(ledger: Ledger, jobs: int, clients: int, inflight: int) -> tuple[floa
         t.start()
     barrier.wait()
     start = time.perf_counter()
+    if started is not None:
+        started.append(time.time())
     for t in threads:
         t.join()
     elapsed = time.perf_counter() - start
     if errors:
         raise errors[0]
     return elapsed, sum(receipts)
+
+
+def ingest_async(ledger: Ledger, jobs: int, clients: int, inflight: int, prefix: str = "",
+                 started: list[float] | None = None) -> tuple[float, int]:
+    """The gateway's way: one event loop, ``clients x inflight`` concurrent requests, each awaiting
+    its accept and its end (``Ledger.arun``) and submitting its assignment without waiting."""
+    import asyncio
+
+    accounts = []
+    for i in range(clients):
+        name = f"{prefix}bench-{i}"
+        accounts.append(ledger.open_account(name))
+        ledger.grant(name, 10**36, memo="benchmark")
+    outcomes = ("completed", "completed", "completed", "cancelled", "failed")
+    receipts = 0
+
+    async def run() -> float:
+        nonlocal receipts
+        todo = iter(range(jobs))
+
+        async def lane(account_id: uuid.UUID) -> None:
+            nonlocal receipts
+            for i in todo:
+                job = uuid.uuid4()
+                max_out = 64 + (i * 53) % 960
+                await ledger.arun(ledger.accept_job(job_id=job, account_id=account_id, model=MODELS[i % 3],
+                                                    prompt_tokens=20 + (i * 37) % 700, max_output_tokens=max_out))
+                ledger.writer.submit(ledger.assign_job(job, "contributor" if i % 4 else "gateway",
+                                                       WORKERS[i % len(WORKERS)] if i % 4 else None))
+                receipt = await ledger.arun(ledger.finish_job(
+                    job, outcome=outcomes[i % 5], output_tokens=(i * 31) % (max_out + 1), finish_reason="length",
+                    worker_usage={"completion_tokens": i % 500}))
+                receipts += receipt is not None
+
+        if started is not None:
+            started.append(time.time())
+        t0 = time.perf_counter()
+        await asyncio.gather(*(lane(accounts[k % clients]) for k in range(clients * inflight)))
+        return time.perf_counter() - t0
+
+    return asyncio.run(run()), receipts
+
+
+def _ingest_process(home: str, dsn: str | None, jobs: int, clients: int, inflight: int, prefix: str,
+                    driver: str, gate, out) -> None:
+    ledger = Ledger(Settings(home=Path(home), database_url=dsn))
+    try:
+        gate.wait()
+        started: list[float] = []
+        drive = ingest_async if driver == "asyncio" else ingest
+        elapsed, receipts = drive(ledger, jobs, clients, inflight, prefix, started)
+        out.put((started[0], started[0] + elapsed, receipts, ledger.writer.batches))
+    finally:
+        ledger.close()
+
+
+def ingest_processes(settings: Settings, args: argparse.Namespace) -> tuple[float, int, int]:
+    """The same drive from ``--processes`` writer processes sharing the one store (each its own
+    accounts): how a deployment with several gateway processes on one host writes. Returns
+    (wall seconds from the first start to the last finish, receipts, group commits)."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    n = args.processes
+    gate, out = ctx.Barrier(n), ctx.Queue()
+    shares = [args.jobs // n + (1 if i < args.jobs % n else 0) for i in range(n)]
+    procs = [ctx.Process(target=_ingest_process, args=(str(settings.home), settings.database_url, shares[i],
+                                                       args.clients, args.inflight, f"p{i}-", args.driver, gate,
+                                                       out))
+             for i in range(n)]
+    for p in procs:
+        p.start()
+    results = [out.get(timeout=600) for _ in procs]
+    for p in procs:
+        p.join(60)
+        if p.exitcode != 0:
+            raise RuntimeError(f"a writer process failed (exit {p.exitcode})")
+    wall = max(r[1] for r in results) - min(r[0] for r in results)
+    return wall, sum(r[2] for r in results), sum(r[3] for r in results)
 
 
 def raw_baseline(store_env: dict[str, str], source: Ledger, first_id: int, batch_events: int) -> tuple[int, float]:
@@ -214,11 +297,16 @@ def run_backend(backend: str, args: argparse.Namespace, home: Path, dsn: str | N
         if first_id:
             print(f"[{backend}] note: the store already holds {first_id} events; adding to it")
         batches_before = ledger.writer.batches
-        result.ingest_s, result.receipts = ingest(ledger, args.jobs, args.clients, args.inflight)
+        if args.processes > 1:
+            result.ingest_s, result.receipts, result.batches = ingest_processes(settings, args)
+        else:
+            drive = ingest_async if args.driver == "asyncio" else ingest
+            result.ingest_s, result.receipts = drive(ledger, args.jobs, args.clients, args.inflight)
+            result.batches = ledger.writer.batches - batches_before
         result.jobs = args.jobs
-        result.batches = ledger.writer.batches - batches_before
         total = ledger.store.recorder.max_notification_id() or 0
-        result.events = total - first_id - 3 * args.clients  # less the account opening and grants
+        # less the account opening and grants
+        result.events = total - first_id - 3 * args.clients * args.processes
         batch_events = max(1, round(result.events / max(result.batches, 1)))
 
         t0 = time.perf_counter()
@@ -279,14 +367,18 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=20_000)
     parser.add_argument("--clients", type=int, default=8, help="concurrent client threads")
     parser.add_argument("--inflight", type=int, default=64, help="jobs each client keeps in flight")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="writer processes sharing the store, each with --clients threads and its own accounts")
+    parser.add_argument("--driver", choices=("threads", "asyncio"), default="threads",
+                        help="client threads waiting on futures, or one event loop awaiting as the gateway does")
     parser.add_argument("--backend", choices=("sqlite", "postgres", "both"), default="sqlite")
     parser.add_argument("--keep-postgres", action="store_true",
                         help="leave the throwaway PostgreSQL cluster running (its URL is printed)")
     parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
                         help="cProfile the writer thread (ingest) and the replay; .prof files go to DIR")
     args = parser.parse_args()
-    if args.jobs < 1 or args.clients < 1 or args.inflight < 1:
-        parser.error("--jobs, --clients and --inflight must be positive")
+    if args.jobs < 1 or args.clients < 1 or args.inflight < 1 or args.processes < 1:
+        parser.error("--jobs, --clients, --inflight and --processes must be positive")
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
         profile_writer_threads()
@@ -294,7 +386,8 @@ def main() -> int:
     home = Settings().home
     print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cpus, Python "
           f"{platform.python_version()}, {platform.platform()}")
-    print(f"jobs={args.jobs} clients={args.clients} inflight/client={args.inflight} BASIS_HOME={home}")
+    print(f"jobs={args.jobs} driver={args.driver} processes={args.processes} clients/process={args.clients} "
+          f"inflight/client={args.inflight} BASIS_HOME={home}")
     results: list[Result] = []
     if args.backend in ("sqlite", "both"):
         results.append(run_backend("sqlite", args, home, None))
