@@ -86,7 +86,7 @@ def canonical_json(core: dict[str, Any]) -> bytes:
     test holds the two equal).
     """
     if _flat_ascii(core):
-        return json.dumps(core, sort_keys=True, separators=(",", ":")).encode()
+        return json.dumps(core, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
     return rfc8785.dumps(core)
 
 
