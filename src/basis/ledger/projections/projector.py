@@ -206,7 +206,7 @@ class Projector:
                 on_progress(n)
         return total
 
-    def start(self, wake: threading.Event, interval: float = 0.5, gather: float = 0.02) -> None:
+    def start(self, wake: threading.Event, interval: float = 0.5, gather: float = 0.1) -> None:
         """Poll every ``interval`` s, or soon after ``wake`` is set: waiting ``gather`` s first
         lets one page take many commits instead of competing with the writer for every one."""
 
