@@ -1,8 +1,4 @@
-"""``basis worker`` — run a contributor worker.
-
-Registered by cli/main.py as ``app.add_typer(worker.app, name="worker")``. ``basis worker``
-with options and no subcommand runs the worker too (same as ``basis worker run``).
-"""
+"""``basis worker run`` (a contributor worker) and ``basis worker claim`` (its rewards, on chain)."""
 
 from __future__ import annotations
 
@@ -13,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-app = typer.Typer(help="Contributor worker: serve models to a Basis gateway and earn rewards.")
+app = typer.Typer(help="Contributor worker: serve models to a Basis gateway and earn rewards.", no_args_is_help=True)
 
 DEFAULT_GATEWAY = "ws://127.0.0.1:8000/v1/workers/connect"
 
@@ -125,28 +121,6 @@ def run(
     """Connect to the gateway and serve jobs until interrupted (reconnects with backoff)."""
     _run(gateway, key_file, new_key, engine, model or [], capacity, sglang_url, launch, sglang_port, n_ctx,
          threads, log_level)
-
-
-@app.callback(invoke_without_command=True)
-def default(
-    ctx: typer.Context,
-    gateway: str = _GATEWAY,
-    key_file: Path = _KEY,
-    new_key: bool = _NEW,
-    engine: str = _ENGINE,
-    model: list[str] | None = _MODEL,
-    capacity: int = _CAP,
-    sglang_url: str | None = _SURL,
-    launch: str | None = _LAUNCH,
-    sglang_port: int = _SPORT,
-    n_ctx: int | None = _NCTX,
-    threads: int | None = _THREADS,
-    log_level: str = _LOG,
-) -> None:
-    """Contributor worker. Without a subcommand, runs the worker (same options as `run`)."""
-    if ctx.invoked_subcommand is None:
-        _run(gateway, key_file, new_key, engine, model or [], capacity, sglang_url, launch, sglang_port,
-             n_ctx, threads, log_level)
 
 
 @app.command("claim")
