@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from pathlib import Path
 
 import typer
@@ -42,7 +43,10 @@ def _run(
     except (OSError, ValueError) as exc:
         raise typer.BadParameter(str(exc), param_hint="--key-file") from exc
 
-    bindings = load_bindings()
+    # The advertised catalog (model ids, limits, backing files) is the one the gateway publishes.
+    from basis.domain.pricing import PricingTable
+
+    bindings = load_bindings(list(PricingTable.load(os.environ.get("BASIS_PRICING_TABLE")).models.values()))
     models = models or ["basis-default"]
     unknown = [m for m in models if m not in bindings]
     if unknown:
