@@ -46,6 +46,7 @@ from basis.ledger.projections import ViewReader
 from basis.ledger.service import Ledger
 from basis.ledger.settlement import SettlementBatch, SettlementLog, batch_aggregate_id, settlement_log_id
 from basis.settlement.chain import TOPICS, ZERO32, Chain, from_hex, hex32
+from basis.units import Seconds
 
 log = logging.getLogger(__name__)
 MAX_RECEIPTS = 5000
@@ -182,7 +183,7 @@ class Settler:
 
     def __init__(self, ledger: Ledger, chain: Chain, operator_key: str, *,
                  reader: Callable[[], ViewReader], max_receipts: int = MAX_RECEIPTS,
-                 receipt_timeout: float = 120.0, hook: Callable[[str], None] | None = None) -> None:
+                 receipt_timeout: Seconds = 120.0, hook: Callable[[str], None] | None = None) -> None:
         self.ledger = ledger
         self.chain = chain
         self.contracts = chain.contracts
@@ -323,7 +324,7 @@ class SettlementScheduler:
     starts it when settlement is enabled). Errors are logged and retried on the next tick."""
 
     def __init__(self, ledger: Ledger, w3: Web3, deployment: dict[str, Any], operator_key: str, *,
-                 reader: Callable[[], ViewReader], interval: float = 60.0, max_receipts: int = MAX_RECEIPTS) -> None:
+                 reader: Callable[[], ViewReader], interval: Seconds = 60.0, max_receipts: int = MAX_RECEIPTS) -> None:
         self.settler = Settler(ledger, Chain(w3, deployment), operator_key, reader=reader, max_receipts=max_receipts)
         self.interval = interval
         self.last_error: str | None = None

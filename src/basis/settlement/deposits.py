@@ -37,6 +37,7 @@ from basis.ledger.errors import DuplicateCredit
 from basis.ledger.service import Ledger
 from basis.ledger.settlement import ChainCursor, RewardClaims, VoucherBook, cursor_id, voucher_book_id
 from basis.settlement.chain import TOPICS, Chain, hex32
+from basis.units import Seconds
 
 log = logging.getLogger(__name__)
 
@@ -242,7 +243,7 @@ class ChainIndexer:
         return self.ledger.open_account(str(uid))
 
     # -- background ----------------------------------------------------------------------------
-    def start(self, interval: float = 2.0) -> None:
+    def start(self, interval: Seconds = 2.0) -> None:
         if self.chain is None:
             return
 

@@ -20,6 +20,7 @@ from eventsourcing.sqlite import SQLiteApplicationRecorder
 
 from basis.domain.receipt import canonical_json
 from basis.ledger.store import LedgerStore
+from basis.units import Seconds
 
 VIEW = "basis"
 PAGE = 5000
@@ -206,7 +207,7 @@ class Projector:
                 on_progress(n)
         return total
 
-    def start(self, wake: threading.Event, interval: float = 0.5, gather: float = 0.1) -> None:
+    def start(self, wake: threading.Event, interval: Seconds = 0.5, gather: Seconds = 0.1) -> None:
         """Poll every ``interval`` s, or soon after ``wake`` is set: waiting ``gather`` s first
         lets one page take many commits instead of competing with the writer for every one."""
 
