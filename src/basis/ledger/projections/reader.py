@@ -56,22 +56,22 @@ class ViewReader:
     def receipts(self, *, limit: int = 50, before: int | None = None, worker: str | None = None,
                  status: str | None = None, account_id: str | None = None) -> list[dict[str, Any]]:
         """Newest first; ``before`` is the ``seq`` cursor of the last item of the previous page."""
+        rows = self._page("receipts", limit, before, worker=worker.lower() if worker else None, status=status,
+                          account_id=account_id)
+        return [{**self.receipt_json(r), "seq": r["seq"]} for r in rows]
+
+    def _page(self, table: str, limit: int, before: int | None, **equal: Any) -> list[sqlite3.Row]:
+        """Newest first by ``seq``, below the ``before`` cursor, matching the given columns (None: any)."""
         where, args = [], []
         if before is not None:
             where.append("seq < ?")
             args.append(before)
-        if worker:
-            where.append("worker = ?")
-            args.append(worker.lower())
-        if status:
-            where.append("status = ?")
-            args.append(status)
-        if account_id:
-            where.append("account_id = ?")
-            args.append(account_id)
-        sql = "SELECT * FROM receipts" + (" WHERE " + " AND ".join(where) if where else "")
-        rows = self.db.execute(sql + " ORDER BY seq DESC LIMIT ?", (*args, limit)).fetchall()
-        return [{**self.receipt_json(r), "seq": r["seq"]} for r in rows]
+        for column, value in equal.items():
+            if value is not None and value != "":
+                where.append(f"{column} = ?")
+                args.append(value)
+        sql = f"SELECT * FROM {table}" + (" WHERE " + " AND ".join(where) if where else "")
+        return self.db.execute(sql + " ORDER BY seq DESC LIMIT ?", (*args, limit)).fetchall()
 
     def iter_receipts(self) -> Iterator[sqlite3.Row]:
         yield from self.db.execute("SELECT * FROM receipts ORDER BY seq")
@@ -134,15 +134,7 @@ class ViewReader:
     def batches(self, *, limit: int = 50, before: int | None = None, status: str | None = None,
                 full: bool = False) -> list[dict[str, Any]]:
         """Newest first; ``before`` is the ``seq`` of the last item of the previous page."""
-        where, args = [], []
-        if before is not None:
-            where.append("seq < ?")
-            args.append(before)
-        if status:
-            where.append("status = ?")
-            args.append(status)
-        sql = "SELECT * FROM settlement_batches" + (" WHERE " + " AND ".join(where) if where else "")
-        rows = self.db.execute(sql + " ORDER BY seq DESC LIMIT ?", (*args, limit)).fetchall()
+        rows = self._page("settlement_batches", limit, before, status=status)
         return [self.batch_json(r, full=full) for r in rows]
 
     def batch(self, batch_id: str) -> dict[str, Any] | None:
