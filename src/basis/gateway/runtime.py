@@ -9,7 +9,7 @@ import json
 import logging
 import os
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -38,7 +38,6 @@ class GatewayOptions:
     rate_per_second: float = float(os.environ.get("BASIS_RATE_LIMIT_RPS", "0"))  # 0: off
     rate_burst: int = 100
     max_body_bytes: int = 4 * 1024 * 1024
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class GatewayRuntime:
@@ -138,7 +137,6 @@ class GatewayRuntime:
         if self.deployment is None:
             raise RuntimeError("no deployment manifest: run `basis contracts deploy` first (the vault is pending)")
         self.web3 = connect(rpc_url)
-        self.rpc_url = rpc_url
         self.indexer = ChainIndexer(self.ledger, self.web3, self.deployment, confirmations=confirmations)
         self._chain_tasks = [(self.indexer, index_interval)]
         if settle_interval:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 from uuid import UUID
 
@@ -103,7 +103,7 @@ async def chat_completions(request: Request, account_id: UUID = Depends(bearer_a
         first = await run.events.get()
         if first[0] == "error":
             return first[1].response()
-        return StreamingResponse(_sse(run, first), media_type="text/event-stream",
+        return StreamingResponse(_live_stream(run, first), media_type="text/event-stream",
                                  headers={**SSE_HEADERS, **headers})
     receipt = await run.wait_receipt()
     events = []
@@ -120,27 +120,42 @@ async def chat_completions(request: Request, account_id: UUID = Depends(bearer_a
     return JSONResponse(out, headers=headers)
 
 
-async def _sse(run: JobRun, first: tuple[str, Any]) -> AsyncIterator[str]:
-    p = run.plan
-    cid, created, model = run.completion_id, p.created, p.model
+async def _sse(cid: str, created: int, model: str, events: AsyncGenerator[tuple[str, Any], None],
+               usage: Callable[[], dict[str, int]] | None) -> AsyncIterator[str]:
+    """The chunks of one streamed completion from its events; ``usage`` (called at the end) when
+    the request asked for it."""
     try:
         yield _chunk(cid, created, model, {"role": "assistant", "content": ""})
-        kind, value = first
-        while True:
+        async for kind, value in events:
             if kind == "delta":
                 yield _chunk(cid, created, model, {"content": value})
             elif kind == "end":
                 yield _chunk(cid, created, model, {}, value)
-                if p.include_usage:
-                    yield _usage_chunk(cid, created, model, _usage(len(p.prompt_ids), run.output_tokens))
+                if usage is not None:
+                    yield _usage_chunk(cid, created, model, usage())
                 yield "data: [DONE]\n\n"
                 return
             else:  # a failure after streaming began (DESIGN 1.4)
                 yield "data: " + _dumps(value.body()) + "\n\n"
                 return
-            kind, value = await run.events.get()
     finally:
-        run.client_gone()
+        await events.aclose()  # now, not at garbage collection: a live job learns the client left
+
+
+async def _live_events(run: JobRun, first: tuple[str, Any]) -> AsyncGenerator[tuple[str, Any], None]:
+    try:
+        event = first
+        while True:
+            yield event
+            event = await run.events.get()
+    finally:
+        run.client_gone()  # the response is over, or the client went away
+
+
+def _live_stream(run: JobRun, first: tuple[str, Any]) -> AsyncIterator[str]:
+    p = run.plan
+    usage = (lambda: _usage(len(p.prompt_ids), run.output_tokens)) if p.include_usage else None
+    return _sse(run.completion_id, p.created, p.model, _live_events(run, first), usage)
 
 
 def _replay(runtime: Any, job_id: str, plan: Any) -> Response:
@@ -155,13 +170,10 @@ def _replay(runtime: Any, job_id: str, plan: Any) -> Response:
         return JSONResponse(_completion(cid, created, model, text, job.finish_reason, usage, job.receipt),
                             headers=headers)
 
-    async def replay() -> AsyncIterator[str]:
-        yield _chunk(cid, created, model, {"role": "assistant", "content": ""})
+    async def recorded() -> AsyncGenerator[tuple[str, Any], None]:
         if text:
-            yield _chunk(cid, created, model, {"content": text})
-        yield _chunk(cid, created, model, {}, job.finish_reason)
-        if plan.include_usage:
-            yield _usage_chunk(cid, created, model, usage)
-        yield "data: [DONE]\n\n"
+            yield "delta", text
+        yield "end", job.finish_reason
 
-    return StreamingResponse(replay(), media_type="text/event-stream", headers={**SSE_HEADERS, **headers})
+    stream = _sse(cid, created, model, recorded(), (lambda: usage) if plan.include_usage else None)
+    return StreamingResponse(stream, media_type="text/event-stream", headers={**SSE_HEADERS, **headers})
