@@ -26,6 +26,7 @@ from basis.gateway.runtime import GatewayOptions
 from basis.settlement.chain import from_hex
 from tests.conftest import require_foundry
 from tests.gateway.harness import REPO, Gateway
+from tests.models.support import require_llama
 
 TOKENS = 10**18
 pytestmark = [pytest.mark.chain, pytest.mark.llama]
@@ -34,7 +35,7 @@ pytestmark = [pytest.mark.chain, pytest.mark.llama]
 @pytest.fixture
 def network(tmp_path):
     require_foundry()
-    pytest.importorskip("llama_cpp", reason="llama-cpp-python not installed")
+    require_llama()
     home = tmp_path / "home"
     home.mkdir()
     with Anvil() as anvil:
