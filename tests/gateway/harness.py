@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -16,17 +15,13 @@ from typing import Any
 
 import uvicorn
 
+from basis.chain.anvil import free_port
 from basis.config import Settings
 from basis.gateway.app import create_app
 from basis.gateway.runtime import GatewayOptions, GatewayRuntime
 
 REPO = Path(__file__).resolve().parents[2]
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Gateway:
