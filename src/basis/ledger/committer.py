@@ -88,24 +88,39 @@ class UnitOfWork:
 
 
 class _Item:
-    __slots__ = ("fn", "future", "waiter")
+    """One queued command. A thread caller waits on ``future``; an async caller passes its
+    loop's future as ``waiter`` and gets no thread-safe Future at all (one less lock per command)."""
+
+    __slots__ = ("fn", "future", "outcome", "waiter")
 
     def __init__(self, fn: Command, waiter: tuple[Any, Any] | None = None) -> None:
         self.fn = fn
-        self.future: Future[Any] = Future()
         self.waiter = waiter  # (event loop, asyncio future) of an async caller
+        self.future: Future[Any] | None = Future() if waiter is None else None
+        self.outcome: tuple[bool, Any] | None = None  # (ok, result or exception), once settled
+
+    def done(self) -> bool:
+        return self.outcome is not None
+
+    def settle(self, ok: bool, value: Any) -> None:
+        self.outcome = (ok, value)
+        if self.future is not None:
+            if ok:
+                self.future.set_result(value)
+            else:
+                self.future.set_exception(value)
 
 
-def _transfer(pairs: list[tuple[Any, Future[Any]]]) -> None:
+def _transfer(pairs: list[tuple[Any, _Item]]) -> None:
     """On the caller's event loop: settle its asyncio futures from the writer's results."""
-    for afut, fut in pairs:
+    for afut, item in pairs:
         if afut.cancelled():
             continue
-        exc = fut.exception()
-        if exc is not None:
-            afut.set_exception(exc)
+        ok, value = item.outcome
+        if ok:
+            afut.set_result(value)
         else:
-            afut.set_result(fut.result())
+            afut.set_exception(value)
 
 
 class GroupCommitter:
@@ -123,14 +138,22 @@ class GroupCommitter:
         self._thread.start()
 
     # -- public ---------------------------------------------------------------------------
-    def submit(self, fn: Command, waiter: tuple[Any, Any] | None = None) -> Future[Any]:
-        """Queue a command. ``waiter`` (loop, asyncio future) is settled on that loop: one wake-up
-        per loop per batch, instead of one thread-safe call per command."""
+    def submit(self, fn: Command) -> Future[Any]:
+        """Queue a command; its result (or exception) arrives on the returned Future."""
+        item = _Item(fn)
+        self._put(item)
+        assert item.future is not None
+        return item.future
+
+    def submit_async(self, fn: Command, loop: Any, waiter: Any) -> None:
+        """Queue a command whose result settles ``waiter``, an asyncio future of ``loop``: one
+        wake-up per loop per batch, instead of one thread-safe call per command."""
+        self._put(_Item(fn, (loop, waiter)))
+
+    def _put(self, item: _Item) -> None:
         if self._closed:
             raise RuntimeError("the ledger writer is closed")
-        item = _Item(fn, waiter)
         self._queue.put(item)
-        return item.future
 
     def close(self) -> None:
         if not self._closed:
@@ -141,11 +164,11 @@ class GroupCommitter:
     # -- writer thread ---------------------------------------------------------------------
     @staticmethod
     def _wake_async_callers(items: list[_Item]) -> None:
-        by_loop: dict[Any, list[tuple[Any, Future[Any]]]] = {}
+        by_loop: dict[Any, list[tuple[Any, _Item]]] = {}
         for item in items:
-            if item.waiter is not None:
+            if item.waiter is not None and item.outcome is not None:
                 loop, afut = item.waiter
-                by_loop.setdefault(loop, []).append((afut, item.future))
+                by_loop.setdefault(loop, []).append((afut, item))
         for loop, pairs in by_loop.items():
             with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
                 loop.call_soon_threadsafe(_transfer, pairs)
@@ -177,8 +200,8 @@ class GroupCommitter:
             except BaseException as exc:  # never leave a caller waiting
                 log.exception("ledger writer failed a batch")
                 for item in items:
-                    if not item.future.done():
-                        item.future.set_exception(exc)
+                    if not item.done():
+                        item.settle(False, exc)
             self._wake_async_callers(items)
             if stop:
                 return
@@ -194,7 +217,7 @@ class GroupCommitter:
                 # Another process won the same aggregate: back off with jitter, then re-read.
                 time.sleep(random.uniform(0, 0.002) * min(attempt + 1, 10))
             else:
-                item.future.set_exception(IntegrityError("too many concurrent writers on one aggregate"))
+                item.settle(False, IntegrityError("too many concurrent writers on one aggregate"))
 
     def _try_batch(self, items: list[_Item]) -> bool:
         """Run and save the batch. False after a version conflict (caches dropped, nothing set)."""
@@ -208,9 +231,9 @@ class GroupCommitter:
                 if uow.changed():
                     # It changed aggregates before failing: drop this batch's state, run the
                     # others again without it.
-                    item.future.set_exception(exc)
+                    item.settle(False, exc)
                     self._evict(uow.touched)
-                    rest = [i for i in items if not i.future.done()]
+                    rest = [i for i in items if not i.done()]
                     return self._try_batch(rest) if rest else True
                 results.append((item, False, exc))
             else:
@@ -226,7 +249,7 @@ class GroupCommitter:
             except Exception as exc:
                 self._evict(uow.touched)
                 for item, _ok, _res in results:
-                    item.future.set_exception(exc)
+                    item.settle(False, exc)
                 return True
         self.batches += 1
         self.commands += len(items)
@@ -241,10 +264,7 @@ class GroupCommitter:
         if dirty and self._on_commit is not None:
             self._on_commit()
         for item, ok, res in results:
-            if ok:
-                item.future.set_result(res)
-            else:
-                item.future.set_exception(res)
+            item.settle(ok, res)
         return True
 
     def _evict(self, touched: dict[UUID, Aggregate]) -> None:

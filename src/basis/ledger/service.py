@@ -61,7 +61,7 @@ class Ledger:
     async def arun(self, fn: Callable[[UnitOfWork], T]) -> T:
         loop = asyncio.get_running_loop()
         waiter = loop.create_future()
-        self.writer.submit(fn, (loop, waiter))
+        self.writer.submit_async(fn, loop, waiter)
         return await waiter
 
     def get(self, aggregate_id: UUID) -> Any:

@@ -14,7 +14,6 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -115,7 +114,6 @@ class JobRun:
         self.account_id = account_id
         self.events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self.output_tokens = 0
-        self.receipt: Future[dict[str, Any] | None] | None = None
         self.task: asyncio.Task[None] | None = None
         self.text_parts: list[str] = []
         self.served_by = "gateway"
@@ -253,7 +251,7 @@ class JobRun:
             self._finish(result)
             self.finished = True
         try:  # durable before the client hears how it ended
-            await self._recorded
+            await asyncio.shield(self._recorded)  # a cancelled task must not cancel the record
         except Exception:
             log.exception("recording the end of job %s failed", p.job_id)
         if error is not None:
@@ -273,10 +271,10 @@ class JobRun:
         text = "".join(self.text_parts) if p.idempotency_key is not None else None
         loop = asyncio.get_running_loop()
         self._recorded: asyncio.Future[dict[str, Any] | None] = loop.create_future()
-        self.receipt = ledger.writer.submit(ledger.finish_job(
+        ledger.writer.submit_async(ledger.finish_job(
             p.job_id, outcome=result.outcome, output_tokens=result.output_tokens,
             finish_reason=result.finish_reason, reason=result.reason, worker_usage=result.worker_usage,
-            output_text=text), (loop, self._recorded))
+            output_text=text), loop, self._recorded)
         log.info("job ended", extra={"model": p.model, "outcome": result.outcome, "served_by": self.served_by,
                                      "prompt_tokens": len(p.prompt_ids), "output_tokens": result.output_tokens,
                                      "finish_reason": result.finish_reason, "reason": result.reason})
@@ -287,8 +285,7 @@ class JobRun:
     async def wait_receipt(self) -> dict[str, Any] | None:
         assert self.task is not None
         await asyncio.shield(self.task)
-        assert self.receipt is not None
-        return self.receipt.result() if self.receipt.done() else await asyncio.wrap_future(self.receipt)
+        return self._recorded.result()
 
 
 async def _close_quietly(gen: Any) -> None:
