@@ -6,11 +6,13 @@ import time
 from uuid import UUID
 
 from fastapi import Request
+from starlette.concurrency import run_in_threadpool
 
 from basis.gateway.errors import APIError
 
 
-def bearer_account(request: Request) -> UUID:
+async def bearer_account(request: Request) -> UUID:
+    """Async, so FastAPI runs it on the loop: a known key is a dict lookup, not a thread hop."""
     runtime = request.app.state.runtime
     header = request.headers.get("authorization", "")
     scheme, _, key = header.partition(" ")
@@ -19,7 +21,10 @@ def bearer_account(request: Request) -> UUID:
                        code="missing_api_key")
     if scheme.lower() != "bearer" or not key.strip():
         raise APIError(401, "Malformed Authorization header: expected 'Bearer <key>'.", code="invalid_api_key")
-    account_id = runtime.ledger.authenticate(key.strip())
+    key = key.strip()
+    account_id = runtime.ledger.cached_account(key)
+    if account_id is None:  # first sight of this key: a store read, off the loop
+        account_id = await run_in_threadpool(runtime.ledger.authenticate, key)
     if account_id is None:
         raise APIError(401, "Incorrect API key provided.", code="invalid_api_key")
     if not runtime.rate_limiter.allow(account_id):

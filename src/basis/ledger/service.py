@@ -97,6 +97,12 @@ class Ledger:
         self.run(cmd)
         return account_id, key
 
+    def cached_account(self, api_key: str) -> UUID | None:
+        """The account of a key already seen by ``authenticate`` (no I/O), else None."""
+        if not self._key_cache:
+            return None
+        return self._key_cache.get(ids.hash_api_key(api_key))
+
     def authenticate(self, api_key: str) -> UUID | None:
         if not api_key.startswith(API_KEY_PREFIX) or len(api_key) > 200:
             return None
@@ -140,8 +146,10 @@ class Ledger:
     def accept_job(self, *, job_id: UUID, account_id: UUID, model: str, prompt_tokens: int,
                    max_output_tokens: int, terms: PriceTerms | None = None,
                    idempotency_key: str | None = None, request_hash: str | None = None,
-                   stream: bool = False, created: int = 0) -> Callable[[UnitOfWork], int]:
-        """A command that opens the job and reserves its worst-case charge. Returns the reservation."""
+                   stream: bool = False, created: int = 0,
+                   assignment: tuple[str, str | None] | None = None) -> Callable[[UnitOfWork], int]:
+        """A command that opens the job and reserves its worst-case charge. Returns the reservation.
+        ``assignment`` (served_by, worker), when the route is known already, is recorded with it."""
         terms = terms or self.pricing.terms_for(model)
         reserved = worst_case_charge(prompt_tokens, max_output_tokens, terms)
 
@@ -164,10 +172,12 @@ class Ledger:
                         raise IdempotentReplay(str(prior.id))
                     # The first attempt ended charging nothing: this request may try again.
             acc.reserve(job_id=str(job_id), amount=reserved)
-            uow.add(Job(id=job_id, account_id=account_id, model=model, prompt_tokens=prompt_tokens,
-                        max_output_tokens=max_output_tokens, terms=terms.as_dict(), reserved=reserved,
-                        idempotency_key=idempotency_key, request_hash=request_hash, stream=stream,
-                        node=self.settings.node_id, created=created))
+            job = uow.add(Job(id=job_id, account_id=account_id, model=model, prompt_tokens=prompt_tokens,
+                              max_output_tokens=max_output_tokens, terms=terms.as_dict(), reserved=reserved,
+                              idempotency_key=idempotency_key, request_hash=request_hash, stream=stream,
+                              node=self.settings.node_id, created=created))
+            if assignment is not None:
+                job.assign(served_by=assignment[0], worker=assignment[1])
             if idempotency_key is not None:
                 if record is None:
                     uow.add(IdempotencyRecord(account_id=account_id, key=idempotency_key, job_id=job_id,

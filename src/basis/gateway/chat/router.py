@@ -93,11 +93,11 @@ async def chat_completions(request: Request, account_id: UUID = Depends(bearer_a
                        param="Idempotency-Key", code="invalid_value")
     plan = plan_request(runtime, req, body, key)
     run = JobRun(runtime, plan, account_id)
+    run.begin()
     try:
-        await run.accept()
+        await run.accepted()
     except IdempotentReplay as replay:
         return _replay(runtime, replay.job_id, plan)
-    run.start()
     headers = {"basis-job-id": str(plan.job_id)}
     if plan.stream:
         first = await run.events.get()

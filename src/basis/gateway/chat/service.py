@@ -39,6 +39,10 @@ class JobFailed(Exception):
     """The serving side broke the job after it began (worker died, ids/text disagree)."""
 
 
+class _NotAccepted(Exception):
+    """The reservation was refused: there is no job to run or to record."""
+
+
 @dataclass
 class Plan:
     job_id: uuid.UUID
@@ -123,25 +127,51 @@ class JobRun:
     def completion_id(self) -> str:
         return f"chatcmpl-{self.plan.job_id}"
 
-    async def accept(self) -> None:
-        ledger, p = self.runtime.ledger, self.plan
+    def begin(self) -> None:
+        """Reserve and dispatch at once: the reservation commits while the job travels to its
+        worker (one WebSocket round trip), instead of before it. Nothing is relayed and no
+        assignment is recorded until the reservation is durable; a refused one cancels the
+        dispatch. ``accepted()`` tells the response whether the job exists."""
+        ledger, p, runtime = self.runtime.ledger, self.plan, self.runtime
+        # Route first, so the first assignment commits with the acceptance (one transaction).
+        assignment: tuple[str, str | None] | None = None
         try:
-            await ledger.arun(ledger.accept_job(
-                job_id=p.job_id, account_id=self.account_id, model=p.model, prompt_tokens=len(p.prompt_ids),
-                max_output_tokens=p.max_tokens, idempotency_key=p.idempotency_key,
-                request_hash=p.request_hash, stream=p.stream, created=p.created))
+            self._first_worker = runtime.hub.pick(p.model)
+            assignment = ("contributor", self._first_worker.address)
+        except NoWorkerAvailable:
+            self._first_worker = None
+            if runtime.engine is not None and p.model in runtime.engine_models:
+                assignment = ("gateway", None)
+        self._assigned_gateway = assignment == ("gateway", None)
+        loop = asyncio.get_running_loop()
+        self._accepted: asyncio.Future[int] = loop.create_future()
+        ledger.writer.submit_async(ledger.accept_job(
+            job_id=p.job_id, account_id=self.account_id, model=p.model, prompt_tokens=len(p.prompt_ids),
+            max_output_tokens=p.max_tokens, idempotency_key=p.idempotency_key,
+            request_hash=p.request_hash, stream=p.stream, created=p.created, assignment=assignment),
+            loop, self._accepted)
+        with job_context(self.plan.job_id):  # the task copies this context: its log lines name the job
+            self.task = loop.create_task(self._run(), name=f"job-{self.plan.job_id}")
+        _tasks.add(self.task)
+        self.task.add_done_callback(_tasks.discard)
+
+    async def accepted(self) -> None:
+        """Wait for the reservation. Raises the APIError to answer with (402, 409), or
+        IdempotentReplay for the router to answer from the recorded job."""
+        try:
+            await asyncio.shield(self._accepted)
         except InsufficientCredit as exc:
             raise APIError(402, f"Insufficient credit: {exc}.", code="insufficient_credit", retry=False) from None
         except IdempotencyConflict as exc:
             raise APIError(409, f"Idempotency-Key conflict: {exc}.", code="idempotency_conflict",
                            param="Idempotency-Key", retry=False) from None
-        # IdempotentReplay propagates: the router answers from the recorded job.
 
-    def start(self) -> None:
-        with job_context(self.plan.job_id):  # the task copies this context: its log lines name the job
-            self.task = asyncio.get_running_loop().create_task(self._run(), name=f"job-{self.plan.job_id}")
-        _tasks.add(self.task)
-        self.task.add_done_callback(_tasks.discard)
+    async def _reserved(self) -> None:
+        """In the job task: go on only once the reservation is durable."""
+        try:
+            await asyncio.shield(self._accepted)
+        except Exception:
+            raise _NotAccepted from None
 
     def client_gone(self) -> None:
         if self.task is not None and not self.task.done() and not self.finished:
@@ -162,9 +192,13 @@ class JobRun:
         while True:
             msg = JobMessage(job_id=str(p.job_id), model=p.model, prompt_ids=p.prompt_ids, max_tokens=p.max_tokens,
                              temperature=p.temperature, top_p=p.top_p, seed=p.seed, stop=p.stops)
+            via, self._first_worker = self._first_worker, None
             try:
-                async with hub.dispatch(msg, exclude=tried) as stream:
-                    self._assign("contributor", stream.worker_address)
+                async with hub.dispatch(msg, exclude=tried, via=via) as stream:
+                    await self._reserved()
+                    if via is None or stream.worker_address != via.address:  # a retry: a new assignment
+                        self._assign("contributor", stream.worker_address)
+                    self.served_by = "contributor"
                     async for frame in stream:
                         if isinstance(frame, Tokens):
                             yield frame.ids, frame.text, None, None
@@ -172,6 +206,7 @@ class JobRun:
                             yield [], frame.text, frame.finish_reason, frame.usage.model_dump()
                     return
             except NoWorkerAvailable:
+                await self._reserved()
                 break
             except WorkerFailedBeforeFirstToken as exc:
                 log.warning("worker %s failed before its first token; retrying elsewhere", exc.worker_address)
@@ -180,7 +215,9 @@ class JobRun:
         if engine is None or p.model not in self.runtime.engine_models:
             raise APIError(503, f"No worker is serving '{p.model}' right now; try again later.",
                            code="no_worker_available", retry=False)
-        self._assign("gateway", None)
+        if not self._assigned_gateway:
+            self._assign("gateway", None)
+        self.served_by = "gateway"
         req = GenerateRequest(prompt_ids=p.prompt_ids, max_tokens=p.max_tokens, temperature=p.temperature,
                               top_p=p.top_p, seed=p.seed, model=p.model, request_id=str(p.job_id))
         gen = engine.generate(req)
@@ -201,6 +238,7 @@ class JobRun:
         eos = p.binding.eos_token_ids
         counted = 0
         started = time.perf_counter()
+        refused = False  # the reservation was refused: no job exists to record
         result = Outcome("failed", 0, None)
         error: APIError | None = None
         source = self._source()
@@ -233,6 +271,8 @@ class JobRun:
                     break
             else:
                 result = Outcome("failed", matcher.accepted, None, reason="the stream ended without a finish")
+        except _NotAccepted:
+            refused = True
         except asyncio.CancelledError:
             result = Outcome("cancelled", matcher.accepted, None, reason="the client went away")
         except APIError as exc:
@@ -248,8 +288,11 @@ class JobRun:
                              type_="server_error")
         finally:
             await _close_quietly(source)
-            self._finish(result)
+            if not refused:
+                self._finish(result)
             self.finished = True
+        if refused:
+            return
         try:  # durable before the client hears how it ended
             await asyncio.shield(self._recorded)  # a cancelled task must not cancel the record
         except Exception:

@@ -257,6 +257,11 @@ class WorkerHub:
                 s["active"] += c.active.get(model, 0)
         return out
 
+    def pick(self, model: str, exclude: Collection[str] = ()) -> WorkerConnection:
+        """The worker ``dispatch`` would choose now (raises NoWorkerAvailable): lets the caller
+        record the assignment with the job's acceptance, then ``dispatch(..., via=it)``."""
+        return self._pick(model, exclude)
+
     def _pick(self, model: str, exclude: Collection[str]) -> WorkerConnection:
         excluded = {a.lower() for a in exclude}
         best: WorkerConnection | None = None
@@ -274,15 +279,17 @@ class WorkerHub:
 
     # -- dispatch --------------------------------------------------------------------------
     @contextlib.asynccontextmanager
-    async def dispatch(self, job: Job, *, exclude: Collection[str] = ()) -> AsyncIterator[JobStream]:
-        """Send ``job`` to the least-loaded live worker serving ``job.model``; stream its frames.
+    async def dispatch(self, job: Job, *, exclude: Collection[str] = (),
+                       via: WorkerConnection | None = None) -> AsyncIterator[JobStream]:
+        """Send ``job`` to the least-loaded live worker serving ``job.model`` (or to ``via``, an
+        earlier ``pick``); stream its frames.
 
         Raises NoWorkerAvailable on entry. Iterating raises WorkerFailedBeforeFirstToken or
         WorkerFailed. Leaving early sends ``cancel``.
         """
         if job.job_id in self._job_conn:
             raise ValueError(f"job {job.job_id} is already dispatched")
-        conn = self._pick(job.model, exclude)
+        conn = via if via is not None and via.alive else self._pick(job.model, exclude)
         ch = _JobChannel(job_id=job.job_id, model=job.model)
         conn.jobs[job.job_id] = ch
         conn.active[job.model] = conn.active.get(job.model, 0) + 1
