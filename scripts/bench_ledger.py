@@ -2,7 +2,8 @@
 """Ledger benchmark: the real code path, end to end, on SQLite and/or PostgreSQL.
 
 Several client threads drive N synthetic jobs through the full lifecycle (accept with its
-reservation, assign, finish with receipt hashing + signing and reservation settlement) as
+reservation and first assignment in one command, as the gateway routes before it accepts; then
+finish with receipt hashing + signing and reservation settlement) as
 Ledger commands submitted to the group-commit writer (``ledger.writer.submit``). Each client keeps
 ``--inflight`` jobs in flight and waits for each stage as a gateway request would. Then the live
 views are projected, a fresh replay is timed, and the full audit runs (replay + every check).
@@ -129,9 +130,15 @@ def print_profile(prof: cProfile.Profile | pstats.Stats, title: str, dump: Path 
 
 
 # -- the run --------------------------------------------------------------------------------------
+def _assignment(i: int) -> tuple[str, str | None]:
+    """Routed before acceptance, as the gateway does: the first assignment commits with it.
+    Three jobs in four go to a contributor, one to the gateway's own engine."""
+    return ("contributor", WORKERS[i % len(WORKERS)]) if i % 4 else ("gateway", None)
+
+
 def ingest(ledger: Ledger, jobs: int, clients: int, inflight: int, prefix: str = "",
            started: list[float] | None = None) -> tuple[float, int]:
-    """Drive `jobs` jobs through accept -> assign -> finish from `clients` threads. Returns (seconds, receipts).
+    """Drive `jobs` jobs through accept (+ assignment) -> finish from `clients` threads. Returns (seconds, receipts).
     ``started`` receives the wall-clock time the jobs began (to add up several processes)."""
     accounts = []
     for i in range(clients):
@@ -157,13 +164,9 @@ def ingest(ledger: Ledger, jobs: int, clients: int, inflight: int, prefix: str =
                     i = k + j
                     specs.append((uuid.uuid4(), MODELS[i % 3], 20 + (i * 37) % 700, 64 + (i * 53) % 960, i))
                 futs = [submit(ledger.accept_job(job_id=job, account_id=account_id, model=model,
-                                                 prompt_tokens=prompt, max_output_tokens=max_out))
-                        for job, model, prompt, max_out, _ in specs]
-                for f in futs:
-                    f.result()
-                futs = [submit(ledger.assign_job(job, "contributor" if i % 4 else "gateway",
-                                                 WORKERS[i % len(WORKERS)] if i % 4 else None))
-                        for job, _m, _p, _x, i in specs]
+                                                 prompt_tokens=prompt, max_output_tokens=max_out,
+                                                 assignment=_assignment(i)))
+                        for job, model, prompt, max_out, i in specs]
                 for f in futs:
                     f.result()
                 outcomes = ("completed", "completed", "completed", "cancelled", "failed")
@@ -194,7 +197,7 @@ def ingest(ledger: Ledger, jobs: int, clients: int, inflight: int, prefix: str =
 def ingest_async(ledger: Ledger, jobs: int, clients: int, inflight: int, prefix: str = "",
                  started: list[float] | None = None) -> tuple[float, int]:
     """The gateway's way: one event loop, ``clients x inflight`` concurrent requests, each awaiting
-    its accept and its end (``Ledger.arun``) and submitting its assignment without waiting."""
+    its accept (with the assignment) and its end (``Ledger.arun``)."""
     import asyncio
 
     accounts = []
@@ -215,9 +218,8 @@ def ingest_async(ledger: Ledger, jobs: int, clients: int, inflight: int, prefix:
                 job = uuid.uuid4()
                 max_out = 64 + (i * 53) % 960
                 await ledger.arun(ledger.accept_job(job_id=job, account_id=account_id, model=MODELS[i % 3],
-                                                    prompt_tokens=20 + (i * 37) % 700, max_output_tokens=max_out))
-                ledger.writer.submit(ledger.assign_job(job, "contributor" if i % 4 else "gateway",
-                                                       WORKERS[i % len(WORKERS)] if i % 4 else None))
+                                                    prompt_tokens=20 + (i * 37) % 700, max_output_tokens=max_out,
+                                                    assignment=_assignment(i)))
                 receipt = await ledger.arun(ledger.finish_job(
                     job, outcome=outcomes[i % 5], output_tokens=(i * 31) % (max_out + 1), finish_reason="length",
                     worker_usage={"completion_tokens": i % 500}))

@@ -103,6 +103,21 @@ def test_concurrent_requests_never_overdraw(gateway):
     assert acc.reserved == 0 and acc.available >= 0
 
 
+def test_long_prompts_tokenize_off_the_loop_with_the_same_count(gateway):
+    """A prompt past INLINE_TOKENIZE_CHARS is tokenized in a thread: same ids, same charge."""
+    from basis.gateway.chat.service import INLINE_TOKENIZE_CHARS
+
+    gateway.start_worker()
+    _, key = gateway.account("long", 10**22)
+    binding = gateway.runtime.bindings["basis-default"]
+    for words in (3, INLINE_TOKENIZE_CHARS // 5):  # inline, then threaded
+        messages = [{"role": "user", "content": "Some words to count. " * words}]
+        r = post(gateway, key, {"model": "basis-default", "messages": messages, "max_tokens": 2})
+        assert r.status_code == 200, r.text
+        assert r.json()["usage"]["prompt_tokens"] == len(binding.apply_chat_template(messages))
+    assert len(binding.render_chat(messages)) > INLINE_TOKENIZE_CHARS
+
+
 def test_stop_sequence_is_applied_by_the_gateway(gateway):
     gateway.start_worker()
     _, key = gateway.account("stops", 10**21)

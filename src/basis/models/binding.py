@@ -207,8 +207,12 @@ class ModelBinding:
 
     def apply_chat_template(self, messages: Iterable[Any]) -> list[int]:
         """Prompt token ids exactly as the engine sees them (special tokens parsed, BOS once)."""
+        return self.prompt_ids(self.render_chat(messages))
+
+    def prompt_ids(self, rendered: str) -> list[int]:
+        """Token ids of a rendered chat prompt (``render_chat``'s output)."""
         v = self.vocab
-        ids = v.tokenize(self.render_chat(messages), special=True)
+        ids = v.tokenize(rendered, special=True)
         if v.add_bos and (not ids or ids[0] != v.bos_id):
             ids.insert(0, v.bos_id)
         return ids

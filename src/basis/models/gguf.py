@@ -125,20 +125,21 @@ class GGUFVocab:
     def tokenize(self, text: str, *, special: bool = False) -> list[int]:
         # llama-cpp-python's own tokenize allocates a buffer of the whole training context
         # (32k ids) per call, ~170 us for a short prompt; a buffer sized to the text costs ~10 us.
+        # No lock: llama.cpp tokenizes from a read-only vocabulary (its server does so from many
+        # threads at once), and ctypes releases the GIL, so a long prompt can tokenize off the loop.
         llama_cpp = _require_llama_cpp()
         data = text.encode("utf-8")
-        with self._lock:
-            vocab = self.llama._model.vocab
-            size = len(data) + 8  # no more ids than bytes (control tokens are several bytes)
+        vocab = self.llama._model.vocab
+        size = len(data) + 8  # no more ids than bytes (control tokens are several bytes)
+        buf = (llama_cpp.llama_token * size)()
+        n = llama_cpp.llama_tokenize(vocab, data, len(data), buf, size, False, special)
+        if n < 0:
+            size = -n
             buf = (llama_cpp.llama_token * size)()
             n = llama_cpp.llama_tokenize(vocab, data, len(data), buf, size, False, special)
-            if n < 0:
-                size = -n
-                buf = (llama_cpp.llama_token * size)()
-                n = llama_cpp.llama_tokenize(vocab, data, len(data), buf, size, False, special)
-            if n < 0:
-                raise RuntimeError(f"llama.cpp could not tokenize a text of {len(data)} bytes")
-            return buf[:n]
+        if n < 0:
+            raise RuntimeError(f"llama.cpp could not tokenize a text of {len(data)} bytes")
+        return buf[:n]
 
 
 _cache: dict[str, GGUFVocab] = {}

@@ -91,7 +91,7 @@ async def chat_completions(request: Request, account_id: UUID = Depends(bearer_a
     if key is not None and not (0 < len(key) <= MAX_IDEMPOTENCY_KEY):
         raise APIError(400, f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters.",
                        param="Idempotency-Key", code="invalid_value")
-    plan = plan_request(runtime, req, body, key)
+    plan = await plan_request(runtime, req, body, key)
     run = JobRun(runtime, plan, account_id)
     run.begin()
     try:

@@ -74,8 +74,20 @@ def request_hash(body: dict[str, Any]) -> str:
     return hashlib.sha256(rfc8785.dumps(body)).hexdigest()
 
 
-def plan_request(runtime: Any, req: ChatCompletionRequest, body: dict[str, Any],
-                 idempotency_key: str | None) -> Plan:
+# A rendered prompt up to this size tokenizes on the loop (~70 us) faster than a thread hop;
+# a longer one (a 16 kB prompt: ~6 ms in llama.cpp, without the GIL) goes to a thread.
+INLINE_TOKENIZE_CHARS = 4096
+
+
+async def _prompt_ids(binding: ModelBinding, messages: Any) -> list[int]:
+    rendered = binding.render_chat(messages)
+    if len(rendered) <= INLINE_TOKENIZE_CHARS:
+        return binding.prompt_ids(rendered)
+    return await asyncio.to_thread(binding.prompt_ids, rendered)
+
+
+async def plan_request(runtime: Any, req: ChatCompletionRequest, body: dict[str, Any],
+                       idempotency_key: str | None) -> Plan:
     unsupported = req.unsupported()
     if unsupported:
         raise APIError(400, unsupported[1], param=unsupported[0], code="unsupported_parameter")
@@ -85,7 +97,7 @@ def plan_request(runtime: Any, req: ChatCompletionRequest, body: dict[str, Any],
         raise APIError(404, f"The model '{req.model}' does not exist.", param="model", code="model_not_found",
                        retry=False)
     try:
-        prompt_ids = binding.apply_chat_template(req.messages)
+        prompt_ids = await _prompt_ids(binding, req.messages)
     except ChatTemplateError as exc:
         raise APIError(400, str(exc), param="messages", code="invalid_messages") from None
     requested = req.max_completion_tokens or req.max_tokens
