@@ -8,6 +8,11 @@
     `basis worker` process on loopback, driven over HTTP by an aiohttp client in this process.
 Prints requests/s, p50/p99 latency and the gateway's added latency, time to first token and
 relayed tokens/s, side by side, with ratios. `instant` isolates the gateway's own cost.
+
+The aiohttp client shares the two cores and one GIL with its own bookkeeping, which inflates
+the gateway's latency by about a millisecond. Where `wrk` (a C load generator) is installed,
+the non-streamed instant runs are driven by it too (``--wrk-seconds``), beside a bare
+``GET /healthz``: the HTTP floor of the same server.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ import argparse
 import asyncio
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -149,6 +156,49 @@ def start_network(home: Path, engine: str, port: int, capacity: int) -> list[sub
     raise RuntimeError("gateway/worker did not come up")
 
 
+WRK_LUA = """wrk.method = "POST"
+wrk.body = [[%s]]
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer %s"
+"""
+
+
+def _ms(text: str) -> float:
+    value, unit = re.fullmatch(r"([0-9.]+)(us|ms|s)", text).groups()
+    return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+
+
+def run_wrk(url: str, concurrency: int, seconds: int, script: Path | None) -> dict:
+    """wrk's requests/s and latency percentiles (ms); raises if any request failed."""
+    cmd = ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "--latency", url]
+    if script is not None:
+        cmd[1:1] = ["-s", str(script)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    if "Non-2xx" in out or "Socket errors" in out:
+        raise RuntimeError(f"wrk saw failures:\n{out}")
+    pcts = {int(m[0]): _ms(m[1]) for m in re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M)}
+    rps = float(re.search(r"Requests/sec:\s+([0-9.]+)", out).group(1))
+    return {"rps": rps, "p50": pcts[50], "p99": pcts[99]}
+
+
+def wrk_rows(base_url: str, key: str, levels: list[int], max_tokens: int, seconds: int, engine_p50: dict) -> None:
+    body = json.dumps({"model": "basis-default", "messages": MESSAGES, "max_tokens": max_tokens})
+    with tempfile.TemporaryDirectory() as tmp:
+        script = Path(tmp) / "post.lua"
+        script.write_text(WRK_LUA % (body, key))
+        url = f"{base_url}/v1/chat/completions"
+        run_wrk(url, 1, 2, script)  # warm-up
+        floor = run_wrk(f"{base_url}/healthz", 1, seconds, None)
+        print(f"wrk       floor  c=1   | bare GET /healthz p50 {floor['p50']:.2f} ms p99 {floor['p99']:.2f} ms "
+              f"({floor['rps']:.0f} rps)", flush=True)
+        for c in levels:
+            r = run_wrk(url, c, seconds, script)
+            added = r["p50"] - engine_p50[c] * 1000
+            print(f"wrk       plain  c={c:<3d} | gateway {r['rps']:8.1f} rps p50 {r['p50']:7.2f} ms "
+                  f"p99 {r['p99']:7.2f} | added p50 {added:7.2f} ms (engine p50 {engine_p50[c]*1e3:.2f} ms)",
+                  flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--engines", default="instant,llama-cpp")
@@ -157,6 +207,8 @@ def main() -> None:
     ap.add_argument("--llama-requests", type=int, default=8, help="requests per llama run")
     ap.add_argument("--max-tokens", type=int, default=16)
     ap.add_argument("--port", type=int, default=8790)
+    ap.add_argument("--wrk-seconds", type=int, default=5,
+                    help="per wrk run on the instant engine (0: no wrk runs; skipped if wrk is absent)")
     a = ap.parse_args()
     levels = [int(c) for c in a.concurrency.split(",")]
     print(f"# bench_gateway  {time.strftime('%Y-%m-%d %H:%M')}  cores={os.cpu_count()}  max_tokens={a.max_tokens}")
@@ -166,6 +218,7 @@ def main() -> None:
         procs = start_network(home, engine, a.port, capacity=max(levels))
         key = (home / "bench.key").read_text().strip()
         try:
+            engine_p50: dict[int, float] = {}
             for stream in (False, True):
                 for c in levels:
                     n = a.requests if engine == "instant" else max(a.llama_requests, c)
@@ -175,6 +228,13 @@ def main() -> None:
                     gw = asyncio.run(through_gateway(f"http://127.0.0.1:{a.port}", key, n, c, a.max_tokens, stream))
                     rows.append((engine, "stream" if stream else "plain", c, base, gw))
                     print_row(*rows[-1])
+                    if not stream:
+                        engine_p50[c] = base["p50"]
+            if engine == "instant" and a.wrk_seconds > 0:
+                if shutil.which("wrk") is None:
+                    print("wrk: not installed, no C-client rows (apt install wrk)", flush=True)
+                else:
+                    wrk_rows(f"http://127.0.0.1:{a.port}", key, levels, a.max_tokens, a.wrk_seconds, engine_p50)
         finally:
             for p in procs:
                 p.terminate()

@@ -64,7 +64,7 @@ class Gateway:
         before = {w.address for w in self.runtime.hub.workers()}
         if rogue:
             cmd = [sys.executable, "-m", "tests.gateway.rogue_worker", "--gateway", self.ws, "--key-file",
-                   str(key_file), "--mode", rogue, "--model", models[0]]
+                   str(key_file), "--mode", rogue, "--model", models[0], "--capacity", str(capacity)]
         else:
             cmd = [sys.executable, "-m", "basis.cli.main", "worker", "run", "--gateway", self.ws, "--key-file",
                    str(key_file), "--engine", engine, "--capacity", str(capacity), "--log-level", "warning",

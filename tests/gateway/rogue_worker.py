@@ -1,7 +1,8 @@
 """Deliberately misbehaving workers: test doubles for failures a real engine cannot be made to show.
 
 Modes: lie-usage (honest tokens, inflated usage report), bad-text (text disagrees with the ids),
-stall-before (accepts the job, never sends a token), stall-after (a few tokens, then hangs).
+stall-before (accepts the job, never sends a token), stall-after (a few tokens, then hangs),
+slow (honest, 20 ms a token: keeps its slots busy).
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ class RogueEngine:
             if self.mode == "bad-text" and n == 3 and step.ids:
                 step = TokenStep(ids=step.ids, text=step.text + "!")
             yield step
-            await asyncio.sleep(0.002)  # paced like a real engine, so each step is its own frame
+            # paced like a real engine, so each step is its own frame
+            await asyncio.sleep(0.02 if self.mode == "slow" else 0.002)
             if self.mode == "stall-after" and n == 5:
                 await asyncio.Event().wait()
 
@@ -44,6 +46,7 @@ def main() -> None:
     ap.add_argument("--key-file")
     ap.add_argument("--mode")
     ap.add_argument("--model", default="basis-default")
+    ap.add_argument("--capacity", type=int, default=4)
     a = ap.parse_args()
     if a.mode == "lie-usage":
         real = client.Usage
@@ -53,7 +56,7 @@ def main() -> None:
     served = {a.model: bindings[a.model]}
     engine = RogueEngine(a.mode, served[a.model])
     worker = Worker(gateway_url=a.gateway, private_key=load_key(a.key_file), engine=engine,
-                    offers=make_offers(served, [a.model], 4))
+                    offers=make_offers(served, [a.model], a.capacity))
     asyncio.run(worker.run())
 
 

@@ -118,6 +118,29 @@ def test_long_prompts_tokenize_off_the_loop_with_the_same_count(gateway):
     assert len(binding.render_chat(messages)) > INLINE_TOKENIZE_CHARS
 
 
+def test_busy_workers_queue_briefly_then_answer_503_retry(gateway):
+    """All slots taken: a request waits for one (up to the hub's slot_wait), then gets a 503 that
+    says to retry, charging nothing; a worker with no free slot is not 'no worker'."""
+    gateway.start_worker(rogue="slow", capacity=1)  # one slot, ~20 ms a token
+    account_id, key = gateway.account("busy", 10**22)
+    body = {"model": "basis-default", "messages": CHAT, "max_tokens": 8}
+    with cf.ThreadPoolExecutor(3) as pool:  # one runs, two queue for the slot
+        assert [r.status_code for r in pool.map(lambda _: post(gateway, key, body), range(3))] == [200] * 3
+    gateway.runtime.hub.slot_wait = 0.01
+    with cf.ThreadPoolExecutor(1) as pool:
+        long = pool.submit(post, gateway, key, {**body, "max_tokens": 100})  # ~2 s in the only slot
+        gateway.until(lambda: sum(w.active_jobs for w in gateway.runtime.hub.workers()) == 1,
+                      what="the long job to hold the slot")
+        busy = post(gateway, key, body)
+        assert long.result().status_code == 200
+    assert_error(busy, 503, "workers_busy")
+    assert busy.headers["x-should-retry"] == "true"
+    gateway.views_caught_up()
+    receipts = gateway.runtime.reader().receipts(limit=100, account_id=str(account_id))
+    assert len(receipts) == 4
+    assert spent(gateway, account_id) == sum(int(r["core"]["charged"]) for r in receipts)
+
+
 def test_stop_sequence_is_applied_by_the_gateway(gateway):
     gateway.start_worker()
     _, key = gateway.account("stops", 10**21)

@@ -154,6 +154,7 @@ class JobRun:
             self._first_worker = None
             if runtime.engine is not None and p.model in runtime.engine_models:
                 assignment = ("gateway", None)
+        self._gateway_can_serve = runtime.engine is not None and p.model in runtime.engine_models
         self._assigned_gateway = assignment == ("gateway", None)
         loop = asyncio.get_running_loop()
         self._accepted: asyncio.Future[int] = loop.create_future()
@@ -201,12 +202,14 @@ class JobRun:
         A worker that fails before its first token is replaced: still one job."""
         p, hub = self.plan, self.runtime.hub
         tried: set[str] = set()
+        busy = False
         while True:
             msg = JobMessage(job_id=str(p.job_id), model=p.model, prompt_ids=p.prompt_ids, max_tokens=p.max_tokens,
                              temperature=p.temperature, top_p=p.top_p, seed=p.seed, stop=p.stops)
             via, self._first_worker = self._first_worker, None
             try:
-                async with hub.dispatch(msg, exclude=tried, via=via) as stream:
+                # Busy workers are waited for only when the gateway has no engine of its own to fall back on.
+                async with hub.dispatch(msg, exclude=tried, via=via, wait=not self._gateway_can_serve) as stream:
                     await self._reserved()
                     if via is None or stream.worker_address != via.address:  # a retry: a new assignment
                         self._assign("contributor", stream.worker_address)
@@ -217,14 +220,18 @@ class JobRun:
                         else:
                             yield [], frame.text, frame.finish_reason, frame.usage.model_dump()
                     return
-            except NoWorkerAvailable:
+            except NoWorkerAvailable as exc:
                 await self._reserved()
+                busy = exc.busy
                 break
             except WorkerFailedBeforeFirstToken as exc:
                 log.warning("worker %s failed before its first token; retrying elsewhere", exc.worker_address)
                 tried.add(exc.worker_address)
         engine = self.runtime.engine
         if engine is None or p.model not in self.runtime.engine_models:
+            if busy:
+                raise APIError(503, f"Every worker serving '{p.model}' is busy; retry shortly.",
+                               code="workers_busy", retry=True)
             raise APIError(503, f"No worker is serving '{p.model}' right now; try again later.",
                            code="no_worker_available", retry=False)
         if not self._assigned_gateway:

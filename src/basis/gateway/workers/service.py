@@ -22,6 +22,7 @@ Leaving the ``async with`` before ``Done`` (client gone, stop sequence, mismatch
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import inspect
 import logging
@@ -63,9 +64,11 @@ Hook = Callable[..., Any | Awaitable[Any]]
 class NoWorkerAvailable(Exception):
     """No live worker serves the model with spare capacity (HTTP 503)."""
 
-    def __init__(self, model: str) -> None:
-        super().__init__(f"no worker available for model {model!r}")
+    def __init__(self, model: str, busy: bool = False) -> None:
+        super().__init__(f"every worker serving {model!r} is busy" if busy
+                         else f"no worker available for model {model!r}")
         self.model = model
+        self.busy = busy  # workers serve the model, but none had a free slot in time
 
 
 class WorkerJobError(Exception):
@@ -217,6 +220,7 @@ class WorkerHub:
         binding_hashes: Mapping[str, str],
         heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL,
         challenge_ttl: int = 60,
+        slot_wait: float = 2.0,
         on_worker_online: Hook | None = None,
         on_worker_offline: Hook | None = None,
         clock: Callable[[], float] = time.time,
@@ -231,6 +235,10 @@ class WorkerHub:
         self.clock = clock
         self._conns: dict[str, WorkerConnection] = {}  # address(lower) -> connection
         self._job_conn: dict[str, WorkerConnection] = {}
+        # A request finding every worker of its model busy waits (FIFO) this long for a slot
+        # instead of failing at once: a burst rides out short queueing, as at a load balancer.
+        self.slot_wait = float(slot_wait)
+        self._slot_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
 
     # -- registry --------------------------------------------------------------------------
     def workers(self) -> list[WorkerInfo]:
@@ -279,17 +287,21 @@ class WorkerHub:
 
     # -- dispatch --------------------------------------------------------------------------
     @contextlib.asynccontextmanager
-    async def dispatch(self, job: Job, *, exclude: Collection[str] = (),
-                       via: WorkerConnection | None = None) -> AsyncIterator[JobStream]:
+    async def dispatch(self, job: Job, *, exclude: Collection[str] = (), via: WorkerConnection | None = None,
+                       wait: bool = True) -> AsyncIterator[JobStream]:
         """Send ``job`` to the least-loaded live worker serving ``job.model`` (or to ``via``, an
         earlier ``pick``); stream its frames.
 
-        Raises NoWorkerAvailable on entry. Iterating raises WorkerFailedBeforeFirstToken or
-        WorkerFailed. Leaving early sends ``cancel``.
+        Raises NoWorkerAvailable on entry (after waiting up to ``slot_wait`` for a busy model's
+        slot, when ``wait``). Iterating raises WorkerFailedBeforeFirstToken or WorkerFailed.
+        Leaving early sends ``cancel``.
         """
         if job.job_id in self._job_conn:
             raise ValueError(f"job {job.job_id} is already dispatched")
-        conn = via if via is not None and via.alive else self._pick(job.model, exclude)
+        if via is not None and via.alive:
+            conn = via
+        else:
+            conn = await self._pick_or_wait(job.model, exclude) if wait else self._pick(job.model, exclude)
         ch = _JobChannel(job_id=job.job_id, model=job.model)
         conn.jobs[job.job_id] = ch
         conn.active[job.model] = conn.active.get(job.model, 0) + 1
@@ -313,10 +325,47 @@ class WorkerHub:
                     await conn.send(dump(Cancel(job_id=job.job_id)))
             self._release(conn, ch)
 
+    async def _pick_or_wait(self, model: str, exclude: Collection[str]) -> WorkerConnection:
+        """``_pick``; when live workers serve ``model`` but all are busy, wait up to
+        ``slot_wait`` seconds for one of them to free a slot."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.slot_wait
+        while True:
+            try:
+                return self._pick(model, exclude)
+            except NoWorkerAvailable:
+                excluded = {a.lower() for a in exclude}
+                serving = any(c.alive and key not in excluded and c.capacity.get(model, 0) > 0
+                              for key, c in self._conns.items())
+                left = deadline - loop.time()
+                if not serving:
+                    raise
+                if left <= 0:
+                    raise NoWorkerAvailable(model, busy=True) from None
+            waiter: asyncio.Future[None] = loop.create_future()
+            self._slot_waiters.append(waiter)
+            try:
+                await asyncio.wait_for(asyncio.shield(waiter), left)
+            except TimeoutError:
+                pass
+            finally:
+                if not waiter.done():
+                    waiter.cancel()
+                with contextlib.suppress(ValueError):
+                    self._slot_waiters.remove(waiter)
+
+    def _wake_slot_waiters(self) -> None:
+        """A slot freed or a worker joined: every waiter re-picks, in arrival order."""
+        while self._slot_waiters:
+            waiter = self._slot_waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+
     def _release(self, conn: WorkerConnection, ch: _JobChannel) -> None:
         if conn.jobs.pop(ch.job_id, None) is not None:
             n = conn.active.get(ch.model, 0) - 1
             conn.active[ch.model] = max(0, n)
+            self._wake_slot_waiters()
         if self._job_conn.get(ch.job_id) is conn:
             del self._job_conn[ch.job_id]
 
@@ -438,6 +487,7 @@ class WorkerHub:
         key = signer.lower()
         old = self._conns.get(key)
         self._conns[key] = conn
+        self._wake_slot_waiters()
         if old is not None:  # the same key reconnected: the newest connection wins
             await self._drop(old, "replaced by a new connection", notify=False)
             with contextlib.suppress(Exception):
