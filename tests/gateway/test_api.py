@@ -176,6 +176,9 @@ def test_health_metrics_and_network(gateway):
     metrics = httpx.get(f"{gateway.base}/metrics").text
     assert 'basis_jobs_total{model="basis-default",outcome="completed",served_by="contributor"}' in metrics
     assert "basis_active_workers 1.0" in metrics
+    # The chat fast path is measured under its route like any other, and the route keeps its 405.
+    assert 'basis_requests_total{route="/v1/chat/completions",status="200"}' in metrics
+    assert_error(httpx.get(f"{gateway.base}/v1/chat/completions"), 405, "method_not_allowed")
     net = httpx.get(f"{gateway.base}/v1/network").json()
     assert net["runtime"]["status"] == "live" and net["vault"]["status"] == "pending"
     assert net["gateway_signer"] == gateway.ledger.signer.address

@@ -7,11 +7,14 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from types import SimpleNamespace
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 
+from basis.gateway.auth import bearer_account
+from basis.gateway.chat.router import chat_completions
 from basis.gateway.chat.router import router as chat_router
-from basis.gateway.errors import install_error_handlers
+from basis.gateway.errors import APIError, install_error_handlers
 from basis.gateway.models.router import router as models_router
 from basis.gateway.network.router import router as network_router
 from basis.gateway.receipts.router import router as receipts_router
@@ -54,8 +57,38 @@ def create_app(runtime: GatewayRuntime) -> FastAPI:
         elif hasattr(module, "router"):
             app.include_router(module.router)
 
-    app.add_middleware(_Measure)
+    app.add_middleware(_ChatFastPath)
+    app.add_middleware(_Measure)  # outermost: it measures the fast path too
     return app
+
+
+_CHAT_ROUTE = SimpleNamespace(path="/v1/chat/completions")  # the metrics label the router would set
+
+
+class _ChatFastPath:
+    """``POST /v1/chat/completions`` straight to its handler, past routing, dependency injection
+    and the exception middleware: about a third of a chat request's CPU on the loop in profiles,
+    the gateway's hottest path. The route stays declared on the app (OpenAPI schema, 405 for
+    other methods); errors keep OpenAI's shape exactly as the app's handlers give them."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != _CHAT_ROUTE.path:
+            await self.app(scope, receive, send)
+            return
+        scope["route"] = _CHAT_ROUTE
+        request = Request(scope, receive, send)
+        try:
+            response = await chat_completions(request, await bearer_account(request))
+        except APIError as exc:
+            response = exc.response()
+        except Exception:
+            log.exception("unhandled error")
+            response = APIError(500, "The server had an error while processing your request.",
+                                code="internal_error", type_="server_error").response()
+        await response(scope, receive, send)
 
 
 class _Measure:
