@@ -209,10 +209,11 @@ class ModelBinding:
         """Prompt token ids exactly as the engine sees them (special tokens parsed, BOS once)."""
         return self.prompt_ids(self.render_chat(messages))
 
-    def prompt_ids(self, rendered: str) -> list[int]:
-        """Token ids of a rendered chat prompt (``render_chat``'s output)."""
+    def prompt_ids(self, rendered: str, *, hold_gil: bool = True) -> list[int]:
+        """Token ids of a rendered chat prompt (``render_chat``'s output); ``hold_gil=False``
+        from a thread, so a long prompt tokenizes beside the event loop (see GGUFVocab.tokenize)."""
         v = self.vocab
-        ids = v.tokenize(rendered, special=True)
+        ids = v.tokenize(rendered, special=True, hold_gil=hold_gil)
         if v.add_bos and (not ids or ids[0] != v.bos_id):
             ids.insert(0, v.bos_id)
         return ids

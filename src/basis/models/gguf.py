@@ -9,9 +9,11 @@ from __future__ import annotations
 import atexit
 import contextlib
 import ctypes
+import functools
 import os
 import threading
 from pathlib import Path
+from typing import Any
 
 _DEFAULT_GEMMA_TEMPLATE = (
     "{{ bos_token }}{% for message in messages %}"
@@ -122,24 +124,41 @@ class GGUFVocab:
         assert self._eog is not None
         return self._eog
 
-    def tokenize(self, text: str, *, special: bool = False) -> list[int]:
+    def tokenize(self, text: str, *, special: bool = False, hold_gil: bool = True) -> list[int]:
+        """Token ids of ``text``.
+
+        ``hold_gil`` (the default, for short texts on the event loop): call llama.cpp without
+        releasing the GIL. A ctypes call normally releases it, and getting it back behind a busy
+        thread (the ledger writer) waits for the 5 ms switch interval: 88 us became 5.5 ms a
+        call. ``hold_gil=False`` for long texts tokenized in a thread, in parallel with the loop.
+        """
         # llama-cpp-python's own tokenize allocates a buffer of the whole training context
         # (32k ids) per call, ~170 us for a short prompt; a buffer sized to the text costs ~10 us.
         # No lock: llama.cpp tokenizes from a read-only vocabulary (its server does so from many
-        # threads at once), and ctypes releases the GIL, so a long prompt can tokenize off the loop.
+        # threads at once).
         llama_cpp = _require_llama_cpp()
+        fn = _tokenize_holding_gil() if hold_gil else llama_cpp.llama_tokenize
         data = text.encode("utf-8")
         vocab = self.llama._model.vocab
         size = len(data) + 8  # no more ids than bytes (control tokens are several bytes)
         buf = (llama_cpp.llama_token * size)()
-        n = llama_cpp.llama_tokenize(vocab, data, len(data), buf, size, False, special)
+        n = fn(vocab, data, len(data), buf, size, False, special)
         if n < 0:
             size = -n
             buf = (llama_cpp.llama_token * size)()
-            n = llama_cpp.llama_tokenize(vocab, data, len(data), buf, size, False, special)
+            n = fn(vocab, data, len(data), buf, size, False, special)
         if n < 0:
             raise RuntimeError(f"llama.cpp could not tokenize a text of {len(data)} bytes")
         return buf[:n]
+
+
+@functools.cache
+def _tokenize_holding_gil() -> Any:
+    """llama_tokenize through ``ctypes.PyDLL`` (same library, same signature): the call keeps the GIL."""
+    lib = _require_llama_cpp().llama_cpp._lib
+    fn = ctypes.PyDLL(lib._name).llama_tokenize
+    fn.argtypes, fn.restype = lib.llama_tokenize.argtypes, lib.llama_tokenize.restype
+    return fn
 
 
 _cache: dict[str, GGUFVocab] = {}

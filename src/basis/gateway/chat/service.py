@@ -83,7 +83,7 @@ async def _prompt_ids(binding: ModelBinding, messages: Any) -> list[int]:
     rendered = binding.render_chat(messages)
     if len(rendered) <= INLINE_TOKENIZE_CHARS:
         return binding.prompt_ids(rendered)
-    return await asyncio.to_thread(binding.prompt_ids, rendered)
+    return await asyncio.to_thread(binding.prompt_ids, rendered, hold_gil=False)
 
 
 async def plan_request(runtime: Any, req: ChatCompletionRequest, body: dict[str, Any],
