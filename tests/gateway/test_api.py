@@ -141,6 +141,29 @@ def test_busy_workers_queue_briefly_then_answer_503_retry(gateway):
     assert spent(gateway, account_id) == sum(int(r["core"]["charged"]) for r in receipts)
 
 
+def test_projector_process_killed_is_restarted_and_views_converge(gateway):
+    """The views are projected in a process of their own: SIGKILL it, and the gateway starts it
+    again, resuming from its tracked position; nothing is lost or counted twice."""
+    import os
+    import signal
+
+    gateway.start_worker()
+    account_id, key = gateway.account("views", 10**21)
+    body = {"model": "basis-default", "messages": CHAT, "max_tokens": 3}
+    assert post(gateway, key, body).status_code == 200
+    gateway.views_caught_up()
+    proc = gateway.runtime.projector_process
+    first = proc._proc
+    os.kill(first.pid, signal.SIGKILL)
+    for _ in range(3):
+        assert post(gateway, key, body).status_code == 200
+    gateway.until(lambda: proc._proc is not first and proc._proc.is_alive(), what="the projector to restart")
+    gateway.views_caught_up()
+    receipts = gateway.runtime.reader().receipts(limit=100, account_id=str(account_id))
+    assert len(receipts) == 4
+    assert spent(gateway, account_id) == sum(int(r["core"]["charged"]) for r in receipts)
+
+
 def test_stop_sequence_is_applied_by_the_gateway(gateway):
     gateway.start_worker()
     _, key = gateway.account("stops", 10**21)

@@ -19,6 +19,7 @@ from basis.engines.base import Engine
 from basis.gateway.auth import RateLimiter
 from basis.gateway.workers import WorkerHub
 from basis.ledger.projections import Projector, ViewReader
+from basis.ledger.projections.process import ProjectorProcess
 from basis.ledger.service import Ledger
 from basis.models import ModelBinding, load_bindings
 from basis.observability import metrics
@@ -66,7 +67,8 @@ class GatewayRuntime:
         self.engine_models: set[str] = set(self.engine.models if self.engine else ()) & set(
             served if served is not None else self.bindings)
         self.rate_limiter = RateLimiter(self.options.rate_per_second, self.options.rate_burst)
-        self.projector = Projector(self.ledger.store, self.settings.views_path)
+        self.projector = Projector(self.ledger.store, self.settings.views_path)  # start-up catch-up
+        self.projector_process: ProjectorProcess | None = None
         self._readers = threading.local()
         self.background: list[Any] = []  # things with .stop() (indexers, schedulers) the app stops
 
@@ -81,7 +83,11 @@ class GatewayRuntime:
         if interrupted:
             n = self.ledger.end_interrupted([UUID(j) for j in interrupted])
             log.warning("ended %d job(s) interrupted by the last stop; their reservations are released", n)
-        self.projector.start(self.ledger.committed)
+        # From here on the views are projected in a process of their own (off this GIL).
+        self.projector.db.close()
+        self.projector_process = ProjectorProcess(self.settings.event_store_env(), self.settings.views_path)
+        self.projector_process.start()
+        self.ledger.writer.add_commit_listener(self.projector_process.wake)
         for task, interval in getattr(self, "_chain_tasks", []):
             if interval is None:
                 task.start()
@@ -101,7 +107,8 @@ class GatewayRuntime:
         await self.hub.close()
         if self.engine is not None:
             await self.engine.aclose()
-        self.projector.stop()
+        if self.projector_process is not None:
+            self.projector_process.stop()
         self.ledger.close()
 
     def _make_engine(self) -> Engine | None:

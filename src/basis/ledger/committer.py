@@ -130,7 +130,7 @@ class GroupCommitter:
         self._cache: OrderedDict[UUID, Aggregate] = OrderedDict()
         self._cache_size = cache_size
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
-        self._on_commit = on_commit
+        self._on_commit: list[Callable[[], None]] = [on_commit] if on_commit is not None else []
         self.batches = 0
         self.commands = 0
         self._thread = threading.Thread(target=self._run, name="basis-ledger-writer", daemon=True)
@@ -154,6 +154,10 @@ class GroupCommitter:
         if self._closed:
             raise RuntimeError("the ledger writer is closed")
         self._queue.put(item)
+
+    def add_commit_listener(self, listener: Callable[[], None]) -> None:
+        """Called on the writer thread after each commit that stored events (keep it quick)."""
+        self._on_commit.append(listener)
 
     def close(self) -> None:
         if not self._closed:
@@ -261,8 +265,9 @@ class GroupCommitter:
                 self._cache.move_to_end(agg_id)
         while len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
-        if dirty and self._on_commit is not None:
-            self._on_commit()
+        if dirty:
+            for listener in self._on_commit:
+                listener()
         for item, ok, res in results:
             item.settle(ok, res)
         return True
