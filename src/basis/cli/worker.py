@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 import typer
+import uvloop
 
 app = typer.Typer(help="Contributor worker: serve models to a Basis gateway and earn rewards.", no_args_is_help=True)
 
@@ -90,7 +91,8 @@ def _run(
             await eng.aclose()
 
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(main())
+        # uvloop, as the gateway runs under uvicorn: a worker's loop relays every token.
+        uvloop.run(main())
 
 
 _GATEWAY = typer.Option(DEFAULT_GATEWAY, "--gateway", help="Gateway WebSocket URL")
