@@ -101,6 +101,12 @@ def test_concurrent_requests_never_overdraw(gateway):
     assert len(receipts) == len(ok)
     assert acc.spent == sum(int(r["core"]["charged"]) for r in receipts) <= worst * 10
     assert acc.reserved == 0 and acc.available >= 0
+    # Refused requests were dispatched while their reservation committed: the worker was told to
+    # cancel, its slots are free, and no job of theirs exists in the ledger.
+    gateway.until(lambda: sum(w.active_jobs for w in gateway.runtime.hub.workers()) == 0, what="slots freed")
+    recorder = gateway.ledger.store.recorder
+    accepted = [n for n in recorder.select_notifications(0, 100_000) if n.topic == "basis:Job.Accepted.v1"]
+    assert len(accepted) == len(ok)
 
 
 def test_long_prompts_tokenize_off_the_loop_with_the_same_count(gateway):
