@@ -146,15 +146,15 @@ class JobRun:
         dispatch. ``accepted()`` tells the response whether the job exists."""
         ledger, p, runtime = self.runtime.ledger, self.plan, self.runtime
         # Route first, so the first assignment commits with the acceptance (one transaction).
+        self._gateway_can_serve = runtime.engine is not None and p.model in runtime.engine_models
         assignment: tuple[str, str | None] | None = None
         try:
             self._first_worker = runtime.hub.pick(p.model)
             assignment = ("contributor", self._first_worker.address)
         except NoWorkerAvailable:
             self._first_worker = None
-            if runtime.engine is not None and p.model in runtime.engine_models:
+            if self._gateway_can_serve:
                 assignment = ("gateway", None)
-        self._gateway_can_serve = runtime.engine is not None and p.model in runtime.engine_models
         self._assigned_gateway = assignment == ("gateway", None)
         loop = asyncio.get_running_loop()
         self._accepted: asyncio.Future[int] = loop.create_future()

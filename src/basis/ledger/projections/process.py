@@ -23,7 +23,7 @@ from basis.units import Seconds
 log = logging.getLogger(__name__)
 
 
-def _project(env: dict[str, str], views_path: str, wakes: Any, interval: float, gather: float) -> None:
+def _project(env: dict[str, str], views_path: str, wakes: Any, interval: Seconds, gather: Seconds) -> None:
     from basis.ledger.projections.projector import Projector
     from basis.ledger.store import LedgerStore
 
