@@ -205,3 +205,57 @@ def test_event_topics_are_pinned():
         "basis:RewardClaims.Created.v1", "basis:RewardClaims.Opened.v1", "basis:RewardClaims.Claimed.v1",
     ])
     assert ids.account_id("x") == ids.account_id("x") != ids.account_id("y")
+
+
+def test_commands_sent_again_after_a_lost_writer_are_safe(ledger):
+    """What a gateway resends when its writer process died before answering: a job's end again
+    (``resume``) answers with the receipt already saved, never a second charge; ``abandon_job``
+    ends a job that was accepted, charging nothing, and is a no-op for one that never was."""
+    account_id, _ = ledger.create_api_key("resend")
+    ledger.grant("resend", 10**18)
+    job_id, receipt = run_job(ledger, account_id, output_tokens=7)
+    spent = ledger.get(account_id).spent
+    again = ledger.run(ledger.command("finish_job", {"job_id": job_id, "outcome": "completed",
+                                                     "output_tokens": 7, "resume": True}))
+    assert again == receipt and ledger.get(account_id).spent == spent
+    with pytest.raises(InvalidTransition):  # without resume, a second end is still refused
+        ledger.run(ledger.finish_job(job_id, outcome="completed", output_tokens=7))
+
+    open_job = uuid.uuid4()
+    ledger.run(ledger.accept_job(job_id=open_job, account_id=account_id, model="basis-default",
+                                 prompt_tokens=10, max_output_tokens=100))
+    assert ledger.get(account_id).reserved > 0
+    ledger.run(ledger.command("abandon_job", {"job_id": open_job, "reason": "writer lost"}))
+    job = ledger.get(open_job)
+    assert job.outcome == "failed" and job.receipt is None
+    assert ledger.get(account_id).reserved == 0 and ledger.get(account_id).spent == spent
+    ledger.run(ledger.command("abandon_job", {"job_id": uuid.uuid4(), "reason": "never accepted"}))
+    with pytest.raises(ValueError):
+        ledger.command("grant", {})  # only job commands cross to a writer process
+
+
+def test_ledger_errors_cross_a_process_boundary_intact():
+    import pickle
+
+    conflict = pickle.loads(pickle.dumps(IdempotencyConflict("another body", "job-1")))
+    assert str(conflict) == "another body" and conflict.job_id == "job-1"
+    replay = pickle.loads(pickle.dumps(IdempotentReplay("job-2")))
+    assert replay.job_id == "job-2"
+
+
+def test_a_second_writer_never_reads_what_another_writer_changed_from_its_cache(ledger, settings):
+    """Two writers on one store (a gateway's writer process and its settlement thread): a
+    command that only reads an aggregate another writer changed sees the new version. Optimistic
+    concurrency alone would only catch it if the command wrote to it too."""
+    from basis.ledger.accounts import Account
+
+    account_id, _ = ledger.create_api_key("two-writers")
+    ledger.grant("two-writers", 10**18)
+    run_job(ledger, account_id, output_tokens=0, outcome="cancelled")  # the account is now cached here
+    other = Ledger(settings)
+    try:
+        other.grant("two-writers", 5000)
+        available = ledger.run(lambda uow: uow.find(Account, account_id).available)
+        assert available == 10**18 + 5000
+    finally:
+        other.close()

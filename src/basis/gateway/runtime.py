@@ -21,6 +21,7 @@ from basis.gateway.workers import WorkerHub
 from basis.ledger.projections import Projector, ViewReader
 from basis.ledger.projections.process import ProjectorProcess
 from basis.ledger.service import Ledger
+from basis.ledger.writer_process import LedgerWriterProcess, LedgerWriterThread
 from basis.models import ModelBinding, load_bindings
 from basis.observability import metrics
 from basis.protocol import PROTOCOL_VERSION
@@ -39,6 +40,9 @@ class GatewayOptions:
     rate_per_second: float = float(os.environ.get("BASIS_RATE_LIMIT_RPS", "0"))  # 0: off
     rate_burst: int = 100
     max_body_bytes: int = 4 * 1024 * 1024
+    # Where job commands commit: "process" (a writer process: its CPU off the loop's GIL) or
+    # "thread" (the ledger's writer thread in this process).
+    ledger_writer: str = os.environ.get("BASIS_LEDGER_WRITER", "process")
 
 
 class GatewayRuntime:
@@ -69,11 +73,19 @@ class GatewayRuntime:
         self.rate_limiter = RateLimiter(self.options.rate_per_second, self.options.rate_burst)
         self.projector = Projector(self.ledger.store, self.settings.views_path)  # start-up catch-up
         self.projector_process: ProjectorProcess | None = None
+        if self.options.ledger_writer not in ("process", "thread"):
+            raise ValueError(f"unknown ledger writer {self.options.ledger_writer!r} (process, thread)")
+        # Job commands (accept, assign, finish, worker registration); the rest (settlement,
+        # credits) stays on the ledger's own writer thread: rare, and the store arbitrates.
+        self.job_writer: LedgerWriterProcess | LedgerWriterThread = (
+            LedgerWriterProcess(self.ledger.spawn_args()) if self.options.ledger_writer == "process"
+            else LedgerWriterThread(self.ledger))
         self._readers = threading.local()
         self.background: list[Any] = []  # things with .stop() (indexers, schedulers) the app stops
 
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self) -> None:
+        """On the event loop that will serve (the job writer attaches to it)."""
         self.projector.catch_up()
         reader = ViewReader(self.settings.views_path)
         try:
@@ -88,6 +100,8 @@ class GatewayRuntime:
         self.projector_process = ProjectorProcess(self.settings.event_store_env(), self.settings.views_path)
         self.projector_process.start()
         self.ledger.writer.add_commit_listener(self.projector_process.wake)
+        self.job_writer.start()
+        self.job_writer.add_commit_listener(self.projector_process.wake)
         for task, interval in getattr(self, "_chain_tasks", []):
             if interval is None:
                 task.start()
@@ -107,6 +121,7 @@ class GatewayRuntime:
         await self.hub.close()
         if self.engine is not None:
             await self.engine.aclose()
+        self.job_writer.close()
         if self.projector_process is not None:
             self.projector_process.stop()
         self.ledger.close()
@@ -154,7 +169,7 @@ class GatewayRuntime:
     # -- workers ------------------------------------------------------------------------------
     def _worker_online(self, address: str, models: dict[str, int]) -> None:
         metrics.ACTIVE_WORKERS.set(len(self.hub.workers()))
-        self.ledger.writer.submit(self.ledger.register_worker(address, sorted(models)))
+        self.job_writer.submit("register_worker", {"address": address, "models": sorted(models)})
 
     def _worker_offline(self, address: str) -> None:
         metrics.ACTIVE_WORKERS.set(len(self.hub.workers()))

@@ -34,6 +34,7 @@ Command = Callable[["UnitOfWork"], Any]
 
 MAX_BATCH = 2000
 MAX_ATTEMPTS = 50
+STALE_SCAN = 5000  # log rows read per query when looking for other writers' changes
 
 
 class UnitOfWork:
@@ -87,16 +88,16 @@ class UnitOfWork:
         self.forget.add(agg.id)
 
 
-class _Item:
+class QueuedCommand:
     """One queued command. A thread caller waits on ``future``; an async caller passes its
     loop's future as ``waiter`` and gets no thread-safe Future at all (one less lock per command)."""
 
     __slots__ = ("fn", "future", "outcome", "waiter")
 
-    def __init__(self, fn: Command, waiter: tuple[Any, Any] | None = None) -> None:
+    def __init__(self, fn: Command, waiter: tuple[Any, Any] | None = None, future: bool = True) -> None:
         self.fn = fn
         self.waiter = waiter  # (event loop, asyncio future) of an async caller
-        self.future: Future[Any] | None = Future() if waiter is None else None
+        self.future: Future[Any] | None = Future() if waiter is None and future else None
         self.outcome: tuple[bool, Any] | None = None  # (ok, result or exception), once settled
 
     def done(self) -> bool:
@@ -111,7 +112,7 @@ class _Item:
                 self.future.set_exception(value)
 
 
-def _transfer(pairs: list[tuple[Any, _Item]]) -> None:
+def _transfer(pairs: list[tuple[Any, QueuedCommand]]) -> None:
     """On the caller's event loop: settle its asyncio futures from the writer's results."""
     for afut, item in pairs:
         if afut.cancelled():
@@ -124,23 +125,30 @@ def _transfer(pairs: list[tuple[Any, _Item]]) -> None:
 
 
 class GroupCommitter:
+    """``threaded``: a writer thread takes queued commands; without it, whoever owns the committer
+    drives it with ``commit_batch`` (the writer process does)."""
+
     def __init__(self, store: LedgerStore, cache_size: int = 100_000,
-                 on_commit: Callable[[], None] | None = None) -> None:
+                 on_commit: Callable[[], None] | None = None, threaded: bool = True) -> None:
         self.store = store
         self._cache: OrderedDict[UUID, Aggregate] = OrderedDict()
         self._cache_size = cache_size
-        self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[QueuedCommand | None] = queue.SimpleQueue()
         self._on_commit: list[Callable[[], None]] = [on_commit] if on_commit is not None else []
         self.batches = 0
         self.commands = 0
-        self._thread = threading.Thread(target=self._run, name="basis-ledger-writer", daemon=True)
+        # Everything up to this notification id is reflected in the cache (see _drop_stale).
+        self._seen = store.recorder.max_notification_id() or 0
         self._closed = False
-        self._thread.start()
+        self._thread: threading.Thread | None = None
+        if threaded:
+            self._thread = threading.Thread(target=self._run, name="basis-ledger-writer", daemon=True)
+            self._thread.start()
 
     # -- public ---------------------------------------------------------------------------
     def submit(self, fn: Command) -> Future[Any]:
         """Queue a command; its result (or exception) arrives on the returned Future."""
-        item = _Item(fn)
+        item = QueuedCommand(fn)
         self._put(item)
         assert item.future is not None
         return item.future
@@ -148,9 +156,9 @@ class GroupCommitter:
     def submit_async(self, fn: Command, loop: Any, waiter: Any) -> None:
         """Queue a command whose result settles ``waiter``, an asyncio future of ``loop``: one
         wake-up per loop per batch, instead of one thread-safe call per command."""
-        self._put(_Item(fn, (loop, waiter)))
+        self._put(QueuedCommand(fn, (loop, waiter)))
 
-    def _put(self, item: _Item) -> None:
+    def _put(self, item: QueuedCommand) -> None:
         if self._closed:
             raise RuntimeError("the ledger writer is closed")
         self._queue.put(item)
@@ -162,13 +170,24 @@ class GroupCommitter:
     def close(self) -> None:
         if not self._closed:
             self._closed = True
-            self._queue.put(None)
-            self._thread.join(timeout=30)
+            if self._thread is not None:
+                self._queue.put(None)
+                self._thread.join(timeout=30)
+
+    def commit_batch(self, items: list[QueuedCommand]) -> None:
+        """Run the commands and save their events in one transaction; every item ends settled."""
+        try:
+            self._commit(items)
+        except BaseException as exc:  # never leave a caller waiting
+            log.exception("ledger writer failed a batch")
+            for item in items:
+                if not item.done():
+                    item.settle(False, exc)
 
     # -- writer thread ---------------------------------------------------------------------
     @staticmethod
-    def _wake_async_callers(items: list[_Item]) -> None:
-        by_loop: dict[Any, list[tuple[Any, _Item]]] = {}
+    def _wake_async_callers(items: list[QueuedCommand]) -> None:
+        by_loop: dict[Any, list[tuple[Any, QueuedCommand]]] = {}
         for item in items:
             if item.waiter is not None and item.outcome is not None:
                 loop, afut = item.waiter
@@ -199,18 +218,35 @@ class GroupCommitter:
                     stop = True
                     break
                 items.append(nxt)
-            try:
-                self._commit(items)
-            except BaseException as exc:  # never leave a caller waiting
-                log.exception("ledger writer failed a batch")
-                for item in items:
-                    if not item.done():
-                        item.settle(False, exc)
+            self.commit_batch(items)
             self._wake_async_callers(items)
             if stop:
                 return
 
-    def _commit(self, items: list[_Item]) -> None:
+    def _drop_stale(self) -> None:
+        """Forget cached aggregates that another writer (process or thread) changed since the
+        last batch. Optimistic concurrency catches a stale aggregate that a command changes, but
+        not one it only reads (a settlement batch reading an account's deposit spend): without
+        this, a second writer on the same store could read an old version and save nothing wrong
+        only by luck. One indexed read of the log's new rows per batch (our own last batch's,
+        when nobody else writes)."""
+        while True:
+            seen, changes = self.store.changes_since(self._seen, STALE_SCAN)
+            self._seen = seen
+            for agg_id, version in changes:
+                agg = self._cache.get(agg_id)
+                if agg is not None and agg.version < version:
+                    del self._cache[agg_id]
+            if len(changes) < STALE_SCAN:
+                return
+            if len(self._cache) < len(changes):  # far behind: starting afresh is cheaper
+                top = self.store.recorder.max_notification_id() or 0
+                self._cache.clear()
+                self._seen = top
+                return
+
+    def _commit(self, items: list[QueuedCommand]) -> None:
+        self._drop_stale()
         for _attempt in range(2):
             if self._try_batch(items):
                 return
@@ -223,10 +259,10 @@ class GroupCommitter:
             else:
                 item.settle(False, IntegrityError("too many concurrent writers on one aggregate"))
 
-    def _try_batch(self, items: list[_Item]) -> bool:
+    def _try_batch(self, items: list[QueuedCommand]) -> bool:
         """Run and save the batch. False after a version conflict (caches dropped, nothing set)."""
         uow = UnitOfWork(self)
-        results: list[tuple[_Item, bool, Any]] = []
+        results: list[tuple[QueuedCommand, bool, Any]] = []
         for item in items:
             uow.begin()
             try:

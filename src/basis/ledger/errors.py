@@ -38,6 +38,9 @@ class IdempotencyConflict(LedgerError):
         super().__init__(message)
         self.job_id = job_id
 
+    def __reduce__(self) -> tuple[type, tuple[str, str | None]]:  # crosses from a writer process
+        return type(self), (self.args[0], self.job_id)
+
 
 class IdempotentReplay(LedgerError):
     """Same Idempotency-Key and same body as a finished job: the caller returns that job."""
@@ -47,3 +50,12 @@ class IdempotentReplay(LedgerError):
     def __init__(self, job_id: str) -> None:
         super().__init__(f"replay of job {job_id}")
         self.job_id = job_id
+
+    def __reduce__(self) -> tuple[type, tuple[str]]:
+        return type(self), (self.job_id,)
+
+
+class LedgerUnavailable(LedgerError):
+    """The writer was lost before it answered: nothing of this command is relied on."""
+
+    code = "ledger_unavailable"

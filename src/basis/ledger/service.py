@@ -37,17 +37,22 @@ from basis.ledger.workers import Worker
 
 T = TypeVar("T")
 API_KEY_PREFIX = "sk-basis-"
+# The commands a gateway sends per job; by name, so they can cross to a writer process.
+JOB_COMMANDS = frozenset({"accept_job", "assign_job", "finish_job", "abandon_job", "register_worker"})
 
 
 class Ledger:
     def __init__(self, settings: Settings | None = None, *, env: dict[str, str] | None = None,
-                 signer_key: str | None = None, pricing: PricingTable | None = None) -> None:
+                 signer_key: str | None = None, pricing: PricingTable | None = None,
+                 writer_thread: bool = True) -> None:
         self.settings = settings or Settings()
-        self.store = LedgerStore(env or self.settings.event_store_env())
+        self.env = dict(env or self.settings.event_store_env())
+        self.store = LedgerStore(self.env)
         self.pricing = pricing or PricingTable.load(self.settings.pricing_table)
-        self.signer = ReceiptSigner(signer_key or self.settings.operator_key())
+        self._signer_key = signer_key or self.settings.operator_key()
+        self.signer = ReceiptSigner(self._signer_key)
         self.committed = threading.Event()  # set after each commit: wakes projection pollers
-        self.writer = GroupCommitter(self.store, on_commit=self.committed.set)
+        self.writer = GroupCommitter(self.store, on_commit=self.committed.set, threaded=writer_thread)
         self._key_cache: dict[str, UUID] = {}
 
     def close(self) -> None:
@@ -63,6 +68,16 @@ class Ledger:
         waiter = loop.create_future()
         self.writer.submit_async(fn, loop, waiter)
         return await waiter
+
+    def command(self, name: str, kwargs: dict[str, Any]) -> Callable[[UnitOfWork], Any]:
+        """A job command by name (what crosses to a writer process): see ``JOB_COMMANDS``."""
+        if name not in JOB_COMMANDS:
+            raise ValueError(f"{name!r} is not a ledger job command")
+        return getattr(self, name)(**kwargs)
+
+    def spawn_args(self) -> dict[str, Any]:
+        """What another process needs to open this same ledger (a writer process)."""
+        return {"settings": self.settings, "env": self.env, "signer_key": self._signer_key, "pricing": self.pricing}
 
     def get(self, aggregate_id: UUID) -> Any:
         """Read the latest state of one aggregate straight from the store (any thread)."""
@@ -196,11 +211,16 @@ class Ledger:
 
     def finish_job(self, job_id: UUID, *, outcome: str, output_tokens: int, finish_reason: str | None = None,
                    reason: str | None = None, worker_usage: dict[str, int] | None = None,
-                   output_text: str | None = None) -> Callable[[UnitOfWork], dict[str, Any] | None]:
-        """End the job, issue and sign its receipt when it earns one, and settle its reservation."""
+                   output_text: str | None = None,
+                   resume: bool = False) -> Callable[[UnitOfWork], dict[str, Any] | None]:
+        """End the job, issue and sign its receipt when it earns one, and settle its reservation.
+        ``resume``: the same end sent again after a writer was lost mid-commit; if the first one
+        was saved, answer with its receipt instead of failing."""
 
         def cmd(uow: UnitOfWork) -> dict[str, Any] | None:
             job = self._job(uow, job_id)
+            if resume and job.is_ended:
+                return job.receipt
             acc = uow.find(Account, job.account_id)
             assert acc is not None
             job.end(outcome=outcome, output_tokens=output_tokens, finish_reason=finish_reason, reason=reason,
@@ -219,6 +239,17 @@ class Ledger:
                                    charged=charged, from_grant=from_grant, from_deposit=from_deposit)
             uow.release(job)
             return job.receipt
+
+        return cmd
+
+    def abandon_job(self, job_id: UUID, reason: str) -> Callable[[UnitOfWork], None]:
+        """End a job whose acceptance may or may not have been saved (its writer was lost): failed,
+        charging nothing, if it exists and is still open; otherwise nothing."""
+        finish = self.finish_job(job_id, outcome="failed", output_tokens=0, reason=reason, resume=True)
+
+        def cmd(uow: UnitOfWork) -> None:
+            if uow.find(Job, job_id) is not None:
+                finish(uow)
 
         return cmd
 

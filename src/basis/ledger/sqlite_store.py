@@ -58,6 +58,14 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
             c.executemany(self.insert_events_statement, params)
 
 
+    def changes_since(self, after: int, limit: int) -> list[tuple[int, UUID, int]]:
+        """(notification id, aggregate id, version) after ``after``: no event state read."""
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(f"SELECT rowid, originator_id, originator_version FROM {self.events_table_name} "
+                      "WHERE rowid > ? ORDER BY rowid LIMIT ?", (after, limit))
+            return [(r[0], UUID(r[1]), r[2]) for r in c.fetchall()]
+
+
 class TunedSQLiteFactory(SQLiteFactory):
     application_recorder_class = LedgerSQLiteRecorder
 

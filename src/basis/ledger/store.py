@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from uuid import UUID
 
 from eventsourcing.application import Application
 from eventsourcing.persistence import InternalError, OperationalError
@@ -33,3 +34,14 @@ class LedgerStore(Application):
                 if attempt == 4:
                     raise
                 time.sleep(0.2 * (attempt + 1))
+
+    def changes_since(self, after: int, limit: int = 5000) -> tuple[int, list[tuple[UUID, int]]]:
+        """(last notification id read, [(aggregate id, version)]) of the events stored after
+        notification ``after``, at most ``limit`` of them, in log order."""
+        fast = getattr(self.recorder, "changes_since", None)
+        if fast is not None:
+            rows = fast(after, limit)
+        else:
+            rows = [(n.id, n.originator_id, n.originator_version) for n in
+                    self.recorder.select_notifications(after, limit, inclusive_of_start=False)]
+        return (rows[-1][0] if rows else after), [(r[1], r[2]) for r in rows]

@@ -24,7 +24,7 @@ from basis.gateway.chat.schemas import ChatCompletionRequest
 from basis.gateway.chat.stops import StopScanner
 from basis.gateway.errors import APIError
 from basis.gateway.workers import NoWorkerAvailable, WorkerFailedBeforeFirstToken, WorkerJobError
-from basis.ledger.errors import IdempotencyConflict, IdempotentReplay, InsufficientCredit
+from basis.ledger.errors import IdempotencyConflict, IdempotentReplay, InsufficientCredit, LedgerUnavailable
 from basis.models import ChatTemplateError, ModelBinding, TextMismatch, UTF8Matcher
 from basis.observability import metrics
 from basis.observability.logging import job_context
@@ -144,7 +144,7 @@ class JobRun:
         worker (one WebSocket round trip), instead of before it. Nothing is relayed and no
         assignment is recorded until the reservation is durable; a refused one cancels the
         dispatch. ``accepted()`` tells the response whether the job exists."""
-        ledger, p, runtime = self.runtime.ledger, self.plan, self.runtime
+        p, runtime = self.plan, self.runtime
         # Route first, so the first assignment commits with the acceptance (one transaction).
         self._gateway_can_serve = runtime.engine is not None and p.model in runtime.engine_models
         assignment: tuple[str, str | None] | None = None
@@ -158,11 +158,11 @@ class JobRun:
         self._assigned_gateway = assignment == ("gateway", None)
         loop = asyncio.get_running_loop()
         self._accepted: asyncio.Future[int] = loop.create_future()
-        ledger.writer.submit_async(ledger.accept_job(
-            job_id=p.job_id, account_id=self.account_id, model=p.model, prompt_tokens=len(p.prompt_ids),
-            max_output_tokens=p.max_tokens, idempotency_key=p.idempotency_key,
-            request_hash=p.request_hash, stream=p.stream, created=p.created, assignment=assignment),
-            loop, self._accepted)
+        runtime.job_writer.submit_async("accept_job", {
+            "job_id": p.job_id, "account_id": self.account_id, "model": p.model, "prompt_tokens": len(p.prompt_ids),
+            "max_output_tokens": p.max_tokens, "idempotency_key": p.idempotency_key,
+            "request_hash": p.request_hash, "stream": p.stream, "created": p.created, "assignment": assignment},
+            self._accepted)
         with job_context(self.plan.job_id):  # the task copies this context: its log lines name the job
             self.task = loop.create_task(self._run(), name=f"job-{self.plan.job_id}")
         _tasks.add(self.task)
@@ -178,6 +178,9 @@ class JobRun:
         except IdempotencyConflict as exc:
             raise APIError(409, f"Idempotency-Key conflict: {exc}.", code="idempotency_conflict",
                            param="Idempotency-Key", retry=False) from None
+        except LedgerUnavailable:
+            raise APIError(503, "The ledger was briefly unavailable; nothing was charged. Retry the request.",
+                           code="ledger_unavailable", type_="server_error", retry=True) from None
 
     async def _reserved(self) -> None:
         """In the job task: go on only once the reservation is durable."""
@@ -192,10 +195,10 @@ class JobRun:
 
     # -- the job ---------------------------------------------------------------------------
     def _assign(self, served_by: str, worker: str | None) -> None:
-        ledger = self.runtime.ledger
         self.served_by = served_by
         # Not awaited: the single writer keeps commands in order, so the job's end follows it.
-        ledger.writer.submit(ledger.assign_job(self.plan.job_id, served_by, worker))
+        self.runtime.job_writer.submit("assign_job", {"job_id": self.plan.job_id, "served_by": served_by,
+                                                      "worker": worker})
 
     async def _source(self) -> AsyncIterator[tuple[list[int], str, str | None, dict[str, int] | None]]:
         """(ids, text, finish_reason, usage) from a contributor, else the gateway's own engine.
@@ -327,16 +330,15 @@ class JobRun:
             self.events.put_nowait(("delta", text))
 
     def _finish(self, result: Outcome) -> None:
-        ledger, p = self.runtime.ledger, self.plan
+        p = self.plan
         self.output_tokens = result.output_tokens
         # Idempotent repeats replay the recorded output: keep it only when a key was given.
         text = "".join(self.text_parts) if p.idempotency_key is not None else None
-        loop = asyncio.get_running_loop()
-        self._recorded: asyncio.Future[dict[str, Any] | None] = loop.create_future()
-        ledger.writer.submit_async(ledger.finish_job(
-            p.job_id, outcome=result.outcome, output_tokens=result.output_tokens,
-            finish_reason=result.finish_reason, reason=result.reason, worker_usage=result.worker_usage,
-            output_text=text), loop, self._recorded)
+        self._recorded: asyncio.Future[dict[str, Any] | None] = asyncio.get_running_loop().create_future()
+        self.runtime.job_writer.submit_async("finish_job", {
+            "job_id": p.job_id, "outcome": result.outcome, "output_tokens": result.output_tokens,
+            "finish_reason": result.finish_reason, "reason": result.reason, "worker_usage": result.worker_usage,
+            "output_text": text}, self._recorded)
         log.info("job ended", extra={"model": p.model, "outcome": result.outcome, "served_by": self.served_by,
                                      "prompt_tokens": len(p.prompt_ids), "output_tokens": result.output_tokens,
                                      "finish_reason": result.finish_reason, "reason": result.reason})
