@@ -127,8 +127,8 @@ async def through_gateway(base: str, key: str, n: int, concurrency: int, max_tok
         return await drive(n, concurrency, one)
 
 
-def start_network(home: Path, engine: str, port: int, capacity: int) -> list[subprocess.Popen]:
-    env = {**os.environ, "BASIS_HOME": str(home), "BASIS_LOG_LEVEL": "ERROR"}
+def start_network(home: Path, engine: str, port: int, capacity: int, writer: str) -> list[subprocess.Popen]:
+    env = {**os.environ, "BASIS_HOME": str(home), "BASIS_LOG_LEVEL": "ERROR", "BASIS_LEDGER_WRITER": writer}
     basis = [PY, "-m", "basis.cli.main"]
     subprocess.run([*basis, "credits", "grant", "--account", "bench", "--amount", str(10**27)], env=env, check=True,
                    capture_output=True)
@@ -209,13 +209,19 @@ def main() -> None:
     ap.add_argument("--port", type=int, default=8790)
     ap.add_argument("--wrk-seconds", type=int, default=5,
                     help="per wrk run on the instant engine (0: no wrk runs; skipped if wrk is absent)")
+    ap.add_argument("--ledger-writers", default="process,thread",
+                    help="gateway ledger writers to compare on the instant engine: process (the default "
+                         "gateway) and thread (one process, the earlier design, as a baseline)")
     a = ap.parse_args()
     levels = [int(c) for c in a.concurrency.split(",")]
     print(f"# bench_gateway  {time.strftime('%Y-%m-%d %H:%M')}  cores={os.cpu_count()}  max_tokens={a.max_tokens}")
     rows = []
-    for engine in a.engines.split(","):
+    writers = a.ledger_writers.split(",")
+    runs = [(e, w) for e in a.engines.split(",") for w in (writers if e == "instant" else writers[:1])]
+    for engine, writer in runs:
+        print(f"## engine {engine}, ledger writer: {writer}", flush=True)
         home = Path(tempfile.mkdtemp(prefix=f"basis-bench-{engine}-"))
-        procs = start_network(home, engine, a.port, capacity=max(levels))
+        procs = start_network(home, engine, a.port, capacity=max(levels), writer=writer)
         key = (home / "bench.key").read_text().strip()
         try:
             engine_p50: dict[int, float] = {}

@@ -33,6 +33,9 @@ def serve(
                             "(needs $BASIS_HOME/deployment.json from `basis contracts deploy`)."),
     settle_interval: float = typer.Option(60.0, help="Seconds between settlement batches with --rpc (0: off)."),
     log_level: str = typer.Option("info", help="Log level (JSON lines on stderr)."),
+    ledger_writer: str = typer.Option("process", envvar="BASIS_LEDGER_WRITER",
+                                      help="Where job commands commit: process (a writer process of its "
+                                      "own, off the event loop's GIL) or thread (in this process)."),
 ) -> None:
     """Run the OpenAI-compatible gateway (SQLite under BASIS_HOME unless BASIS_DATABASE_URL is set)."""
     import uvicorn
@@ -43,7 +46,7 @@ def serve(
 
     configure_logging(log_level)
     _check_port(host, port)
-    options = GatewayOptions(engine=engine, n_threads=threads,
+    options = GatewayOptions(engine=engine, n_threads=threads, ledger_writer=ledger_writer,
                              engine_models=engine_models.split(",") if engine_models else None)
     try:
         runtime = GatewayRuntime(Settings(), options)

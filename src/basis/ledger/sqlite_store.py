@@ -32,6 +32,7 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
         super().__init__(datastore, events_table_name)
         pool = datastore.pool
         self._thread_lock = threading.Lock()
+        self.last_inserted: tuple[int, int] | None = None  # notification ids of the last batch
         self._lock_fd: int | None = None
         if not pool.is_sqlite_memory_mode:
             self._lock_fd = os.open(pool.db_name + ".write-lock", os.O_RDWR | os.O_CREAT, 0o600)
@@ -56,6 +57,9 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
                    s.originator_version, s.topic, s.state) for s in stored_events]
         with self._write_turn(), self.datastore.transaction(commit=True) as c:
             c.executemany(self.insert_events_statement, params)
+            c.execute(self.select_max_notification_id_statement)  # ours are the last: we hold the lock
+            last = c.fetchone()[0]
+        self.last_inserted = (last - len(params) + 1, last)  # one writer thread per recorder
 
 
     def changes_since(self, after: int, limit: int) -> list[tuple[int, UUID, int]]:
