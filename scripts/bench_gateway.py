@@ -127,6 +127,20 @@ async def through_gateway(base: str, key: str, n: int, concurrency: int, max_tok
         return await drive(n, concurrency, one)
 
 
+async def http_floor(base: str, n: int) -> dict:
+    """The same Python client's round trip to a bare ``GET /healthz``: the HTTP floor it measures
+    every gateway row from (client and server share these cores)."""
+    async with aiohttp.ClientSession() as session:
+        async def one():
+            t0 = time.perf_counter()
+            async with session.get(f"{base}/healthz") as r:
+                await r.read()
+            return time.perf_counter() - t0, None, 0
+
+        await drive(50, 1, one)
+        return await drive(n, 1, one)
+
+
 def start_network(home: Path, engine: str, port: int, capacity: int, writer: str) -> list[subprocess.Popen]:
     env = {**os.environ, "BASIS_HOME": str(home), "BASIS_LOG_LEVEL": "ERROR", "BASIS_LEDGER_WRITER": writer}
     basis = [PY, "-m", "basis.cli.main"]
@@ -225,6 +239,10 @@ def main() -> None:
         key = (home / "bench.key").read_text().strip()
         try:
             engine_p50: dict[int, float] = {}
+            if engine == "instant":
+                floor = asyncio.run(http_floor(f"http://127.0.0.1:{a.port}", 1000))
+                print(f"aiohttp   floor  c=1   | bare GET /healthz p50 {floor['p50']*1e3:.2f} ms "
+                      f"p99 {floor['p99']*1e3:.2f} ms ({floor['rps']:.0f} rps)", flush=True)
             for stream in (False, True):
                 for c in levels:
                     n = a.requests if engine == "instant" else max(a.llama_requests, c)
