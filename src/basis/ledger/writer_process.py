@@ -68,10 +68,13 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
-def _serve(spawn_args: dict[str, Any], commands: Any, replies: Any) -> None:
+def _serve(spawn_args: dict[str, Any], commands: Any, replies: Any, log_level: int) -> None:
     """The writer process: read commands, commit each read as one batch, answer."""
     from basis.ledger.committer import QueuedCommand
     from basis.ledger.service import Ledger
+    from basis.observability.logging import configure_logging
+
+    configure_logging(log_level)  # JSON lines on stderr, like the gateway's own
 
     ledger = Ledger(**spawn_args, writer_thread=False)
     rfd, wfd = commands.fileno(), replies.fileno()
@@ -143,7 +146,8 @@ class LedgerWriterProcess:
         commands_r, commands_w = self._ctx.Pipe(duplex=False)
         replies_r, replies_w = self._ctx.Pipe(duplex=False)
         proc = self._ctx.Process(target=_serve, name="basis-ledger-writer", daemon=True,
-                                 args=(self._spawn_args, commands_r, replies_w))
+                                 args=(self._spawn_args, commands_r, replies_w,
+                                       logging.getLogger().getEffectiveLevel()))
         proc.start()
         commands_r.close()
         replies_w.close()
@@ -197,8 +201,10 @@ class LedgerWriterProcess:
         return fut
 
     def submit_async(self, name: str, kwargs: dict[str, Any], waiter: asyncio.Future[Any]) -> None:
-        if self._closed:
-            raise LedgerUnavailable("the ledger writer is closed")
+        if self._closed:  # the gateway is stopping: the caller hears it through its future
+            if not waiter.done():
+                waiter.set_exception(LedgerUnavailable("the gateway is stopping"))
+            return
         if name not in JOB_COMMANDS:
             raise ValueError(f"{name!r} is not a ledger job command")
         self._seq += 1

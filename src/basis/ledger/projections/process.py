@@ -23,9 +23,13 @@ from basis.units import Seconds
 log = logging.getLogger(__name__)
 
 
-def _project(env: dict[str, str], views_path: str, wakes: Any, interval: Seconds, gather: Seconds) -> None:
+def _project(env: dict[str, str], views_path: str, wakes: Any, interval: Seconds, gather: Seconds,
+             log_level: int) -> None:
     from basis.ledger.projections.projector import Projector
     from basis.ledger.store import LedgerStore
+    from basis.observability.logging import configure_logging
+
+    configure_logging(log_level)  # JSON lines on stderr, like the gateway's own
 
     store = LedgerStore(env)
     projector = Projector(store, Path(views_path))
@@ -62,7 +66,8 @@ class ProjectorProcess:
         receive, send = self._ctx.Pipe(duplex=False)
         os.set_blocking(send.fileno(), False)  # a full pipe already holds a wake-up
         proc = self._ctx.Process(target=_project, name="basis-projector", daemon=True,
-                                 args=(*self._args, receive, self._interval, self._gather))
+                                 args=(*self._args, receive, self._interval, self._gather,
+                                       logging.getLogger().getEffectiveLevel()))
         proc.start()
         receive.close()
         old, self._send, self._proc = self._send, send, proc
