@@ -246,9 +246,13 @@ class GroupCommitter:
                 self._seen = top
                 return
 
-    def _saw_own_insert(self) -> None:
-        """Our batch followed straight on what we had seen: nothing of another writer's between."""
+    def _saw_own_insert(self, recordings: list[Any]) -> None:
+        """If our batch followed straight on what we had seen (nothing of another writer's in
+        between), we have seen everything up to its last event. Our SQLite recorder says which
+        ids it took; eventsourcing's PostgreSQL recorder returns them with the recordings."""
         ids = getattr(self.store.recorder, "last_inserted", None)
+        if ids is None and recordings and recordings[0].notification is not None:
+            ids = (recordings[0].notification.id, recordings[-1].notification.id)
         if ids is not None and ids[0] == self._seen + 1:
             self._seen = ids[1]
 
@@ -289,8 +293,7 @@ class GroupCommitter:
         dirty = bool(uow.events)
         if dirty:
             try:
-                self.store.events.put(uow.events)
-                self._saw_own_insert()
+                self._saw_own_insert(self.store.events.put(uow.events))
             except IntegrityError:
                 self._evict(uow.touched)
                 return False
