@@ -61,7 +61,6 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
             last = c.fetchone()[0]
         self.last_inserted = (last - len(params) + 1, last)  # one writer thread per recorder
 
-
     def changes_since(self, after: int, limit: int) -> list[tuple[int, UUID, int]]:
         """(notification id, aggregate id, version) after ``after``: no event state read."""
         with self.datastore.transaction(commit=False) as c:

@@ -97,13 +97,13 @@ def _serve(spawn_args: dict[str, Any], commands: Any, replies: Any, log_level: i
                     continue
                 seqs.append(seq)
                 items.append(QueuedCommand(fn, future=False))
-            before = ledger.writer.batches
+            ledger.committed.clear()  # set again by a commit that stored events
             if items:
                 ledger.writer.commit_batch(items)
             for seq, item in zip(seqs, items, strict=True):
                 ok, value = item.outcome or (False, RuntimeError("the command was not run"))
                 results.append((seq, ok, value if ok else _portable(value)))
-            _write_all(wfd, _frame((results, ledger.writer.batches != before)))
+            _write_all(wfd, _frame((results, ledger.committed.is_set())))
     finally:
         ledger.close()
 
@@ -113,15 +113,30 @@ def _log_failure(fut: asyncio.Future[Any]) -> None:
         log.warning("a ledger command sent without waiting failed: %s", fut.exception())
 
 
-class LedgerWriterProcess:
-    """The gateway side: submit job commands from the event loop, await their results.
+class _JobWriter:
+    """What the gateway calls, whichever writer runs the commands. Loop-bound: ``start``
+    attaches it to the running loop; every other call is made on that loop."""
 
-    Loop-bound: ``start`` attaches it to the running loop; every other call is made on it."""
+    _loop: asyncio.AbstractEventLoop | None = None
+
+    def submit_async(self, name: str, kwargs: dict[str, Any], waiter: asyncio.Future[Any]) -> None:
+        raise NotImplementedError
+
+    def submit(self, name: str, kwargs: dict[str, Any]) -> asyncio.Future[Any]:
+        """Queue a job command without waiting for it; a failure is logged."""
+        assert self._loop is not None, "start() first"
+        fut = self._loop.create_future()
+        fut.add_done_callback(_log_failure)
+        self.submit_async(name, kwargs, fut)
+        return fut
+
+
+class LedgerWriterProcess(_JobWriter):
+    """The gateway side: submit job commands from the event loop, await their results."""
 
     def __init__(self, spawn_args: dict[str, Any]) -> None:
         self._ctx = mp.get_context("spawn")
         self._spawn_args = spawn_args
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._proc: Any = None
         self._send: Any = None
         self._recv: Any = None
@@ -192,14 +207,6 @@ class LedgerWriterProcess:
         self._listeners.append(listener)
 
     # -- commands ------------------------------------------------------------------------------
-    def submit(self, name: str, kwargs: dict[str, Any]) -> asyncio.Future[Any]:
-        """Queue a job command without waiting for it; a failure is logged."""
-        assert self._loop is not None, "start() first"
-        fut = self._loop.create_future()
-        fut.add_done_callback(_log_failure)
-        self.submit_async(name, kwargs, fut)
-        return fut
-
     def submit_async(self, name: str, kwargs: dict[str, Any], waiter: asyncio.Future[Any]) -> None:
         if self._closed:  # the gateway is stopping: the caller hears it through its future
             if not waiter.done():
@@ -326,14 +333,12 @@ class LedgerWriterProcess:
                 self.submit_async(name, kwargs, fut)
 
 
-class LedgerWriterThread:
+class LedgerWriterThread(_JobWriter):
     """The same interface over the ledger's own writer thread (one process, one GIL): for
     embedding, tests that want one process, and as the baseline the benchmarks compare with."""
 
     def __init__(self, ledger: Any) -> None:
         self._ledger = ledger
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self.restarts = 0
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -343,13 +348,6 @@ class LedgerWriterThread:
 
     def add_commit_listener(self, listener: Callable[[], None]) -> None:
         self._ledger.writer.add_commit_listener(listener)
-
-    def submit(self, name: str, kwargs: dict[str, Any]) -> asyncio.Future[Any]:
-        assert self._loop is not None, "start() first"
-        fut = self._loop.create_future()
-        fut.add_done_callback(_log_failure)
-        self.submit_async(name, kwargs, fut)
-        return fut
 
     def submit_async(self, name: str, kwargs: dict[str, Any], waiter: asyncio.Future[Any]) -> None:
         self._ledger.writer.submit_async(self._ledger.command(name, kwargs), self._loop, waiter)
