@@ -24,11 +24,14 @@ It "generates" a scripted list of ids; the real thing is exercised by the @gpu t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
@@ -284,3 +287,19 @@ def build_app(script: list[int], *, eos_id: int, behaviour: Behaviour | None = N
         return {"text": "", "output_ids": [], "meta_info": meta}
 
     return app
+
+
+@contextlib.asynccontextmanager
+async def serve(app):
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        await asyncio.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        await task
+        sock.close()

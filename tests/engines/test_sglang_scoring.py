@@ -12,8 +12,7 @@ import pytest
 
 from basis.engines.scoring import LOGPROB_FLOOR, Scorer, ScoreRequest, ScoringError
 from basis.engines.sglang_scoring import SGLangScorer, score_position
-from tests.engines.sglang_double import Behaviour, build_app, reference_logprobs
-from tests.engines.test_sglang_engine import serve
+from tests.engines.sglang_double import Behaviour, build_app, reference_logprobs, serve
 
 VOCAB = 40
 REF = reference_logprobs(VOCAB)

@@ -93,7 +93,7 @@ class SGLangEngine:
         token_pieces: PiecesFn | None = None,
         api_key: str | None = None,
         timeout: float = 600.0,
-        startup_timeout: float = 60.0,
+        startup_timeout: float = 120.0,
         process: subprocess.Popen | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
@@ -127,6 +127,8 @@ class SGLangEngine:
     async def start(self) -> ServerInfo:
         """Wait for the server's health, read its version and mode, refuse what cannot be read
         correctly (EngineError naming the minimum). Idempotent; ``generate`` calls it first."""
+        if self.server is not None:
+            return self.server
         async with self._start_lock:
             if self.server is None:
                 await wait_healthy(self._client, self.base_url, self.startup_timeout, process=self._process)
