@@ -127,7 +127,7 @@ def test_ids_clipped_by_sglang_are_a_scoring_error():
 
 def test_errors_and_api_key():
     beh = Behaviour.for_version("0.5.23", api_key="k")
-    with pytest.raises(ScoringError, match="answered 401"):
+    with pytest.raises(ScoringError, match="refused the API key"):
         score(ScoreRequest([1, 2], [3], 1.0), top_k=4, behaviour=beh)
     got, _ = score(ScoreRequest([1, 2], [3], 1.0), top_k=4, behaviour=beh, api_key="k")
     assert len(got) == 1
@@ -145,3 +145,8 @@ def test_score_position_edge_cases():
     assert score_position(top, -9.0, 7, 1.0, 0.5).logprob == LOGPROB_FLOOR
     with pytest.raises(ScoringError):
         score_position([], -1.0, 1, 1.0, 1.0)
+
+
+def test_unsupported_server_cannot_score():
+    with pytest.raises(ScoringError, match=r"sglang 0\.5\.1 cannot score: the minimum is sglang 0\.5\.6"):
+        score(ScoreRequest([1, 2], [3], 1.0), top_k=4, behaviour=Behaviour.for_version("0.5.1"))

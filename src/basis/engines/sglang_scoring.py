@@ -26,13 +26,15 @@ sglang answers any id >= vocab_size - 1 as 0: the returned ids are checked again
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Sequence
 
 import httpx
 
+from basis.engines.base import EngineError
 from basis.engines.scoring import LOGPROB_FLOOR, ScoreRequest, ScoringError, TokenScore
-from basis.engines.sglang_server import auth_headers
+from basis.engines.sglang_server import MIN_VERSION, MIN_VERSION_TEXT, ServerInfo, auth_headers, fetch_server_info
 
 DEFAULT_TOP_K = 64
 
@@ -89,8 +91,25 @@ class SGLangScorer:
             raise ValueError("top_k must be at least 1")
         self.base_url = base_url.rstrip("/")
         self.top_k = int(top_k)
+        self.api_key = api_key
         self._own_client = client is None
         self._client = client or httpx.AsyncClient(timeout=timeout, headers=auth_headers(api_key))
+        self._lock = asyncio.Lock()
+        self.server: ServerInfo | None = None
+
+    async def check_server(self) -> ServerInfo:
+        """The same version gate as the engine's (``max_new_tokens: 0`` is a prefill only from 0.5.2,
+        and the logprob layout read here is 0.5.6's to 0.5.23's). Raises ScoringError."""
+        async with self._lock:
+            if self.server is None:
+                try:
+                    info = await fetch_server_info(self._client, self.base_url, self.api_key)
+                except EngineError as exc:
+                    raise ScoringError(str(exc)) from exc
+                if info.version_tuple[:3] < MIN_VERSION:
+                    raise ScoringError(f"sglang {info.version} cannot score: the minimum is sglang {MIN_VERSION_TEXT}")
+                self.server = info
+            return self.server
 
     def payload(self, request: ScoreRequest) -> dict:
         return {
@@ -110,6 +129,8 @@ class SGLangScorer:
             return []
         if not request.prompt_ids:
             raise ScoringError("scoring needs at least one prompt id")
+        if self.server is None:
+            await self.check_server()
         try:
             resp = await self._client.post(f"{self.base_url}/generate", json=self.payload(request))
         except httpx.HTTPError as exc:
