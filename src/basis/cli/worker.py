@@ -29,6 +29,8 @@ def _run(
     n_ctx: int | None,
     threads: int | None,
     log_level: str,
+    sglang_api_key: str | None = None,
+    sglang_deterministic: bool = False,
 ) -> None:
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from basis.models import load_bindings
@@ -61,28 +63,17 @@ def _run(
             eng = LlamaCppEngine(served, n_ctx=n_ctx, n_threads=threads)
             await asyncio.to_thread(eng.warm_up)
         elif engine == "sglang":
-            from basis.engines.sglang import SGLangEngine, launch_server
-
-            if len(served) != 1:
-                raise typer.BadParameter("the sglang engine serves exactly one --model")
-            binding = next(iter(served.values()))
-            if launch:
-                proc, url = await launch_server(launch, port=sglang_port)
-                eng = SGLangEngine.for_binding(url, binding, process=proc)
-            elif sglang_url:
-                eng = SGLangEngine.for_binding(sglang_url, binding)
-            else:
-                raise typer.BadParameter("--engine sglang needs --sglang-url URL or --launch MODEL_PATH")
+            eng = await _sglang_engine(served, sglang_url, launch, sglang_port, sglang_api_key, sglang_deterministic)
         elif engine == "instant":
             from basis.engines.instant import InstantEngine
 
             eng = InstantEngine(served)
         else:
             raise typer.BadParameter("engine must be llama-cpp, sglang or instant", param_hint="--engine")
-        offers = await asyncio.to_thread(make_offers, served, models, capacity)
-        worker = Worker(gateway_url=gateway, private_key=key, engine=eng, offers=offers)
-        typer.echo(f"worker {worker.address} -> {gateway} serving {', '.join(models)} (capacity {capacity})")
-        try:
+        try:  # the engine (and a launched sglang process) stops with the worker, however it ends
+            offers = await asyncio.to_thread(make_offers, served, models, capacity)
+            worker = Worker(gateway_url=gateway, private_key=key, engine=eng, offers=offers)
+            typer.echo(f"worker {worker.address} -> {gateway} serving {', '.join(models)} (capacity {capacity})")
             await worker.run()
         except WorkerRejected as exc:
             typer.echo(str(exc), err=True)
@@ -90,9 +81,42 @@ def _run(
         finally:
             await eng.aclose()
 
-    with contextlib.suppress(KeyboardInterrupt):
-        # uvloop, as the gateway runs under uvicorn: a worker's loop relays every token.
-        uvloop.run(main())
+    from basis.engines.base import EngineError
+
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            # uvloop, as the gateway runs under uvicorn: a worker's loop relays every token.
+            uvloop.run(main())
+    except EngineError as exc:  # the engine could not start (sglang missing, unsupported, unhealthy)
+        typer.echo(f"engine: {exc}", err=True)
+        raise typer.Exit(2) from exc
+
+
+async def _sglang_engine(served, sglang_url, launch, port, api_key, deterministic):
+    """An SGLangEngine that has passed its version gate; with ``--launch`` it owns the sglang
+    process (started with the flags the adapter needs, stopped with the worker)."""
+    from basis.engines.sglang import SGLangEngine
+    from basis.engines.sglang_server import launch_server
+
+    if len(served) != 1:
+        raise typer.BadParameter("the sglang engine serves exactly one --model")
+    binding = next(iter(served.values()))
+    if launch:
+        proc, url, key = await launch_server(launch, port=port, deterministic=deterministic)
+        eng = SGLangEngine.for_binding(url, binding, api_key=key, process=proc)
+    elif sglang_url:
+        eng = SGLangEngine.for_binding(sglang_url, binding, api_key=api_key)
+    else:
+        raise typer.BadParameter("--engine sglang needs --sglang-url URL or --launch MODEL_PATH")
+    try:
+        info = await eng.start()
+    except BaseException:
+        await eng.aclose()
+        raise
+    seeds = "honoured" if info.deterministic else "NOT applied (no --enable-deterministic-inference)"
+    typer.echo(f"sglang {info.version} at {eng.base_url}: "
+               f"{'incremental' if info.incremental else 'cumulative'} streaming, job seeds {seeds}")
+    return eng
 
 
 _GATEWAY = typer.Option(DEFAULT_GATEWAY, "--gateway", help="Gateway WebSocket URL")
@@ -104,6 +128,10 @@ _CAP = typer.Option(1, "--capacity", min=1, help="Concurrent jobs per model")
 _SURL = typer.Option(None, "--sglang-url", help="URL of a running sglang server")
 _LAUNCH = typer.Option(None, "--launch", help="Model path: start sglang.launch_server as a subprocess")
 _SPORT = typer.Option(30000, "--sglang-port", help="Port for --launch")
+_SKEY = typer.Option(None, "--sglang-api-key", envvar="BASIS_SGLANG_API_KEY",
+                     help="API key of the --sglang-url server (its --api-key); --launch makes its own")
+_SDET = typer.Option(False, "--sglang-deterministic",
+                     help="With --launch: --enable-deterministic-inference, so job seeds are honoured (slower)")
 _NCTX = typer.Option(None, "--n-ctx", help="llama.cpp context size (default 4096)")
 _THREADS = typer.Option(None, "--threads", help="llama.cpp threads (default: all cores)")
 _LOG = typer.Option("info", "--log-level")
@@ -123,10 +151,12 @@ def run(
     n_ctx: int | None = _NCTX,
     threads: int | None = _THREADS,
     log_level: str = _LOG,
+    sglang_api_key: str | None = _SKEY,
+    sglang_deterministic: bool = _SDET,
 ) -> None:
     """Connect to the gateway and serve jobs until interrupted (reconnects with backoff)."""
     _run(gateway, key_file, new_key, engine, model or [], capacity, sglang_url, launch, sglang_port, n_ctx,
-         threads, log_level)
+         threads, log_level, sglang_api_key, sglang_deterministic)
 
 
 @app.command("claim")
