@@ -5,6 +5,7 @@ Dependencies come from ``request.app.state.runtime``: ``settings``, ``ledger``, 
 
 - ``GET /v1/settlement/batches`` (public): newest first, ``?limit=&before=<seq>``.
 - ``GET /v1/settlement/batches/{batch_id}`` (public): one batch with its receipt hashes and rewards.
+- ``GET /v1/settlement/status`` (public): the settlement thread's and the chain indexer's state.
 - ``GET /v1/settlement/proofs/{worker}`` (public): the worker's cumulative reward in the latest
   confirmed rewards root, its Merkle proof, the root and the batch id (what ``claim`` needs).
 - ``GET /v1/settlement/receipts/{job_id}/proof`` (public): a settled receipt's inclusion proof.
@@ -65,6 +66,16 @@ def list_batches(request: Request, limit: int = 20, before: int | None = None) -
         return error(400, "limit must be between 1 and 100", "invalid_request_error", param="limit")
     rows = _runtime(request).reader().batches(limit=limit + 1, before=before)
     return {"object": "list", "data": rows[:limit], "has_more": len(rows) > limit}
+
+
+@router.get("/v1/settlement/status")
+def settlement_status(request: Request) -> Any:
+    """The settlement thread and the chain indexer: ok | retrying | halted (the chain lost a
+    confirmed batch) | reorg (indexed blocks were reorganised), with the last error and the next try."""
+    status = getattr(_runtime(request), "settlement_status", lambda: None)()
+    if status is None:
+        return {"object": "settlement_status", "settlement": {"status": "off"}, "indexer": {"status": "off"}}
+    return {"object": "settlement_status", **status}
 
 
 @router.get("/v1/settlement/batches/{batch_id}")
