@@ -16,11 +16,14 @@ from types import SimpleNamespace
 
 import pytest
 from fastapi.testclient import TestClient
+from prometheus_client import generate_latest
 from typer.testing import CliRunner
 from web3 import Web3
 
 from basis.cli.main import app as cli_app
+from basis.cli.status import settlement_line
 from basis.domain import account_id as onchain
+from basis.explorer.router import router as explorer_router
 from basis.ledger.settlement import batch_aggregate_id
 from basis.observability import metrics
 from basis.observability.logging import JsonFormatter
@@ -84,6 +87,8 @@ def test_a_web3_exception_never_ends_the_settlement_thread(env, anvil):
         app.state.runtime.settlement_status = lambda: {"settlement": sched.state(), "indexer": {"status": "ok"}}
         shown = TestClient(app).get("/v1/settlement/status").json()
         assert shown["settlement"]["status"] == "retrying" and shown["settlement"]["last_error_batch"] == in_flight
+        line = settlement_line(shown["settlement"])
+        assert "retrying" in line and in_flight in line and state["last_error_type"] in line
 
         anvil.rpc("anvil_setBalance", [env.operator.address, hex(10**20)])  # gas is back
         assert _wait(lambda: sched.last_batch is not None and sched.consecutive_failures == 0), sched.state()
@@ -133,6 +138,18 @@ def test_a_chain_that_lost_a_confirmed_batch_is_not_built_upon_and_a_repost_repa
     assert state["status"] == "halted" and [b["batch_id"] for b in state["lost_batches"]] == [b2["batch_id"]]
     assert _gauge(metrics.SETTLEMENT_HALTED) == 1
     assert sched.tick() is None and sched.state()["status"] == "halted"
+    # named wherever an operator looks: the status API, `basis status`, the explorer, /metrics
+    app = app_for(env)
+    app.include_router(explorer_router)
+    app.state.runtime.settlement_status = lambda: {"settlement": sched.state(), "indexer": {"status": "ok"}}
+    http = TestClient(app)
+    shown = http.get("/v1/settlement/status").json()["settlement"]
+    assert shown["status"] == "halted" and shown["lost_batches"][0]["batch_id"] == b2["batch_id"]
+    line = settlement_line(shown)
+    assert "halted" in line and b2["batch_id"] in line and "basis settle repost" in line
+    page = http.get("/settlement")
+    assert page.status_code == 200 and "Settlement stopped" in page.text and f"#{b2['seq']}" in page.text
+    assert "basis_settlement_halted 1.0" in generate_latest(metrics.REGISTRY).decode()
     assert settler(env).in_flight() is None  # nothing was even proposed
     assert (c.balance_of(c.distributor.address), len(posted_batches(env))) == (dist_before, posts_before)
 
