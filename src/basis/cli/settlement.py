@@ -33,7 +33,8 @@ settle = typer.Typer(help="Settle receipts on chain; check and repair what the c
                      invoke_without_command=True)
 
 
-def _settler(rpc: str | None, key_file: Path | None, manifest: Path | None, max_receipts: int = 5000):
+def _settler(rpc: str | None, key_file: Path | None, manifest: Path | None, max_receipts: int = 5000,
+             wait: float = 60.0):
     """(ledger, settler, close) for this node's home; the projector is caught up first."""
     from basis.config import read_key_file
     from basis.ledger.projections import Projector, ViewReader
@@ -41,8 +42,7 @@ def _settler(rpc: str | None, key_file: Path | None, manifest: Path | None, max_
     from basis.settlement.chain import Chain
 
     if not rpc:
-        err.print("[red]error:[/red] --rpc (or BASIS_RPC_URL) is required")
-        raise typer.Exit(2)
+        _missing_rpc()
     settings, ledger, w3, m = _open(rpc, manifest)
     key = read_key_file(key_file) if key_file else settings.operator_key()
     projector = Projector(ledger.store, settings.views_path)
@@ -54,11 +54,14 @@ def _settler(rpc: str | None, key_file: Path | None, manifest: Path | None, max_
         reader.close()
         ledger.close()
 
-    return Settler(ledger, Chain(w3, m), key, reader=lambda: reader, max_receipts=max_receipts), close
+    return Settler(ledger, Chain(w3, m), key, reader=lambda: reader, max_receipts=max_receipts,
+                   lease_wait=wait), close
 
 
 _RPC_OPT = typer.Option(None, "--rpc", envvar="BASIS_RPC_URL", help="JSON-RPC URL of the chain.")
 _KEY = typer.Option(None, "--key-file", help="Vault operator key (default: this node's operator key).")
+_WAIT = typer.Option(60.0, "--wait", min=0, help="Seconds to wait while another settler (a gateway, another "
+                     "`basis settle`) holds the settlement lease.")
 
 
 @settle.callback()
@@ -68,6 +71,7 @@ def settle_command(
     key_file: Path = _KEY,
     manifest: Path | None = _MANIFEST,
     max_receipts: int = typer.Option(5000, "--max-receipts", min=1),
+    wait: float = _WAIT,
 ) -> None:
     """Settle the unsettled receipts in one batch now (or finish a batch left in flight).
 
@@ -76,10 +80,14 @@ def settle_command(
         return
     from basis.settlement.batches import SettlementError
     from basis.settlement.consistency import ChainMismatch
+    from basis.settlement.lease import LeaseHeld
 
-    settler, close = _settler(rpc, key_file, manifest, max_receipts)
+    settler, close = _settler(rpc, key_file, manifest, max_receipts, wait)
     try:
         result = settler.settle_once()
+    except LeaseHeld as exc:
+        err.print(f"[yellow]not now:[/yellow] {exc} (waited {wait:g} s)")
+        raise typer.Exit(3) from exc
     except (SettlementError, ChainMismatch) as exc:
         err.print(f"[red]settlement failed:[/red] {exc}")
         raise typer.Exit(1) from exc
@@ -108,15 +116,17 @@ def settle_check(rpc: str = _RPC_OPT, manifest: Path | None = _MANIFEST) -> None
 
 
 @settle.command("repost")
-def settle_repost(rpc: str = _RPC_OPT, key_file: Path = _KEY, manifest: Path | None = _MANIFEST) -> None:
+def settle_repost(rpc: str = _RPC_OPT, key_file: Path = _KEY, manifest: Path | None = _MANIFEST,
+                  wait: float = _WAIT) -> None:
     """Send every batch the ledger confirmed but the chain lost again (same id, amounts and roots),
     oldest first; settlement resumes once the chain holds them all."""
     from basis.settlement.batches import SettlementError
+    from basis.settlement.lease import LeaseHeld
 
-    settler, close = _settler(rpc, key_file, manifest)
+    settler, close = _settler(rpc, key_file, manifest, wait=wait)
     try:
         done = settler.repost()
-    except SettlementError as exc:
+    except (SettlementError, LeaseHeld) as exc:
         err.print(f"[red]re-post failed:[/red] {exc}")
         raise typer.Exit(1) from exc
     finally:

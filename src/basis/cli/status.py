@@ -137,6 +137,8 @@ def settlement_line(s: dict[str, Any]) -> str:
         batch = f" on batch {s['last_error_batch']}" if s.get("last_error_batch") else ""
         return (f"[yellow]retrying[/yellow]: {s.get('consecutive_failures')} failure(s) in a row{batch}: "
                 f"{s.get('last_error_type')}: {s.get('last_error')}; next try {_when(s.get('next_attempt_at'))}")
+    if status == "standby":
+        return f"[green]standby[/green]: another settler holds the lease · next {_when(s.get('next_attempt_at'))}"
     if status == "ok":
         last = s.get("last_batch") or {}
         done = f" · last batch #{last.get('seq')} {last.get('status')}" if last else ""

@@ -25,10 +25,11 @@ The granted part of the fee moves nothing (it was never backed by tokens).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 from uuid import UUID
 
@@ -46,6 +47,7 @@ from basis.ledger.service import Ledger
 from basis.ledger.settlement import SettlementBatch, SettlementLog, batch_aggregate_id, settlement_log_id
 from basis.settlement.chain import TOPICS, ZERO32, Chain, from_hex, hex32
 from basis.settlement.consistency import RECHECK_DEPTH, ChainMismatch, lost_batches
+from basis.settlement.lease import LeaseHeld, SettlerLease
 from basis.units import Seconds
 
 log = logging.getLogger(__name__)
@@ -201,7 +203,8 @@ class Settler:
 
     def __init__(self, ledger: Ledger, chain: Chain, operator_key: str, *,
                  reader: Callable[[], ViewReader], max_receipts: int = MAX_RECEIPTS,
-                 receipt_timeout: Seconds = 120.0, hook: Callable[[str], None] | None = None) -> None:
+                 receipt_timeout: Seconds = 120.0, hook: Callable[[str], None] | None = None,
+                 lease_wait: Seconds = 0.0) -> None:
         self.ledger = ledger
         self.chain = chain
         self.contracts = chain.contracts
@@ -214,6 +217,9 @@ class Settler:
         self.current_batch: str | None = None  # the batch being worked on (named in error logs)
         self._chain_checked = False  # a full check of the confirmed batches passed once
         self._lock = threading.Lock()
+        # Across processes: only the lease holder proposes, sends and confirms (lease.py).
+        self.lease = SettlerLease(ledger.env, f"{chain.chain_id}:{chain.vault.lower()}")
+        self.lease_wait = lease_wait
 
     @property
     def log_id(self) -> UUID:
@@ -228,8 +234,9 @@ class Settler:
 
     def settle_once(self) -> dict[str, Any] | None:
         """Finish a batch left in flight, else propose and settle the next one.
-        Returns the settled batch's summary, or None when there was nothing to settle."""
-        with self._lock:
+        Returns the settled batch's summary, or None when there was nothing to settle.
+        Raises LeaseHeld while another settler holds the lease (after ``lease_wait`` seconds)."""
+        with self._lock, self._leased():
             self.current_batch = None
             self._check_chain()
             pending = self.in_flight()
@@ -266,7 +273,7 @@ class Settler:
         """Send every confirmed batch the chain lost again (same id, amounts and roots), oldest
         first, and record where it lives now. A batch id posted with another receipts root cannot
         be re-posted: that is named and nothing is sent."""
-        with self._lock:
+        with self._lock, self._leased():
             lost = lost_batches(self.ledger, self.chain)
             foreign = [b for b in lost if b.problem != "not_posted"]
             if foreign:
@@ -290,6 +297,16 @@ class Settler:
                 done.append(self.summary(self._batch(lb.batch_id)))
             self._chain_checked = False
             return done
+
+    @contextlib.contextmanager
+    def _leased(self) -> Iterator[None]:
+        if not self.lease.acquire(self.lease_wait):
+            raise LeaseHeld(f"another settler holds the settlement lease of chain {self.chain.chain_id} "
+                            f"vault {self.chain.vault}; standing by")
+        try:
+            yield
+        finally:
+            self.lease.release()
 
     # -- steps ---------------------------------------------------------------------------------
     def _batch(self, batch_id: str) -> SettlementBatch:

@@ -6,7 +6,8 @@ worked on, and retried after a back-off that doubles per consecutive failure (fr
 up to ``max_backoff``). A ``ChainMismatch`` (a confirmed batch the chain lost) stops settling:
 every later tick checks again and proposes nothing until the chain holds the batch again
 (``basis settle repost``). ``state()`` is what ``/v1/settlement/status``, ``basis status``, the
-explorer and ``/metrics`` show.
+explorer and ``/metrics`` show. Several settlers may run (gateways, ``basis settle``): the one
+holding the lease (lease.py) settles, the others stand by (``standby``, not a failure).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from basis.observability import metrics
 from basis.settlement.batches import MAX_RECEIPTS, Settler
 from basis.settlement.chain import Chain
 from basis.settlement.consistency import ChainMismatch
+from basis.settlement.lease import LeaseHeld
 from basis.units import Seconds
 
 log = logging.getLogger(__name__)
@@ -53,6 +55,9 @@ class SettlementScheduler:
         self.last_success_at: float | None = None
         self.halted: list[dict[str, Any]] = []  # batches the chain lost, while settlement is stopped
         self.last_batch: dict[str, Any] | None = None
+        self.failures_total = 0
+        self.standby_ticks = 0
+        self.standing_by = False  # the last tick found another settler holding the lease
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -60,11 +65,22 @@ class SettlementScheduler:
     def tick(self) -> dict[str, Any] | None:
         try:
             result = self.settler.settle_once()
+        except LeaseHeld:
+            self._standby()
+            return None
         except Exception as exc:  # the thread must outlive any error; each one is logged
             self._failed(exc)
             return None
         self._succeeded(result)
         return result
+
+    def _standby(self) -> None:
+        """Another settler (gateway or CLI) holds the lease: not a failure; ask again next interval."""
+        self.standby_ticks += 1
+        self.standing_by = True
+        self.next_attempt_at = time.time() + self.interval
+        log.debug("another settler holds the lease; standing by", extra={"standby_ticks": self.standby_ticks})
+        self._publish()
 
     def check_at_start(self) -> None:
         """Every batch the ledger confirmed must be on chain before anything is built on it: a
@@ -81,6 +97,8 @@ class SettlementScheduler:
 
     def _failed(self, exc: Exception) -> None:
         self.consecutive_failures += 1
+        self.failures_total += 1
+        self.standing_by = False
         self.last_error = public_error(exc)
         self.last_error_type = type(exc).__name__
         self.last_error_at = time.time()
@@ -104,6 +122,7 @@ class SettlementScheduler:
         self.consecutive_failures = 0
         self.last_error = self.last_error_type = self.last_error_batch = None
         self.halted = []
+        self.standing_by = False
         self.last_success_at = time.time()
         self.next_attempt_at = self.last_success_at + self.interval
         if result is not None:
@@ -118,15 +137,18 @@ class SettlementScheduler:
             metrics.SETTLEMENT_LAST_SUCCESS.set(self.last_success_at)
 
     def state(self) -> dict[str, Any]:
-        """``status``: ok | retrying (the last tick failed) | halted (the chain lost confirmed batches)."""
-        status = "halted" if self.halted else ("retrying" if self.consecutive_failures else "ok")
+        """``status``: ok | standby (another settler holds the lease) | retrying (the last tick failed)
+        | halted (the chain lost confirmed batches)."""
+        status = "halted" if self.halted else ("retrying" if self.consecutive_failures else
+                                                ("standby" if self.standing_by else "ok"))
         return {
             "status": status, "interval_s": self.interval, "consecutive_failures": self.consecutive_failures,
             "last_error": self.last_error, "last_error_type": self.last_error_type,
             "last_error_at": self.last_error_at, "last_error_batch": self.last_error_batch,
             "next_attempt_at": self.next_attempt_at, "last_success_at": self.last_success_at,
             "lost_batches": self.halted, "last_batch": self.last_batch,
-            "thread_alive": bool(self._thread and self._thread.is_alive()),
+            "thread_alive": bool(self._thread and self._thread.is_alive()), "failures_total": self.failures_total,
+            "standby_ticks": self.standby_ticks,
         }
 
     # -- the thread --------------------------------------------------------------------------------
