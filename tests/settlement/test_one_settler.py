@@ -102,3 +102,17 @@ def test_two_schedulers_and_a_cli_settler_send_exactly_one_transaction_per_batch
     assert sent == [1] * confirmed.confirmed  # one transaction per batch, none reverted
     assert len(posted_batches(env)) == confirmed.confirmed
     assert full_audit(env) == []
+
+
+def test_the_lease_on_postgresql_is_an_advisory_lock_that_dies_with_its_connection(pg_dsn):
+    from basis.config import postgres_env
+
+    env = postgres_env(pg_dsn)
+    a, b = SettlerLease(env, "31337:0xvault"), SettlerLease(env, "31337:0xvault")
+    assert a.acquire() and not b.acquire()
+    a._held.close()  # the holder's session ends (a crash): the server frees the lock
+    a._held = None
+    assert b.acquire(wait=5.0) and not a.acquire()
+    b.release()
+    assert a.acquire()
+    a.release()
