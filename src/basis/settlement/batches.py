@@ -186,16 +186,6 @@ def abandon_batch(batch_id: str, reason: str) -> Callable[[UnitOfWork], None]:
     return cmd
 
 
-def record_reposted(batch_id: str, tx_hash: str, block: int, gas_used: int,
-                    reason: str) -> Callable[[UnitOfWork], None]:
-    def cmd(uow: UnitOfWork) -> None:
-        batch = uow.find(SettlementBatch, batch_aggregate_id(batch_id))
-        assert batch is not None
-        batch.repost(tx_hash=tx_hash, block=block, gas_used=gas_used, reason=reason[:500])
-
-    return cmd
-
-
 # -- the settler -------------------------------------------------------------------------------
 class Settler:
     """Settles one batch at a time. ``hook(stage)`` is called after each durable step (tests inject
@@ -270,31 +260,11 @@ class Settler:
         self._chain_checked = True
 
     def repost(self) -> list[dict[str, Any]]:
-        """Send every confirmed batch the chain lost again (same id, amounts and roots), oldest
-        first, and record where it lives now. A batch id posted with another receipts root cannot
-        be re-posted: that is named and nothing is sent."""
+        """Send every confirmed batch the chain lost again, oldest first (``repair.repost_lost``)."""
+        from basis.settlement.repair import repost_lost
+
         with self._lock, self._leased():
-            lost = lost_batches(self.ledger, self.chain)
-            foreign = [b for b in lost if b.problem != "not_posted"]
-            if foreign:
-                raise SettlementError("cannot re-post: " + "; ".join(f"batch {b.seq} ({b.batch_id}): {b.detail}"
-                                                                      for b in foreign))
-            done = []
-            for lb in lost:
-                self.current_batch = lb.batch_id
-                batch = self._batch(lb.batch_id)
-                tx, _nonce = self._build(batch, action="re-post")
-                signed = self.sender.account.sign_transaction(tx)
-                tx_hash = hex32(signed.hash)
-                self.chain.w3.eth.send_raw_transaction(signed.raw_transaction)
-                receipt = self.chain.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=self.receipt_timeout)
-                if receipt["status"] != 1:
-                    raise SettlementError(f"the re-post of batch {lb.seq} ({lb.batch_id}) reverted in tx {tx_hash}")
-                self.ledger.run(record_reposted(lb.batch_id, tx_hash, int(receipt["blockNumber"]),
-                                                int(receipt["gasUsed"]), f"lost from the chain: {lb.detail}"))
-                log.warning("re-posted lost batch %s", lb.batch_id,
-                            extra={"batch_id": lb.batch_id, "seq": lb.seq, "tx_hash": tx_hash})
-                done.append(self.summary(self._batch(lb.batch_id)))
+            done = repost_lost(self)
             self._chain_checked = False
             return done
 

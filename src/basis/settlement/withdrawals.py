@@ -22,6 +22,7 @@ from uuid import UUID
 
 from eth_account import Account as EthAccount
 from eth_utils import to_checksum_address
+from eventsourcing.application import AggregateNotFoundError
 
 from basis.chain.vouchers import Withdrawal, WithdrawalRequest, recover_signer, sign_withdrawal
 from basis.domain import account_id as onchain_account
@@ -160,7 +161,7 @@ def request_withdrawal(ledger: Ledger, chain: Chain, operator_key: str, *, accou
     require_amount(request.amount, "amount", positive=True)
     try:  # refuse a non-owner before touching the nonce book (the command checks again, atomically)
         owners: AccountOwners | None = ledger.get(account_owners_id(chain.chain_id, chain.vault, str(account_id)))
-    except Exception:  # no deposit was ever bound to this account
+    except AggregateNotFoundError:  # no deposit was ever bound to this account
         owners = None
     _check_owners(owners, account_id, signer, recipient)
     operator = EthAccount.from_key(operator_key).address
