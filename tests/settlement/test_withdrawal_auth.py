@@ -6,6 +6,8 @@ with a clear 4xx in OpenAI's error shape, and nothing is reserved.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from fastapi.testclient import TestClient
 
@@ -110,8 +112,13 @@ def test_a_replayed_or_altered_or_expired_request_is_refused(env, world, anvil):
     expired = withdrawal_request(env, world["alice_signer"], alice, recipient=wallet.address, amount=TOKENS, nonce=8,
                                  expiry=int(env.w3.eth.get_block("latest")["timestamp"]) - 1)
     _refused(client.post("/v1/withdrawals", json=expired), 400, "request_expired")
-    missing = {k: v for k, v in body.items() if k != "nonce"} | {"nonce": None}
-    _refused(client.post("/v1/withdrawals", json=missing), 400, "invalid_nonce")
+    for nonce in (None, "-1", "1" * 5000, str(2**256), "01", "\u0661"):
+        _refused(client.post("/v1/withdrawals", json=body | {"nonce": nonce}), 400, "invalid_nonce")
+    for bad in ({"recipient": "0x12"}, {"account": "not-a-uuid"}, {"signature": "0xzz\ud800"}, {"expiry": "soon"},
+                {"amount": "0"}, {"ttl": 10**30}, {"recipient": "\ud800"}):
+        raw = json.dumps(body | bad)  # ASCII escapes: a lone surrogate travels as \ud800
+        r = client.post("/v1/withdrawals", content=raw, headers={"content-type": "application/json"})
+        assert 400 <= r.status_code < 500 and set(r.json()["error"]) == {"message", "type", "param", "code"}, r.text
     assert env.ledger.get(alice).withdrawable == 9 * TOKENS
 
     # the one honoured request is a voucher the vault pays, to the depositor

@@ -109,7 +109,8 @@ def voucher_json(voucher: Withdrawal, signature: bytes, chain: Chain) -> dict[st
 
 def _uint(value: object, name: str) -> int:
     text = str(value) if value is not None else ""
-    if not (text.isascii() and text.isdigit()) or (len(text) > 1 and text[0] == "0") or int(text) >= 2**256:
+    if (not (text.isascii() and text.isdigit()) or len(text) > 78 or (len(text) > 1 and text[0] == "0")
+            or int(text) >= 2**256):
         raise WithdrawalError(f"{name} must be a uint256 as a decimal string", code=f"invalid_{name}", param=name)
     return int(text)
 
