@@ -90,7 +90,8 @@ def test_deposit_serve_settle_claim_withdraw_audit(network):
     batch = runtime.scheduler.tick()
     assert batch is not None and batch["receipts"] == 3
     status = httpx.get(f"{gw.base}/v1/settlement/status").json()
-    assert status["settlement"]["status"] == "ok" and status["settlement"]["last_batch"]["batch_id"] == batch["batch_id"]
+    assert status["settlement"]["status"] == "ok"
+    assert status["settlement"]["last_batch"]["batch_id"] == batch["batch_id"]
     assert status["indexer"]["status"] == "ok"
     gw.views_caught_up()
     batches = httpx.get(f"{gw.base}/v1/settlement/batches").json()["data"]
