@@ -102,6 +102,8 @@ def test_two_schedulers_and_a_cli_settler_send_exactly_one_transaction_per_batch
     assert sent == [1] * confirmed.confirmed  # one transaction per batch, none reverted
     assert len(posted_batches(env)) == confirmed.confirmed
     assert full_audit(env) == []
+    print(f"\n{confirmed.confirmed} batches, {len(sent)} operator transactions, standby ticks "
+          f"{[s.standby_ticks for s in schedulers]}, CLI runs {len(cli_runs)}")
 
 
 def test_the_lease_on_postgresql_is_an_advisory_lock_that_dies_with_its_connection(pg_dsn):
