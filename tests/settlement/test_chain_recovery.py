@@ -30,7 +30,7 @@ from basis.observability.logging import JsonFormatter
 from basis.settlement.chain import from_hex
 from basis.settlement.consistency import ChainMismatch
 from basis.settlement.deposits import ChainIndexer, ChainReorg
-from basis.settlement.local_chain import LostBatches, check_ledger_matches_chain
+from basis.settlement.local_chain import ChainStateLost, LostBatches, check_ledger_matches_chain
 from basis.settlement.scheduler import SettlementScheduler
 from tests.settlement.conftest import TOKENS
 from tests.settlement.helpers import app_for, run_job
@@ -221,5 +221,5 @@ def test_a_reorg_of_indexed_deposit_blocks_is_named_and_nothing_is_credited_twic
         ChainIndexer(env.ledger, env.w3, env.manifest).sync()  # a restarted indexer too
     assert env.ledger.get(carol).deposited == 10 * TOKENS  # nothing from the new branch
     runtime = SimpleNamespace(web3=env.w3, indexer=fast)
-    with pytest.raises(Exception, match="reorganised"):
+    with pytest.raises(ChainStateLost, match="reorganised"):
         check_ledger_matches_chain(runtime)
