@@ -11,6 +11,10 @@ Crash safety (every step is a durable record or an idempotent question to the ch
 3. **confirm** (one ledger command): batch ``confirmed(block)``, log closed, every job
    ``mark_settled(batch_id, leaf_index, tx_hash, chain_id)``, accounts' deposit spend settled.
 
+Before any of it the settler takes the settlement lease (lease.py: one settler at a time across
+processes) and checks that the chain still holds every batch the ledger confirmed
+(consistency.py: a lost batch stops settlement until ``basis settle repost``, repair.py).
+
 Restarting with a batch in flight asks the distributor whether that batch id was posted
 (``isBatchPosted``; it refuses replays with ``BatchAlreadyPosted``): posted -> find the posting
 transaction in the logs and confirm; not posted -> wait for a recorded transaction the node still
