@@ -19,7 +19,7 @@ from web3 import Web3
 
 from basis.chain.anvil import Anvil
 from basis.chain.deploy import deploy
-from basis.chain.vouchers import Withdrawal
+from basis.chain.vouchers import Withdrawal, WithdrawalRequest, sign_withdrawal_request
 from basis.domain.account_id import to_bytes32
 from basis.domain.receipt import receipt_hash
 from basis.gateway.runtime import GatewayOptions
@@ -89,6 +89,10 @@ def test_deposit_serve_settle_claim_withdraw_audit(network):
     treasury_before = c.balance_of(treasury)
     batch = runtime.scheduler.tick()
     assert batch is not None and batch["receipts"] == 3
+    status = httpx.get(f"{gw.base}/v1/settlement/status").json()
+    assert status["settlement"]["status"] == "ok"
+    assert status["settlement"]["last_batch"]["batch_id"] == batch["batch_id"]
+    assert status["indexer"]["status"] == "ok"
     gw.views_caught_up()
     batches = httpx.get(f"{gw.base}/v1/settlement/batches").json()["data"]
     assert len(batches) == 1 and batches[0]["status"] == "confirmed"
@@ -113,8 +117,13 @@ def test_deposit_serve_settle_claim_withdraw_audit(network):
     assert c.balance_of(worker_address) == rewards > 0
 
     # -- withdraw unspent deposit-backed credit with a voucher ---------------------------------------
+    # (signed by the address that deposited for the account: a bearer key alone never withdraws)
+    request = WithdrawalRequest(account=to_bytes32(account_id), recipient=depositor.address, amount=10 * TOKENS,
+                                nonce=1, expiry=int(_w3.eth.get_block("latest")["timestamp"]) + 600)
+    signature = sign_withdrawal_request(anvil.keys[2], request, chain_id=chain.chain_id, vault=chain.vault)
     v = httpx.post(f"{gw.base}/v1/withdrawals", headers={"Authorization": f"Bearer {key}"},
-                   json={"recipient": depositor.address, "amount": str(10 * TOKENS)}).json()
+                   json={"recipient": depositor.address, "amount": str(10 * TOKENS), "nonce": "1",
+                         "expiry": request.expiry, "signature": "0x" + signature.hex()}).json()
     voucher = Withdrawal(account=from_hex(v["account"]), recipient=v["recipient"], amount=int(v["amount"]),
                          nonce=int(v["nonce"]), expiry=v["expiry"])
     before = c.balance_of(depositor.address)

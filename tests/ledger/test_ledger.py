@@ -197,12 +197,15 @@ def test_event_topics_are_pinned():
         "basis:Account.WithdrawalRedeemed.v1", "basis:Account.WithdrawalReleased.v1",
         "basis:SettlementBatch.Created.v1", "basis:SettlementBatch.Proposed.v1", "basis:SettlementBatch.Submitted.v1",
         "basis:SettlementBatch.Confirmed.v1", "basis:SettlementBatch.Abandoned.v1",
+        "basis:SettlementBatch.Reposted.v1",
         "basis:SettlementLog.Created.v1", "basis:SettlementLog.Opened.v1", "basis:SettlementLog.BatchOpened.v1",
         "basis:SettlementLog.BatchClosed.v1",
         "basis:VoucherBook.Created.v1", "basis:VoucherBook.Opened.v1", "basis:VoucherBook.Allocated.v1",
         "basis:VoucherBook.Closed.v1", "basis:VoucherBook.ForeignRedeemed.v1",
         "basis:ChainCursor.Created.v1", "basis:ChainCursor.Started.v1", "basis:ChainCursor.Advanced.v1",
         "basis:RewardClaims.Created.v1", "basis:RewardClaims.Opened.v1", "basis:RewardClaims.Claimed.v1",
+        "basis:AccountOwners.Created.v1", "basis:AccountOwners.Opened.v1", "basis:AccountOwners.DepositorSeen.v1",
+        "basis:AccountOwners.RequestHonoured.v1",
     ])
     assert ids.account_id("x") == ids.account_id("x") != ids.account_id("y")
 

@@ -53,3 +53,21 @@ class Server:
     def __exit__(self, *exc) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
+
+
+def withdrawal_request(env, signer_key: str, account_id, *, recipient: str, amount: int, nonce: int,
+                       expiry: int | None = None, ttl: int | None = None) -> dict:
+    """The body of ``POST /v1/withdrawals``: an EIP-712 WithdrawalRequest signed by ``signer_key``."""
+    from basis.chain.vouchers import WithdrawalRequest, sign_withdrawal_request
+    from basis.domain.account_id import to_bytes32
+
+    if expiry is None:
+        expiry = int(env.w3.eth.get_block("latest")["timestamp"]) + 600
+    request = WithdrawalRequest(account=to_bytes32(account_id), recipient=recipient, amount=amount, nonce=nonce,
+                                expiry=expiry)
+    signature = sign_withdrawal_request(signer_key, request, chain_id=env.chain.chain_id, vault=env.chain.vault)
+    body = {"account": str(account_id), "recipient": request.recipient, "amount": str(amount), "nonce": str(nonce),
+            "expiry": expiry, "signature": "0x" + signature.hex()}
+    if ttl is not None:
+        body["ttl"] = ttl
+    return body

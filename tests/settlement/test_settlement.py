@@ -25,7 +25,7 @@ from basis.settlement.batches import Settler
 from basis.settlement.chain import TOPICS, from_hex, hex32
 from basis.settlement.deposits import ChainIndexer
 from tests.settlement.conftest import TOKENS
-from tests.settlement.helpers import Server, app_for, run_job
+from tests.settlement.helpers import Server, app_for, run_job, withdrawal_request
 
 pytestmark = pytest.mark.chain
 GAS: dict[str, list[int]] = {"settle": [], "claim": []}
@@ -153,12 +153,14 @@ def test_end_to_end_deposit_settle_claim_withdraw_audit(env, anvil):
     acc = env.ledger.get(alice)
     withdrawable = acc.withdrawable
     assert withdrawable == 50 * TOKENS - acc.spent_deposited > 0
-    too_much = client.post("/v1/withdrawals", headers=auth, json={"recipient": alice_wallet.address,
-                                                                  "amount": str(withdrawable + 1)})
+    # (a withdrawal is an EIP-712 request signed by alice's depositor wallet, issue #17 item 9)
+    wallet_key = anvil.keys[2]
+    too_much = client.post("/v1/withdrawals", headers=auth, json=withdrawal_request(
+        env, wallet_key, alice, recipient=alice_wallet.address, amount=withdrawable + 1, nonce=1))
     assert too_much.status_code == 402 and too_much.json()["error"]["code"] == "insufficient_credit"
     assert client.post("/v1/withdrawals", json={"recipient": alice_wallet.address}).status_code == 401
-    v = client.post("/v1/withdrawals", headers=auth, json={"recipient": alice_wallet.address,
-                                                           "amount": str(10 * TOKENS)}).json()
+    v = client.post("/v1/withdrawals", headers=auth, json=withdrawal_request(
+        env, wallet_key, alice, recipient=alice_wallet.address, amount=10 * TOKENS, nonce=2)).json()
     assert env.ledger.get(alice).withdrawable == withdrawable - 10 * TOKENS
     voucher = Withdrawal(account=from_hex(v["account"]), recipient=v["recipient"], amount=int(v["amount"]),
                          nonce=int(v["nonce"]), expiry=v["expiry"])
@@ -170,7 +172,9 @@ def test_end_to_end_deposit_settle_claim_withdraw_audit(env, anvil):
     assert acc.withdrawn == 10 * TOKENS and not acc.vouchers
 
     # an unredeemed voucher is released only after CHAIN time passes its expiry
-    rest = client.post("/v1/withdrawals", headers=auth, json={"recipient": alice_wallet.address, "ttl": 60}).json()
+    rest = client.post("/v1/withdrawals", headers=auth, json=withdrawal_request(
+        env, wallet_key, alice, recipient=alice_wallet.address, amount=env.ledger.get(alice).withdrawable, nonce=3,
+        ttl=60)).json()
     assert int(rest["nonce"]) == int(v["nonce"]) + 1
     assert env.ledger.get(alice).withdrawable == 0
     indexer.sync()

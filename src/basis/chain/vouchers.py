@@ -1,8 +1,14 @@
-"""EIP-712 withdrawal vouchers for CreditVault (DESIGN 1.5).
+"""EIP-712 withdrawal vouchers for CreditVault, and the requests that ask for them (DESIGN 1.5).
 
 Domain: name ``BasisCreditVault``, version ``1``, chain id, verifying contract = the vault.
-Type: ``Withdrawal(bytes32 account,address recipient,uint256 amount,uint256 nonce,uint256 expiry)``;
+Voucher (signed by the vault operator, redeemed by the vault):
+``Withdrawal(bytes32 account,address recipient,uint256 amount,uint256 nonce,uint256 expiry)``;
 ``expiry`` is chain time (block timestamp); the vault accepts it while ``block.timestamp <= expiry``.
+Request (signed by an address that deposited for the account, checked by the gateway before it
+issues a voucher; never seen by the contracts):
+``WithdrawalRequest(bytes32 account,address recipient,uint256 amount,uint256 nonce,uint256 expiry)``;
+``nonce`` is the signer's choice (each one is honoured once), ``expiry`` chain time. The type name
+differs, so a request's signature can never pass for a voucher's or the reverse.
 Signatures are 65 bytes r || s || v (v in {27, 28}).
 """
 
@@ -19,6 +25,7 @@ DOMAIN_NAME = "BasisCreditVault"
 DOMAIN_VERSION = "1"
 WITHDRAWAL_TYPE = "Withdrawal(bytes32 account,address recipient,uint256 amount,uint256 nonce,uint256 expiry)"
 WITHDRAWAL_TYPEHASH = keccak(text=WITHDRAWAL_TYPE)
+REQUEST_TYPE = "WithdrawalRequest(bytes32 account,address recipient,uint256 amount,uint256 nonce,uint256 expiry)"
 
 _TYPES = {
     "EIP712Domain": [
@@ -35,6 +42,7 @@ _TYPES = {
         {"name": "expiry", "type": "uint256"},
     ],
 }
+_FIELDS = _TYPES["Withdrawal"]
 
 
 @dataclass(frozen=True)
@@ -55,10 +63,18 @@ class Withdrawal:
         object.__setattr__(self, "recipient", to_checksum_address(self.recipient))
 
 
+@dataclass(frozen=True)
+class WithdrawalRequest(Withdrawal):
+    """An account owner's signed ask for a voucher (same fields; ``nonce`` is the owner's own)."""
+
+
 def typed_data(voucher: Withdrawal, *, chain_id: int, vault: str) -> dict[str, Any]:
+    """The EIP-712 message of a voucher, or of a request when given a ``WithdrawalRequest``
+    (what a wallet's ``eth_signTypedData_v4`` takes)."""
+    primary = "WithdrawalRequest" if isinstance(voucher, WithdrawalRequest) else "Withdrawal"
     return {
-        "types": _TYPES,
-        "primaryType": "Withdrawal",
+        "types": {"EIP712Domain": _TYPES["EIP712Domain"], primary: _FIELDS},
+        "primaryType": primary,
         "domain": {
             "name": DOMAIN_NAME,
             "version": DOMAIN_VERSION,
@@ -91,3 +107,9 @@ def recover_signer(voucher: Withdrawal, signature: bytes | str, *, chain_id: int
     """Checksum address that signed ``voucher`` (compare with the vault operator)."""
     msg = encode_typed_data(full_message=typed_data(voucher, chain_id=chain_id, vault=vault))
     return Account.recover_message(msg, signature=signature)
+
+
+def sign_withdrawal_request(private_key: bytes | str, request: WithdrawalRequest, *, chain_id: int,
+                            vault: str) -> bytes:
+    """An account owner's 65-byte signature over a withdrawal request."""
+    return sign_withdrawal(private_key, request, chain_id=chain_id, vault=vault)

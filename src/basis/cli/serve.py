@@ -32,6 +32,9 @@ def serve(
     rpc: str = typer.Option(None, envvar="BASIS_RPC_URL", help="Chain JSON-RPC: follow the vault and settle "
                             "(needs $BASIS_HOME/deployment.json from `basis contracts deploy`)."),
     settle_interval: float = typer.Option(60.0, help="Seconds between settlement batches with --rpc (0: off)."),
+    confirmations: int = typer.Option(0, "--confirmations", min=0, envvar="BASIS_CONFIRMATIONS",
+                                      help="With --rpc: blocks a deposit must be buried under before it is "
+                                      "credited (use more than the chain's reorg depth; 0 for a local anvil)."),
     log_level: str = typer.Option("info", help="Log level (JSON lines on stderr)."),
     ledger_writer: str = typer.Option("process", envvar="BASIS_LEDGER_WRITER",
                                       help="Where job commands commit: process (a writer process of its "
@@ -53,14 +56,14 @@ def serve(
     except (FileNotFoundError, ValueError) as exc:
         raise typer.BadParameter(str(exc)) from None
     if rpc:
-        _enable_chain(runtime, rpc, settle_interval)
+        _enable_chain(runtime, rpc, settle_interval, confirmations)
     uvicorn.run(create_app(runtime), host=host, port=port, log_level="warning", access_log=False,
                 ws_max_size=16 * 1024 * 1024, log_config=None)
 
 
-def _enable_chain(runtime, rpc: str, settle_interval: float) -> None:
+def _enable_chain(runtime, rpc: str, settle_interval: float, confirmations: int = 0) -> None:
     try:
-        runtime.enable_chain(rpc, settle_interval=settle_interval or None)
+        runtime.enable_chain(rpc, settle_interval=settle_interval or None, confirmations=confirmations)
         runtime.web3.eth.block_number  # noqa: B018 - fail now, clearly, if the RPC is unreachable
     except Exception as exc:
         runtime.ledger.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,8 @@ def collect(root: str, *, timeout: float = 3.0) -> dict[str, Any]:
         out["network"] = _json(network) if network.status_code == 200 else None
         models = client.get("/v1/models")
         out["models"] = (_json(models) or {}).get("data", []) if models.status_code == 200 else None
+        settlement = client.get("/v1/settlement/status")
+        out["settlement"] = _json(settlement) if settlement.status_code == 200 else None
     return out
 
 
@@ -115,6 +118,43 @@ def status(
 def _badge(status: str | None) -> str:
     return {"live": "[green]live[/green]", "pending": "[yellow]pending[/yellow]",
             "planned": "[yellow]planned[/yellow]"}.get(status or "", status or "—")
+
+
+def _when(ts: Any) -> str:
+    if not isinstance(ts, int | float) or not ts:
+        return "—"
+    return datetime.fromtimestamp(ts, tz=UTC).strftime("%H:%M:%S UTC")
+
+
+def settlement_line(s: dict[str, Any]) -> str:
+    """ok | retrying (failures in a row, last error, next try) | halted (the batches the chain lost)."""
+    status = s.get("status") or "—"
+    if status == "halted":
+        lost = ", ".join(f"#{b.get('seq')} {b.get('batch_id')}" for b in s.get("lost_batches") or [])
+        return (f"[red]halted[/red]: the chain lost confirmed batch(es) {lost}; "
+                "re-post them with `basis settle repost`")
+    if status == "retrying":
+        batch = f" on batch {s['last_error_batch']}" if s.get("last_error_batch") else ""
+        return (f"[yellow]retrying[/yellow]: {s.get('consecutive_failures')} failure(s) in a row{batch}: "
+                f"{s.get('last_error_type')}: {s.get('last_error')}; next try {_when(s.get('next_attempt_at'))}")
+    if status == "standby":
+        return f"[green]standby[/green]: another settler holds the lease · next {_when(s.get('next_attempt_at'))}"
+    if status == "ok":
+        last = s.get("last_batch") or {}
+        done = f" · last batch #{last.get('seq')} {last.get('status')}" if last else ""
+        return f"[green]ok[/green]{done} · next {_when(s.get('next_attempt_at'))}"
+    return status
+
+
+def indexer_line(s: dict[str, Any]) -> str:
+    status = s.get("status") or "—"
+    if status == "reorg":
+        return f"[red]stopped on a reorg[/red]: {s.get('reorg')}"
+    if status == "retrying":
+        return f"[yellow]retrying[/yellow]: {s.get('consecutive_failures')} failure(s): {s.get('last_error')}"
+    if status == "ok":
+        return f"[green]ok[/green] · {s.get('confirmations', 0)} confirmation(s)"
+    return status
 
 
 def render(facts: dict[str, Any]) -> Table:
@@ -163,5 +203,9 @@ def render(facts: dict[str, Any]) -> Table:
         table.add_row(label, f"{_badge(part.get('status'))}{address}{stand_in}")
     if network.get("gateway_signer"):
         table.add_row("Receipt signer", network["gateway_signer"])
+    settlement = facts.get("settlement") or {}
+    if settlement:
+        table.add_row("Settlement", settlement_line(settlement.get("settlement") or {}))
+        table.add_row("Chain indexer", indexer_line(settlement.get("indexer") or {}))
     table.caption = "$BASIS is planned, not live; pricing constants are placeholders."
     return table

@@ -86,6 +86,8 @@ def up(
     runtime.enable_chain(chain.rpc_url, settle_interval=settle_interval or None)
     try:
         local_chain.check_ledger_matches_chain(runtime)
+    except local_chain.LostBatches as exc:  # serve; settlement stays stopped until they are re-posted
+        typer.echo(f"warning: {exc}.\nWhile this network runs: basis settle repost --rpc {chain.rpc_url}", err=True)
     except local_chain.ChainStateLost as exc:
         chain.stop()
         runtime.ledger.close()

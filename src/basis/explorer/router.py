@@ -175,7 +175,9 @@ def workers_page(request: Request) -> HTMLResponse:
 
 @router.get("/settlement", response_class=HTMLResponse, name="explorer_settlement")
 def settlement_page(request: Request) -> HTMLResponse:
-    reader = _runtime(request).reader()
+    rt = _runtime(request)
+    reader = rt.reader()
     batches, source = data.settlement_batches(reader)
+    status = getattr(rt, "settlement_status", lambda: None)()  # None: the gateway does not settle
     return _render(request, "settlement.html", active="settlement", batches=batches, source=source,
-                   unsettled=data.unsettled_summary(reader))
+                   unsettled=data.unsettled_summary(reader), status=status)

@@ -152,9 +152,9 @@ class GatewayRuntime:
     def enable_chain(self, rpc_url: str, *, settle_interval: float | None = 30.0, index_interval: float = 1.0,
                      confirmations: int = 0) -> None:
         """Follow the vault (deposits, withdrawals, claims) and settle batches on a schedule."""
-        from basis.settlement.batches import SettlementScheduler
         from basis.settlement.chain import connect
         from basis.settlement.deposits import ChainIndexer
+        from basis.settlement.scheduler import SettlementScheduler
 
         if self.deployment is None:
             raise RuntimeError("no deployment manifest: run `basis contracts deploy` first (the vault is pending)")
@@ -165,6 +165,14 @@ class GatewayRuntime:
             self.scheduler = SettlementScheduler(self.ledger, self.web3, self.deployment, self.settings.operator_key(),
                                                  reader=self.reader, interval=settle_interval)
             self._chain_tasks.append((self.scheduler, None))
+
+    def settlement_status(self) -> dict[str, Any] | None:
+        """The settlement thread's and the chain indexer's state; None without ``--rpc``."""
+        if self.web3 is None:
+            return None
+        scheduler = getattr(self, "scheduler", None)
+        return {"settlement": scheduler.state() if scheduler is not None else {"status": "off"},
+                "indexer": self.indexer.state()}
 
     # -- workers ------------------------------------------------------------------------------
     def _worker_online(self, address: str, models: dict[str, int]) -> None:

@@ -110,6 +110,17 @@ class SettlementBatch(Aggregate):
         self.reason = reason
         self.status = "abandoned"
 
+    @event("Reposted", topic="basis:SettlementBatch.Reposted.v1")
+    def repost(self, tx_hash: str, block: int, gas_used: int, reason: str) -> None:
+        """A confirmed batch the chain lost (a reorg, a node restored from older state) was sent
+        again with the same id, amounts and roots (``basis settle repost``); it lives in this tx now."""
+        if self.status != "confirmed":
+            raise InvalidTransition(f"batch {self.batch_id} is {self.status}, not confirmed")
+        self.tx_hashes.append(tx_hash)
+        self.tx_hash = tx_hash
+        self.block = block
+        self.gas_used = gas_used
+
 
 class SettlementLog(Aggregate):
     """One per (chain id, vault): batch sequence, the one batch in flight, the last confirmed one."""
@@ -219,14 +230,18 @@ class ChainCursor(Aggregate):
         self.name = name
         self.block = block
         self.chain_time = 0
+        self.block_hash: str | None = None
 
     @event("Advanced", topic="basis:ChainCursor.Advanced.v1")
-    def advance(self, block: int, chain_time: int) -> None:
-        """``chain_time``: the block's timestamp (``timestamp`` is eventsourcing's own attribute)."""
+    def advance(self, block: int, chain_time: int, block_hash: str | None = None) -> None:
+        """``chain_time``: the block's timestamp (``timestamp`` is eventsourcing's own attribute).
+        ``block_hash``: the hash of ``block`` as indexed; a chain whose block at this height has
+        another hash reorganised blocks already indexed (None in events recorded before it was kept)."""
         if block <= self.block:
             raise InvalidTransition(f"cursor {self.name} is at {self.block}, not moving back to {block}")
         self.block = block
         self.chain_time = chain_time
+        self.block_hash = block_hash
 
 
 class RewardClaims(Aggregate):
@@ -251,3 +266,45 @@ class RewardClaims(Aggregate):
         if cumulative <= self.claimed or cumulative - amount != self.claimed:
             raise InvalidTransition(f"claim to {cumulative} does not follow {self.claimed}")
         self.claimed = cumulative
+
+
+def account_owners_id(chain_id: int, vault: str, account_id: str) -> UUID:
+    return uuid5(_NS, f"owners:{_scope(chain_id, vault)}:{str(account_id).lower()}")
+
+
+class AccountOwners(Aggregate):
+    """One per (chain id, vault, account): who controls the account's money in that vault.
+
+    ``depositors``: every address that deposited for the account (the indexer records each one
+    from the vault's ``Deposited`` events). Only such an address may ask for a withdrawal
+    (an EIP-712 request it signed), and only to such an address (DESIGN 1.5).
+    ``requests``: the signed requests already honoured, ``"<signer>:<nonce>"``, so a signature
+    withdraws once."""
+
+    TOPIC = "basis:AccountOwners"
+
+    class Created(Aggregate.Created):
+        TOPIC = "basis:AccountOwners.Created.v1"
+
+    @staticmethod
+    def create_id(chain_id: int, vault: str, account_id: str) -> UUID:
+        return account_owners_id(chain_id, vault, account_id)
+
+    @event("Opened", topic="basis:AccountOwners.Opened.v1")
+    def __init__(self, chain_id: int, vault: str, account_id: str) -> None:
+        self.account_id = str(account_id)
+        self.depositors: dict[str, str] = {}  # address (lowercase) -> "<tx hash>:<log index>" of its first deposit
+        self.requests: set[str] = set()
+
+    @event("DepositorSeen", topic="basis:AccountOwners.DepositorSeen.v1")
+    def add_depositor(self, address: str, tx_hash: str, log_index: int, block: int) -> None:
+        self.depositors.setdefault(address.lower(), f"{tx_hash}:{log_index}")
+
+    @event("RequestHonoured", topic="basis:AccountOwners.RequestHonoured.v1")
+    def honour_request(self, signer: str, nonce: str, voucher_nonce: int) -> None:
+        """A withdrawal request signed by ``signer`` with ``nonce`` (a decimal string: a uint256)
+        got voucher ``voucher_nonce``; the same signature is refused from now on."""
+        key = f"{signer.lower()}:{nonce}"
+        if key in self.requests:
+            raise InvalidTransition(f"withdrawal request {nonce} of {signer} was already honoured")
+        self.requests.add(key)

@@ -11,11 +11,18 @@ from eventsourcing.persistence import InternalError, OperationalError
 # Import every aggregate so their explicit topics are registered before any event is read.
 from basis.ledger.accounts import Account, ApiKey, CreditRef
 from basis.ledger.jobs import IdempotencyRecord, Job
-from basis.ledger.settlement import ChainCursor, RewardClaims, SettlementBatch, SettlementLog, VoucherBook
+from basis.ledger.settlement import (
+    AccountOwners,
+    ChainCursor,
+    RewardClaims,
+    SettlementBatch,
+    SettlementLog,
+    VoucherBook,
+)
 from basis.ledger.workers import Worker
 
 AGGREGATES = (Account, ApiKey, CreditRef, Job, IdempotencyRecord, Worker, SettlementBatch, SettlementLog,
-              VoucherBook, ChainCursor, RewardClaims)
+              VoucherBook, ChainCursor, RewardClaims, AccountOwners)
 
 
 class LedgerStore(Application):

@@ -21,3 +21,21 @@ ACTIVE_WORKERS = Gauge("basis_active_workers", "Contributor workers connected an
 LEDGER_LAG = Gauge("basis_ledger_lag_events", "Events recorded but not yet in the projections.", registry=REGISTRY)
 UNSETTLED = Gauge("basis_unsettled_charged_base_units", "Charged base units in receipts not yet settled.",
                   registry=REGISTRY)
+
+# Settlement and the chain indexer (set by their threads as their state changes).
+SETTLEMENT_FAILURES = Counter("basis_settlement_failures_total", "Failed settlement ticks by error type.",
+                              ["error"], registry=REGISTRY)
+SETTLEMENT_CONSECUTIVE_FAILURES = Gauge("basis_settlement_consecutive_failures",
+                                        "Settlement ticks failed in a row (0: the last one succeeded).",
+                                        registry=REGISTRY)
+SETTLEMENT_HALTED = Gauge("basis_settlement_halted", "1 while settlement is stopped because the chain lost a batch "
+                          "the ledger confirmed (basis settle repost).", registry=REGISTRY)
+SETTLEMENT_NEXT_ATTEMPT = Gauge("basis_settlement_next_attempt_timestamp_seconds",
+                                "Unix time of the next settlement attempt (after a back-off when failing).",
+                                registry=REGISTRY)
+SETTLEMENT_LAST_SUCCESS = Gauge("basis_settlement_last_success_timestamp_seconds",
+                                "Unix time of the last settlement tick that succeeded.", registry=REGISTRY)
+CHAIN_INDEXER_REORG = Gauge("basis_chain_indexer_reorg", "1 while the chain indexer is stopped because blocks it "
+                            "already indexed were reorganised.", registry=REGISTRY)
+CHAIN_INDEXER_FAILURES = Gauge("basis_chain_indexer_consecutive_failures", "Chain indexer passes failed in a row.",
+                               registry=REGISTRY)

@@ -11,6 +11,10 @@ Crash safety (every step is a durable record or an idempotent question to the ch
 3. **confirm** (one ledger command): batch ``confirmed(block)``, log closed, every job
    ``mark_settled(batch_id, leaf_index, tx_hash, chain_id)``, accounts' deposit spend settled.
 
+Before any of it the settler takes the settlement lease (lease.py: one settler at a time across
+processes) and checks that the chain still holds every batch the ledger confirmed
+(consistency.py: a lost batch stops settlement until ``basis settle repost``, repair.py).
+
 Restarting with a batch in flight asks the distributor whether that batch id was posted
 (``isBatchPosted``; it refuses replays with ``BatchAlreadyPosted``): posted -> find the posting
 transaction in the logs and confirm; not posted -> wait for a recorded transaction the node still
@@ -25,10 +29,11 @@ The granted part of the fee moves nothing (it was never backed by tokens).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 from uuid import UUID
 
@@ -40,12 +45,13 @@ from basis.chain.contracts import _revert_data
 from basis.domain.merkle import receipts_tree, rewards_tree
 from basis.ledger.accounts import Account
 from basis.ledger.committer import UnitOfWork
-from basis.ledger.errors import LedgerError
 from basis.ledger.jobs import Job
 from basis.ledger.projections import ViewReader
 from basis.ledger.service import Ledger
 from basis.ledger.settlement import SettlementBatch, SettlementLog, batch_aggregate_id, settlement_log_id
 from basis.settlement.chain import TOPICS, ZERO32, Chain, from_hex, hex32
+from basis.settlement.consistency import RECHECK_DEPTH, ChainMismatch, lost_batches
+from basis.settlement.lease import LeaseHeld, SettlerLease
 from basis.units import Seconds
 
 log = logging.getLogger(__name__)
@@ -55,6 +61,14 @@ STAGES = ("proposed", "submitted", "sent", "mined", "confirmed")
 
 class SettlementError(RuntimeError):
     pass
+
+
+class _Refused(SettlementError):
+    """The vault refused the transaction in simulation (a named contract error)."""
+
+    def __init__(self, error: Any, action: str) -> None:
+        self.error = error
+        super().__init__(f"the vault refuses to {action} the batch: {error}")
 
 
 def batch_id_for(chain_id: int, vault: str, seq: int, receipts_root: str) -> str:
@@ -183,7 +197,8 @@ class Settler:
 
     def __init__(self, ledger: Ledger, chain: Chain, operator_key: str, *,
                  reader: Callable[[], ViewReader], max_receipts: int = MAX_RECEIPTS,
-                 receipt_timeout: Seconds = 120.0, hook: Callable[[str], None] | None = None) -> None:
+                 receipt_timeout: Seconds = 120.0, hook: Callable[[str], None] | None = None,
+                 lease_wait: Seconds = 0.0) -> None:
         self.ledger = ledger
         self.chain = chain
         self.contracts = chain.contracts
@@ -192,7 +207,13 @@ class Settler:
         self.max_receipts = max_receipts
         self.receipt_timeout = receipt_timeout
         self.hook = hook or (lambda stage: None)
+        self.recheck_depth = RECHECK_DEPTH
+        self.current_batch: str | None = None  # the batch being worked on (named in error logs)
+        self._chain_checked = False  # a full check of the confirmed batches passed once
         self._lock = threading.Lock()
+        # Across processes: only the lease holder proposes, sends and confirms (lease.py).
+        self.lease = SettlerLease(ledger.env, f"{chain.chain_id}:{chain.vault.lower()}")
+        self.lease_wait = lease_wait
 
     @property
     def log_id(self) -> UUID:
@@ -207,11 +228,15 @@ class Settler:
 
     def settle_once(self) -> dict[str, Any] | None:
         """Finish a batch left in flight, else propose and settle the next one.
-        Returns the settled batch's summary, or None when there was nothing to settle."""
-        with self._lock:
+        Returns the settled batch's summary, or None when there was nothing to settle.
+        Raises LeaseHeld while another settler holds the lease (after ``lease_wait`` seconds)."""
+        with self._lock, self._leased():
+            self.current_batch = None
+            self._check_chain()
             pending = self.in_flight()
             if pending is not None:
-                log.info("finishing batch %s left in flight", pending)
+                log.info("finishing batch %s left in flight", pending, extra={"batch_id": pending})
+                self.current_batch = pending
                 return self._finish(pending)
             reader = self.reader()
             candidates = [r["job_id"] for r in reader.unsettled_receipts()]
@@ -221,8 +246,41 @@ class Settler:
                                                      candidates, self.max_receipts))
             if batch_id is None:
                 return None
+            self.current_batch = batch_id
             self.hook("proposed")
             return self._finish(batch_id)
+
+    def check_chain(self) -> None:
+        """Raise ChainMismatch when a batch the ledger confirmed is not on chain (consistency.py):
+        every confirmed batch on this settler's first check, then the recent ones."""
+        with self._lock:
+            self._check_chain()
+
+    def _check_chain(self) -> None:
+        lost = lost_batches(self.ledger, self.chain, depth=self.recheck_depth if self._chain_checked else None)
+        if lost:
+            self._chain_checked = False
+            raise ChainMismatch(lost)
+        self._chain_checked = True
+
+    def repost(self) -> list[dict[str, Any]]:
+        """Send every confirmed batch the chain lost again, oldest first (``repair.repost_lost``)."""
+        from basis.settlement.repair import repost_lost
+
+        with self._lock, self._leased():
+            done = repost_lost(self)
+            self._chain_checked = False
+            return done
+
+    @contextlib.contextmanager
+    def _leased(self) -> Iterator[None]:
+        if not self.lease.acquire(self.lease_wait):
+            raise LeaseHeld(f"another settler holds the settlement lease of chain {self.chain.chain_id} "
+                            f"vault {self.chain.vault}; standing by")
+        try:
+            yield
+        finally:
+            self.lease.release()
 
     # -- steps ---------------------------------------------------------------------------------
     def _batch(self, batch_id: str) -> SettlementBatch:
@@ -265,22 +323,30 @@ class Settler:
                 return True
         return False
 
-    def _submit(self, batch: SettlementBatch) -> dict[str, Any] | None:
-        w3 = self.chain.w3
+    def _build(self, batch: SettlementBatch, action: str = "settle") -> tuple[dict[str, Any], int]:
+        """The signed-to-be ``CreditVault.settle`` transaction (simulated here: a refusal raises)."""
         fn = self.contracts.vault.functions.settle(
             from_hex(batch.batch_id), batch.to_distributor, batch.to_treasury, batch.reward_top_up,
             from_hex(batch.rewards_root), from_hex(batch.receipts_root))
-        nonce = w3.eth.get_transaction_count(self.sender.address, "pending")
+        nonce = self.chain.w3.eth.get_transaction_count(self.sender.address, "pending")
         try:
             tx = fn.build_transaction({"from": self.sender.address, "nonce": nonce, "chainId": self.chain.chain_id})
         except (ContractCustomError, ContractLogicError, ContractPanicError) as exc:
-            err = self.contracts.decoder.decode(_revert_data(exc))
+            raise _Refused(self.contracts.decoder.decode(_revert_data(exc)), action) from exc
+        return tx, nonce
+
+    def _submit(self, batch: SettlementBatch) -> dict[str, Any] | None:
+        w3 = self.chain.w3
+        try:
+            tx, nonce = self._build(batch)
+        except _Refused as refused:
+            err = refused.error
             if err.name == "BatchAlreadyPosted":
                 return None  # posted meanwhile: the caller asks the chain again
             if not batch.tx_hashes:
                 self.ledger.run(abandon_batch(batch.batch_id, f"the vault refused the batch: {err}"))
-                raise SettlementError(f"the vault refused batch {batch.batch_id}: {err}; abandoned") from exc
-            raise SettlementError(f"the vault refuses batch {batch.batch_id}: {err}; it stays in flight") from exc
+                raise SettlementError(f"the vault refused batch {batch.batch_id}: {err}; abandoned") from refused
+            raise SettlementError(f"the vault refuses batch {batch.batch_id}: {err}; it stays in flight") from refused
         signed = self.sender.account.sign_transaction(tx)
         tx_hash = hex32(signed.hash)
         self.ledger.run(record_submitted(batch.batch_id, tx_hash, nonce))
@@ -319,40 +385,9 @@ class Settler:
         }
 
 
-class SettlementScheduler:
-    """Runs ``Settler.settle_once`` every ``interval`` seconds on a daemon thread (the gateway
-    starts it when settlement is enabled). Errors are logged and retried on the next tick."""
+def __getattr__(name: str) -> Any:  # the scheduler moved to its own module; keep the old import path
+    if name == "SettlementScheduler":
+        from basis.settlement.scheduler import SettlementScheduler
 
-    def __init__(self, ledger: Ledger, w3: Web3, deployment: dict[str, Any], operator_key: str, *,
-                 reader: Callable[[], ViewReader], interval: Seconds = 60.0, max_receipts: int = MAX_RECEIPTS) -> None:
-        self.settler = Settler(ledger, Chain(w3, deployment), operator_key, reader=reader, max_receipts=max_receipts)
-        self.interval = interval
-        self.last_error: str | None = None
-        self.last_batch: dict[str, Any] | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def tick(self) -> dict[str, Any] | None:
-        try:
-            result = self.settler.settle_once()
-        except (SettlementError, LedgerError, OSError, ValueError, RuntimeError) as exc:
-            self.last_error = str(exc)
-            log.exception("settlement failed; retrying next tick")
-            return None
-        self.last_error = None
-        if result is not None:
-            self.last_batch = result
-        return result
-
-    def start(self) -> None:
-        def loop() -> None:
-            while not self._stop.wait(self.interval):
-                self.tick()
-
-        self._thread = threading.Thread(target=loop, name="basis-settlement", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
+        return SettlementScheduler
+    raise AttributeError(name)

@@ -4,9 +4,9 @@
   ``max_blocks``), applies them in (block, log index) order, then advances the cursor — a
   ``ChainCursor`` aggregate in the ledger, so it survives restarts. A crash between applying and
   advancing re-reads the same blocks, which is harmless: every log is applied exactly once
-  (deposits: ``Ledger.credit(account, "deposit", "<tx hash>:<log index>", amount)`` and its
-  ``DuplicateCredit``; withdrawals: the voucher's reservation can be redeemed once; claims: the
-  worker's cumulative claimed amount only grows).
+  (deposits: a credit of source ``deposit`` whose ``CreditRef`` is ``"<tx hash>:<log index>"``;
+  withdrawals: the voucher's reservation can be redeemed once; claims: the worker's cumulative
+  claimed amount only grows).
 - Deposited(account): the bytes32 is the account's UUID (DESIGN 1.5). When no Account has that
   id, the deposit is credited to the account NAMED by the UUID's text (opened if new), so a
   depositor may pick a fresh UUID and the operator later issues a key for that account name
@@ -15,8 +15,16 @@
   balance stays reconcilable.
 - After each pass, outstanding vouchers whose expiry is before the chain time of the cursor
   block are released (any redemption would be in a block at or before it, already indexed).
+- Each deposit also records its depositor (the address that paid) on the account's
+  ``AccountOwners``, in the same ledger command as the credit: only such an address may withdraw
+  the account's deposit-backed credit (DESIGN 1.5, ``basis.settlement.withdrawals``).
 - Without a deployment manifest the indexer reports ``pending`` and accepts nothing.
-- Reorgs deeper than ``confirmations`` are not handled: use confirmations > 0 on a real chain.
+- Reorgs: blocks are indexed only ``confirmations`` deep (``basis serve --confirmations N``), and
+  the cursor keeps the hash of its block. A pass first asks the chain for the block at the
+  cursor's height: another hash (or no such block) means blocks already indexed were reorganised
+  (a reorg deeper than ``confirmations``, or a node restored from older state). The indexer then
+  stops (``ChainReorg``, named in its state, logs and metrics) instead of indexing the new
+  branch, so a deposit moved to another block or log index is never credited twice.
 """
 
 from __future__ import annotations
@@ -31,11 +39,20 @@ from eventsourcing.application import AggregateNotFoundError
 from web3 import Web3
 
 from basis.domain.account_id import AccountIdError, from_bytes32
-from basis.ledger.accounts import Account
+from basis.ledger import ids
+from basis.ledger.accounts import Account, CreditRef
 from basis.ledger.committer import UnitOfWork
-from basis.ledger.errors import DuplicateCredit
 from basis.ledger.service import Ledger
-from basis.ledger.settlement import ChainCursor, RewardClaims, VoucherBook, cursor_id, voucher_book_id
+from basis.ledger.settlement import (
+    AccountOwners,
+    ChainCursor,
+    RewardClaims,
+    VoucherBook,
+    account_owners_id,
+    cursor_id,
+    voucher_book_id,
+)
+from basis.observability import metrics
 from basis.settlement.chain import TOPICS, Chain, hex32
 from basis.units import Seconds
 
@@ -59,14 +76,42 @@ class IndexPass:
                 "released": self.released}
 
 
+class ChainReorg(RuntimeError):
+    """Blocks the indexer already indexed are no longer on the chain."""
+
+
 # -- ledger commands ---------------------------------------------------------------------------
-def advance_cursor(name: str, start: int, block: int, chain_time: int):
+def advance_cursor(name: str, start: int, block: int, chain_time: int, block_hash: str | None = None):
     def cmd(uow: UnitOfWork) -> None:
         cur = uow.find(ChainCursor, cursor_id(name))
         if cur is None:
             cur = uow.add(ChainCursor(name=name, block=start))
         if block > cur.block:
-            cur.advance(block=block, chain_time=chain_time)
+            cur.advance(block=block, chain_time=chain_time, block_hash=block_hash)
+
+    return cmd
+
+
+def record_deposit(chain_id: int, vault: str, account_id: UUID, *, depositor: str, amount: int, tx_hash: str,
+                   log_index: int, block: int):
+    """Credit a Deposited event once and bind its depositor to the account, in one commit.
+    Returns "credited" or "duplicate" (a re-read: the depositor is bound all the same)."""
+    external_id = f"{tx_hash}:{log_index}"
+
+    def cmd(uow: UnitOfWork) -> str:
+        owners = uow.find(AccountOwners, account_owners_id(chain_id, vault, str(account_id)))
+        if owners is None:
+            owners = uow.add(AccountOwners(chain_id=chain_id, vault=vault, account_id=str(account_id)))
+        if depositor.lower() not in owners.depositors:
+            owners.add_depositor(address=depositor.lower(), tx_hash=tx_hash, log_index=log_index, block=block)
+        if uow.find(CreditRef, ids.credit_ref_id("deposit", external_id)) is not None:
+            return "duplicate"
+        acc = uow.find(Account, account_id)
+        assert acc is not None
+        acc.credit(source="deposit", external_id=external_id, amount=amount,
+                   memo=f"deposit by {depositor} in block {block}")
+        uow.add(CreditRef(source="deposit", external_id=external_id, account_id=account_id, amount=amount))
+        return "credited"
 
     return cmd
 
@@ -141,6 +186,8 @@ class ChainIndexer:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.last_error: str | None = None
+        self.consecutive_failures = 0
+        self.reorg: str | None = None  # set while stopped on a reorg of blocks already indexed
 
     @property
     def status(self) -> str:
@@ -159,36 +206,84 @@ class ChainIndexer:
         except AggregateNotFoundError:
             return self.chain.deploy_block - 1
 
+    def check_reorg(self) -> None:
+        """Raise ChainReorg when the chain's block at the cursor's height is not the one indexed."""
+        chain = self.chain
+        assert chain is not None
+        try:
+            cur: ChainCursor = self.ledger.get(cursor_id(self.cursor_name))
+        except AggregateNotFoundError:
+            return
+        recorded = getattr(cur, "block_hash", None)
+        if recorded is None:
+            return  # indexed before block hashes were kept
+        head = int(chain.w3.eth.block_number)
+        if head < cur.block:
+            self._reorg(f"the chain's head {head} is below block {cur.block}, already indexed (hash {recorded})")
+        now = hex32(chain.w3.eth.get_block(cur.block)["hash"])
+        if now != recorded:
+            self._reorg(f"block {cur.block} was indexed with hash {recorded}; the chain now has {now} there")
+        if self.reorg is not None:
+            log.warning("the chain holds the indexed blocks again; indexing resumes", extra={"block": cur.block})
+            self.reorg = None
+            metrics.CHAIN_INDEXER_REORG.set(0)
+
+    def _reorg(self, detail: str) -> None:
+        self.reorg = (f"{detail}: blocks already indexed were reorganised (deeper than {self.confirmations} "
+                      "confirmation(s)), so the indexer stopped; deposits credited from them stay credited, "
+                      "see docs/settlement.md")
+        metrics.CHAIN_INDEXER_REORG.set(1)
+        raise ChainReorg(self.reorg)
+
     def run_once(self) -> IndexPass | None:
         """Index the next page of blocks. None when pending or already at the head."""
         chain = self.chain
         if chain is None:
             return None
         w3 = chain.w3
+        self.check_reorg()
         head = int(w3.eth.block_number) - self.confirmations
         start = self.cursor() + 1
         if start > head:
             return None
         end = min(head, start + self.max_blocks - 1)
-        result = self.reindex(start, end)
-        timestamp = int(w3.eth.get_block(end)["timestamp"])
-        self.ledger.run(advance_cursor(self.cursor_name, chain.deploy_block - 1, end, timestamp))
+        end_block = w3.eth.get_block(end)
+        logs = self._logs(start, end)
+        if w3.eth.get_block(end)["hash"] != end_block["hash"]:
+            raise ChainReorg(f"block {end} changed while it was read (a reorg); the pass is retried")
+        result = IndexPass(start, end)
+        for entry in logs:
+            self._apply(entry, result)
+        timestamp = int(end_block["timestamp"])
+        self.ledger.run(advance_cursor(self.cursor_name, chain.deploy_block - 1, end, timestamp,
+                                       hex32(end_block["hash"])))
         result.released = self.ledger.run(release_expired(chain.chain_id, chain.vault, timestamp))
         return result
 
-    def reindex(self, start: int, end: int) -> IndexPass:
-        """Apply the logs of blocks start..end (inclusive) without moving the cursor; re-reading
-        blocks already indexed changes nothing (each log lands once)."""
+    def _logs(self, start: int, end: int) -> list[Any]:
         chain = self.chain
         assert chain is not None
-        result = IndexPass(start, end)
         logs = chain.w3.eth.get_logs({
             "fromBlock": start, "toBlock": end, "address": [chain.vault, chain.distributor],
             "topics": [[hex32(TOPICS["Deposited"]), hex32(TOPICS["Withdrawn"]), hex32(TOPICS["Claimed"])]],
         })
-        for entry in sorted(logs, key=lambda x: (int(x["blockNumber"]), int(x["logIndex"]))):
+        return sorted(logs, key=lambda x: (int(x["blockNumber"]), int(x["logIndex"])))
+
+    def reindex(self, start: int, end: int) -> IndexPass:
+        """Apply the logs of blocks start..end (inclusive) without moving the cursor; re-reading
+        blocks already indexed changes nothing (each log lands once; depositors are bound)."""
+        result = IndexPass(start, end)
+        for entry in self._logs(start, end):
             self._apply(entry, result)
         return result
+
+    def state(self) -> dict[str, Any]:
+        """``status``: pending | ok | retrying | reorg (stopped on a reorg of indexed blocks)."""
+        if self.chain is None:
+            return {"status": "pending"}
+        status = "reorg" if self.reorg else ("retrying" if self.consecutive_failures else "ok")
+        return {"status": status, "confirmations": self.confirmations, "reorg": self.reorg,
+                "last_error": self.last_error, "consecutive_failures": self.consecutive_failures}
 
     def sync(self) -> list[IndexPass]:
         passes = []
@@ -205,10 +300,10 @@ class ChainIndexer:
         if topic == bytes(TOPICS["Deposited"]) and entry["address"].lower() == chain.vault.lower():
             args = c.vault.events.Deposited().process_log(entry)["args"]
             account_id = self._account_for(bytes(args["account"]))
-            try:
-                self.ledger.credit(account_id, "deposit", f"{tx_hash}:{log_index}", int(args["amount"]),
-                                   memo=f"deposit by {args['depositor']} in block {block}")
-            except DuplicateCredit:
+            outcome = self.ledger.run(record_deposit(
+                chain.chain_id, chain.vault, account_id, depositor=args["depositor"], amount=int(args["amount"]),
+                tx_hash=tx_hash, log_index=log_index, block=block))
+            if outcome == "duplicate":
                 result.duplicates += 1
             else:
                 result.deposits += 1
@@ -252,9 +347,17 @@ class ChainIndexer:
                 try:
                     self.sync()
                     self.last_error = None
+                    self.consecutive_failures = 0
                 except Exception as exc:  # keep polling; the cursor makes the next pass resume
-                    self.last_error = str(exc)
-                    log.exception("chain indexer pass failed; retrying")
+                    from basis.settlement.scheduler import public_error
+
+                    self.last_error = public_error(exc)
+                    self.consecutive_failures += 1
+                    log.error("chain indexer stopped: reorg of indexed blocks" if isinstance(exc, ChainReorg)
+                              else "chain indexer pass failed; retrying", exc_info=exc,
+                              extra={"error_type": type(exc).__name__, "error": self.last_error,
+                                     "consecutive_failures": self.consecutive_failures})
+                metrics.CHAIN_INDEXER_FAILURES.set(self.consecutive_failures)
                 self._stop.wait(interval)
 
         self._thread = threading.Thread(target=loop, name="basis-chain-indexer", daemon=True)

@@ -25,6 +25,11 @@ class ChainStateLost(RuntimeError):
     """The chain this BASIS_HOME settled on is gone or behind its ledger."""
 
 
+class LostBatches(ChainStateLost):
+    """Batches the ledger confirmed are not on chain: settlement stays stopped until they are
+    re-posted (``basis settle repost``); everything else may run."""
+
+
 @dataclass
 class LocalChain:
     anvil: Anvil
@@ -64,12 +69,28 @@ def start_local_chain(home: Path, operator: str, port: int) -> LocalChain:
 
 
 def check_ledger_matches_chain(runtime: Any) -> None:
-    """The indexer's cursor is the last block the ledger saw: a chain below it lost blocks."""
+    """The chain still holds what the ledger saw on it:
+
+    - the indexer's cursor is the last block the ledger saw: a chain below it lost blocks;
+    - the block at the cursor has the hash the indexer recorded (else indexed blocks were reorganised);
+    - every batch the ledger confirmed is posted with its receipts root (``LostBatches`` otherwise).
+    """
+    from basis.settlement.consistency import ChainMismatch, lost_batches
+    from basis.settlement.deposits import ChainReorg
+
     head = int(runtime.web3.eth.block_number)
-    cursor = runtime.indexer.cursor()
+    indexer = runtime.indexer
+    cursor = indexer.cursor()
     if cursor > head:
         raise ChainStateLost(f"the ledger has seen block {cursor} but the chain's head is {head}: the chain lost "
                              "recent state in an unclean stop, so ledger and chain disagree")
+    try:
+        indexer.check_reorg()
+    except ChainReorg as exc:
+        raise ChainStateLost(str(exc)) from None
+    lost = lost_batches(indexer.ledger, indexer.chain)
+    if lost:
+        raise LostBatches(str(ChainMismatch(lost)))
 
 
 def set_aside(home: Path) -> Path:
@@ -99,5 +120,5 @@ def describe(manifest: dict[str, Any]) -> dict[str, Any]:
     return {k: v["address"] for k, v in manifest["contracts"].items()} | {"chain_id": manifest["chain_id"]}
 
 
-__all__ = ["ChainStateLost", "LocalChain", "check_ledger_matches_chain", "describe", "fund_demo_account",
+__all__ = ["ChainStateLost", "LocalChain", "LostBatches", "check_ledger_matches_chain", "describe", "fund_demo_account",
            "set_aside", "start_local_chain"]

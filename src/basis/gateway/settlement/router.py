@@ -5,11 +5,14 @@ Dependencies come from ``request.app.state.runtime``: ``settings``, ``ledger``, 
 
 - ``GET /v1/settlement/batches`` (public): newest first, ``?limit=&before=<seq>``.
 - ``GET /v1/settlement/batches/{batch_id}`` (public): one batch with its receipt hashes and rewards.
+- ``GET /v1/settlement/status`` (public): the settlement thread's and the chain indexer's state.
 - ``GET /v1/settlement/proofs/{worker}`` (public): the worker's cumulative reward in the latest
   confirmed rewards root, its Merkle proof, the root and the batch id (what ``claim`` needs).
 - ``GET /v1/settlement/receipts/{job_id}/proof`` (public): a settled receipt's inclusion proof.
-- ``POST /v1/withdrawals`` (bearer key): ``{"recipient": "0x..", "amount": "<base units>" | null,
-  "ttl": seconds}`` -> an EIP-712 voucher to submit to ``CreditVault.withdraw``.
+- ``POST /v1/withdrawals``: ``{"account"?: uuid, "recipient", "amount", "nonce", "expiry", "signature",
+  "ttl"?}`` — an EIP-712 ``WithdrawalRequest`` signed by an address that deposited for the account,
+  to such an address (the bearer key, if sent, only names the account) -> an EIP-712 voucher to
+  submit to ``CreditVault.withdraw``. See ``basis.settlement.withdrawals`` and docs/settlement.md.
 - ``GET /v1/withdrawals`` (bearer key): the account's vouchers and their status.
 """
 
@@ -25,7 +28,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from basis.domain.merkle import StandardMerkleTree, receipts_tree, rewards_tree
-from basis.domain.pricing import PricingError, parse_amount
+from basis.domain.pricing import PricingError
 from basis.ledger.errors import InsufficientCredit, LedgerError, UnknownAccount
 
 router = APIRouter(tags=["settlement"])
@@ -65,6 +68,16 @@ def list_batches(request: Request, limit: int = 20, before: int | None = None) -
         return error(400, "limit must be between 1 and 100", "invalid_request_error", param="limit")
     rows = _runtime(request).reader().batches(limit=limit + 1, before=before)
     return {"object": "list", "data": rows[:limit], "has_more": len(rows) > limit}
+
+
+@router.get("/v1/settlement/status")
+def settlement_status(request: Request) -> Any:
+    """The settlement thread and the chain indexer: ok | retrying | halted (the chain lost a
+    confirmed batch) | reorg (indexed blocks were reorganised), with the last error and the next try."""
+    status = getattr(_runtime(request), "settlement_status", lambda: None)()
+    if status is None:
+        return {"object": "settlement_status", "settlement": {"status": "off"}, "indexer": {"status": "off"}}
+    return {"object": "settlement_status", **status}
 
 
 @router.get("/v1/settlement/batches/{batch_id}")
@@ -113,9 +126,15 @@ def receipt_proof(request: Request, job_id: str) -> Any:
             "proof": tree.proof_hex(s["leaf_index"]), "tx_hash": s["tx_hash"], "chain_id": s["chain_id"]}
 
 
-class WithdrawalRequest(BaseModel):
-    recipient: str
-    amount: str | None = Field(default=None, description="base units as a decimal string; null: all withdrawable")
+class WithdrawalBody(BaseModel):
+    """Every field optional here so that a missing one gets the API's own error, not a 422."""
+
+    account: str | None = Field(default=None, description="the account's UUID (default: the bearer key's account)")
+    recipient: str | None = Field(default=None, description="an address that deposited for the account")
+    amount: str | None = Field(default=None, description="base units as a decimal string")
+    nonce: str | None = Field(default=None, description="the signer's request nonce, a decimal uint256, used once")
+    expiry: str | int | None = Field(default=None, description="chain time after which the request is refused")
+    signature: str | None = Field(default=None, description="EIP-712 WithdrawalRequest signature (0x + 130 hex)")
     ttl: int = Field(default=3600, description="seconds of chain time the voucher stays valid")
 
 
@@ -141,35 +160,67 @@ def _chain(request: Request):
     return cached
 
 
+def _bearer_account(request: Request) -> UUID | JSONResponse | None:
+    auth = request.headers.get("authorization", "")
+    if not auth:
+        return None
+    key = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
+    account_id = _runtime(request).ledger.authenticate(key) if key else None
+    if account_id is None:
+        return error(401, "invalid or missing API key", "invalid_request_error", "invalid_api_key")
+    return account_id
+
+
+def _withdrawal_account(request: Request, body: WithdrawalBody) -> UUID | JSONResponse:
+    """The account named in the body, else the bearer key's (the key only names it: the signature
+    decides). Both given and different: refused."""
+    keyed = _bearer_account(request)
+    if isinstance(keyed, JSONResponse):
+        return keyed
+    named = None
+    if body.account is not None:
+        try:
+            named = UUID(body.account)
+        except ValueError:
+            return error(400, "account must be the account's UUID", "invalid_request_error", "invalid_account",
+                         "account")
+    if named is not None and keyed is not None and named != keyed:
+        return error(403, "the API key belongs to another account than the one named", "permission_error",
+                     "account_mismatch", "account")
+    account_id = named or keyed
+    if account_id is None:
+        return error(401, "name the account (account) or send its API key; the withdrawal itself needs the "
+                     "signature of an address that deposited for it", "invalid_request_error", "invalid_api_key")
+    return account_id
+
+
 @router.post("/v1/withdrawals")
-def create_withdrawal(request: Request, body: WithdrawalRequest) -> Any:
-    account_id = _account(request)
+def create_withdrawal(request: Request, body: WithdrawalBody) -> Any:
+    account_id = _withdrawal_account(request, body)
     if isinstance(account_id, JSONResponse):
         return account_id
     chain = _chain(request)
     if chain is None:
         return error(503, "the credit vault is pending: withdrawals open once it is deployed", "server_error",
                      "vault_pending", retry=False)
-    amount = None
-    if body.amount is not None:
-        try:
-            amount = parse_amount(body.amount)
-        except PricingError as exc:
-            return error(400, str(exc), "invalid_request_error", "invalid_amount", "amount")
-        if amount <= 0:
-            return error(400, "amount must be positive", "invalid_request_error", "invalid_amount", "amount")
     from basis.settlement.withdrawals import WithdrawalError, request_withdrawal
 
     rt = _runtime(request)
     try:
         return request_withdrawal(rt.ledger, chain, rt.settings.operator_key(), account_id=account_id,
-                                  recipient=body.recipient, amount=amount, ttl=body.ttl)
+                                  recipient=body.recipient or "", amount=body.amount, nonce=body.nonce,
+                                  expiry=body.expiry, signature=body.signature, ttl=body.ttl)
     except InsufficientCredit as exc:
         return error(402, str(exc), "insufficient_quota", "insufficient_credit")
     except UnknownAccount as exc:
-        return error(401, str(exc), "invalid_request_error", "invalid_api_key")
+        return error(404, str(exc), "invalid_request_error", "account_not_found", "account")
     except WithdrawalError as exc:
-        return error(400, str(exc), "invalid_request_error", "invalid_withdrawal")
+        type_ = {401: "invalid_request_error", 403: "permission_error", 503: "server_error"}.get(
+            exc.status, "invalid_request_error")
+        return error(exc.status, str(exc), type_, exc.code, exc.param,
+                     retry=False if exc.status in (409, 503) else None)
+    except PricingError as exc:
+        return error(400, str(exc), "invalid_request_error", "invalid_amount", "amount")
     except LedgerError as exc:
         return error(409, str(exc), "invalid_request_error", exc.code, retry=False)
 

@@ -151,6 +151,7 @@ class Projector:
             "basis:SettlementBatch.Submitted.v1": self._batch_submitted,
             "basis:SettlementBatch.Confirmed.v1": self._batch_confirmed,
             "basis:SettlementBatch.Abandoned.v1": self._batch_abandoned,
+            "basis:SettlementBatch.Reposted.v1": self._batch_reposted,
             "basis:VoucherBook.Allocated.v1": self._voucher_allocated,
             "basis:VoucherBook.Closed.v1": self._voucher_closed,
             "basis:VoucherBook.ForeignRedeemed.v1": self._voucher_foreign,
@@ -393,6 +394,10 @@ class Projector:
     def _batch_abandoned(self, b: _Batch, n: Notification, d: dict[str, Any]) -> None:
         self.db.execute("UPDATE settlement_batches SET status = 'abandoned', reason = ?, closed_at = ?"
                         " WHERE aggregate_id = ?", (d["reason"], self._ts(d), str(n.originator_id)))
+
+    def _batch_reposted(self, b: _Batch, n: Notification, d: dict[str, Any]) -> None:
+        self.db.execute("UPDATE settlement_batches SET tx_hash = ?, block = ?, gas_used = ? WHERE aggregate_id = ?",
+                        (d["tx_hash"], d["block"], d["gas_used"], str(n.originator_id)))
 
     # -- claims and cursors -----------------------------------------------------------------------
     def _reward_claimed(self, b: _Batch, n: Notification, d: dict[str, Any]) -> None:
