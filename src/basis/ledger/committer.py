@@ -168,6 +168,10 @@ class GroupCommitter:
             raise RuntimeError("the ledger writer is closed")
         self._queue.put(item)
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def add_commit_listener(self, listener: Callable[[], None]) -> None:
         """Called on the writer thread after each commit that stored events (keep it quick)."""
         self._on_commit.append(listener)

@@ -18,13 +18,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import rfc8785
+from eventsourcing.persistence import PersistenceError
 
 from basis.engines.base import EngineError, GenerateRequest
 from basis.gateway.chat.schemas import ChatCompletionRequest
 from basis.gateway.chat.stops import StopScanner
 from basis.gateway.errors import APIError
 from basis.gateway.workers import NoWorkerAvailable, WorkerFailedBeforeFirstToken, WorkerJobError
-from basis.ledger.errors import IdempotencyConflict, IdempotentReplay, InsufficientCredit, LedgerUnavailable
+from basis.ledger.errors import (
+    IdempotencyConflict,
+    IdempotentReplay,
+    InsufficientCredit,
+    LedgerError,
+    LedgerUnavailable,
+)
 from basis.models import ChatTemplateError, ModelBinding, TextMismatch, UTF8Matcher
 from basis.observability import metrics
 from basis.observability.logging import job_context
@@ -156,6 +163,7 @@ class JobRun:
             if self._gateway_can_serve:
                 assignment = ("gateway", None)
         self._assigned_gateway = assignment == ("gateway", None)
+        self._serving = assignment  # the job's last recorded assignment: its end names it
         loop = asyncio.get_running_loop()
         self._accepted: asyncio.Future[int] = loop.create_future()
         runtime.job_writer.submit_async("accept_job", {
@@ -194,11 +202,23 @@ class JobRun:
             self.task.cancel()
 
     # -- the job ---------------------------------------------------------------------------
-    def _assign(self, served_by: str, worker: str | None) -> None:
+    async def _assign(self, served_by: str, worker: str | None) -> None:
+        """Record a new attempt, durably, before anything it serves is relayed: the receipt pays
+        the last recorded attempt, and the job's end must name it (the ledger refuses otherwise)."""
         self.served_by = served_by
-        # Not awaited: the single writer keeps commands in order, so the job's end follows it.
-        self.runtime.job_writer.submit("assign_job", {"job_id": self.plan.job_id, "served_by": served_by,
-                                                      "worker": worker})
+        # The writer runs a job's commands in order: once sent, the assignment precedes the end
+        # even if this task is cancelled while it commits.
+        previous, self._serving = self._serving, (served_by, worker)
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.runtime.job_writer.submit_async("assign_job", {"job_id": self.plan.job_id, "served_by": served_by,
+                                                            "worker": worker}, waiter)
+        try:
+            await asyncio.shield(waiter)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            self._serving = previous  # refused: the last recorded attempt is still the previous one
+            raise
 
     async def _source(self) -> AsyncIterator[tuple[list[int], str, str | None, dict[str, int] | None]]:
         """(ids, text, finish_reason, usage) from a contributor, else the gateway's own engine.
@@ -215,7 +235,7 @@ class JobRun:
                 async with hub.dispatch(msg, exclude=tried, via=via, wait=not self._gateway_can_serve) as stream:
                     await self._reserved()
                     if via is None or stream.worker_address != via.address:  # a retry: a new assignment
-                        self._assign("contributor", stream.worker_address)
+                        await self._assign("contributor", stream.worker_address)
                     self.served_by = "contributor"
                     async for frame in stream:
                         if isinstance(frame, Tokens):
@@ -238,7 +258,7 @@ class JobRun:
             raise APIError(503, f"No worker is serving '{p.model}' right now; try again later.",
                            code="no_worker_available", retry=False)
         if not self._assigned_gateway:
-            self._assign("gateway", None)
+            await self._assign("gateway", None)
         self.served_by = "gateway"
         req = GenerateRequest(prompt_ids=p.prompt_ids, max_tokens=p.max_tokens, temperature=p.temperature,
                               top_p=p.top_p, seed=p.seed, model=p.model, request_id=str(p.job_id))
@@ -334,11 +354,15 @@ class JobRun:
         self.output_tokens = result.output_tokens
         # Idempotent repeats replay the recorded output: keep it only when a key was given.
         text = "".join(self.text_parts) if p.idempotency_key is not None else None
-        self._recorded: asyncio.Future[dict[str, Any] | None] = asyncio.get_running_loop().create_future()
-        self.runtime.job_writer.submit_async("finish_job", {
-            "job_id": p.job_id, "outcome": result.outcome, "output_tokens": result.output_tokens,
-            "finish_reason": result.finish_reason, "reason": result.reason, "worker_usage": result.worker_usage,
-            "output_text": text}, self._recorded)
+        loop = asyncio.get_running_loop()
+        self._recorded: asyncio.Future[dict[str, Any] | None] = loop.create_future()
+        served_by, worker = self._serving or (None, None)  # None: no attempt was recorded
+        end = {"job_id": p.job_id, "outcome": result.outcome, "output_tokens": result.output_tokens,
+               "finish_reason": result.finish_reason, "reason": result.reason, "worker_usage": result.worker_usage,
+               "output_text": text, "served_by": served_by, "worker": worker}
+        recording = loop.create_task(self._record_end(end), name=f"end-{p.job_id}")
+        _tasks.add(recording)
+        recording.add_done_callback(_tasks.discard)
         log.info("job ended", extra={"model": p.model, "outcome": result.outcome, "served_by": self.served_by,
                                      "prompt_tokens": len(p.prompt_ids), "output_tokens": result.output_tokens,
                                      "finish_reason": result.finish_reason, "reason": result.reason})
@@ -346,10 +370,52 @@ class JobRun:
         metrics.TOKENS.labels(p.model, "prompt").inc(len(p.prompt_ids))
         metrics.TOKENS.labels(p.model, "output").inc(result.output_tokens)
 
+    async def _record_end(self, end: dict[str, Any]) -> None:
+        """Record the job's end, retrying until it lands: until then its reservation stays held and
+        its charge and reward are unrecorded (a restart would end it failed, charging nothing).
+        Retries are sent with ``resume``: if an earlier try landed after all, its receipt comes
+        back instead of a second end. A refusal by the ledger itself is final."""
+        writer = self.runtime.job_writer
+        delay, attempt = END_RETRY_FIRST_S, 0
+        while True:
+            attempt += 1
+            waiter: asyncio.Future[dict[str, Any] | None] = asyncio.get_running_loop().create_future()
+            try:
+                writer.submit_async("finish_job", end if attempt == 1 else {**end, "resume": True}, waiter)
+                receipt = await waiter
+            except Exception as exc:
+                if not _worth_retrying(exc) or writer.closed:
+                    log.error("recording the end of job %s failed for good (attempt %d): %r; it stays open "
+                              "until the gateway restarts", end["job_id"], attempt, exc)
+                    self._recorded.set_exception(exc)
+                    return
+                log.warning("recording the end of job %s failed (attempt %d): %r; retrying in %.2f s",
+                            end["job_id"], attempt, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, END_RETRY_MAX_S)
+                continue
+            if attempt > 1:
+                log.info("the end of job %s was recorded on attempt %d", end["job_id"], attempt)
+            self._recorded.set_result(receipt)
+            return
+
     async def wait_receipt(self) -> dict[str, Any] | None:
         assert self.task is not None
         await asyncio.shield(self.task)
         return self._recorded.result()
+
+
+# A job's end that failed to record is sent again after 50 ms, then twice as long each time, at
+# most every 5 s, until it lands.
+END_RETRY_FIRST_S = 0.05
+END_RETRY_MAX_S = 5.0
+
+
+def _worth_retrying(exc: BaseException) -> bool:
+    """A failure to store (conflicts exhausted, a lost connection or writer), not the ledger's refusal."""
+    if isinstance(exc, LedgerUnavailable):
+        return True
+    return not isinstance(exc, LedgerError) and isinstance(exc, PersistenceError | OSError | RuntimeError)
 
 
 async def _close_quietly(gen: Any) -> None:
