@@ -28,7 +28,7 @@ async def _until(predicate, what: str, timeout: float = 60) -> None:
         await asyncio.sleep(0.01)
 
 
-async def _scenario(ledger: Ledger, served_by_on_end: bool) -> tuple[uuid.UUID, dict]:
+async def _scenario(ledger: Ledger, served_by_on_end: bool, close_in_gap: bool = False) -> tuple[uuid.UUID, dict]:
     account_id = ledger.open_account("alice")
     ledger.grant("alice", 10**24)
     writer = LedgerWriterProcess(ledger.spawn_args())
@@ -59,7 +59,11 @@ async def _scenario(ledger: Ledger, served_by_on_end: bool) -> tuple[uuid.UUID, 
         end = {"job_id": job, "outcome": "completed", "output_tokens": 7, "finish_reason": "stop"}
         if served_by_on_end:
             end.update(served_by="contributor", worker=B)
-        receipt = await asyncio.wait_for(call("finish_job", **end), 60)
+        finished = call("finish_job", **end)
+        if close_in_gap:  # the gateway stops inside the gap: the next process is started to answer the queue
+            writer.close()
+            assert finished.done()
+        receipt = await asyncio.wait_for(finished, 60)
         await assigned  # recovered, and answered before the end
         return job, receipt
     finally:
@@ -81,5 +85,15 @@ def test_the_end_naming_its_worker_lands_after_a_restart(settings):
     try:
         job, receipt = asyncio.run(_scenario(ledger, served_by_on_end=True))
         assert receipt["core"]["worker"] == B and ledger.get(job).is_ended
+    finally:
+        ledger.close()
+
+
+def test_stopping_inside_the_restart_gap_answers_what_was_queued(settings):
+    ledger = Ledger(settings)
+    try:
+        job, receipt = asyncio.run(_scenario(ledger, served_by_on_end=True, close_in_gap=True))
+        assert receipt["core"]["worker"] == B and ledger.get(job).is_ended
+        assert not ledger.get(ledger.get(job).account_id).reservations
     finally:
         ledger.close()
