@@ -18,20 +18,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import rfc8785
-from eventsourcing.persistence import PersistenceError
 
 from basis.engines.base import EngineError, GenerateRequest
+from basis.gateway.chat.job_end import record_job_end
 from basis.gateway.chat.schemas import ChatCompletionRequest
 from basis.gateway.chat.stops import StopScanner
 from basis.gateway.errors import APIError
 from basis.gateway.workers import NoWorkerAvailable, WorkerFailedBeforeFirstToken, WorkerJobError
-from basis.ledger.errors import (
-    IdempotencyConflict,
-    IdempotentReplay,
-    InsufficientCredit,
-    LedgerError,
-    LedgerUnavailable,
-)
+from basis.ledger.errors import IdempotencyConflict, IdempotentReplay, InsufficientCredit, LedgerUnavailable
 from basis.models import ChatTemplateError, ModelBinding, TextMismatch, UTF8Matcher
 from basis.observability import metrics
 from basis.observability.logging import job_context
@@ -354,15 +348,15 @@ class JobRun:
         self.output_tokens = result.output_tokens
         # Idempotent repeats replay the recorded output: keep it only when a key was given.
         text = "".join(self.text_parts) if p.idempotency_key is not None else None
-        loop = asyncio.get_running_loop()
-        self._recorded: asyncio.Future[dict[str, Any] | None] = loop.create_future()
         served_by, worker = self._serving or (None, None)  # None: no attempt was recorded
         end = {"job_id": p.job_id, "outcome": result.outcome, "output_tokens": result.output_tokens,
                "finish_reason": result.finish_reason, "reason": result.reason, "worker_usage": result.worker_usage,
                "output_text": text, "served_by": served_by, "worker": worker}
-        recording = loop.create_task(self._record_end(end), name=f"end-{p.job_id}")
-        _tasks.add(recording)
-        recording.add_done_callback(_tasks.discard)
+        # Retried until it lands (job_end.py); a task of its own, so a cancelled job cannot stop it.
+        self._recorded: asyncio.Task[dict[str, Any] | None] = asyncio.get_running_loop().create_task(
+            record_job_end(self.runtime.job_writer, end), name=f"end-{p.job_id}")
+        _tasks.add(self._recorded)
+        self._recorded.add_done_callback(_tasks.discard)
         log.info("job ended", extra={"model": p.model, "outcome": result.outcome, "served_by": self.served_by,
                                      "prompt_tokens": len(p.prompt_ids), "output_tokens": result.output_tokens,
                                      "finish_reason": result.finish_reason, "reason": result.reason})
@@ -370,52 +364,10 @@ class JobRun:
         metrics.TOKENS.labels(p.model, "prompt").inc(len(p.prompt_ids))
         metrics.TOKENS.labels(p.model, "output").inc(result.output_tokens)
 
-    async def _record_end(self, end: dict[str, Any]) -> None:
-        """Record the job's end, retrying until it lands: until then its reservation stays held and
-        its charge and reward are unrecorded (a restart would end it failed, charging nothing).
-        Retries are sent with ``resume``: if an earlier try landed after all, its receipt comes
-        back instead of a second end. A refusal by the ledger itself is final."""
-        writer = self.runtime.job_writer
-        delay, attempt = END_RETRY_FIRST_S, 0
-        while True:
-            attempt += 1
-            waiter: asyncio.Future[dict[str, Any] | None] = asyncio.get_running_loop().create_future()
-            try:
-                writer.submit_async("finish_job", end if attempt == 1 else {**end, "resume": True}, waiter)
-                receipt = await waiter
-            except Exception as exc:
-                if not _worth_retrying(exc) or writer.closed:
-                    log.error("recording the end of job %s failed for good (attempt %d): %r; it stays open "
-                              "until the gateway restarts", end["job_id"], attempt, exc)
-                    self._recorded.set_exception(exc)
-                    return
-                log.warning("recording the end of job %s failed (attempt %d): %r; retrying in %.2f s",
-                            end["job_id"], attempt, exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, END_RETRY_MAX_S)
-                continue
-            if attempt > 1:
-                log.info("the end of job %s was recorded on attempt %d", end["job_id"], attempt)
-            self._recorded.set_result(receipt)
-            return
-
     async def wait_receipt(self) -> dict[str, Any] | None:
         assert self.task is not None
         await asyncio.shield(self.task)
         return self._recorded.result()
-
-
-# A job's end that failed to record is sent again after 50 ms, then twice as long each time, at
-# most every 5 s, until it lands.
-END_RETRY_FIRST_S = 0.05
-END_RETRY_MAX_S = 5.0
-
-
-def _worth_retrying(exc: BaseException) -> bool:
-    """A failure to store (conflicts exhausted, a lost connection or writer), not the ledger's refusal."""
-    if isinstance(exc, LedgerUnavailable):
-        return True
-    return not isinstance(exc, LedgerError) and isinstance(exc, PersistenceError | OSError | RuntimeError)
 
 
 async def _close_quietly(gen: Any) -> None:
