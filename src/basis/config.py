@@ -68,7 +68,7 @@ def postgres_env(url: str) -> dict[str, str]:
     if u.scheme not in ("postgres", "postgresql"):
         raise ValueError("BASIS_DATABASE_URL must be postgresql://user:password@host:port/dbname")
     env = {
-        "PERSISTENCE_MODULE": "eventsourcing.postgres",
+        "PERSISTENCE_MODULE": "basis.ledger.postgres_store:LedgerPostgresFactory",  # eventsourcing's, see there
         "POSTGRES_DBNAME": (u.path or "/basis").lstrip("/"),
         "POSTGRES_HOST": u.hostname or "127.0.0.1",
         "POSTGRES_PORT": str(u.port or 5432),

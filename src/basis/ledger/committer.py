@@ -104,6 +104,11 @@ class QueuedCommand:
         return self.outcome is not None
 
     def settle(self, ok: bool, value: Any) -> None:
+        """Record the command's one answer. A second answer would be a bug that fails the caller's
+        neighbours (``InvalidStateError``): refuse it loudly, keep the first."""
+        if self.outcome is not None:
+            log.error("a ledger command was answered twice; keeping its first answer", stack_info=True)
+            return
         self.outcome = (ok, value)
         if self.future is not None:
             if ok:
@@ -162,6 +167,10 @@ class GroupCommitter:
         if self._closed:
             raise RuntimeError("the ledger writer is closed")
         self._queue.put(item)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     def add_commit_listener(self, listener: Callable[[], None]) -> None:
         """Called on the writer thread after each commit that stored events (keep it quick)."""
@@ -258,10 +267,14 @@ class GroupCommitter:
 
     def _commit(self, items: list[QueuedCommand]) -> None:
         self._drop_stale()
+        # Every retry runs only the commands still unanswered: one that raised after changing an
+        # aggregate was answered (and taken out of the batch) before the conflict.
         for _attempt in range(2):
-            if self._try_batch(items):
+            if self._try_batch([i for i in items if not i.done()]):
                 return
         for item in items:  # split: each command alone, so one conflict fails only itself
+            if item.done():
+                continue
             for attempt in range(MAX_ATTEMPTS):
                 if self._try_batch([item]):
                     break
@@ -280,8 +293,8 @@ class GroupCommitter:
                 result = item.fn(uow)
             except Exception as exc:
                 if uow.changed():
-                    # It changed aggregates before failing: drop this batch's state, run the
-                    # others again without it.
+                    # It changed aggregates before failing: answer it, drop this batch's state
+                    # (its half-made changes with it), and run the others again without it.
                     item.settle(False, exc)
                     self._evict(uow.touched)
                     rest = [i for i in items if not i.done()]

@@ -29,6 +29,12 @@ class InvalidTransition(LedgerError):
     code = "invalid_transition"
 
 
+class AttemptMismatch(InvalidTransition):
+    """A job's end names a serving side or worker other than its last recorded assignment."""
+
+    code = "attempt_mismatch"
+
+
 class IdempotencyConflict(LedgerError):
     """Same Idempotency-Key with another body, or while the first request still runs."""
 

@@ -12,7 +12,7 @@ from eventsourcing.domain import Aggregate, event
 
 from basis.domain.pricing import PriceTerms, require_amount
 from basis.ledger import ids
-from basis.ledger.errors import InvalidTransition
+from basis.ledger.errors import AttemptMismatch, InvalidTransition
 
 ENDED = ("completed", "failed", "cancelled")
 
@@ -76,14 +76,24 @@ class Job(Aggregate):
 
     @event("Ended", topic="basis:Job.Ended.v1")
     def end(self, outcome: str, output_tokens: int, finish_reason: str | None, reason: str | None,
-            worker_usage: dict[str, int] | None, output_text: str | None) -> None:
+            worker_usage: dict[str, int] | None, output_text: str | None,
+            served_by: str | None = None, worker: str | None = None) -> None:
         """completed, failed or cancelled; output tokens are the gateway's own count (DESIGN 1.3).
 
         ``worker_usage`` is the worker's self-report, kept for audit and never used for money.
         ``output_text`` is kept so an idempotent repeat returns the same completion.
+        ``served_by``/``worker``: who served, as the ending side knows it (None: not said, as in
+        events stored before it was recorded). It must be the last recorded attempt: the receipt
+        pays that attempt's worker, so an end that names another one is refused, never paid.
         """
         if self.is_ended:
             raise InvalidTransition(f"job already {self.outcome}")
+        if served_by is not None:
+            said = (served_by, worker.lower() if worker else None)
+            recorded = (self.served_by, self.worker)
+            if said != recorded:
+                raise AttemptMismatch(f"the job's end names {said[0]} {said[1]} but its last recorded "
+                                      f"assignment is {recorded[0]} {recorded[1]}")
         if outcome not in ENDED:
             raise InvalidTransition(f"unknown outcome {outcome!r}")
         require_amount(output_tokens, "output_tokens")

@@ -211,9 +211,11 @@ class Ledger:
 
     def finish_job(self, job_id: UUID, *, outcome: str, output_tokens: int, finish_reason: str | None = None,
                    reason: str | None = None, worker_usage: dict[str, int] | None = None,
-                   output_text: str | None = None,
+                   output_text: str | None = None, served_by: str | None = None, worker: str | None = None,
                    resume: bool = False) -> Callable[[UnitOfWork], dict[str, Any] | None]:
         """End the job, issue and sign its receipt when it earns one, and settle its reservation.
+        ``served_by``/``worker``: the side and worker that served it; refused (``AttemptMismatch``)
+        unless they are the job's last recorded assignment. None: not said (recovery, the CLI).
         ``resume``: the same end sent again after a writer was lost mid-commit; if the first one
         was saved, answer with its receipt instead of failing."""
 
@@ -224,7 +226,7 @@ class Ledger:
             acc = uow.find(Account, job.account_id)
             assert acc is not None
             job.end(outcome=outcome, output_tokens=output_tokens, finish_reason=finish_reason, reason=reason,
-                    worker_usage=worker_usage, output_text=output_text)
+                    worker_usage=worker_usage, output_text=output_text, served_by=served_by, worker=worker)
             charged = 0
             if job.earns_receipt:
                 core = build_core(job_id=job.id, model=job.model, served_by=job.served_by or "gateway",

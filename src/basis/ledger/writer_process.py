@@ -10,7 +10,9 @@ gateway's own thread for settlement, the CLI): file lock, then optimistic concur
 If the process dies, whatever it had not answered is recovered on a new one: an acceptance is
 abandoned (failed, nothing charged, if it was saved at all) and its caller told ``LedgerUnavailable``;
 a job's end is sent again with ``resume`` (the saved receipt comes back if the first one landed);
-assignments and worker registrations are sent again. No committed event is ever in doubt.
+assignments and worker registrations are sent again. They go first, in their original order, and
+only then whatever the gateway submitted while the next process was starting: a job's end never
+overtakes its own assignment. No committed event is ever in doubt.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from basis.ledger.errors import LedgerUnavailable
+from basis.ledger.errors import LedgerError, LedgerUnavailable
 from basis.ledger.service import JOB_COMMANDS
 
 log = logging.getLogger(__name__)
@@ -119,6 +121,11 @@ class _JobWriter:
 
     _loop: asyncio.AbstractEventLoop | None = None
 
+    @property
+    def closed(self) -> bool:
+        """Stopping: no command submitted from now on will run."""
+        raise NotImplementedError
+
     def submit_async(self, name: str, kwargs: dict[str, Any], waiter: asyncio.Future[Any]) -> None:
         raise NotImplementedError
 
@@ -149,10 +156,16 @@ class LedgerWriterProcess(_JobWriter):
         self._listeners: list[Callable[[], None]] = []
         self._started_at = 0.0
         self._closed = False
+        self._in_doubt: set[int] = set()  # sent to a process that died before answering them
+        self._restart_timer: asyncio.TimerHandle | None = None
         self.restarts = 0
         self.recovered = 0  # commands a lost process had not answered, recovered on its successor
 
     # -- lifecycle -----------------------------------------------------------------------------
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._spawn()
@@ -179,6 +192,9 @@ class LedgerWriterProcess(_JobWriter):
             self._closed = True
             return
         self._closed = True
+        if self._restart_timer is not None:  # between two processes: start the next now, to answer the queue
+            self._restart_timer.cancel()
+            self._restart()
         self._flush()
         deadline = time.monotonic() + 30
         while self._proc is not None and self._pending and time.monotonic() < deadline:  # answer what is in flight
@@ -197,10 +213,7 @@ class LedgerWriterProcess(_JobWriter):
             self._proc.terminate()
             self._proc.join(5)
         self._recv.close()
-        for _name, _kwargs, fut in self._pending.values():
-            if not fut.done():
-                fut.set_exception(LedgerUnavailable("the gateway is stopping"))
-        self._pending.clear()
+        self._fail_pending(LedgerUnavailable("the gateway is stopping"))
 
     def add_commit_listener(self, listener: Callable[[], None]) -> None:
         """Called on the loop after each answer that stored events (keep it quick)."""
@@ -224,18 +237,22 @@ class LedgerWriterProcess(_JobWriter):
 
     def _flush(self) -> None:
         self._flush_scheduled = False
+        if self._send is None:  # between two processes: the outbox waits, in order, for the next one
+            return
         if self._outbox:
             self._out += _frame(self._outbox)
             self._outbox = []
         if not self._out:
             return
-        fd = self._send.fileno()
         try:
+            fd = self._send.fileno()
             n = os.write(fd, self._out)
         except BlockingIOError:
             n = 0
         except (BrokenPipeError, OSError):
-            return  # the reader side notices the death and recovers
+            # The process died: the reader side notices and sends every unanswered command again,
+            # in order, from ``_pending`` (nothing here is the only copy).
+            return
         del self._out[:n]
         assert self._loop is not None
         if self._out:
@@ -291,46 +308,59 @@ class LedgerWriterProcess(_JobWriter):
             self._lost()
 
     def _lost(self) -> None:
-        """The process died: start another and recover what it had not answered."""
+        """The process died: start another and send it, in their original order, every command
+        not answered: those the lost one may have read first, then any submitted meanwhile."""
         assert self._loop is not None
         self._loop.remove_reader(self._recv.fileno())
         with contextlib.suppress(OSError, ValueError):
             self._loop.remove_writer(self._send.fileno())
         self._send.close()
         self._recv.close()
+        self._send = self._recv = None
         self._proc.join(1)
-        lost = sorted(self._pending.items())  # the outbox's commands are pending too
-        self._pending.clear()
         self._out.clear()
-        self._in.clear()  # a reply it was cut off writing: its commands are recovered below
-        self._outbox = []
+        self._in.clear()  # a reply it was cut off writing: its commands are sent again
+        self._outbox = []  # rebuilt from _pending, which holds every unanswered command
+        self._in_doubt = set(self._pending)
         log.error("the ledger writer process exited (%s); starting another, %d command(s) to recover",
-                  self._proc.exitcode, len(lost))
+                  self._proc.exitcode, len(self._in_doubt))
         if self._closed:
             self._proc = None
-            for _seq, (_n, _k, fut) in lost:
-                if not fut.done():
-                    fut.set_exception(LedgerUnavailable("the ledger writer exited"))
+            self._fail_pending(LedgerUnavailable("the ledger writer exited"))
             return
         self.restarts += 1
-        self.recovered += len(lost)
+        self.recovered += len(self._in_doubt)
         quick = time.monotonic() - self._started_at < 1.0  # dying at start-up: do not spin
-        self._loop.call_later(1.0 if quick else 0.0, self._restart, lost)
+        self._restart_timer = self._loop.call_later(1.0 if quick else 0.0, self._restart)
 
-    def _restart(self, lost: list[tuple[int, tuple[str, dict[str, Any], Any]]]) -> None:
+    def _restart(self) -> None:
+        self._restart_timer = None
         self._spawn()
-        for _seq, (name, kwargs, fut) in lost:
-            if fut.done():
-                continue
+        assert self._loop is not None
+        for seq in sorted(self._in_doubt & self._pending.keys()):
+            name, kwargs, fut = self._pending[seq]
             if name == "accept_job":
-                # Saved or not, the job must not stay open: abandon it, and tell the caller.
-                self.submit("abandon_job", {"job_id": kwargs["job_id"],
-                                            "reason": "the ledger writer restarted while accepting it"})
-                fut.set_exception(LedgerUnavailable("the ledger writer restarted; nothing was charged"))
+                # Saved or not, the job must not stay open: abandon it in the acceptance's place
+                # (before anything submitted after it), and tell the caller.
+                if not fut.done():
+                    fut.set_exception(LedgerUnavailable("the ledger writer restarted; nothing was charged"))
+                fut = self._loop.create_future()
+                fut.add_done_callback(_log_failure)
+                name, kwargs = "abandon_job", {"job_id": kwargs["job_id"],
+                                               "reason": "the ledger writer restarted while accepting it"}
             elif name == "finish_job":
-                self.submit_async(name, {**kwargs, "resume": True}, fut)
-            else:
-                self.submit_async(name, kwargs, fut)
+                kwargs = {**kwargs, "resume": True}  # the saved receipt comes back if it landed
+            self._pending[seq] = (name, kwargs, fut)
+        self._in_doubt = set()
+        # Every unanswered command, in submission order; answers to futures already done are dropped.
+        self._outbox = [(seq, name, kwargs) for seq, (name, kwargs, _fut) in sorted(self._pending.items())]
+        self._flush()
+
+    def _fail_pending(self, exc: LedgerError) -> None:
+        for _name, _kwargs, fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(exc)
+        self._pending.clear()
 
 
 class LedgerWriterThread(_JobWriter):
@@ -339,6 +369,10 @@ class LedgerWriterThread(_JobWriter):
 
     def __init__(self, ledger: Any) -> None:
         self._ledger = ledger
+
+    @property
+    def closed(self) -> bool:
+        return self._ledger.writer.closed
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()

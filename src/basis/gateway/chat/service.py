@@ -20,6 +20,7 @@ from typing import Any
 import rfc8785
 
 from basis.engines.base import EngineError, GenerateRequest
+from basis.gateway.chat.job_end import record_job_end
 from basis.gateway.chat.schemas import ChatCompletionRequest
 from basis.gateway.chat.stops import StopScanner
 from basis.gateway.errors import APIError
@@ -156,6 +157,7 @@ class JobRun:
             if self._gateway_can_serve:
                 assignment = ("gateway", None)
         self._assigned_gateway = assignment == ("gateway", None)
+        self._serving = assignment  # the job's last recorded assignment: its end names it
         loop = asyncio.get_running_loop()
         self._accepted: asyncio.Future[int] = loop.create_future()
         runtime.job_writer.submit_async("accept_job", {
@@ -194,11 +196,23 @@ class JobRun:
             self.task.cancel()
 
     # -- the job ---------------------------------------------------------------------------
-    def _assign(self, served_by: str, worker: str | None) -> None:
+    async def _assign(self, served_by: str, worker: str | None) -> None:
+        """Record a new attempt, durably, before anything it serves is relayed: the receipt pays
+        the last recorded attempt, and the job's end must name it (the ledger refuses otherwise)."""
         self.served_by = served_by
-        # Not awaited: the single writer keeps commands in order, so the job's end follows it.
-        self.runtime.job_writer.submit("assign_job", {"job_id": self.plan.job_id, "served_by": served_by,
-                                                      "worker": worker})
+        # The writer runs a job's commands in order: once sent, the assignment precedes the end
+        # even if this task is cancelled while it commits.
+        previous, self._serving = self._serving, (served_by, worker)
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.runtime.job_writer.submit_async("assign_job", {"job_id": self.plan.job_id, "served_by": served_by,
+                                                            "worker": worker}, waiter)
+        try:
+            await asyncio.shield(waiter)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            self._serving = previous  # refused: the last recorded attempt is still the previous one
+            raise
 
     async def _source(self) -> AsyncIterator[tuple[list[int], str, str | None, dict[str, int] | None]]:
         """(ids, text, finish_reason, usage) from a contributor, else the gateway's own engine.
@@ -215,7 +229,7 @@ class JobRun:
                 async with hub.dispatch(msg, exclude=tried, via=via, wait=not self._gateway_can_serve) as stream:
                     await self._reserved()
                     if via is None or stream.worker_address != via.address:  # a retry: a new assignment
-                        self._assign("contributor", stream.worker_address)
+                        await self._assign("contributor", stream.worker_address)
                     self.served_by = "contributor"
                     async for frame in stream:
                         if isinstance(frame, Tokens):
@@ -238,7 +252,7 @@ class JobRun:
             raise APIError(503, f"No worker is serving '{p.model}' right now; try again later.",
                            code="no_worker_available", retry=False)
         if not self._assigned_gateway:
-            self._assign("gateway", None)
+            await self._assign("gateway", None)
         self.served_by = "gateway"
         req = GenerateRequest(prompt_ids=p.prompt_ids, max_tokens=p.max_tokens, temperature=p.temperature,
                               top_p=p.top_p, seed=p.seed, model=p.model, request_id=str(p.job_id))
@@ -334,11 +348,15 @@ class JobRun:
         self.output_tokens = result.output_tokens
         # Idempotent repeats replay the recorded output: keep it only when a key was given.
         text = "".join(self.text_parts) if p.idempotency_key is not None else None
-        self._recorded: asyncio.Future[dict[str, Any] | None] = asyncio.get_running_loop().create_future()
-        self.runtime.job_writer.submit_async("finish_job", {
-            "job_id": p.job_id, "outcome": result.outcome, "output_tokens": result.output_tokens,
-            "finish_reason": result.finish_reason, "reason": result.reason, "worker_usage": result.worker_usage,
-            "output_text": text}, self._recorded)
+        served_by, worker = self._serving or (None, None)  # None: no attempt was recorded
+        end = {"job_id": p.job_id, "outcome": result.outcome, "output_tokens": result.output_tokens,
+               "finish_reason": result.finish_reason, "reason": result.reason, "worker_usage": result.worker_usage,
+               "output_text": text, "served_by": served_by, "worker": worker}
+        # Retried until it lands (job_end.py); a task of its own, so a cancelled job cannot stop it.
+        self._recorded: asyncio.Task[dict[str, Any] | None] = asyncio.get_running_loop().create_task(
+            record_job_end(self.runtime.job_writer, end), name=f"end-{p.job_id}")
+        _tasks.add(self._recorded)
+        self._recorded.add_done_callback(_tasks.discard)
         log.info("job ended", extra={"model": p.model, "outcome": result.outcome, "served_by": self.served_by,
                                      "prompt_tokens": len(p.prompt_ids), "output_tokens": result.output_tokens,
                                      "finish_reason": result.finish_reason, "reason": result.reason})

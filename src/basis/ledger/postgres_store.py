@@ -1,0 +1,87 @@
+"""eventsourcing's PostgreSQL factory, with inserts that survive an ambiguous commit.
+
+eventsourcing retries ``insert_events`` on a lost connection (``OperationalError``,
+``InterfaceError``: ten tries, 0.2 s apart). A connection can be lost *after* the server
+committed but before the client heard it. The retry then inserts the same rows again, hits the
+primary key of its own events and raises ``IntegrityError``: the group committer reads that as
+another writer's conflict and runs the batch again on the stored state, where it is refused
+(a job's end: "already completed") or, worse, could be applied on top of itself. So after a lost
+connection this recorder first looks at what the server holds: if the batch's events are stored
+with exactly this batch's bytes, the batch committed and the insert answers with their
+notification ids, as if the commit had been heard. A batch is one transaction, so its first
+event tells for all of them; a row with other bytes is a real conflict and stays one.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from eventsourcing.persistence import IntegrityError, InterfaceError, OperationalError, StoredEvent
+from eventsourcing.postgres import PostgresApplicationRecorder, PostgresFactory
+from psycopg.sql import SQL, Identifier
+
+log = logging.getLogger(__name__)
+
+ATTEMPTS = 10  # as eventsourcing's own retry
+WAIT_S = 0.2
+_insert_once = PostgresApplicationRecorder.insert_events.__wrapped__  # eventsourcing's, without its retry
+
+
+class LedgerPostgresRecorder(PostgresApplicationRecorder):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._select_stored = SQL(
+            "SELECT originator_id, originator_version, state, notification_id FROM {schema}.{table} "
+            "WHERE (originator_id, originator_version) IN (SELECT * FROM unnest(%s::{id_type}[], %s::bigint[]))"
+        ).format(schema=Identifier(self.datastore.schema), table=Identifier(self.events_table_name),
+                 id_type=Identifier(self.datastore.originator_id_type))
+
+    def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
+        in_doubt = False  # an earlier try lost its connection: it may have committed
+        for attempt in range(1, ATTEMPTS + 1):
+            try:
+                return _insert_once(self, stored_events, **kwargs)
+            except IntegrityError:
+                if in_doubt:
+                    ids = self._committed(stored_events)
+                    if ids is not None:
+                        return ids
+                raise
+            except (InterfaceError, OperationalError) as exc:
+                if attempt == ATTEMPTS:
+                    raise
+                in_doubt = True
+                try:
+                    ids = self._committed(stored_events)
+                except (InterfaceError, OperationalError):
+                    ids = None  # the server is still out of reach: try again
+                if ids is not None:
+                    log.warning("an insert lost its connection after it committed; its %d event(s) are stored",
+                                len(stored_events))
+                    return ids
+                log.warning("an insert lost its connection before it committed (attempt %d): %s", attempt, exc)
+                time.sleep(WAIT_S * (1 + 0.1 * (random.random() - 0.5)))
+        raise AssertionError("unreachable")
+
+    def _committed(self, stored_events: Sequence[StoredEvent]) -> list[int] | None:
+        """The notification ids of ``stored_events`` if this very batch is stored, else None."""
+        if not stored_events:
+            return []
+        keys = [(s.originator_id, s.originator_version) for s in stored_events]
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute(self._select_stored, ([k[0] for k in keys], [k[1] for k in keys]))
+            rows = {(r["originator_id"], r["originator_version"]): r for r in curs.fetchall()}
+        first = rows.get(keys[0])
+        if first is None or bytes(first["state"]) != bytes(stored_events[0].state):
+            return None  # not committed (or another writer's row: a real conflict, reported as one)
+        if len(rows) != len(keys):  # one transaction: all of it or none of it
+            raise IntegrityError(f"only {len(rows)} of {len(keys)} events of one batch are stored")
+        return [rows[k]["notification_id"] for k in keys]
+
+
+class LedgerPostgresFactory(PostgresFactory):
+    application_recorder_class = LedgerPostgresRecorder
