@@ -41,10 +41,12 @@ from basis.domain.merkle import receipts_tree, rewards_tree
 from basis.ledger.accounts import Account
 from basis.ledger.committer import UnitOfWork
 from basis.ledger.errors import LedgerError
+from basis.ledger.export import LedgerHeads
 from basis.ledger.jobs import Job
 from basis.ledger.projections import ViewReader
 from basis.ledger.service import Ledger
 from basis.ledger.settlement import SettlementBatch, SettlementLog, batch_aggregate_id, settlement_log_id
+from basis.settlement.anchors import anchor_in_transaction
 from basis.settlement.chain import TOPICS, ZERO32, Chain, from_hex, hex32
 from basis.units import Seconds
 
@@ -133,8 +135,10 @@ def record_submitted(batch_id: str, tx_hash: str, nonce: int) -> Callable[[UnitO
     return cmd
 
 
-def confirm_batch(batch_id: str, tx_hash: str, block: int, gas_used: int) -> Callable[[UnitOfWork], bool]:
-    """Confirm the batch and settle its receipts, atomically. False when it was already closed."""
+def confirm_batch(batch_id: str, tx_hash: str, block: int, gas_used: int,
+                  anchor: tuple[int, str] | None = None) -> Callable[[UnitOfWork], bool]:
+    """Confirm the batch and settle its receipts, atomically. False when it was already closed.
+    ``anchor``: the ledger (position, head) its transaction anchored (read from the chain's log)."""
 
     def cmd(uow: UnitOfWork) -> bool:
         batch = uow.find(SettlementBatch, batch_aggregate_id(batch_id))
@@ -143,7 +147,8 @@ def confirm_batch(batch_id: str, tx_hash: str, block: int, gas_used: int) -> Cal
             return False
         slog = uow.find(SettlementLog, settlement_log_id(batch.chain_id, batch.vault))
         assert slog is not None
-        batch.confirm(tx_hash=tx_hash, block=block, gas_used=gas_used)
+        batch.confirm(tx_hash=tx_hash, block=block, gas_used=gas_used, anchor_position=anchor and anchor[0],
+                      anchor_head=anchor and anchor[1])
         slog.close_batch(batch_id=batch_id, confirmed=True)
         by_account: dict[str, list[str]] = defaultdict(list)
         for index, e in enumerate(batch.jobs):
@@ -193,6 +198,7 @@ class Settler:
         self.receipt_timeout = receipt_timeout
         self.hook = hook or (lambda stage: None)
         self._lock = threading.Lock()
+        self.heads = LedgerHeads(ledger.store, ledger.settings.home / "ledger-head.json")
 
     @property
     def log_id(self) -> UUID:
@@ -267,9 +273,10 @@ class Settler:
 
     def _submit(self, batch: SettlementBatch) -> dict[str, Any] | None:
         w3 = self.chain.w3
+        anchor = self.heads.latest()  # committed, and after the batch's own events: docs/audit.md
         fn = self.contracts.vault.functions.settle(
             from_hex(batch.batch_id), batch.to_distributor, batch.to_treasury, batch.reward_top_up,
-            from_hex(batch.rewards_root), from_hex(batch.receipts_root))
+            from_hex(batch.rewards_root), from_hex(batch.receipts_root), anchor.position, anchor.head)
         nonce = w3.eth.get_transaction_count(self.sender.address, "pending")
         try:
             tx = fn.build_transaction({"from": self.sender.address, "nonce": nonce, "chainId": self.chain.chain_id})
@@ -304,7 +311,8 @@ class Settler:
         return hex32(logs[0]["transactionHash"]), int(logs[0]["blockNumber"])
 
     def _confirm(self, batch_id: str, tx_hash: str, block: int, gas_used: int) -> dict[str, Any]:
-        self.ledger.run(confirm_batch(batch_id, tx_hash, block, gas_used))
+        anchor = anchor_in_transaction(self.chain, tx_hash)
+        self.ledger.run(confirm_batch(batch_id, tx_hash, block, gas_used, anchor))
         self.hook("confirmed")
         return self.summary(self._batch(batch_id))
 
