@@ -277,6 +277,9 @@ def test_tampering_is_refused_on_chain_and_named_by_the_audit(env, anvil):
     audit_chain(env.settings, chain_report, w3=env.w3, manifest=env.manifest)
     assert any(str(job_id) in p and "hash" in p for p in report.problems), report.problems
     assert any(str(job_id) in p and "does not include" in p for p in chain_report.problems), chain_report.problems
+    # ... and the ledger head the settlement anchored no longer matches the store
+    assert any(p.startswith("ledger position") and "anchored head on chain" in p for p in chain_report.problems), \
+        chain_report.problems
 
 
 def test_without_a_vault_everything_is_pending(settings):
