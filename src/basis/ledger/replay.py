@@ -183,15 +183,13 @@ def read_export(files: Iterable[Path], store: LedgerStore) -> tuple[ExportReadin
 
 
 def _parse(raw: bytes, where: str, reading: ExportReading) -> tuple[int, str, int, str, dict, str, bool] | None:
-    guess = _POSITION.search(raw)
-    position = int(guess.group(1)) if guess else None
     try:
         obj, has_float = decode_json(raw.decode())
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        reading.problem(position, f"{where} is not a JSON line ({exc})")
+        reading.problem(_guess_position(raw), f"{where} is not a JSON line ({exc})")
         return None
     if not isinstance(obj, dict) or set(obj) != LINE_KEYS:
-        reading.problem(position, f"{where} must hold exactly the keys {sorted(LINE_KEYS)}")
+        reading.problem(_guess_position(raw), f"{where} must hold exactly the keys {sorted(LINE_KEYS)}")
         return None
     position, stream, version, topic = obj["position"], obj["stream"], obj["version"], obj["topic"]
     state, head = obj["state"], obj["head"]
@@ -204,6 +202,12 @@ def _parse(raw: bytes, where: str, reading: ExportReading) -> tuple[int, str, in
                         "stream a lowercase UUID, topic a string, state an object, head 0x + 64 lowercase hex)")
         return None
     return position, stream, version, topic, state, head, has_float
+
+
+def _guess_position(raw: bytes) -> int | None:
+    """The position a damaged line names, so the problem can still be placed."""
+    guess = _POSITION.search(raw)
+    return int(guess.group(1)) if guess else None
 
 
 def _check_streams(db: sqlite3.Connection, table: str, reading: ExportReading) -> None:
