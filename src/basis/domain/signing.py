@@ -40,9 +40,10 @@ def hash_bytes(receipt_hash: str) -> bytes:
 def recover_signer(receipt_hash: str, signature: str) -> str:
     """The checksummed address that signed this hash, exactly as an outside verifier computes it.
 
-    The usual form (r and s in [1, n), v 27 or 28) is recovered with coincurve (about 0.1 ms, a
-    twentieth of eth-account's path; a test holds the two equal); anything else takes eth-account's
-    own path, so what is accepted or refused is eth-account's decision."""
+    The usual form (r and s in [1, n), v 27 or 28) is recovered with coincurve directly (0.064 ms
+    CPU against 0.129 ms through eth-account's objects, which the audit pays once per receipt; a
+    test holds the two equal); anything else takes eth-account's own path, so what is accepted or
+    refused is eth-account's decision."""
     raw = signature.removeprefix("0x")
     if len(raw) == 130:
         try:

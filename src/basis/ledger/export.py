@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -268,7 +269,11 @@ class LedgerHeads:
         if last > self.point.position:
             self.point = head_at(self.store, last, self.point)
             if self.cache is not None:
-                tmp = self.cache.with_suffix(".tmp")
-                tmp.write_text(json.dumps({"position": self.point.position, "head": self.point.head_hex}))
-                os.replace(tmp, self.cache)
+                try:
+                    self.cache.parent.mkdir(parents=True, exist_ok=True)
+                    tmp = self.cache.with_suffix(".tmp")
+                    tmp.write_text(json.dumps({"position": self.point.position, "head": self.point.head_hex}))
+                    os.replace(tmp, self.cache)
+                except OSError:  # only a cache: the next process hashes from the start instead
+                    logging.getLogger(__name__).warning("cannot write the ledger head cache %s", self.cache)
         return ChainPoint(self.point.position, self.point.head)
