@@ -182,3 +182,26 @@ def test_canonical_form_is_jcs_with_exact_integers():
     assert canonical({"amount": 10**24}) == '{"amount":1000000000000000000000000}'
     with pytest.raises(ValueError):
         canonical(math.inf)
+
+
+def test_duplicated_lines_and_foreign_types_are_named_and_never_replayed(exported, tmp_path):
+    path, _, _ = exported
+    lines = read_lines(path)
+    # The same event twice (a copy appended, rechained so only the duplicate is wrong).
+    report, summary = _audit(tmp_path, rechain([*lines, lines[3]], len(lines)))
+    assert not report.ok and summary["first_bad_position"] == position_of(lines[3])
+    assert any("appears twice" in p for p in report.problems), report.problems
+    # A type the ledger does not have is refused before eventsourcing could import it.
+    opened = json.loads(lines[0])
+    assert opened["topic"] == "basis:Account.Opened.v1"
+    foreign = dict(opened, position=position_of(lines[-1]) + 1, stream=str(uuid.uuid4()))
+    foreign["state"] = dict(opened["state"], originator_topic="subprocess:Popen")
+    unknown = dict(foreign, position=foreign["position"] + 1, stream=str(uuid.uuid4()), topic="os:system")
+    report, summary = _audit(tmp_path, rechain([*lines, json.dumps(foreign), json.dumps(unknown)], len(lines)))
+    assert summary["first_bad_position"] == foreign["position"]
+    assert report.problems[:2] == [
+        f"position {foreign['position']}: names the aggregate type 'subprocess:Popen', which the ledger does not "
+        "have; not replayed",
+        f"position {unknown['position']}: topic 'os:system' is unknown to this auditor (a newer ledger?); its lines "
+        "are not replayed"]
+    assert report.problems[2:] == [] and summary["events"] == len(lines) + 2

@@ -69,6 +69,8 @@ def audit_events(files: list[Path], *, signer: str | None = None, chain: bool = 
             store.close()
     report.problems[:0] = [message for _, message in named]
     positions = [p for p, _ in named if p is not None]
+    if summary.get("first_bad_position") is not None:
+        positions.append(summary["first_bad_position"])
     summary["first_bad_position"] = min(positions) if positions else None
     return report, summary
 

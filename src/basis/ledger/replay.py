@@ -32,11 +32,13 @@ from basis.ledger.export import (
 from basis.ledger.store import AGGREGATES, LedgerStore
 
 PAGE = 5000
+MAX_PROBLEMS = 1000
 _HEX64 = re.compile(r"0x[0-9a-f]{64}\Z")
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
 _POSITION = re.compile(rb'"position"\s*:\s*(\d+)')
 KNOWN_TOPICS = frozenset(
     v.TOPIC for agg in AGGREGATES for v in vars(agg).values() if isinstance(v, type) and getattr(v, "TOPIC", None))
+AGGREGATE_TOPICS = frozenset(agg.TOPIC for agg in AGGREGATES)
 CLAIM_TOPIC = "basis:SettlementBatch.Confirmed.v1"
 
 
@@ -60,14 +62,17 @@ class ExportReading:
     problems: list[tuple[int | None, str]] = field(default_factory=list)
     claims: list[Claim] = field(default_factory=list)
 
+    omitted: int = 0
+    first_bad_position: int | None = None
+
     def problem(self, position: int | None, message: str) -> None:
+        if position is not None and (self.first_bad_position is None or position < self.first_bad_position):
+            self.first_bad_position = position
+        if len(self.problems) >= MAX_PROBLEMS:  # a hostile file must not fill the auditor's memory
+            self.omitted += 1
+            return
         where = f"position {position}" if position is not None else "export"
         self.problems.append((position, f"{where}: {message}"))
-
-    @property
-    def first_bad_position(self) -> int | None:
-        named = [p for p, _ in self.problems if p is not None]
-        return min(named) if named else None
 
     def as_dict(self) -> dict[str, Any]:
         return {"lines": self.lines, "events": self.events, "first_position": self.first_position,
@@ -128,7 +133,9 @@ def read_export(files: Iterable[Path], store: LedgerStore) -> tuple[ExportReadin
         try:
             db.executemany(insert, events)
         except sqlite3.IntegrityError:
-            for row in events:  # find the duplicate to name it
+            db.execute("ROLLBACK")
+            db.execute("BEGIN")
+            for row in events:  # one by one, to name the duplicate
                 try:
                     db.execute(insert, row)
                 except sqlite3.IntegrityError:
@@ -159,9 +166,19 @@ def read_export(files: Iterable[Path], store: LedgerStore) -> tuple[ExportReadin
                                                   "reordered or inserted")
                 if position <= previous_position:
                     reading.problem(position, f"comes after position {previous_position} (lines out of order)")
-                if topic not in KNOWN_TOPICS and topic not in unknown_topics:
-                    unknown_topics.add(topic)
-                    reading.problem(position, f"topic {topic!r} is unknown to this auditor (a newer ledger?)")
+                # eventsourcing resolves topics to classes by importing them: a line naming anything
+                # but the ledger's own event and aggregate types is never stored, so never replayed.
+                importable = True
+                if topic not in KNOWN_TOPICS:
+                    importable = False
+                    if topic not in unknown_topics:
+                        unknown_topics.add(topic)
+                        reading.problem(position, f"topic {topic!r} is unknown to this auditor (a newer ledger?); "
+                                                  "its lines are not replayed")
+                elif "originator_topic" in state and state["originator_topic"] not in AGGREGATE_TOPICS:
+                    importable = False
+                    reading.problem(position, f"names the aggregate type {state['originator_topic']!r}, which the "
+                                              "ledger does not have; not replayed")
                 if topic == CLAIM_TOPIC and state.get("anchor_position") is not None:
                     reading.claims.append(Claim(position, stream, state["anchor_position"],
                                                 str(state.get("anchor_head"))))
@@ -172,11 +189,16 @@ def read_export(files: Iterable[Path], store: LedgerStore) -> tuple[ExportReadin
                 reading.events += 1
                 reading.last_position = previous_position
                 reading.head = head
-                events.append((position, stream.replace("-", ""), version, topic, state_json.encode()))
+                if importable:
+                    events.append((position, stream.replace("-", ""), version, topic, state_json.encode()))
                 head_rows.append((position, head))
                 if len(events) >= PAGE:
                     flush()
     flush()
+    if reading.events == 0:
+        reading.problem(None, "it holds no events")
+    if reading.omitted:
+        reading.problems.append((None, f"export: {reading.omitted} more problem(s) not listed"))
     _check_streams(db, rec.events_table_name, reading)
     _check_claims(heads, reading)
     return reading, heads
