@@ -205,3 +205,22 @@ def test_duplicated_lines_and_foreign_types_are_named_and_never_replayed(exporte
         f"position {unknown['position']}: topic 'os:system' is unknown to this auditor (a newer ledger?); its lines "
         "are not replayed"]
     assert report.problems[2:] == [] and summary["events"] == len(lines) + 2
+
+
+@pytest.mark.postgres
+def test_an_export_of_a_postgresql_ledger_audits_the_same_way(pg_dsn, tmp_path):
+    settings = Settings(home=tmp_path / "pg-home", database_url=pg_dsn)
+    ledger = Ledger(settings)
+    try:
+        fill(ledger)
+        path = tmp_path / "pg.jsonl"
+        with open(path, "w") as fh:
+            point = export(ledger.store, fh)
+        signer = ledger.signer.address
+    finally:
+        ledger.close()
+    lines = read_lines(path)
+    assert lines == rechain(lines) and point.position == position_of(lines[-1])
+    report, summary = audit_events([path], signer=signer)
+    assert report.ok, report.problems
+    assert report.receipts == 3 and summary["events"] == len(lines)
