@@ -18,6 +18,11 @@ environment to use); without BASIS_DATABASE_URL a throwaway cluster is started a
 at exit unless --keep-postgres.
 
     python scripts/bench_ledger.py --jobs 20000 --clients 8 --backend both
+
+``--export-audit`` then times the auditor's path on the SQLite store, each step in a fresh process
+(its peak RSS is its own): ``basis ledger export`` of the whole log to a file, and ``basis audit
+--events`` of that file (chain verified, fresh temporary store, replay and every check); run it on
+stores of two sizes to see memory flat. ``--jobs 0 --export-audit`` benches the existing store.
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ from basis.ledger.service import Ledger  # noqa: E402
 
 TARGET_JOBS_PER_S = 5_000  # SQLite lifecycle ingest
 TARGET_REPLAY_EVENTS_PER_S = 50_000
+TARGET_EXPORT_AUDIT_EVENTS_PER_S = 50_000  # export, and audit from the export, each
 MODELS = ("basis-default", "basis-small", "basis-large")
 WORKERS = ["0x" + format(i, "040x") for i in range(1, 33)]
 
@@ -364,7 +370,69 @@ def run_backend(backend: str, args: argparse.Namespace, home: Path, dsn: str | N
     return result
 
 
+def _export_audit_step(step: str, home: str, path: str, upto: int) -> None:
+    """One step in this (fresh) process; prints a JSON line: seconds, events, peak RSS."""
+    import json
+    import resource
+
+    settings = Settings(home=Path(home), database_url=None)
+    import basis.cli.audit_events  # noqa: F401  (module imports, ~1-2 s, are process start, not the step)
+    t0, c0 = time.perf_counter(), time.process_time()
+    if step == "export":
+        from basis.ledger.export import export
+        from basis.ledger.store import LedgerStore
+
+        store = LedgerStore(settings.event_store_env())
+        with open(path, "w") as fh:
+            point = export(store, fh, upto=upto)
+        store.close()
+        out = {"events": point.position, "head": point.head_hex, "ok": True}
+    else:
+        from basis.cli.audit_events import audit_events
+        from basis.domain.signing import ReceiptSigner
+
+        report, summary = audit_events([Path(path)], signer=ReceiptSigner(settings.operator_key()).address)
+        out = {"events": summary["events"], "head": summary["head"], "ok": report.ok, "problems": report.problems[:5],
+               "receipts": report.receipts}
+    out.update(seconds=time.perf_counter() - t0, cpu_seconds=time.process_time() - c0,
+               peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    print(json.dumps(out))
+
+
+def bench_export_audit(home: Path) -> bool:
+    import json
+    import subprocess
+
+    settings = Settings(home=home, database_url=None)
+    ledger_events = Ledger(settings)
+    total = ledger_events.store.recorder.max_notification_id() or 0
+    ledger_events.close()
+    ok = True
+    with tempfile.TemporaryDirectory(prefix="basis-bench-export-") as tmp:
+        for upto in (total,):  # a cut elsewhere (--to) may fall inside one commit: not a ledger state
+            path = str(Path(tmp) / f"ledger-{upto}.jsonl")
+            for step in ("export", "audit"):
+                proc = subprocess.run([sys.executable, __file__, "--step", step, str(home), path, str(upto)],
+                                      capture_output=True, text=True)
+                if proc.returncode != 0:
+                    print(proc.stderr[-3000:])
+                    return False
+                r = json.loads(proc.stdout.strip().splitlines()[-1])
+                rate, cpu_rate = r["events"] / r["seconds"], r["events"] / r["cpu_seconds"]
+                size = f", file {os.path.getsize(path) / 2**20:.0f} MiB" if step == "export" else ""
+                target = "met" if rate >= TARGET_EXPORT_AUDIT_EVENTS_PER_S else "not met"
+                print(f"[export-audit] {step:6} {r['events']:>9,} events: {r['seconds']:.2f} s wall, {rate:,.0f} "
+                      f"events/s (target {TARGET_EXPORT_AUDIT_EVENTS_PER_S:,}: {target}); {r['cpu_seconds']:.2f} s "
+                      f"CPU, {cpu_rate:,.0f} events per CPU-second; peak RSS {r['peak_rss_mb']:.0f} MB"
+                      f"{size}{'' if r['ok'] else ', FAILED: ' + str(r.get('problems'))}", flush=True)
+                ok = ok and r["ok"]
+    return ok
+
+
 def main() -> int:
+    if len(sys.argv) == 6 and sys.argv[1] == "--step":
+        _export_audit_step(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]))
+        return 0
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=20_000)
     parser.add_argument("--clients", type=int, default=8, help="concurrent client threads")
@@ -378,7 +446,14 @@ def main() -> int:
                         help="leave the throwaway PostgreSQL cluster running (its URL is printed)")
     parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
                         help="cProfile the writer thread (ingest) and the replay; .prof files go to DIR")
+    parser.add_argument("--export-audit", action="store_true",
+                        help="then time `basis ledger export` and `basis audit --events` (SQLite store)")
     args = parser.parse_args()
+    if args.jobs == 0 and args.export_audit:
+        home = Settings().home
+        print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cpus, Python "
+              f"{platform.python_version()}; existing store BASIS_HOME={home}")
+        return 0 if bench_export_audit(home) else 1
     if args.jobs < 1 or args.clients < 1 or args.inflight < 1 or args.processes < 1:
         parser.error("--jobs, --clients, --inflight and --processes must be positive")
     if args.profile:
@@ -425,7 +500,10 @@ def main() -> int:
     for i, prof in enumerate(_writer_profiles):
         if prof.getstats():
             print_profile(prof, f"writer thread #{i} (ingest)", args.profile / f"writer-{i}.prof")
-    return 0 if all(r.audit_ok for r in results) else 1
+    exported_ok = True
+    if args.export_audit and args.backend in ("sqlite", "both"):
+        exported_ok = bench_export_audit(home)
+    return 0 if all(r.audit_ok for r in results) and exported_ok else 1
 
 
 if __name__ == "__main__":

@@ -23,7 +23,8 @@ import {RewardDistributor} from "./RewardDistributor.sol";
 ///   treasury-funded reward top-up for granted credit straight from the treasury to the
 ///   distributor (the treasury approves this vault), and posts the batch's rewards and receipts
 ///   roots on the distributor. The distributor rejects a batch id it has seen, so a batch settles
-///   at most once.
+///   at most once. The same call anchors the off-chain ledger: (position, head) of its export's
+///   hash chain (docs/audit.md), strictly increasing positions, emitted as `LedgerAnchored`.
 /// - `withdraw` pays out unspent credit against an EIP-712 `Withdrawal` voucher signed by the
 ///   current operator; each nonce is usable once, and only until `expiry` (block timestamp).
 /// Per-account balances live in the off-chain ledger; the vault tracks totals so that
@@ -44,6 +45,10 @@ contract CreditVault is Ownable2Step, Pausable, ReentrancyGuardTransient, EIP712
 
     /// @notice Settles batches and signs withdrawal vouchers.
     address public operator;
+
+    /// @notice Ledger position of the latest anchor (0: none yet). Packed beside `operator`, whose
+    /// slot `settle` reads anyway, so updating it costs a warm write.
+    uint64 public anchoredPosition;
 
     /// @notice Receives fees; funds rewards earned on granted credit (approves this vault).
     address public treasury;
@@ -130,13 +135,17 @@ contract CreditVault is Ownable2Step, Pausable, ReentrancyGuardTransient, EIP712
     /// @param rewardTopUp rewards on granted credit, pulled from the treasury to the distributor.
     /// @param rewardsRoot new cumulative rewards root (StandardMerkleTree of (address, uint256)).
     /// @param receiptsRoot root of the batch's receipts tree (StandardMerkleTree of (bytes32)).
+    /// @param ledgerPosition a ledger position at or after the batch; above every earlier anchor's.
+    /// @param ledgerHead the ledger export's hash-chain head at `ledgerPosition` (docs/audit.md).
     function settle(
         bytes32 batchId,
         uint256 toDistributor,
         uint256 toTreasury,
         uint256 rewardTopUp,
         bytes32 rewardsRoot,
-        bytes32 receiptsRoot
+        bytes32 receiptsRoot,
+        uint64 ledgerPosition,
+        bytes32 ledgerHead
     ) external onlyOperator nonReentrant whenNotPaused {
         uint256 moved = toDistributor + toTreasury;
         uint256 avail = _available();
@@ -149,6 +158,13 @@ contract CreditVault is Ownable2Step, Pausable, ReentrancyGuardTransient, EIP712
 
         // Reverts with BatchAlreadyPosted / ZeroRoot: a batch id settles at most once.
         DISTRIBUTOR.postRoot(batchId, rewardsRoot, receiptsRoot);
+
+        // After postRoot, so that a replayed batch still reverts with BatchAlreadyPosted.
+        if (ledgerHead == bytes32(0)) revert ErrorsLib.ZeroLedgerHead();
+        uint64 previous = anchoredPosition;
+        if (ledgerPosition <= previous) revert ErrorsLib.AnchorNotAfter(ledgerPosition, previous);
+        anchoredPosition = ledgerPosition;
+        emit EventsLib.LedgerAnchored(batchId, ledgerPosition, ledgerHead);
 
         if (toDistributor != 0) TOKEN.safeTransfer(address(DISTRIBUTOR), toDistributor);
         if (toTreasury != 0) TOKEN.safeTransfer(treasury, toTreasury);

@@ -135,10 +135,10 @@ contract CreditVaultTest is BaseTest {
         _deposit(alice, 100 ether, ACCOUNT);
         vm.prank(stranger);
         vm.expectRevert(abi.encodeWithSelector(ErrorsLib.NotOperator.selector, stranger));
-        vault.settle("b1", 1 ether, 1 ether, 0, bytes32(0), RECEIPTS_ROOT);
+        vault.settle("b1", 1 ether, 1 ether, 0, bytes32(0), RECEIPTS_ROOT, 1, LEDGER_HEAD);
         vm.prank(owner);
         vm.expectRevert(abi.encodeWithSelector(ErrorsLib.NotOperator.selector, owner));
-        vault.settle("b1", 1 ether, 1 ether, 0, bytes32(0), RECEIPTS_ROOT);
+        vault.settle("b1", 1 ether, 1 ether, 0, bytes32(0), RECEIPTS_ROOT, 1, LEDGER_HEAD);
         assertEq(token.balanceOf(address(vault)), 100 ether);
         assertFalse(distributor.isBatchPosted("b1"));
     }
@@ -148,7 +148,7 @@ contract CreditVaultTest is BaseTest {
         _settle("b1", 10 ether, 10 ether, 0, bytes32(uint256(1)));
         vm.prank(operator);
         vm.expectRevert(abi.encodeWithSelector(ErrorsLib.BatchAlreadyPosted.selector, bytes32("b1")));
-        vault.settle("b1", 10 ether, 10 ether, 0, bytes32(uint256(2)), RECEIPTS_ROOT);
+        vault.settle("b1", 10 ether, 10 ether, 0, bytes32(uint256(2)), RECEIPTS_ROOT, 1, LEDGER_HEAD);
         assertEq(token.balanceOf(address(vault)), 80 ether);
         assertEq(vault.totalSettled(), 20 ether);
         assertEq(distributor.rewardsRoot(), bytes32(uint256(1)));
@@ -157,7 +157,7 @@ contract CreditVaultTest is BaseTest {
     function test_settle_revertsOnZeroReceiptsRoot() public {
         vm.prank(operator);
         vm.expectRevert(ErrorsLib.ZeroRoot.selector);
-        vault.settle("b1", 0, 0, 0, bytes32(0), bytes32(0));
+        vault.settle("b1", 0, 0, 0, bytes32(0), bytes32(0), 1, LEDGER_HEAD);
     }
 
     function test_settle_revertsWhenMovingMoreThanDeposits() public {
@@ -167,7 +167,7 @@ contract CreditVaultTest is BaseTest {
         token.transfer(address(vault), 50 ether);
         vm.prank(operator);
         vm.expectRevert(abi.encodeWithSelector(ErrorsLib.InsufficientVaultBalance.selector, 101 ether, 100 ether));
-        vault.settle("b1", 51 ether, 50 ether, 0, bytes32(0), RECEIPTS_ROOT);
+        vault.settle("b1", 51 ether, 50 ether, 0, bytes32(0), RECEIPTS_ROOT, 1, LEDGER_HEAD);
     }
 
     function test_settle_revertsWhenTreasuryDidNotApprove() public {
@@ -175,7 +175,7 @@ contract CreditVaultTest is BaseTest {
         token.approve(address(vault), 0);
         vm.prank(operator);
         vm.expectRevert(); // ERC20InsufficientAllowance
-        vault.settle("b1", 0, 0, 1 ether, bytes32(0), RECEIPTS_ROOT);
+        vault.settle("b1", 0, 0, 1 ether, bytes32(0), RECEIPTS_ROOT, 1, LEDGER_HEAD);
         assertFalse(distributor.isBatchPosted("b1"));
     }
 
@@ -184,7 +184,57 @@ contract CreditVaultTest is BaseTest {
         vault.pause();
         vm.prank(operator);
         vm.expectRevert(Pausable.EnforcedPause.selector);
-        vault.settle("b1", 0, 0, 0, bytes32(0), RECEIPTS_ROOT);
+        vault.settle("b1", 0, 0, 0, bytes32(0), RECEIPTS_ROOT, 1, LEDGER_HEAD);
+    }
+
+    // ---------------------------------------------------------------- anchors
+
+    function test_settle_anchorsTheLedger() public {
+        assertEq(vault.anchoredPosition(), 0);
+        vm.expectEmit(address(vault));
+        emit EventsLib.LedgerAnchored("b1", 41, keccak256("h41"));
+        vm.prank(operator);
+        vault.settle("b1", 0, 0, 0, bytes32(0), RECEIPTS_ROOT, 41, keccak256("h41"));
+        assertEq(vault.anchoredPosition(), 41);
+        // The packed slot keeps the operator intact.
+        assertEq(vault.operator(), operator);
+        vm.prank(operator);
+        vault.settle("b2", 0, 0, 0, bytes32(0), RECEIPTS_ROOT, 42, keccak256("h42"));
+        assertEq(vault.anchoredPosition(), 42);
+    }
+
+    function test_settle_revertsOnZeroLedgerHead() public {
+        vm.prank(operator);
+        vm.expectRevert(ErrorsLib.ZeroLedgerHead.selector);
+        vault.settle("b1", 0, 0, 0, bytes32(0), RECEIPTS_ROOT, 1, bytes32(0));
+        assertFalse(distributor.isBatchPosted("b1"));
+    }
+
+    function test_settle_revertsWhenAnchorDoesNotAdvance() public {
+        _settle("b1", 0, 0, 0, bytes32(0)); // anchors position 1
+        vm.prank(operator);
+        vm.expectRevert(abi.encodeWithSelector(ErrorsLib.AnchorNotAfter.selector, uint64(1), uint64(1)));
+        vault.settle("b2", 0, 0, 0, bytes32(0), RECEIPTS_ROOT, 1, LEDGER_HEAD);
+        vm.prank(operator);
+        vm.expectRevert(abi.encodeWithSelector(ErrorsLib.AnchorNotAfter.selector, uint64(0), uint64(1)));
+        vault.settle("b2", 0, 0, 0, bytes32(0), RECEIPTS_ROOT, 0, LEDGER_HEAD);
+        assertFalse(distributor.isBatchPosted("b2"));
+        assertEq(vault.anchoredPosition(), 1);
+    }
+
+    function testFuzz_anchorPositionsMustIncrease(uint64 first, uint64 second) public {
+        first = uint64(bound(first, 1, type(uint64).max));
+        vm.prank(operator);
+        vault.settle("b1", 0, 0, 0, bytes32(0), RECEIPTS_ROOT, first, LEDGER_HEAD);
+        vm.prank(operator);
+        if (second <= first) {
+            vm.expectRevert(abi.encodeWithSelector(ErrorsLib.AnchorNotAfter.selector, second, first));
+            vault.settle("b2", 0, 0, 0, bytes32(0), RECEIPTS_ROOT, second, LEDGER_HEAD);
+            assertEq(vault.anchoredPosition(), first);
+        } else {
+            vault.settle("b2", 0, 0, 0, bytes32(0), RECEIPTS_ROOT, second, LEDGER_HEAD);
+            assertEq(vault.anchoredPosition(), second);
+        }
     }
 
     // ---------------------------------------------------------------- withdraw

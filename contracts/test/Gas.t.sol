@@ -33,13 +33,17 @@ contract GasTest is BaseTest {
 
         bytes32[] memory l1 = _leaves(1 ether);
         vm.prank(operator);
-        vault.settle("batch-1", 136 ether, 100 ether, 0, MerkleHelper.root(l1), RECEIPTS_ROOT);
+        vault.settle(
+            "batch-1", 136 ether, 100 ether, 0, MerkleHelper.root(l1), RECEIPTS_ROOT, 1_000, keccak256("head 1")
+        );
 
         distributor.claim(ws[3], 4 ether, MerkleHelper.proof(l1, 3)); // first claim
 
         bytes32[] memory l2 = _leaves(2 ether);
         vm.prank(operator);
-        vault.settle("batch-2", 136 ether, 100 ether, 10 ether, MerkleHelper.root(l2), RECEIPTS_ROOT);
+        vault.settle(
+            "batch-2", 136 ether, 100 ether, 10 ether, MerkleHelper.root(l2), RECEIPTS_ROOT, 2_000, keccak256("head 2")
+        );
 
         distributor.claim(ws[3], 8 ether, MerkleHelper.proof(l2, 3)); // repeat claim
 

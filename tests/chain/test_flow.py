@@ -95,6 +95,8 @@ def test_full_flow(basis, w3, anvil, actors, workers):
         reward_top_up=top_up,
         rewards_root=rtree.root,
         receipts_root=ktree.root,
+        ledger_position=100,
+        ledger_head=b"\x0a" * 32,
     )
     GAS["settle"] = res.gas_used
     settled = res.event("Settled")
@@ -138,6 +140,8 @@ def test_full_flow(basis, w3, anvil, actors, workers):
         reward_top_up=0,
         rewards_root=rtree2.root,
         receipts_root=ktree2.root,
+        ledger_position=200,
+        ledger_head=b"\x0b" * 32,
     )
     GAS["settle_no_top_up"] = res.gas_used
     res = basis.claim(
@@ -208,6 +212,8 @@ def test_attacks_revert_with_named_errors_and_move_nothing(basis, w3, anvil, act
             reward_top_up=0,
             rewards_root=b"\x11" * 32,
             receipts_root=ktree.root,
+            ledger_position=10**6,
+            ledger_head=b"\x11" * 32,
         )
     assert err.value.name == "NotOperator"
 
@@ -221,6 +227,8 @@ def test_attacks_revert_with_named_errors_and_move_nothing(basis, w3, anvil, act
             reward_top_up=0,
             rewards_root=b"\x11" * 32,
             receipts_root=ktree.root,
+            ledger_position=10**6,
+            ledger_head=b"\x11" * 32,
         )
     assert err.value.name == "BatchAlreadyPosted"
     assert err.value.error_args["batchId"] == _batch_id(1)
@@ -235,6 +243,8 @@ def test_attacks_revert_with_named_errors_and_move_nothing(basis, w3, anvil, act
             reward_top_up=0,
             rewards_root=b"\x11" * 32,
             receipts_root=ktree.root,
+            ledger_position=10**6,
+            ledger_head=b"\x11" * 32,
         )
     assert err.value.name == "InsufficientVaultBalance"
 

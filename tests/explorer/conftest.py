@@ -41,8 +41,12 @@ def settle(ledger: Ledger, job_ids: list[str]) -> dict[str, Any]:
         return {"batch_id": batch_id, "tx_hash": TX_HASH, "from_view": False}
     batch_id = ledger.run(propose_batch(CHAIN_ID, VAULT, DISTRIBUTOR, job_ids))
     ledger.run(record_submitted(batch_id, TX_HASH, 0))
-    assert ledger.run(confirm_batch(batch_id, TX_HASH, block=12, gas_used=210_000))
-    return {"batch_id": batch_id, "tx_hash": TX_HASH, "from_view": True}
+    from basis.ledger.export import head_at
+
+    anchor = head_at(ledger.store, ledger.store.recorder.max_notification_id())
+    assert ledger.run(confirm_batch(batch_id, TX_HASH, block=12, gas_used=210_000,
+                                    anchor=(anchor.position, anchor.head_hex)))
+    return {"batch_id": batch_id, "tx_hash": TX_HASH, "from_view": True, "anchor": (anchor.position, anchor.head_hex)}
 
 
 @dataclass

@@ -167,6 +167,8 @@ def test_settlement_page_lists_the_batch_and_what_waits(http, world):
         assert "confirmed" in body and "block 12" in body
         roots = re.findall(r'title="(0x[0-9a-f]{64})"', r.text)
         assert len(set(roots)) >= 3  # receipts root, rewards root, tx (and batch id)
+        position, head = world.batch["anchor"]
+        assert f"position {position:,}" in body and f'title="{head}"' in r.text  # the anchored ledger head
 
 
 def test_settlement_adapter_falls_back_without_a_batch_view(tmp_path, world):

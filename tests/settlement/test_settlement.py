@@ -252,14 +252,15 @@ def test_tampering_is_refused_on_chain_and_named_by_the_audit(env, anvil):
     fake = receipts_tree(["0x" + "77" * 32]).root
     with pytest.raises(ChainRevert) as err:
         env.c.settle(intruder, batch_id=b"\x01" * 32, to_distributor=0, to_treasury=0, reward_top_up=0,
-                     rewards_root=fake, receipts_root=fake)
+                     rewards_root=fake, receipts_root=fake, ledger_position=10**6, ledger_head=fake)
     assert err.value.name == "NotOperator"
     with pytest.raises(ChainRevert) as err:
         env.c.post_root(intruder, batch_id=b"\x01" * 32, rewards_root=fake, receipts_root=fake)
     assert err.value.name == "NotPoster"
     with pytest.raises(ChainRevert) as err:  # the operator cannot replay a posted batch id
         env.c.settle(env.operator, batch_id=from_hex(result["batch_id"]), to_distributor=0, to_treasury=0,
-                     reward_top_up=0, rewards_root=fake, receipts_root=fake)
+                     reward_top_up=0, rewards_root=fake, receipts_root=fake, ledger_position=10**6,
+                     ledger_head=fake)
     assert err.value.name == "BatchAlreadyPosted"
 
     # edit one field of the stored receipt in the events table: both audits name it
@@ -280,6 +281,9 @@ def test_tampering_is_refused_on_chain_and_named_by_the_audit(env, anvil):
     audit_chain(env.settings, chain_report, w3=env.w3, manifest=env.manifest)
     assert any(str(job_id) in p and "hash" in p for p in report.problems), report.problems
     assert any(str(job_id) in p and "does not include" in p for p in chain_report.problems), chain_report.problems
+    # ... and the ledger head the settlement anchored no longer matches the store
+    assert any(p.startswith("ledger position") and "anchored head on chain" in p for p in chain_report.problems), \
+        chain_report.problems
 
 
 def test_without_a_vault_everything_is_pending(settings):

@@ -10,6 +10,10 @@ library ErrorsLib {
     error ZeroAddress();
     /// @notice A root that must be set was zero.
     error ZeroRoot();
+    /// @notice A settlement's ledger head was zero.
+    error ZeroLedgerHead();
+    /// @notice A settlement's ledger position is not above the latest anchored one.
+    error AnchorNotAfter(uint64 position, uint64 anchoredPosition);
     /// @notice The caller is not the vault operator.
     error NotOperator(address caller);
     /// @notice The caller is not allowed to post roots on the distributor.

@@ -15,6 +15,10 @@ library EventsLib {
         bytes32 indexed batchId, uint256 toDistributor, uint256 toTreasury, uint256 rewardTopUp
     );
 
+    /// @notice Settlement `batchId` anchored the off-chain ledger: its export's hash-chain head at
+    /// `position` is `head` (docs/audit.md).
+    event LedgerAnchored(bytes32 indexed batchId, uint64 position, bytes32 head);
+
     /// @notice Unspent credit of `account` was withdrawn to `recipient` with voucher `nonce`.
     event Withdrawn(bytes32 indexed account, address indexed recipient, uint256 amount, uint256 indexed nonce);
 

@@ -44,4 +44,10 @@ contract InvariantsTest is StdInvariant, BaseTest {
         assertFalse(handler.doubleClaimed());
         assertFalse(handler.batchReplayed());
     }
+
+    /// Ledger anchors only move forward: the vault holds the latest one the handler posted.
+    function invariant_anchorsOnlyAdvance() public view {
+        assertFalse(handler.anchorRewound());
+        assertEq(vault.anchoredPosition(), handler.ghostAnchor());
+    }
 }

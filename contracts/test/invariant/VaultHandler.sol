@@ -35,6 +35,8 @@ contract VaultHandler is Test {
     bool public voucherReplayed;
     bool public doubleClaimed;
     bool public batchReplayed;
+    bool public anchorRewound;
+    uint64 public ghostAnchor;
 
     struct Voucher {
         bytes32 account;
@@ -86,7 +88,7 @@ contract VaultHandler is Test {
         ghostDeposited += amount;
     }
 
-    function settle(uint256 toDist, uint256 toTreas, uint256 topUp) external {
+    function settle(uint256 toDist, uint256 toTreas, uint256 topUp, uint64 advance) external {
         uint256 avail = vault.available();
         toDist = bound(toDist, 0, avail);
         toTreas = bound(toTreas, 0, avail - toDist);
@@ -104,8 +106,19 @@ contract VaultHandler is Test {
         }
         bytes32 batchId = keccak256(abi.encode("batch", batches++));
         vm.prank(vm.addr(operatorKey));
-        vault.settle(batchId, toDist, toTreas, topUp, MerkleHelper.root(leaves), keccak256(abi.encode(batchId)));
+        uint64 position = ghostAnchor + uint64(bound(advance, 1, 1_000_000));
+        vault.settle(
+            batchId,
+            toDist,
+            toTreas,
+            topUp,
+            MerkleHelper.root(leaves),
+            keccak256(abi.encode(batchId)),
+            position,
+            keccak256(abi.encode("head", position))
+        );
         lastBatchId = batchId;
+        ghostAnchor = position;
         ghostFunded += reward;
     }
 
@@ -150,8 +163,20 @@ contract VaultHandler is Test {
     function replayBatch() external {
         if (batches == 0) return;
         vm.prank(vm.addr(operatorKey));
-        try vault.settle(lastBatchId, 0, 0, 0, bytes32(uint256(1)), bytes32(uint256(1))) {
+        try vault.settle(
+            lastBatchId, 0, 0, 0, bytes32(uint256(1)), bytes32(uint256(1)), ghostAnchor + 1, bytes32(uint256(1))
+        ) {
             batchReplayed = true;
+        } catch {}
+    }
+
+    /// A fresh batch that anchors at or below the latest anchored position must be refused.
+    function rewindAnchor(uint64 back) external {
+        uint64 position = uint64(bound(back, 0, ghostAnchor));
+        bytes32 batchId = keccak256(abi.encode("rewind", batches, position));
+        vm.prank(vm.addr(operatorKey));
+        try vault.settle(batchId, 0, 0, 0, bytes32(0), bytes32(uint256(1)), position, bytes32(uint256(1))) {
+            anchorRewound = true;
         } catch {}
     }
 

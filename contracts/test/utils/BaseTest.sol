@@ -27,6 +27,10 @@ abstract contract BaseTest is Test {
 
     bytes32 internal constant ACCOUNT = bytes32(uint256(0x1234) << 128);
     bytes32 internal constant RECEIPTS_ROOT = keccak256("receipts");
+    bytes32 internal constant LEDGER_HEAD = keccak256("ledger head");
+
+    /// Ledger position of the next anchor `_settle` posts (strictly increasing, as the vault requires).
+    uint64 internal nextAnchor = 1;
 
     function setUp() public virtual {
         operator = vm.addr(operatorKey);
@@ -60,7 +64,7 @@ abstract contract BaseTest is Test {
         internal
     {
         vm.prank(operator);
-        vault.settle(batchId, toDist, toTreas, topUp, rewardsRoot, RECEIPTS_ROOT);
+        vault.settle(batchId, toDist, toTreas, topUp, rewardsRoot, RECEIPTS_ROOT, nextAnchor++, LEDGER_HEAD);
     }
 
     function _signVoucher(

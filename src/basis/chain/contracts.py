@@ -268,8 +268,10 @@ class BasisContracts:
         reward_top_up: int,
         rewards_root: bytes,
         receipts_root: bytes,
+        ledger_position: int,
+        ledger_head: bytes,
     ) -> TxResult:
-        """Operator: settle one batch and post its roots in one transaction."""
+        """Operator: settle one batch, post its roots and anchor the ledger in one transaction."""
         return self._send(
             sender,
             self.vault.functions.settle(
@@ -279,6 +281,8 @@ class BasisContracts:
                 reward_top_up,
                 _b32(rewards_root),
                 _b32(receipts_root),
+                ledger_position,
+                _b32(ledger_head),
             ),
         )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -16,6 +17,7 @@ from basis.ledger.errors import LedgerError
 keys = typer.Typer(help="API keys (stored only as hashes).", no_args_is_help=True)
 credits = typer.Typer(help="Operator credit grants.", no_args_is_help=True)
 receipts = typer.Typer(help="Receipts.", no_args_is_help=True)
+ledger_app = typer.Typer(help="The ledger as a portable, hash-chained export (docs/audit.md).", no_args_is_help=True)
 err = Console(stderr=True)
 
 
@@ -86,16 +88,53 @@ def receipts_export() -> None:
     reader.close()
 
 
+@ledger_app.command("export")
+def ledger_export(
+    start: int = typer.Option(1, "--from", min=1, help="First position written (the chain still starts at 1)."),
+    upto: int = typer.Option(None, "--to", min=1, help="Last position written (default: the last committed)."),
+    output: Path = typer.Option(None, "--output", "-o", help="Write here instead of standard output."),
+) -> None:
+    """Every stored event in log order, one JSON line each, with the running hash chain."""
+    from basis.ledger.export import ExportError, export
+    from basis.ledger.store import LedgerStore
+
+    store = LedgerStore(Settings().event_store_env())
+    out = open(output, "w", encoding="utf-8", newline="\n") if output else sys.stdout  # noqa: SIM115
+    try:
+        point = export(store, out, start=start, upto=upto)
+    except ExportError as exc:
+        _fail(str(exc))
+    finally:
+        if output:
+            out.close()
+        store.close()
+    err.print(f"exported through position {point.position}; head {point.head_hex}")
+
+
 def audit_command(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable report."),
     signer: str = typer.Option(None, "--signer", help="Expected operator address (default: this node's key)."),
     chain: bool = typer.Option(False, "--chain", help="Also verify the chain (settlement roots, balances)."),
+    events: list[Path] = typer.Option(None, "--events", exists=True, dir_okay=False,
+                                      help="Audit a ledger export instead of this node's store (repeat for "
+                                           "parts exported with --from, in order)."),
+    rpc: str = typer.Option(None, "--rpc", envvar="BASIS_RPC_URL", help="With --events --chain: JSON-RPC URL."),
+    vault: str = typer.Option(None, "--vault", help="With --events --chain: the CreditVault address (as the "
+                                                     "operator publishes it at /v1/network)."),
+    manifest: Path = typer.Option(None, "--manifest", help="With --events --chain: a deployment manifest instead."),
+    from_block: int = typer.Option(0, "--from-block", min=0, help="With --events --chain: first block to scan."),
+    require_anchored: bool = typer.Option(False, "--require-anchored",
+                                          help="With --events --chain: fail on lines after the latest anchor."),
 ) -> None:
     """Replay every event into empty views and verify every receipt and balance."""
     from basis.domain.signing import ReceiptSigner
     from basis.ledger.audit import audit
     from basis.ledger.store import LedgerStore
 
+    if events:
+        _audit_events(events, as_json=as_json, signer=signer, chain=chain, rpc=rpc, vault=vault, manifest=manifest,
+                      from_block=from_block, require_anchored=require_anchored)
+        return
     settings = Settings()
     store = LedgerStore(settings.event_store_env())
     if signer is None and settings.operator_key_path.exists():
@@ -116,21 +155,51 @@ def audit_command(
         else:
             audit_chain(settings, report)
     store.close()
+    _print_report(report, as_json)
+
+
+def _print_report(report, as_json: bool, export: dict | None = None) -> None:
     if as_json:
-        print(report.to_json())
+        d = report.as_dict()
+        if export is not None:
+            d["export"] = export
+        print(json.dumps(d, indent=2))
     else:
         d = report.as_dict()
         print(f"events replayed: {d['events']}  receipts: {d['receipts']}  accounts: {d['accounts']}  "
               f"workers: {d['workers']}  open jobs: {d['open_jobs']}")
         print(f"charged: {d['charged_total']}  rewards: {d['reward_total']}  fees: {d['fee_total']} (base units)")
+        if export is not None:
+            print(f"export: {export['lines']} lines, positions {export['first_position']}..{export['last_position']}, "
+                  f"head {export['head']}")
+            if "anchored_through" in export:
+                print(f"anchors on chain: {export['anchors']}, anchored through position {export['anchored_through']}; "
+                      f"{export['unanchored']} line(s) after it are not anchored yet")
+            if export.get("first_bad_position") is not None:
+                print(f"first bad position: {export['first_bad_position']}")
         for p in report.problems:
             print(f"MISMATCH: {p}")
         print("audit passed" if report.ok else f"audit FAILED: {len(report.problems)} problem(s)")
     raise typer.Exit(0 if report.ok else 1)
 
 
+def _audit_events(files: list[Path], *, as_json: bool, **options) -> None:
+    from basis.cli.audit_events import audit_events
+
+    with Progress(TextColumn("replaying the export"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=err, transient=True, disable=as_json or not err.is_terminal) as progress:
+        task = progress.add_task("replay", total=None)
+
+        def on_progress(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        report, export = audit_events(list(files), on_progress=on_progress, **options)
+    _print_report(report, as_json, export)
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(keys, name="keys")
     app.add_typer(credits, name="credits")
     app.add_typer(receipts, name="receipts")
+    app.add_typer(ledger_app, name="ledger")
     app.command("audit")(audit_command)

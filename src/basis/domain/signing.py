@@ -7,11 +7,12 @@ the signer with eth-account.
 
 from __future__ import annotations
 
-from coincurve import PrivateKey
+from coincurve import PrivateKey, PublicKey
 from eth_utils import keccak, to_checksum_address
 from sha3 import keccak_256  # safe-pysha3: C Keccak, ten times eth-hash's pycryptodome path
 
 _PREFIX = b"\x19Ethereum Signed Message:\n32"
+_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141  # secp256k1 group order
 
 
 class ReceiptSigner:
@@ -37,7 +38,28 @@ def hash_bytes(receipt_hash: str) -> bytes:
 
 
 def recover_signer(receipt_hash: str, signature: str) -> str:
-    """The checksummed address that signed this hash, exactly as an outside verifier computes it."""
+    """The checksummed address that signed this hash, exactly as an outside verifier computes it.
+
+    The usual form (r and s in [1, n), v 27 or 28) is recovered with coincurve directly (0.064 ms
+    CPU against 0.129 ms through eth-account's objects, which the audit pays once per receipt; a
+    test holds the two equal); anything else takes eth-account's own path, so what is accepted or
+    refused is eth-account's decision."""
+    raw = signature.removeprefix("0x")
+    if len(raw) == 130:
+        try:
+            sig = bytes.fromhex(raw)
+        except ValueError:
+            sig = b""
+        if sig and sig[64] in (27, 28) and 0 < int.from_bytes(sig[:32], "big") < _N \
+                and 0 < int.from_bytes(sig[32:64], "big") < _N:
+            digest = keccak_256(_PREFIX + hash_bytes(receipt_hash)).digest()
+            public = PublicKey.from_signature_and_message(sig[:64] + bytes([sig[64] - 27]), digest, hasher=None)
+            return to_checksum_address(keccak_256(public.format(compressed=False)[1:]).digest()[-20:])
+    return recover_signer_eth_account(receipt_hash, signature)
+
+
+def recover_signer_eth_account(receipt_hash: str, signature: str) -> str:
+    """eth-account's recovery: the reference an outside verifier runs."""
     # Imported here: eth_account takes about a second to import (it builds curve tables), and
     # signing, the hot path, does not need it.
     from eth_account import Account

@@ -32,6 +32,8 @@ BATCH_FIELDS: dict[str, tuple[str, ...]] = {
     "block": ("block", "block_number"),
     "created_at": ("proposed_at", "created_at", "posted_at", "settled_at", "at", "timestamp"),
     "closed_at": ("closed_at", "confirmed_at"),
+    "anchor_position": ("anchor_position",),
+    "anchor_head": ("anchor_head",),
 }
 
 

@@ -54,17 +54,20 @@ class AuditReport:
         return json.dumps(self.as_dict(), indent=2)
 
 
-def audit(store: LedgerStore, live_views: str | Path, *, signer: str | None = None,
-          on_progress: Callable[[int, int], None] | None = None) -> AuditReport:
+def audit(store: LedgerStore, live_views: str | Path | None, *, signer: str | None = None,
+          on_progress: Callable[[int, int], None] | None = None, replay_path: str | Path | None = None) -> AuditReport:
+    """``live_views`` None: no live views to compare (an export replayed elsewhere). ``replay_path``:
+    keep the fresh replay's views there (else they are deleted)."""
     report = AuditReport()
     total = store.recorder.max_notification_id() or 0
 
-    live = Projector(store, live_views)
-    live.catch_up()
-    live.stop()
+    if live_views is not None:
+        live = Projector(store, live_views)
+        live.catch_up()
+        live.stop()
 
     with tempfile.TemporaryDirectory(prefix="basis-audit-") as tmp:
-        fresh_path = Path(tmp) / "replay.sqlite3"
+        fresh_path = Path(replay_path) if replay_path is not None else Path(tmp) / "replay.sqlite3"
         fresh = Projector(store, fresh_path)
         done = 0
         while n := fresh.run_once():
@@ -74,9 +77,11 @@ def audit(store: LedgerStore, live_views: str | Path, *, signer: str | None = No
         report.events = fresh.position
         fresh.stop()
 
-        replay, current = ViewReader(fresh_path), ViewReader(live_views)
+        replay = ViewReader(fresh_path)
+        current = ViewReader(live_views) if live_views is not None else None
         try:
-            _compare_views(replay, current, report)
+            if current is not None:
+                _compare_views(replay, current, report)
             _check_receipts(replay, report, signer)
             _check_money(replay, store, report)
             counts = replay.counts()
@@ -85,7 +90,8 @@ def audit(store: LedgerStore, live_views: str | Path, *, signer: str | None = No
                 "SELECT COUNT(*) FROM jobs WHERE status IN ('accepted', 'assigned')").fetchone()[0]
         finally:
             replay.close()
-            current.close()
+            if current is not None:
+                current.close()
     return report
 
 

@@ -82,6 +82,8 @@ class SettlementBatch(Aggregate):
         self.block: int | None = None
         self.gas_used: int | None = None
         self.reason: str | None = None
+        self.anchor_position: int | None = None
+        self.anchor_head: str | None = None
 
     @property
     def is_open(self) -> bool:
@@ -95,12 +97,17 @@ class SettlementBatch(Aggregate):
         self.status = "submitted"
 
     @event("Confirmed", topic="basis:SettlementBatch.Confirmed.v1")
-    def confirm(self, tx_hash: str, block: int, gas_used: int) -> None:
+    def confirm(self, tx_hash: str, block: int, gas_used: int, anchor_position: int | None = None,
+                anchor_head: str | None = None) -> None:
+        """``anchor_*``: the ledger (position, head) its transaction anchored, as the chain logged it
+        (docs/audit.md); None for a batch settled before anchoring existed."""
         if not self.is_open:
             raise InvalidTransition(f"batch {self.batch_id} is {self.status}")
         self.tx_hash = tx_hash
         self.block = block
         self.gas_used = gas_used
+        self.anchor_position = anchor_position
+        self.anchor_head = anchor_head
         self.status = "confirmed"
 
     @event("Abandoned", topic="basis:SettlementBatch.Abandoned.v1")

@@ -62,6 +62,7 @@ def audit_chain(settings: Settings, report: AuditReport, *, w3: Web3 | None = No
         reader = ViewReader(settings.views_path)
         try:
             ChainAudit(chain, store, reader, report).run()
+            check_store_anchors(chain, store, report)
         finally:
             reader.close()
     finally:
@@ -199,6 +200,23 @@ class ChainAudit:
             on = int(dist.claimed(to_checksum_address(worker)).call(block_identifier=at))
             if on != claims.get(worker, 0):
                 self.problem(f"worker {worker}: claimed on chain {on} != indexed claims {claims.get(worker, 0)}")
+
+
+def check_store_anchors(chain: Chain, store: LedgerStore, report: AuditReport) -> None:
+    """Every ledger anchor the vault logged names a committed position whose export head (recomputed
+    here, one pass over the log) is the anchored one."""
+    from basis.ledger.export import ChainPoint, head_at
+    from basis.settlement.anchors import chain_anchors, check_anchors
+
+    anchors = chain_anchors(chain)
+    heads: dict[int, str | None] = {}
+    point: ChainPoint | None = None
+    for a in sorted(anchors, key=lambda a: a.position):
+        point = head_at(store, a.position, point)
+        heads[a.position] = point.head_hex if point.position == a.position else None
+    last = store.recorder.max_notification_id() or 0
+    check_anchors(anchors, heads.get, last,
+                  lambda position, message: report.problems.append(f"ledger position {position}: {message}"))
 
 
 def _uuid(text: str):

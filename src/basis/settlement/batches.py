@@ -45,10 +45,12 @@ from basis.chain.contracts import _revert_data
 from basis.domain.merkle import receipts_tree, rewards_tree
 from basis.ledger.accounts import Account
 from basis.ledger.committer import UnitOfWork
+from basis.ledger.export import LedgerHeads
 from basis.ledger.jobs import Job
 from basis.ledger.projections import ViewReader
 from basis.ledger.service import Ledger
 from basis.ledger.settlement import SettlementBatch, SettlementLog, batch_aggregate_id, settlement_log_id
+from basis.settlement.anchors import anchor_in_transaction
 from basis.settlement.chain import TOPICS, ZERO32, Chain, from_hex, hex32
 from basis.settlement.consistency import RECHECK_DEPTH, ChainMismatch, lost_batches
 from basis.settlement.lease import LeaseHeld, SettlerLease
@@ -147,8 +149,10 @@ def record_submitted(batch_id: str, tx_hash: str, nonce: int) -> Callable[[UnitO
     return cmd
 
 
-def confirm_batch(batch_id: str, tx_hash: str, block: int, gas_used: int) -> Callable[[UnitOfWork], bool]:
-    """Confirm the batch and settle its receipts, atomically. False when it was already closed."""
+def confirm_batch(batch_id: str, tx_hash: str, block: int, gas_used: int,
+                  anchor: tuple[int, str] | None = None) -> Callable[[UnitOfWork], bool]:
+    """Confirm the batch and settle its receipts, atomically. False when it was already closed.
+    ``anchor``: the ledger (position, head) its transaction anchored (read from the chain's log)."""
 
     def cmd(uow: UnitOfWork) -> bool:
         batch = uow.find(SettlementBatch, batch_aggregate_id(batch_id))
@@ -157,7 +161,8 @@ def confirm_batch(batch_id: str, tx_hash: str, block: int, gas_used: int) -> Cal
             return False
         slog = uow.find(SettlementLog, settlement_log_id(batch.chain_id, batch.vault))
         assert slog is not None
-        batch.confirm(tx_hash=tx_hash, block=block, gas_used=gas_used)
+        batch.confirm(tx_hash=tx_hash, block=block, gas_used=gas_used, anchor_position=anchor and anchor[0],
+                      anchor_head=anchor and anchor[1])
         slog.close_batch(batch_id=batch_id, confirmed=True)
         by_account: dict[str, list[str]] = defaultdict(list)
         for index, e in enumerate(batch.jobs):
@@ -214,6 +219,7 @@ class Settler:
         # Across processes: only the lease holder proposes, sends and confirms (lease.py).
         self.lease = SettlerLease(ledger.env, f"{chain.chain_id}:{chain.vault.lower()}")
         self.lease_wait = lease_wait
+        self.heads = LedgerHeads(ledger.store, ledger.settings.home / "ledger-head.json")
 
     @property
     def log_id(self) -> UUID:
@@ -324,10 +330,13 @@ class Settler:
         return False
 
     def _build(self, batch: SettlementBatch, action: str = "settle") -> tuple[dict[str, Any], int]:
-        """The signed-to-be ``CreditVault.settle`` transaction (simulated here: a refusal raises)."""
+        """The signed-to-be ``CreditVault.settle`` transaction (simulated here: a refusal raises).
+        It also anchors the ledger's head at its last committed position, which follows the
+        batch's own events (docs/audit.md)."""
+        anchor = self.heads.latest()
         fn = self.contracts.vault.functions.settle(
             from_hex(batch.batch_id), batch.to_distributor, batch.to_treasury, batch.reward_top_up,
-            from_hex(batch.rewards_root), from_hex(batch.receipts_root))
+            from_hex(batch.rewards_root), from_hex(batch.receipts_root), anchor.position, anchor.head)
         nonce = self.chain.w3.eth.get_transaction_count(self.sender.address, "pending")
         try:
             tx = fn.build_transaction({"from": self.sender.address, "nonce": nonce, "chainId": self.chain.chain_id})
@@ -370,7 +379,8 @@ class Settler:
         return hex32(logs[0]["transactionHash"]), int(logs[0]["blockNumber"])
 
     def _confirm(self, batch_id: str, tx_hash: str, block: int, gas_used: int) -> dict[str, Any]:
-        self.ledger.run(confirm_batch(batch_id, tx_hash, block, gas_used))
+        anchor = anchor_in_transaction(self.chain, tx_hash)
+        self.ledger.run(confirm_batch(batch_id, tx_hash, block, gas_used, anchor))
         self.hook("confirmed")
         return self.summary(self._batch(batch_id))
 

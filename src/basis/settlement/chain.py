@@ -19,6 +19,7 @@ TOPICS = {
     "Withdrawn": Web3.keccak(text="Withdrawn(bytes32,address,uint256,uint256)"),
     "Claimed": Web3.keccak(text="Claimed(address,uint256,uint256)"),
     "RootPosted": Web3.keccak(text="RootPosted(bytes32,bytes32,bytes32)"),
+    "LedgerAnchored": Web3.keccak(text="LedgerAnchored(bytes32,uint64,bytes32)"),
 }
 
 

@@ -374,7 +374,7 @@ class Projector:
         jobs = d["jobs"]
         self.db.execute(
             "INSERT INTO settlement_batches VALUES (?, ?, ?, ?, ?, ?, 'proposed', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,"
-            " NULL, NULL, NULL, NULL, ?, NULL, NULL)",
+            " NULL, NULL, NULL, NULL, ?, NULL, NULL, NULL, NULL)",
             (d["batch_id"], str(n.originator_id), d["seq"], d["chain_id"], d["vault"], d["distributor"], len(jobs),
              d["receipts_root"], d["rewards_root"], str(sum(j["charged"] for j in jobs)),
              str(sum(j["reward"] for j in jobs)), str(sum(j["from_deposit"] for j in jobs)),
@@ -388,8 +388,9 @@ class Projector:
 
     def _batch_confirmed(self, b: _Batch, n: Notification, d: dict[str, Any]) -> None:
         self.db.execute("UPDATE settlement_batches SET status = 'confirmed', tx_hash = ?, block = ?, gas_used = ?,"
-                        " closed_at = ? WHERE aggregate_id = ?",
-                        (d["tx_hash"], d["block"], d["gas_used"], self._ts(d), str(n.originator_id)))
+                        " closed_at = ?, anchor_position = ?, anchor_head = ? WHERE aggregate_id = ?",
+                        (d["tx_hash"], d["block"], d["gas_used"], self._ts(d), d.get("anchor_position"),
+                         d.get("anchor_head"), str(n.originator_id)))
 
     def _batch_abandoned(self, b: _Batch, n: Notification, d: dict[str, Any]) -> None:
         self.db.execute("UPDATE settlement_batches SET status = 'abandoned', reason = ?, closed_at = ?"

@@ -44,7 +44,8 @@ CREATE TABLE IF NOT EXISTS settlement_batches (
     to_distributor TEXT NOT NULL, to_treasury TEXT NOT NULL, reward_top_up TEXT NOT NULL,
     hashes TEXT NOT NULL, rewards TEXT NOT NULL, previous TEXT,
     tx_hash TEXT, block INTEGER, gas_used INTEGER, reason TEXT,
-    proposed_at TEXT NOT NULL, submitted_at TEXT, closed_at TEXT
+    proposed_at TEXT NOT NULL, submitted_at TEXT, closed_at TEXT,
+    anchor_position INTEGER, anchor_head TEXT
 );
 CREATE INDEX IF NOT EXISTS settlement_batches_seq ON settlement_batches (status, seq);
 CREATE TABLE IF NOT EXISTS withdrawals (

@@ -1,0 +1,126 @@
+"""``basis audit --events FILE [--chain --rpc URL]``: an auditor's replay of a ledger export on their
+own machine, with no access to the operator's database and no keys (docs/audit.md).
+
+The export is verified line by line (hash chain, positions, stream versions) and imported into a
+fresh temporary store; then every check ``basis audit`` runs on a fresh replay runs on it (receipt
+recomputation and signatures, balances, rewards, and whatever the audit module checks besides).
+With ``--chain``: the settlement checks against the chain (roots, proofs, vault and distributor
+balances), and every ledger anchor the vault logged must equal the export's head at its position.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from basis.config import Settings
+from basis.ledger.audit import AuditReport, audit
+from basis.ledger.projections import ViewReader
+from basis.ledger.replay import ExportReading, HeadIndex, read_export
+from basis.ledger.store import LedgerStore
+
+
+def _manifest(w3: Any, vault: str, from_block: int) -> dict[str, Any]:
+    """The deployment as the vault itself names it (distributor and token are its immutables)."""
+    from eth_utils import to_checksum_address
+
+    from basis.chain.contracts import load_artifacts
+
+    v = w3.eth.contract(address=to_checksum_address(vault), abi=load_artifacts()["CreditVault"].abi)
+    return {"chain_id": int(w3.eth.chain_id), "deploy_block": from_block,
+            "contracts": {"vault": {"address": vault}, "distributor": {"address": v.functions.DISTRIBUTOR().call()},
+                          "token": {"address": v.functions.TOKEN().call()}}}
+
+
+def _vault_from_export(reader: ViewReader) -> str | None:
+    row = reader.db.execute("SELECT vault FROM settlement_batches ORDER BY seq DESC LIMIT 1").fetchone()
+    return row[0] if row else None
+
+
+def audit_events(files: list[Path], *, signer: str | None = None, chain: bool = False, rpc: str | None = None,
+                 vault: str | None = None, manifest: Path | None = None, from_block: int = 0,
+                 require_anchored: bool = False,
+                 on_progress: Callable[[int, int], None] | None = None) -> tuple[AuditReport, dict[str, Any]]:
+    """(the audit report, the export's summary). Problems about the export come first, each named at
+    its position; ``summary["first_bad_position"]`` is the earliest of them."""
+    named: list[tuple[int | None, str]] = []
+    with tempfile.TemporaryDirectory(prefix="basis-audit-events-") as tmp:
+        settings = Settings(home=Path(tmp), database_url=None)
+        store = LedgerStore(settings.event_store_env())
+        heads: HeadIndex | None = None
+        try:
+            reading, heads = read_export(files, store)
+            named.extend(reading.problems)
+            replay_path = Path(tmp) / "replay.sqlite3"
+            try:
+                report = audit(store, None, signer=signer, on_progress=on_progress, replay_path=replay_path)
+            except Exception as exc:  # a broken export can break the replay itself: say where it stopped
+                report = AuditReport(events=reading.events)
+                report.problems.append(f"the replay of the export failed: {type(exc).__name__}: {exc}")
+            summary = reading.as_dict()
+            if chain:
+                _audit_chain(store, reading, heads, replay_path, report, named, summary, rpc=rpc, vault=vault,
+                             manifest=manifest, from_block=from_block, require_anchored=require_anchored)
+        finally:
+            if heads is not None:
+                heads.close()
+            store.close()
+    report.problems[:0] = [message for _, message in named]
+    positions = [p for p, _ in named if p is not None]
+    if summary.get("first_bad_position") is not None:
+        positions.append(summary["first_bad_position"])
+    summary["first_bad_position"] = min(positions) if positions else None
+    return report, summary
+
+
+def _audit_chain(store: LedgerStore, reading: ExportReading, heads: HeadIndex, replay_path: Path,
+                 report: AuditReport, named: list[tuple[int | None, str]], summary: dict[str, Any], *,
+                 rpc: str | None, vault: str | None, manifest: Path | None, from_block: int,
+                 require_anchored: bool) -> None:
+    from basis.chain.deploy import read_manifest
+    from basis.settlement.anchors import chain_anchors, check_anchors
+    from basis.settlement.audit import ChainAudit
+    from basis.settlement.chain import Chain, connect
+
+    def problem(position: int | None, message: str) -> None:
+        named.append((position, f"position {position}: {message}" if position is not None else message))
+
+    if not rpc:
+        report.problems.append("--chain: give the chain's JSON-RPC URL with --rpc")
+        return
+    w3 = connect(rpc)
+    if not replay_path.exists():
+        report.problems.append("--chain: the export did not replay; nothing to compare with the chain")
+        return
+    reader = ViewReader(replay_path)
+    try:
+        if manifest is not None:
+            deployment = read_manifest(manifest)
+        else:
+            if vault is None:
+                vault = _vault_from_export(reader)
+                if vault is None:
+                    report.problems.append("--chain: no settlement in the export and no --vault: nothing to verify")
+                    return
+                summary["vault_from_export"] = True  # the auditor should check it against /v1/network
+            deployment = _manifest(w3, vault, from_block)
+        try:
+            chain = Chain(w3, deployment)
+        except Exception as exc:
+            report.problems.append(f"--chain: cannot reach the deployment: {exc}")
+            return
+        summary["vault"] = chain.vault
+        ChainAudit(chain, store, reader, report).run()
+        anchors = chain_anchors(chain)
+        claims = [(c.line_position, c.position, c.head) for c in reading.claims]
+        summary.update(check_anchors(anchors, heads.head, reading.last_position, problem, claims))
+        through = summary["anchored_through"]
+        summary["unanchored"] = heads.count_after(through)
+        if require_anchored and summary["unanchored"]:
+            first = heads.first_after(through)
+            problem(first, f"after the latest anchor on chain (position {through}): not anchored "
+                           f"({summary['unanchored']} line(s) from here on), and --require-anchored was given")
+    finally:
+        reader.close()

@@ -1,0 +1,257 @@
+"""Reading a ledger export (docs/audit.md) into a fresh store: the hash chain is verified line by
+line, every event is stored at its own position, and each line's head is kept beside it (so
+anchors can be compared later) — all in constant memory.
+
+Problems are named at their position (or at the file line, when a line does not even say its
+position). A line whose head does not follow is still imported, so one altered line is named once
+and the replay shows what it changed; a line that cannot be read is skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from eventsourcing.sqlite import SQLiteApplicationRecorder
+
+from basis.ledger.export import (
+    GENESIS_HEAD,
+    GENESIS_HEX,
+    LINE_KEYS,
+    ExportError,
+    body,
+    canonical,
+    decode_json,
+    next_head,
+)
+from basis.ledger.store import AGGREGATES, LedgerStore
+
+PAGE = 5000
+MAX_PROBLEMS = 1000
+_HEX64 = re.compile(r"0x[0-9a-f]{64}\Z")
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
+_POSITION = re.compile(rb'"position"\s*:\s*(\d+)')
+KNOWN_TOPICS = frozenset(
+    v.TOPIC for agg in AGGREGATES for v in vars(agg).values() if isinstance(v, type) and getattr(v, "TOPIC", None))
+AGGREGATE_TOPICS = frozenset(agg.TOPIC for agg in AGGREGATES)
+CLAIM_TOPIC = "basis:SettlementBatch.Confirmed.v1"
+
+
+@dataclass
+class Claim:
+    """An anchor the ledger says a settlement posted (its batch's Confirmed event)."""
+
+    line_position: int
+    batch_stream: str
+    position: int
+    head: str
+
+
+@dataclass
+class ExportReading:
+    lines: int = 0
+    events: int = 0
+    first_position: int | None = None
+    last_position: int = 0
+    head: str = GENESIS_HEX
+    problems: list[tuple[int | None, str]] = field(default_factory=list)
+    claims: list[Claim] = field(default_factory=list)
+
+    omitted: int = 0
+    first_bad_position: int | None = None
+
+    def problem(self, position: int | None, message: str) -> None:
+        if position is not None and (self.first_bad_position is None or position < self.first_bad_position):
+            self.first_bad_position = position
+        if len(self.problems) >= MAX_PROBLEMS:  # a hostile file must not fill the auditor's memory
+            self.omitted += 1
+            return
+        where = f"position {position}" if position is not None else "export"
+        self.problems.append((position, f"{where}: {message}"))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"lines": self.lines, "events": self.events, "first_position": self.first_position,
+                "last_position": self.last_position, "head": self.head,
+                "first_bad_position": self.first_bad_position}
+
+
+class HeadIndex:
+    """Each imported line's head by position, in the temporary events database."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+        db.execute("CREATE TABLE IF NOT EXISTS export_heads (position INTEGER PRIMARY KEY, head TEXT NOT NULL)")
+
+    def head(self, position: int) -> str | None:
+        row = self.db.execute("SELECT head FROM export_heads WHERE position = ?", (position,)).fetchone()
+        return row[0] if row else None
+
+    def add(self, rows: list[tuple[int, str]]) -> None:
+        self.db.executemany("INSERT OR REPLACE INTO export_heads VALUES (?, ?)", rows)
+
+    def first_after(self, position: int) -> int | None:
+        return self.db.execute("SELECT MIN(position) FROM export_heads WHERE position > ?", (position,)).fetchone()[0]
+
+    def count_after(self, position: int) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM export_heads WHERE position > ?", (position,)).fetchone()[0]
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def _sqlite(store: LedgerStore) -> SQLiteApplicationRecorder:
+    rec = store.recorder
+    if not isinstance(rec, SQLiteApplicationRecorder):
+        raise ExportError("an export is replayed into a temporary SQLite store")
+    return rec
+
+
+def read_export(files: Iterable[Path], store: LedgerStore) -> tuple[ExportReading, HeadIndex]:
+    """Verify and import the export ``files`` (read in order, as one chain) into the empty ``store``.
+    The caller closes the returned ``HeadIndex``."""
+    rec = _sqlite(store)
+    db = sqlite3.connect(rec.datastore.pool.db_name, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=OFF")  # a throwaway store: nothing to keep after a crash
+    heads = HeadIndex(db)
+    reading = ExportReading()
+    insert = (f"INSERT INTO {rec.events_table_name} (rowid, originator_id, originator_version, topic, state) "
+              "VALUES (?, ?, ?, ?, ?)")
+    events: list[tuple[int, str, int, str, bytes]] = []
+    head_rows: list[tuple[int, str]] = []
+    previous = GENESIS_HEAD
+    previous_position = 0
+    unknown_topics: set[str] = set()
+
+    def flush() -> None:
+        db.execute("BEGIN")
+        try:
+            db.executemany(insert, events)
+        except sqlite3.IntegrityError:
+            db.execute("ROLLBACK")
+            db.execute("BEGIN")
+            for row in events:  # one by one, to name the duplicate
+                try:
+                    db.execute(insert, row)
+                except sqlite3.IntegrityError:
+                    reading.problem(row[0], f"stream {row[1]} version {row[2]} or this position appears twice")
+        heads.add(head_rows)
+        db.execute("COMMIT")
+        events.clear()
+        head_rows.clear()
+
+    for path in files:
+        with open(path, "rb") as fh:
+            for lineno, raw in enumerate(fh, 1):
+                reading.lines += 1
+                parsed = _parse(raw, f"{path.name}:{lineno}", reading)
+                if parsed is None:
+                    continue
+                position, stream, version, topic, state, head, has_float = parsed
+                state_json = canonical(state, has_float=has_float)
+                text = body(position, stream, version, topic, state_json)
+                expected = next_head(previous, text)
+                if head != "0x" + expected.hex():
+                    if previous_position == 0 and reading.events == 0:
+                        reading.problem(position, "its head does not follow from the genesis head (an export made "
+                                                  "with --from? give the earlier parts first)")
+                    else:
+                        reading.problem(position, f"its head does not follow from position {previous_position}'s: "
+                                                  "this line was altered, or a line before it was dropped, "
+                                                  "reordered or inserted")
+                if position <= previous_position:
+                    reading.problem(position, f"comes after position {previous_position} (lines out of order)")
+                # eventsourcing resolves topics to classes by importing them: a line naming anything
+                # but the ledger's own event and aggregate types is never stored, so never replayed.
+                importable = True
+                if topic not in KNOWN_TOPICS:
+                    importable = False
+                    if topic not in unknown_topics:
+                        unknown_topics.add(topic)
+                        reading.problem(position, f"topic {topic!r} is unknown to this auditor (a newer ledger?); "
+                                                  "its lines are not replayed")
+                elif "originator_topic" in state and state["originator_topic"] not in AGGREGATE_TOPICS:
+                    importable = False
+                    reading.problem(position, f"names the aggregate type {state['originator_topic']!r}, which the "
+                                              "ledger does not have; not replayed")
+                if topic == CLAIM_TOPIC and state.get("anchor_position") is not None:
+                    reading.claims.append(Claim(position, stream, state["anchor_position"],
+                                                str(state.get("anchor_head"))))
+                previous = bytes.fromhex(head[2:])  # the next line chains from this line's own head
+                previous_position = max(previous_position, position)
+                if reading.first_position is None:
+                    reading.first_position = position
+                reading.events += 1
+                reading.last_position = previous_position
+                reading.head = head
+                if importable:
+                    events.append((position, stream.replace("-", ""), version, topic, state_json.encode()))
+                head_rows.append((position, head))
+                if len(events) >= PAGE:
+                    flush()
+    flush()
+    if reading.events == 0:
+        reading.problem(None, "it holds no events")
+    if reading.omitted:
+        reading.problems.append((None, f"export: {reading.omitted} more problem(s) not listed"))
+    _check_streams(db, rec.events_table_name, reading)
+    _check_claims(heads, reading)
+    return reading, heads
+
+
+def _parse(raw: bytes, where: str, reading: ExportReading) -> tuple[int, str, int, str, dict, str, bool] | None:
+    try:
+        obj, has_float = decode_json(raw.decode())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        reading.problem(_guess_position(raw), f"{where} is not a JSON line ({exc})")
+        return None
+    if not isinstance(obj, dict) or set(obj) != LINE_KEYS:
+        reading.problem(_guess_position(raw), f"{where} must hold exactly the keys {sorted(LINE_KEYS)}")
+        return None
+    position, stream, version, topic = obj["position"], obj["stream"], obj["version"], obj["topic"]
+    state, head = obj["state"], obj["head"]
+    ok = (type(position) is int and position > 0 and type(version) is int and version > 0
+          and isinstance(stream, str) and _UUID.match(stream) and isinstance(topic, str)
+          and isinstance(state, dict) and isinstance(head, str) and _HEX64.match(head))
+    if not ok:
+        reading.problem(position if type(position) is int else None,
+                        f"{where}: a field has the wrong type or form (position and version positive integers, "
+                        "stream a lowercase UUID, topic a string, state an object, head 0x + 64 lowercase hex)")
+        return None
+    return position, stream, version, topic, state, head, has_float
+
+
+def _guess_position(raw: bytes) -> int | None:
+    """The position a damaged line names, so the problem can still be placed."""
+    guess = _POSITION.search(raw)
+    return int(guess.group(1)) if guess else None
+
+
+def _check_streams(db: sqlite3.Connection, table: str, reading: ExportReading) -> None:
+    """Each stream's versions run 1, 2, 3 … in log order (no version missing, none out of order)."""
+    rows = db.execute(
+        f"SELECT e.rowid, e.originator_id, e.originator_version FROM {table} e WHERE NOT EXISTS ("
+        f" SELECT 1 FROM {table} p WHERE p.originator_id = e.originator_id"
+        f" AND p.originator_version = e.originator_version - 1 AND p.rowid < e.rowid)"
+        " AND e.originator_version > 1 ORDER BY e.rowid LIMIT 20").fetchall()
+    for position, stream, version in rows:
+        reading.problem(position, f"stream {stream} has version {version} without version {version - 1} before it")
+
+
+def _check_claims(heads: HeadIndex, reading: ExportReading) -> None:
+    """An anchor the ledger records must name a head the export has at that position."""
+    for c in reading.claims:
+        if c.position >= c.line_position:
+            reading.problem(c.position, f"claimed anchored by position {c.line_position}, which is not after it")
+            continue
+        have = heads.head(c.position)
+        if have is None:
+            reading.problem(c.position, f"claimed anchored (by position {c.line_position}) but not in the export")
+        elif have != c.head:
+            reading.problem(c.position, f"claimed anchored with head {c.head} (by position {c.line_position}), "
+                                        f"the export's head there is {have}")

@@ -1,0 +1,226 @@
+"""The portable ledger export and `basis audit --events` without a chain: the export replays on
+another machine and passes, secrets never appear in it, and tampering is named at its position."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import shutil
+import sqlite3
+import uuid
+from pathlib import Path
+
+import pytest
+import rfc8785
+
+from basis.cli.audit_events import audit_events
+from basis.config import Settings
+from basis.ledger import ids
+from basis.ledger.export import GENESIS_HEX, LedgerHeads, canonical, export, head_at
+from basis.ledger.service import Ledger
+from tests.audit.helpers import (
+    COMPLETION,
+    IDEMPOTENCY_KEY,
+    REQUEST_HASH,
+    basis,
+    fill,
+    position_of,
+    read_lines,
+    rechain,
+    write_lines,
+)
+
+
+@pytest.fixture
+def exported(settings: Settings, tmp_path: Path) -> tuple[Path, dict[str, str], Ledger]:
+    ledger = Ledger(settings)
+    secrets = fill(ledger)
+    path = tmp_path / "ledger.jsonl"
+    with open(path, "w") as fh:
+        export(ledger.store, fh)
+    yield path, secrets, ledger
+    ledger.close()
+
+
+def test_export_on_one_home_audits_in_another_folder_with_no_access_to_the_first(settings, tmp_path):
+    ledger = Ledger(settings)
+    fill(ledger)
+    signer = ledger.signer.address
+    ledger.close()
+    export_path = tmp_path / "ledger.jsonl"
+    with open(export_path, "w") as fh:
+        proc = basis(["ledger", "export"], settings.home, stdout=fh)
+    assert proc.returncode == 0, proc.stderr
+    assert "exported through position" in proc.stderr
+
+    # The operator's home is gone; the auditor runs in an empty folder of its own.
+    shutil.rmtree(settings.home)
+    auditor = tmp_path / "auditor"
+    auditor.mkdir()
+    shutil.move(export_path, auditor / "ledger.jsonl")
+    proc = basis(["audit", "--events", "ledger.jsonl", "--signer", signer, "--json"], auditor / "no-home", cwd=auditor)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["ok"] and report["problems"] == []
+    assert report["receipts"] == 3 and report["accounts"] == 1 and report["open_jobs"] == 0
+    assert report["export"]["first_bad_position"] is None
+    assert report["export"]["lines"] == report["export"]["last_position"] == report["events"]
+    assert not (auditor / "no-home").exists(), "the audit must not create a store of its own"
+
+
+def test_no_completion_text_api_key_or_client_value_appears_in_the_export(exported):
+    path, secrets, ledger = exported
+    text = path.read_text()
+    # The ledger does hold them (so the test checks something):
+    job = ledger.get(uuid.UUID(secrets["job_id"]))
+    assert job.output_text == COMPLETION and job.idempotency_key == IDEMPOTENCY_KEY
+    key_hash = ids.hash_api_key(secrets["api_key"])
+    db = sqlite3.connect(ledger.settings.events_path)
+    stored = b"".join(r[0] for r in db.execute("SELECT state FROM stored_events"))
+    db.close()
+    assert key_hash.encode() in stored and COMPLETION.encode() in stored
+    for secret in (COMPLETION, "Paris", key_hash, secrets["api_key"], secrets["api_key"][:13], IDEMPOTENCY_KEY,
+                   REQUEST_HASH):
+        assert secret not in text, f"{secret!r} leaked into the export"
+    # ... and the chain still commits to each of them, by its SHA-256.
+    for committed in (COMPLETION, key_hash, IDEMPOTENCY_KEY, REQUEST_HASH):
+        assert hashlib.sha256(committed.encode()).hexdigest() in text
+
+
+def test_the_export_is_canonical_chained_and_reproducible(exported, tmp_path):
+    path, _, ledger = exported
+    lines = read_lines(path)
+    assert lines == rechain(lines), "every head must follow the published rule"
+    for line in lines:
+        obj = json.loads(line)
+        assert line == canonical(obj), "each line is itself in canonical form"
+    again = io.StringIO()
+    point = export(ledger.store, again)
+    assert again.getvalue() == path.read_text()
+    assert point.head_hex == json.loads(lines[-1])["head"] != GENESIS_HEX
+    # --from writes a suffix that continues the same chain; the parts audit together.
+    middle = position_of(lines[len(lines) // 2])
+    tail = io.StringIO()
+    export(ledger.store, tail, start=middle)
+    assert tail.getvalue().splitlines() == [x for x in lines if position_of(x) >= middle]
+    first = write_lines(tmp_path / "part1.jsonl", [x for x in lines if position_of(x) < middle])
+    second = write_lines(tmp_path / "part2.jsonl", tail.getvalue().splitlines())
+    report, summary = audit_events([first, second], signer=ledger.signer.address)
+    assert report.ok, report.problems
+    report, summary = audit_events([second])
+    assert not report.ok and summary["first_bad_position"] == middle
+    assert "genesis" in report.problems[0]
+    # Settlement's head tracker agrees with the export at every step, and resumes from its cache.
+    heads = LedgerHeads(ledger.store, tmp_path / "head.json")
+    assert heads.latest().head_hex == point.head_hex
+    assert LedgerHeads(ledger.store, tmp_path / "head.json").point.position == point.position
+    assert head_at(ledger.store, middle).head_hex == json.loads(lines[[position_of(x) for x in lines].index(middle)])[
+        "head"]
+
+
+def _audit(tmp_path: Path, lines: list[str], signer: str | None = None):
+    return audit_events([write_lines(tmp_path / "tampered.jsonl", lines)], signer=signer)
+
+
+def test_one_byte_flipped_in_a_line_is_named_at_its_position(exported, tmp_path):
+    path, _, _ = exported
+    lines = read_lines(path)
+    i = next(i for i, x in enumerate(lines) if '"topic":"basis:Account.Credited.v1"' in x)
+    flipped = lines[i].replace('"amount":5000', '"amount":9000', 1)
+    assert flipped != lines[i]
+    report, summary = _audit(tmp_path, [*lines[:i], flipped, *lines[i + 1:]])
+    assert not report.ok
+    assert summary["first_bad_position"] == position_of(lines[i])
+    assert report.problems[0].startswith(f"position {position_of(lines[i])}: its head does not follow")
+    # A flip that breaks the JSON itself is still named at the line's position.
+    broken = lines[i].replace('"topic"', '"topic\x01', 1)
+    report, summary = _audit(tmp_path, [*lines[:i], broken, *lines[i + 1:]])
+    assert summary["first_bad_position"] == position_of(lines[i]) and "not a JSON line" in report.problems[0]
+
+
+def test_a_dropped_line_is_named_at_the_position_where_the_chain_breaks(exported, tmp_path):
+    path, _, _ = exported
+    lines = read_lines(path)
+    i = len(lines) // 2
+    report, summary = _audit(tmp_path, lines[:i] + lines[i + 1:])
+    assert not report.ok
+    assert summary["first_bad_position"] == position_of(lines[i + 1])
+    assert f"does not follow from position {position_of(lines[i - 1])}'s" in report.problems[0]
+    assert "dropped" in report.problems[0]
+
+
+def test_two_swapped_lines_are_named(exported, tmp_path):
+    path, _, _ = exported
+    lines = read_lines(path)
+    i = len(lines) // 3
+    swapped = [*lines[:i], lines[i + 1], lines[i], *lines[i + 2:]]
+    report, summary = _audit(tmp_path, swapped)
+    assert not report.ok
+    assert summary["first_bad_position"] == position_of(lines[i])
+    assert any(p.startswith(f"position {position_of(lines[i])}: comes after position {position_of(lines[i + 1])}")
+               for p in report.problems), report.problems
+
+
+def test_a_history_rewritten_and_rechained_passes_alone_but_not_against_its_anchors(exported, tmp_path):
+    """Without the chain, a forger who recomputes every head cannot be told apart: that is what the
+    anchors are for (tests/audit/test_anchors.py). The replay itself still checks the money."""
+    path, _, ledger = exported
+    lines = read_lines(path)
+    i = next(i for i, x in enumerate(lines) if '"topic":"basis:Account.Credited.v1"' in x)
+    forged = [*lines[:i], lines[i].replace('"amount":5000', '"amount":9000', 1), *lines[i + 1:]]
+    report, _ = _audit(tmp_path, rechain(forged, i), signer=ledger.signer.address)
+    assert report.ok, report.problems
+
+
+def test_canonical_form_is_jcs_with_exact_integers():
+    cases = [{"b": 1, "a": [True, None, "x\u2028y\n\"\\"]}, {"é": "ü", "e": "\U0001f600", "\ue000": 1, "\U0001f600": 2},
+             {"f": [0.1, 1e21, 1e-7, -0.0, 123.0, 5e-324, 1.7976931348623157e308]}, "\x7f\x1f", 2**53 - 1]
+    for value in cases:
+        assert canonical(value).encode() == rfc8785.dumps(value), value
+    assert canonical({"amount": 10**24}) == '{"amount":1000000000000000000000000}'
+    with pytest.raises(ValueError):
+        canonical(math.inf)
+
+
+def test_duplicated_lines_and_foreign_types_are_named_and_never_replayed(exported, tmp_path):
+    path, _, _ = exported
+    lines = read_lines(path)
+    # The same event twice (a copy appended, rechained so only the duplicate is wrong).
+    report, summary = _audit(tmp_path, rechain([*lines, lines[3]], len(lines)))
+    assert not report.ok and summary["first_bad_position"] == position_of(lines[3])
+    assert any("appears twice" in p for p in report.problems), report.problems
+    # A type the ledger does not have is refused before eventsourcing could import it.
+    opened = json.loads(lines[0])
+    assert opened["topic"] == "basis:Account.Opened.v1"
+    foreign = dict(opened, position=position_of(lines[-1]) + 1, stream=str(uuid.uuid4()))
+    foreign["state"] = dict(opened["state"], originator_topic="subprocess:Popen")
+    unknown = dict(foreign, position=foreign["position"] + 1, stream=str(uuid.uuid4()), topic="os:system")
+    report, summary = _audit(tmp_path, rechain([*lines, json.dumps(foreign), json.dumps(unknown)], len(lines)))
+    assert summary["first_bad_position"] == foreign["position"]
+    assert report.problems[:2] == [
+        f"position {foreign['position']}: names the aggregate type 'subprocess:Popen', which the ledger does not "
+        "have; not replayed",
+        f"position {unknown['position']}: topic 'os:system' is unknown to this auditor (a newer ledger?); its lines "
+        "are not replayed"]
+    assert report.problems[2:] == [] and summary["events"] == len(lines) + 2
+
+
+@pytest.mark.postgres
+def test_an_export_of_a_postgresql_ledger_audits_the_same_way(pg_dsn, tmp_path):
+    settings = Settings(home=tmp_path / "pg-home", database_url=pg_dsn)
+    ledger = Ledger(settings)
+    try:
+        fill(ledger)
+        path = tmp_path / "pg.jsonl"
+        with open(path, "w") as fh:
+            point = export(ledger.store, fh)
+        signer = ledger.signer.address
+    finally:
+        ledger.close()
+    lines = read_lines(path)
+    assert lines == rechain(lines) and point.position == position_of(lines[-1])
+    report, summary = audit_events([path], signer=signer)
+    assert report.ok, report.problems
+    assert report.receipts == 3 and summary["events"] == len(lines)
