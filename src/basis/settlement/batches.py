@@ -219,7 +219,14 @@ class Settler:
         # Across processes: only the lease holder proposes, sends and confirms (lease.py).
         self.lease = SettlerLease(ledger.env, f"{chain.chain_id}:{chain.vault.lower()}")
         self.lease_wait = lease_wait
-        self.heads = LedgerHeads(ledger.store, ledger.settings.home / "ledger-head.json")
+        self._heads: LedgerHeads | None = None
+
+    @property
+    def heads(self) -> LedgerHeads:
+        """The ledger's hash-chain head, for the anchor; follows the ledger if it is reopened."""
+        if self._heads is None or self._heads.store is not self.ledger.store:
+            self._heads = LedgerHeads(self.ledger.store, self.ledger.settings.home / "ledger-head.json")
+        return self._heads
 
     @property
     def log_id(self) -> UUID:

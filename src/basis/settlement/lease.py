@@ -38,7 +38,7 @@ class SettlerLease:
         self.env = env
         self.scope = scope
         self._held: Any = None  # the open file or connection while held
-        self.postgres = env.get("PERSISTENCE_MODULE") == "eventsourcing.postgres"
+        self.postgres = "POSTGRES_DBNAME" in env  # whichever PostgreSQL factory the store uses
         if not self.postgres:
             db = env.get("SQLITE_DBNAME")
             if not db:
