@@ -55,7 +55,7 @@ def check(binding, steps):
 @pytest.mark.parametrize("mode", [None, "explicit"])
 def test_stream_to_steps(binding, incremental, mode):
     text = "Bonjour 🙂 日本"
-    eot = binding.tokenize("<end_of_turn>", special=True)[0]
+    eot = binding.vocab.eos_id  # the binding's end of turn (<|im_end|> for SmolLM2; was Gemma's <end_of_turn>)
     script = [*script_for(binding, text), eot]
     app = build_app(script, eos_id=eot, incremental=incremental,
                     pieces=lambda t: binding.token_bytes(t).decode("utf-8", "replace"))
