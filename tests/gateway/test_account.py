@@ -70,6 +70,26 @@ def test_a_new_account_reads_before_its_views_catch_up(gw):
     assert r.status_code == 200 and r.json()["balance"]["available"] == "0"
 
 
+def test_summary_reads_the_aggregate_before_the_views_have_the_account(settings, tmp_path):
+    from basis.gateway.account.service import account_summary
+    from basis.ledger import ids
+    from basis.ledger.projections import ViewReader
+    from basis.ledger.service import Ledger
+
+    ledger = Ledger(settings)
+    try:
+        account_id, key = ledger.create_api_key("unprojected")
+        ledger.grant("unprojected", 123)
+        empty = ViewReader(tmp_path / "empty-views.sqlite3")
+        body = account_summary(empty, ledger, str(account_id), ids.hash_api_key(key), key[:13])
+        empty.close()
+    finally:
+        ledger.close()
+    assert body["balance"]["available"] == "123" and body["balance"]["credited"] == "123"
+    assert body["balance"]["by_source"]["grant"] == {"credited": "123", "spent": "0"}
+    assert body["key"] == {"prefix": key[:13], "created": None} and body["name"] == "unprojected"
+
+
 def test_receipts_are_your_own_paged_newest_first(gw):
     _, key = gw.account("acct-pages", 10**21)
     _, stranger = gw.account("acct-stranger", 10**21)

@@ -11,21 +11,19 @@ from basis.gateway.account import service
 from basis.gateway.auth import bearer_account
 from basis.gateway.errors import APIError
 from basis.ledger import ids
+from basis.ledger.service import API_KEY_PREFIX
 
 router = APIRouter(tags=["account"])
 MAX_PAGE = 100
 DEFAULT_PAGE = 20
 
 
-def _key_hash(request: Request) -> str:
-    """The caller's key (``bearer_account`` has checked it) as the views know it."""
-    return ids.hash_api_key(request.headers["authorization"].partition(" ")[2].strip())
-
-
 @router.get("/v1/account")
 def get_account(request: Request, account_id: UUID = Depends(bearer_account)) -> dict[str, Any]:
     runtime = request.app.state.runtime
-    return service.account_summary(runtime.reader(), runtime.ledger, str(account_id), _key_hash(request))
+    key = request.headers["authorization"].partition(" ")[2].strip()  # bearer_account has checked it
+    return service.account_summary(runtime.reader(), runtime.ledger, str(account_id), ids.hash_api_key(key),
+                                   key[: len(API_KEY_PREFIX) + 4])
 
 
 def _int(value: str | None, param: str, default: int | None, highest: int) -> int | None:

@@ -23,11 +23,14 @@ def _unix(iso: str | None) -> int | None:
     return int(dt.datetime.fromisoformat(iso).timestamp()) if iso else None
 
 
-def account_summary(reader: Any, ledger: Any, account_id: str, key_hash: str) -> dict[str, Any]:
+def account_summary(reader: Any, ledger: Any, account_id: str, key_hash: str, key_prefix: str) -> dict[str, Any]:
+    """Balance (and by credit source), the calling key and every key of the account (prefixes only)."""
     row = reader.account(account_id)
-    if row is None:  # opened moments ago: not projected yet
+    if row is None:  # opened moments ago: not projected yet, so its credits are not either
         row = _from_aggregate(ledger, account_id)
-    credited = reader.credits_by_source(account_id)
+        credited = {"grant": int(row["granted"]), "deposit": int(row["deposited"])}
+    else:
+        credited = reader.credits_by_source(account_id)
     spent_by_source = {"grant": int(row["spent_granted"]), "deposit": int(row["spent_deposited"])}
     by_source: dict[str, dict[str, str]] = {}
     for source in sorted(set(credited) | {"grant", "deposit"}):
@@ -54,7 +57,9 @@ def account_summary(reader: Any, ledger: Any, account_id: str, key_hash: str) ->
             # Spend draws on granted credit first, then on deposits (what settlement moves on chain).
             "by_source": by_source,
         },
-        "key": {"prefix": this["prefix"], "created": _unix(this["created_at"])} if this else None,
+        # A key created moments ago may not be projected yet: its prefix is known from the key itself.
+        "key": {"prefix": this["prefix"], "created": _unix(this["created_at"])} if this else
+        {"prefix": key_prefix, "created": None},
         "keys": [{"prefix": k["prefix"], "created": _unix(k["created_at"])} for k in keys],
         "jobs": int(row.get("jobs") or 0),
         "receipts": int(row.get("receipts") or 0),
