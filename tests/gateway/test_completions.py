@@ -202,3 +202,25 @@ def test_insufficient_credit_for_all_prompts_runs_none(gw):
     acc = gw.ledger.get(account_id)
     assert acc.spent == 0 and acc.reserved == 0
     assert post(gw, key, {"model": MODEL, "prompt": ["x", "x"], "max_tokens": 4}).status_code == 200
+
+
+def test_client_disconnect_cancels_every_job_and_charges_what_was_relayed(gateway):
+    gateway.start_worker(rogue="stall-after")  # five tokens per job, then it hangs
+    account_id, key = gateway.account("cmpl-quitter", 10**21)
+    with httpx.stream("POST", f"{gateway.base}/v1/completions", headers={"Authorization": f"Bearer {key}"},
+                      json={"model": MODEL, "prompt": ["a", "b"], "max_tokens": 20, "stream": True},
+                      timeout=60) as r:
+        job_ids = r.headers["basis-job-id"].split(",")
+        seen: set[int] = set()
+        for line in r.iter_lines():
+            if line.startswith("data: {"):
+                seen |= {c["index"] for c in json.loads(line[6:])["choices"] if c["text"]}
+            if seen == {0, 1}:
+                break
+    gateway.until(lambda: gateway.ledger.get(account_id).reserved == 0, what="both jobs to end")
+    gateway.views_caught_up()
+    cores = [httpx.get(f"{gateway.base}/v1/receipts/{j}").json()["core"] for j in job_ids]
+    assert [c["outcome"] for c in cores] == ["cancelled", "cancelled"]
+    assert all(1 <= c["output_tokens"] <= 5 for c in cores)
+    assert gateway.ledger.get(account_id).spent == sum(int(c["charged"]) for c in cores)
+    assert gateway.runtime.hub.workers()[0].active_jobs == 0
