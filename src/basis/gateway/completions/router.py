@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 from uuid import UUID
@@ -19,6 +20,7 @@ from basis.gateway.completions.schemas import CompletionRequest
 from basis.gateway.errors import APIError
 
 router = APIRouter(tags=["completions"])
+log = logging.getLogger("basis.gateway.completions")
 PROMPT_SHAPES = "a string, an array of strings, an array of token ids, or an array of token id arrays"
 
 
@@ -113,8 +115,14 @@ async def _sse(cid: str, created: int, model: str, choices: list[service.Choice]
     queue: asyncio.Queue[tuple[int, str, Any]] = asyncio.Queue()
 
     async def pump(choice: service.Choice, first: tuple[str, Any] | None) -> None:
-        async for kind, value in service.events(choice, first):
-            queue.put_nowait((choice.index, kind, value))
+        try:
+            async for kind, value in service.events(choice, first):
+                queue.put_nowait((choice.index, kind, value))
+        except Exception:  # never leave the stream waiting on a job that can no longer report
+            log.exception("relaying completion job %s failed", choice.job_id)
+            queue.put_nowait((choice.index, "error", APIError(
+                500, "The server had an error while processing your request.", code="internal_error",
+                type_="server_error")))
 
     pumps = [asyncio.create_task(pump(c, f)) for c, f in zip(choices, firsts, strict=True)]
     open_jobs = len(choices)
