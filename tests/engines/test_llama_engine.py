@@ -1,4 +1,4 @@
-"""LlamaCppEngine generates real tokens with the Gemma 3 270M GGUF."""
+"""LlamaCppEngine generates real tokens with the packaged GGUF behind basis-default (SmolLM2-135M-Instruct)."""
 
 from __future__ import annotations
 

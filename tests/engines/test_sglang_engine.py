@@ -39,7 +39,7 @@ def check(binding, steps):
 
 
 def eot_of(binding) -> int:
-    return binding.tokenize("<end_of_turn>", special=True)[0]
+    return binding.vocab.eos_id  # the binding's end of turn (<|im_end|> for SmolLM2; was Gemma's <end_of_turn>)
 
 
 def scripted(binding, text="Bonjour 🙂 日本"):

@@ -78,4 +78,18 @@ def test_models_list_shows_live_binding(llama_gateway):
     assert set(models) == {"basis-default", "basis-small", "basis-large"}
     default = models["basis-default"].model_dump()
     assert default["status"] == "live" and default["context_window"] == 8192
-    assert default["binding"]["binding_hash"].startswith("0x") and "gemma" in default["binding"]["backing_model"]
+    assert default["binding"]["binding_hash"].startswith("0x") and "SmolLM2" in default["binding"]["backing_model"]
+    large = models["basis-large"].model_dump()  # Gemma 3 270M: its 32k context fits basis-large's window
+    assert "gemma" in large["binding"]["backing_model"] and large["context_window"] == 32768
+    assert large["binding"]["binding_hash"] != default["binding"]["binding_hash"]
+
+
+def test_default_model_answers_in_english(llama_gateway):
+    """basis-default is instruction-tuned: a greeting gets a short English reply that ends by itself
+    (the base model it replaced answered noise and ran to the length limit)."""
+    _, key = llama_gateway.account("sdk-hi", 10**21)
+    c = _client(llama_gateway, key).chat.completions.create(
+        model="basis-default", messages=[{"role": "user", "content": "Say hi"}], max_tokens=64, temperature=0)
+    text = c.choices[0].message.content
+    assert c.choices[0].finish_reason == "stop" and c.usage.completion_tokens < 64
+    assert text.isascii() and sum(ch.isalpha() for ch in text) > len(text) / 2, text

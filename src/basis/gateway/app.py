@@ -11,9 +11,11 @@ from types import SimpleNamespace
 
 from fastapi import FastAPI, Request
 
+from basis.gateway.account.router import router as account_router
 from basis.gateway.auth import bearer_account
 from basis.gateway.chat.router import chat_completions
 from basis.gateway.chat.router import router as chat_router
+from basis.gateway.completions.router import router as completions_router
 from basis.gateway.errors import APIError, install_error_handlers
 from basis.gateway.models.router import router as models_router
 from basis.gateway.network.router import router as network_router
@@ -42,7 +44,8 @@ def create_app(runtime: GatewayRuntime) -> FastAPI:
     app.state.runtime = runtime
     app.state.worker_hub = runtime.hub
     install_error_handlers(app)
-    for r in (chat_router, models_router, receipts_router, network_router, workers_router):
+    for r in (chat_router, completions_router, account_router, models_router, receipts_router, network_router,
+              workers_router):
         app.include_router(r)
     for module_name in OPTIONAL_ROUTERS:
         try:

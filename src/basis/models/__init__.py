@@ -10,17 +10,19 @@ from basis.models.binding import (
     normalize_messages,
 )
 from basis.models.gguf import default_gguf_path, load_vocab
-from basis.models.registry import DEV_CATALOG, binding_from_entry, load_bindings
+from basis.models.registry import DEV_CATALOG, CatalogError, binding_from_entry, check_context_window, load_bindings
 from basis.models.utf8 import IncrementalText, TextMismatch, UTF8Matcher
 
 __all__ = [
     "DEV_CATALOG",
+    "CatalogError",
     "ChatTemplateError",
     "IncrementalText",
     "ModelBinding",
     "TextMismatch",
     "UTF8Matcher",
     "binding_from_entry",
+    "check_context_window",
     "compute_binding_hash",
     "default_gguf_path",
     "load_bindings",

@@ -11,8 +11,17 @@ from basis.gateway.errors import APIError
 router = APIRouter(tags=["models"])
 CREATED = 1_764_028_800  # 2025-11-25: when the advertised catalog was defined
 
-NOTE = ("Development binding: Gemma 3 270M is a base model, not instruction-tuned; it rambles and often "
-        "stops only at the length limit.")
+NOTES = {  # by backing model: what a client should expect of the development bindings
+    "270m": ("Development binding: Gemma 3 270M is a base model, not instruction-tuned; it rambles and often "
+             "stops only at the length limit. Suits /v1/completions (text continuation) better than chat."),
+    "smollm2": ("Development binding: SmolLM2-135M-Instruct, a small instruction-tuned model (ChatML template): "
+                "short English replies, often wrong on facts."),
+}
+
+
+def _note(backing_model: str) -> str | None:
+    name = backing_model.lower()
+    return next((text for key, text in NOTES.items() if key in name), None)
 
 
 def _entry(m: dict[str, Any]) -> dict[str, Any]:
@@ -21,7 +30,7 @@ def _entry(m: dict[str, Any]) -> dict[str, Any]:
         "context_window": m["context_window"], "max_output_tokens": m["max_output_tokens"],
         "multiplier_bps": m["multiplier_bps"], "status": m["status"], "workers": m["workers"],
         "binding": {"backing_model": m["backing_model"], "binding_hash": m["binding_hash"]},
-        "description": NOTE if "270m" in m["backing_model"].lower() else None,
+        "description": _note(m["backing_model"]),
     }
 
 

@@ -27,6 +27,7 @@ PAGE = 5000
 AMOUNT_COLUMNS = {
     "accounts": ("granted", "deposited", "withdrawn", "reserved", "spent_granted", "spent_deposited"),
     "rewards": ("accrued", "settled", "claimed"),
+    "usage_daily": ("charged",),
 }
 
 
@@ -64,7 +65,7 @@ def connect(path: str | Path) -> sqlite3.Connection:
     return db
 
 
-_PK = {"accounts": "account_id", "rewards": "worker", "jobs": "job_id"}
+_PK = {"accounts": "account_id", "rewards": "worker", "jobs": "job_id", "usage_daily": "usage_key"}
 _JOB_COLUMNS = ("job_id", "account_id", "node", "model", "status", "served_by", "worker", "attempts", "prompt_tokens",
                 "output_tokens", "reserved", "outcome", "finish_reason", "reason", "worker_usage", "accepted_at",
                 "ended_at")
@@ -254,6 +255,8 @@ class Projector:
 
     def _api_key_added(self, b: _Batch, n: Notification, d: dict[str, Any]) -> None:
         self._account(b, n, d)["api_keys"] += 1
+        self.db.execute("INSERT INTO api_keys VALUES (?, ?, ?, ?)",
+                        (d["key_hash"], str(n.originator_id), d["prefix"], self._ts(d)))
 
     def _credited(self, b: _Batch, n: Notification, d: dict[str, Any]) -> None:
         row = self._account(b, n, d)
@@ -309,6 +312,7 @@ class Projector:
         acc = b.row("accounts", account_id)
         assert acc is not None
         acc["receipts"] += 1
+        self._usage(b, account_id, self._ts(d)[:10], core)
         if core["worker"]:
             row = b.row("rewards", core["worker"])
             if row is None:
@@ -318,6 +322,20 @@ class Projector:
             row["accrued"] += int(core["reward"])
             row["jobs"] += 1
             row["output_tokens"] += core["output_tokens"]
+
+    @staticmethod
+    def _usage(b: _Batch, account_id: str, day: str, core: dict[str, Any]) -> None:
+        """Receipted usage per account, UTC day (of the receipt) and model."""
+        key = f"{account_id}|{day}|{core['model']}"
+        row = b.row("usage_daily", key)
+        if row is None:
+            row = {"usage_key": key, "account_id": account_id, "day": day, "model": core["model"], "receipts": 0,
+                   "prompt_tokens": 0, "output_tokens": 0, "charged": 0}
+            b.put("usage_daily", key, row)
+        row["receipts"] += 1
+        row["prompt_tokens"] += core["prompt_tokens"]
+        row["output_tokens"] += core["output_tokens"]
+        row["charged"] += int(core["charged"])
 
     def _job_settled(self, b: _Batch, n: Notification, d: dict[str, Any]) -> None:
         settlement = {k: d[k] for k in ("batch_id", "leaf_index", "tx_hash", "chain_id")}

@@ -22,6 +22,8 @@ TABLES = {  # table -> primary-key order used for canonical dumps
     "withdrawals": "book_id, nonce",
     "claims": "tx_hash, log_index",
     "chain_cursors": "cursor_id",
+    "api_keys": "key_hash",
+    "usage_daily": "usage_key",
 }
 
 
@@ -86,6 +88,27 @@ class ViewReader:
 
     def accounts(self) -> list[dict[str, Any]]:
         return [balance_json(r) for r in self.db.execute("SELECT * FROM accounts ORDER BY name")]
+
+    def credits_by_source(self, account_id: str) -> dict[str, int]:
+        """Credited amount per credit source (grant, deposit, ...), summed as integers."""
+        out: dict[str, int] = {}
+        for source, amount in self.db.execute("SELECT source, amount FROM credits WHERE account_id = ?",
+                                              (account_id,)):
+            out[source] = out.get(source, 0) + int(amount)
+        return out
+
+    def api_keys(self, account_id: str) -> list[dict[str, Any]]:
+        rows = self.db.execute("SELECT key_hash, prefix, created_at FROM api_keys WHERE account_id = ?"
+                               " ORDER BY created_at, key_hash", (account_id,))
+        return [dict(r) for r in rows]
+
+    def usage(self, account_id: str, start_day: str, end_day: str) -> list[dict[str, Any]]:
+        """Receipted usage rows of one account for UTC days ``start_day``..``end_day`` (inclusive,
+        ``YYYY-MM-DD``), by day then model; ``charged`` an int."""
+        rows = self.db.execute(
+            "SELECT day, model, receipts, prompt_tokens, output_tokens, charged FROM usage_daily"
+            " WHERE account_id = ? AND day >= ? AND day <= ? ORDER BY day, model", (account_id, start_day, end_day))
+        return [{**dict(r), "charged": int(r["charged"])} for r in rows]
 
     def rewards(self) -> list[dict[str, Any]]:
         return [dict(r) for r in self.db.execute("SELECT * FROM rewards ORDER BY worker")]

@@ -27,6 +27,18 @@ CREATE TABLE IF NOT EXISTS receipts (
 );
 CREATE INDEX IF NOT EXISTS receipts_unsettled ON receipts (status, seq);
 CREATE INDEX IF NOT EXISTS receipts_worker ON receipts (worker, seq);
+CREATE INDEX IF NOT EXISTS receipts_account ON receipts (account_id, seq);
+-- An account's own views (GET /v1/account...): its keys (prefix only, never the hash's key) and
+-- its receipted usage per UTC day and model.
+CREATE TABLE IF NOT EXISTS api_keys (
+    key_hash TEXT PRIMARY KEY, account_id TEXT NOT NULL, prefix TEXT NOT NULL, created_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS api_keys_account ON api_keys (account_id, created_at);
+CREATE TABLE IF NOT EXISTS usage_daily (
+    usage_key TEXT PRIMARY KEY, account_id TEXT NOT NULL, day TEXT NOT NULL, model TEXT NOT NULL,
+    receipts INTEGER NOT NULL, prompt_tokens INTEGER NOT NULL, output_tokens INTEGER NOT NULL, charged TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS usage_daily_account ON usage_daily (account_id, day);
 CREATE TABLE IF NOT EXISTS rewards (
     worker TEXT PRIMARY KEY, accrued TEXT NOT NULL, settled TEXT NOT NULL, claimed TEXT NOT NULL,
     jobs INTEGER NOT NULL, output_tokens INTEGER NOT NULL
