@@ -29,7 +29,8 @@ def main() -> None:
         json.dump(sys.argv[1:], f)
     beh = Behaviour.for_version("0.5.10", incremental=args.incremental_streaming_output,
                                 deterministic=args.enable_deterministic_inference, api_key=args.api_key)
-    app = build_app([5, 6, 7, 1], eos_id=1, behaviour=beh, starting=2)
+    eos = int(os.environ.get("FAKE_SGLANG_EOS", "1"))  # the binding's end of sequence, set by the test
+    app = build_app([5, 6, 7, eos], eos_id=eos, behaviour=beh, starting=2)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
 
 

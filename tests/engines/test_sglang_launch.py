@@ -40,6 +40,7 @@ def test_launch_starts_waits_for_health_and_stops_with_the_engine(tmp_path, monk
     monkeypatch.setattr(sglang_server, "installed_version", lambda: "0.5.10")
     argv_file = tmp_path / "argv.json"
     monkeypatch.setenv("FAKE_SGLANG_ARGV", str(argv_file))
+    monkeypatch.setenv("FAKE_SGLANG_EOS", str(binding.vocab.eos_id))
     fake = tmp_path / "python"
     script = os.path.join(os.path.dirname(__file__), "fake_sglang_launch.py")
     fake.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{script}" "$@"\n')
