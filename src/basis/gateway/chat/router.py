@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 
 from basis.gateway.auth import bearer_account
-from basis.gateway.chat.schemas import ChatCompletionRequest
+from basis.gateway.chat.schemas import ChatCompletionRequest, lone_surrogate_path
 from basis.gateway.chat.service import JobRun, plan_request
 from basis.gateway.errors import APIError
 from basis.ledger.errors import IdempotentReplay
@@ -39,6 +39,10 @@ async def _parse(request: Request) -> tuple[ChatCompletionRequest, dict[str, Any
         raise APIError(400, "We could not parse the JSON body of your request.", code="invalid_json") from None
     if not isinstance(body, dict):
         raise APIError(400, "The request body must be a JSON object.", code="invalid_json")
+    where = lone_surrogate_path(body)
+    if where is not None:
+        raise APIError(400, f"Invalid value for '{where}': the string holds a lone UTF-16 surrogate, which is not "
+                       "valid Unicode.", param=where, code="invalid_value")
     try:
         return ChatCompletionRequest.model_validate(body), body
     except ValidationError as exc:
@@ -102,7 +106,7 @@ async def chat_completions(request: Request, account_id: UUID = Depends(bearer_a
     if plan.stream:
         first = await run.events.get()
         if first[0] == "error":
-            return first[1].response()
+            return first[1].response(headers)
         return StreamingResponse(_live_stream(run, first), media_type="text/event-stream",
                                  headers={**SSE_HEADERS, **headers})
     receipt = await run.wait_receipt()
@@ -111,7 +115,7 @@ async def chat_completions(request: Request, account_id: UUID = Depends(bearer_a
         events.append(run.events.get_nowait())
     for kind, value in events:
         if kind == "error":
-            return value.response()
+            return value.response(headers)  # the job exists: its id lets the caller look it up
     finish = next((v for k, v in events if k == "end"), None)
     usage = _usage(len(plan.prompt_ids), run.output_tokens)
     out = _completion(run.completion_id, plan.created, plan.model, "".join(run.text_parts), finish, usage, receipt)

@@ -25,7 +25,7 @@ from basis.gateway.chat.stops import StopScanner
 from basis.gateway.errors import APIError
 from basis.gateway.workers import NoWorkerAvailable, WorkerFailedBeforeFirstToken, WorkerJobError
 from basis.ledger.errors import IdempotencyConflict, IdempotentReplay, InsufficientCredit, LedgerUnavailable
-from basis.models import ChatTemplateError, ModelBinding, TextMismatch, UTF8Matcher
+from basis.models import ChatTemplateError, InvalidOutputToken, ModelBinding, TextMismatch, UTF8Matcher
 from basis.observability import metrics
 from basis.observability.logging import job_context
 from basis.protocol import Job as JobMessage
@@ -117,8 +117,26 @@ async def plan_request(runtime: Any, req: ChatCompletionRequest, body: dict[str,
         top_p=1.0 if req.top_p is None else req.top_p, seed=req.seed, stops=req.stop, stream=bool(req.stream),
         include_usage=bool(req.stream_options and req.stream_options.include_usage),
         idempotency_key=idempotency_key,
-        request_hash=request_hash(body) if idempotency_key is not None else None,
+        request_hash=_idempotency_hash(body, req) if idempotency_key is not None else None,
     )
+
+
+JSON_SAFE_INTEGER = 2**53 - 1  # RFC 8785 (I-JSON) holds integers up to this magnitude exactly
+
+
+def _idempotency_hash(body: dict[str, Any], req: ChatCompletionRequest) -> str:
+    """The request's identity under an Idempotency-Key: a hash of its RFC 8785 canonical form,
+    which refuses integers beyond 2^53-1 and NaN/Infinity: a 400 naming why, not a 500."""
+    try:
+        return request_hash(body)
+    except rfc8785.CanonicalizationError as exc:
+        if req.seed is not None and abs(req.seed) > JSON_SAFE_INTEGER:
+            raise APIError(400, f"With an Idempotency-Key, seed must be within ±(2^53-1) (got {req.seed}): the "
+                           "request is identified by its RFC 8785 canonical JSON, which holds no larger integer. "
+                           "Use a smaller seed, or send no Idempotency-Key.", param="seed",
+                           code="invalid_value") from None
+        raise APIError(400, f"With an Idempotency-Key the request body must be expressible as RFC 8785 canonical "
+                       f"JSON: {exc}.", code="invalid_value") from None
 
 
 class JobRun:
@@ -257,7 +275,6 @@ class JobRun:
         p = self.plan
         matcher, decoder = UTF8Matcher(), codecs.getincrementaldecoder("utf-8")(errors="replace")
         stopper = StopScanner(p.stops)
-        eos = p.binding.eos_token_ids
         counted = 0
         started = time.perf_counter()
         refused = False  # the reservation was refused: no job exists to record
@@ -272,11 +289,10 @@ class JobRun:
                     self._emit(tail + stopper.flush())
                     result = Outcome("completed", matcher.accepted, finish_reason, worker_usage=usage)
                     break
-                if any(i in eos for i in ids):
-                    raise JobFailed("the worker relayed an end-of-sequence token id")
                 if counted + len(ids) > p.max_tokens:
                     raise JobFailed("the worker relayed more tokens than the job allows")
-                pieces = p.binding.token_pieces(ids)
+                # out-of-vocabulary, end-of-sequence and other control ids (padding) fail the job
+                pieces = p.binding.output_pieces(ids)
                 matcher.feed(pieces, text)
                 if counted == 0 and ids:
                     metrics.TTFT.labels(p.model).observe(time.perf_counter() - started)
@@ -299,7 +315,7 @@ class JobRun:
             result = Outcome("cancelled", matcher.accepted, None, reason="the client went away")
         except APIError as exc:
             result, error = Outcome("failed", 0, None, reason=exc.message), exc
-        except (TextMismatch, JobFailed, WorkerJobError, EngineError) as exc:
+        except (TextMismatch, InvalidOutputToken, JobFailed, WorkerJobError, EngineError) as exc:
             result = Outcome("failed", matcher.accepted, None, reason=str(exc))
             error = APIError(502, f"The serving worker failed mid-stream: {exc}", code="worker_failed",
                              type_="server_error")
