@@ -2,7 +2,7 @@
 double for a hostile or broken contributor, beside a real gateway (tests/gateway/harness.Gateway).
 
 A script is chosen per job by its ``max_tokens`` (``worker.scripts[max_tokens] = [...]``). Each
-entry is a frame dict; ``job_id`` is filled in. Heartbeats go on whatever the script does, so a
+entry is a frame dict (``job_id`` is filled in), or ``sleep(s)``. Heartbeats go on whatever the script does, so a
 script that ends without ``done`` is a worker that stays connected and never finishes.
 Every message the gateway sends is kept in ``received`` (e.g. to see a ``cancel``).
 """
@@ -27,6 +27,11 @@ def tokens(ids: list[int], text: str) -> dict[str, Any]:
 def done(finish_reason: str = "stop", completion_tokens: int = 0) -> dict[str, Any]:
     return {"type": "done", "finish_reason": finish_reason, "text": "",
             "usage": {"prompt_tokens": 1, "completion_tokens": completion_tokens}}
+
+
+def sleep(seconds: float) -> dict[str, Any]:
+    """Not a frame: the script waits (heartbeats go on)."""
+    return {"type": "sleep", "seconds": seconds}
 
 
 class ScriptedWorker:
@@ -68,6 +73,9 @@ class ScriptedWorker:
 
             async def play(job: dict[str, Any]) -> None:
                 for frame in self.scripts.get(job["max_tokens"], []):
+                    if frame["type"] == "sleep":
+                        await asyncio.sleep(frame["seconds"])
+                        continue
                     await ws.send(json.dumps({**frame, "job_id": job["job_id"]}))
                     await asyncio.sleep(0.005)
 

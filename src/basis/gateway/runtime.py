@@ -9,7 +9,7 @@ import json
 import logging
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -17,6 +17,7 @@ from uuid import UUID
 from basis.config import Settings
 from basis.engines.base import Engine
 from basis.gateway.auth import RateLimiter
+from basis.gateway.chat.deadlines import DeadlinePolicy
 from basis.gateway.workers import WorkerHub
 from basis.ledger.projections import Projector, ViewReader
 from basis.ledger.projections.process import ProjectorProcess
@@ -43,6 +44,8 @@ class GatewayOptions:
     # Where job commands commit: "process" (a writer process: its CPU off the loop's GIL) or
     # "thread" (the ledger's writer thread in this process).
     ledger_writer: str = os.environ.get("BASIS_LEDGER_WRITER", "process")
+    # How long a contributor may take to its first token, between tokens and in all (published).
+    deadlines: DeadlinePolicy = field(default_factory=DeadlinePolicy.from_env)
 
 
 class GatewayRuntime:
@@ -199,6 +202,7 @@ class GatewayRuntime:
                 "status": "live" if workers or served_here else "planned",
                 "workers": workers,
                 "gateway_served": served_here,
+                "deadlines": self.options.deadlines.describe_model(spec.context_window, spec.max_output_tokens),
                 **binding.describe(),
             })
         return out
@@ -222,4 +226,5 @@ class GatewayRuntime:
             "chain_id": self.chain_id,
             "gateway_signer": self.ledger.signer.address,
             "worker_protocol_version": PROTOCOL_VERSION,
+            "job_deadlines": self.options.deadlines.describe(),
         }

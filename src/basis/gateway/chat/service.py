@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import contextlib
 import hashlib
 import logging
 import time
@@ -20,6 +21,7 @@ from typing import Any
 import rfc8785
 
 from basis.engines.base import EngineError, GenerateRequest
+from basis.gateway.chat.deadlines import DeadlineMissed, within_deadlines
 from basis.gateway.chat.schemas import ChatCompletionRequest
 from basis.gateway.chat.stops import StopScanner
 from basis.gateway.errors import APIError
@@ -231,15 +233,22 @@ class JobRun:
             try:
                 # Busy workers are waited for only when the gateway has no engine of its own to fall back on.
                 async with hub.dispatch(msg, exclude=tried, via=via, wait=not self._gateway_can_serve) as stream:
+                    sent_at = asyncio.get_running_loop().time()  # the deadlines run from here
                     await self._reserved()
                     if via is None or stream.worker_address != via.address:  # a retry: a new assignment
                         self._assign("contributor", stream.worker_address)
                     self.served_by = "contributor"
-                    async for frame in stream:
-                        if isinstance(frame, Tokens):
-                            yield frame.ids, frame.text, None, None
-                        else:
-                            yield [], frame.text, frame.finish_reason, frame.usage.model_dump()
+                    limits = self.runtime.options.deadlines.for_job(len(p.prompt_ids), p.max_tokens)
+                    try:
+                        async with contextlib.aclosing(within_deadlines(stream, limits, started=sent_at)) as frames:
+                            async for frame in frames:
+                                if isinstance(frame, Tokens):
+                                    yield frame.ids, frame.text, None, None
+                                else:
+                                    yield [], frame.text, frame.finish_reason, frame.usage.model_dump()
+                    except DeadlineMissed as exc:  # leaving the dispatch sends the worker `cancel`
+                        self._deadline_missed(stream.worker_address, exc)
+                        raise
                     return
             except NoWorkerAvailable as exc:
                 await self._reserved()
@@ -270,6 +279,14 @@ class JobRun:
                 yield step.ids, step.text, step.finish_reason, usage
         finally:
             await gen.aclose()
+
+    def _deadline_missed(self, worker: str, exc: DeadlineMissed) -> None:
+        """On the worker's record: a per-address count (hub.workers()), Prometheus, the log."""
+        misses = self.runtime.hub.record_deadline_miss(worker)
+        metrics.DEADLINE_MISSES.labels(worker.lower(), self.plan.model, exc.kind).inc()
+        log.warning("worker %s missed a job deadline: %s", worker, exc,
+                    extra={"worker": worker, "deadline": exc.kind, "worker_deadline_misses": misses})
+        exc.worker = worker
 
     async def _run(self) -> None:
         p = self.plan
@@ -315,6 +332,10 @@ class JobRun:
             result = Outcome("cancelled", matcher.accepted, None, reason="the client went away")
         except APIError as exc:
             result, error = Outcome("failed", 0, None, reason=exc.message), exc
+        except DeadlineMissed as exc:  # the worker was told to cancel; what it sent so far is charged
+            result = Outcome("failed", matcher.accepted, None, reason=f"deadline missed by {exc.worker}: {exc}")
+            error = APIError(504, f"The serving worker timed out: {exc}.", code="worker_timeout",
+                             type_="server_error")
         except (TextMismatch, InvalidOutputToken, JobFailed, WorkerJobError, EngineError) as exc:
             result = Outcome("failed", matcher.accepted, None, reason=str(exc))
             error = APIError(502, f"The serving worker failed mid-stream: {exc}", code="worker_failed",
