@@ -18,6 +18,7 @@ from basis.config import Settings
 from basis.engines.base import Engine
 from basis.gateway.auth import RateLimiter
 from basis.gateway.chat.deadlines import DeadlinePolicy
+from basis.gateway.node_lock import NodeLock
 from basis.gateway.workers import WorkerHub
 from basis.ledger.projections import Projector, ViewReader
 from basis.ledger.projections.process import ProjectorProcess
@@ -54,6 +55,9 @@ class GatewayRuntime:
         self.settings = settings or Settings()
         self.options = options or GatewayOptions()
         self.settings.ensure_home()
+        self.settings.persist_node_id()
+        # Before anything opens the store: one live gateway per node id (NodeIdInUse names the other).
+        self.node_lock = NodeLock.acquire(self.settings)
         self.ledger = ledger or Ledger(self.settings)
         self.pricing = self.ledger.pricing
         self.bindings: dict[str, ModelBinding] = load_bindings(list(self.pricing.models.values()))
@@ -128,6 +132,7 @@ class GatewayRuntime:
         if self.projector_process is not None:
             self.projector_process.stop()
         self.ledger.close()
+        self.node_lock.release()
 
     def _make_engine(self) -> Engine | None:
         kind = self.options.engine
