@@ -103,3 +103,7 @@ def test_a_receipt_cursor_beyond_64_bits_is_a_400(gateway):
         assert_error(r, 400)
     r = httpx.get(f"{gateway.base}/v1/receipts", params={"before": str(2**63 - 1)}, timeout=30)
     assert r.status_code == 200 and r.json()["data"] == []
+    # the explorer's page cursor too: a 400 page, not a 500
+    for before in ("99999999999999999999", "\u00b2"):
+        r = httpx.get(f"{gateway.base}/receipts", params={"before": before}, timeout=30)
+        assert r.status_code == 400 and "cursor" in r.text
