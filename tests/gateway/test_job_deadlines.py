@@ -122,7 +122,10 @@ def test_client_retries_no_longer_stack_reservations(staller):
     gw.until(lambda: gw.ledger.get(account_id).reserved == 0, what="the deadlines to end the jobs", timeout=15)
     acc = gw.ledger.get(account_id)
     assert not acc.reservations and acc.available == 10**21 - acc.spent
-    assert _misses(gw) == 3
+    # each attempt ended: cancelled when the gateway saw its caller leave, else failed at the deadline
+    gw.views_caught_up()
+    rows = gw.runtime.reader().db.execute("SELECT outcome FROM jobs").fetchall()
+    assert len(rows) == 3 and {r[0] for r in rows} <= {"cancelled", "failed"}
     worker.scripts[9] = [tokens(_hello(gw), "Hello"), done()]
     ok = _post(gw, key, {**body, "max_tokens": 9})
     assert ok.status_code == 200 and ok.json()["choices"][0]["message"]["content"] == "Hello"
@@ -138,3 +141,24 @@ def test_deadlines_are_published(staller):
                                                  + m["max_output_tokens"] / 4, abs=0.01)
     net = httpx.get(f"{gw.base}/v1/network", timeout=30).json()
     assert net["job_deadlines"] == POLICY
+
+
+def test_a_non_streaming_caller_that_leaves_cancels_its_job_at_once(gateway):
+    """Default deadlines (a minute): the caller's timeout, not the deadline, ends the job."""
+    b = gateway.runtime.bindings
+    worker = ScriptedWorker(gateway.ws, {m: b[m].binding_hash for m in b})
+    try:
+        gateway.until(lambda: gateway.runtime.hub.workers(), what="the scripted worker")
+        account_id, key = gateway.account("impatient", 10**21)
+        worker.scripts[64] = [tokens(_hello(gateway), "Hello")]  # then silence
+        for _ in range(3):
+            with pytest.raises(httpx.TimeoutException):
+                _post(gateway, key, {"model": "basis-default", "messages": CHAT, "max_tokens": 64}, timeout=0.5)
+        gateway.until(lambda: gateway.ledger.get(account_id).reserved == 0, what="the jobs to be cancelled",
+                      timeout=10)
+        gateway.views_caught_up()
+        rows = gateway.runtime.reader().db.execute("SELECT outcome, output_tokens FROM jobs").fetchall()
+        assert [tuple(r) for r in rows] == [("cancelled", 1)] * 3
+        gateway.until(lambda: len(worker.cancels()) == 3, what="the worker told to cancel")
+    finally:
+        worker.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
@@ -84,6 +85,21 @@ def _usage_chunk(cid: str, created: int, model: str, usage: dict[str, int]) -> s
                               "system_fingerprint": None, "choices": [], "usage": usage}) + "\n\n"
 
 
+DISCONNECT_POLL_S = 0.5
+
+
+async def _until_done_or_gone(request: Request, run: JobRun) -> None:
+    """A non-streamed job runs to its end, unless its caller goes away first (an SDK timeout):
+    then it is cancelled at once, charging what was accepted (DESIGN 1.3), so a caller's
+    timeout-and-retry does not hold a reservation per attempt."""
+    assert run.task is not None
+    while not run.task.done():
+        await asyncio.wait({run.task}, timeout=DISCONNECT_POLL_S)
+        if not run.task.done() and await request.is_disconnected():
+            run.client_gone()
+            return
+
+
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -109,6 +125,7 @@ async def chat_completions(request: Request, account_id: UUID = Depends(bearer_a
             return first[1].response(headers)
         return StreamingResponse(_live_stream(run, first), media_type="text/event-stream",
                                  headers={**SSE_HEADERS, **headers})
+    await _until_done_or_gone(request, run)
     receipt = await run.wait_receipt()
     events = []
     while not run.events.empty():
