@@ -7,6 +7,7 @@ import os
 import re
 import secrets
 import socket
+import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -85,19 +86,32 @@ LEGACY_NODE_ID = "gateway-1"  # every process's id before ids were derived
 def default_node_id(home: Path) -> str:
     """The node id of a gateway on ``home`` when BASIS_NODE_ID is unset: the one the home recorded
     on its first start; else ``<host>-<8 hex of sha256(host, home path)>``, unique per data
-    directory and host. A home that already holds a ledger from before ids were derived keeps
-    ``gateway-1``, so a restart still ends its own interrupted jobs."""
+    directory and host. A home whose views hold jobs of ``gateway-1`` (every gateway's id before ids
+    were derived) keeps that id, so its first restart still ends its own interrupted jobs."""
     try:
         saved = (home / NODE_ID_FILE).read_text().strip()
     except OSError:
         saved = ""
     if saved:
         return saved
-    if (home / "views.sqlite3").exists():
+    if _has_jobs_of(home / "views.sqlite3", LEGACY_NODE_ID):
         return LEGACY_NODE_ID
     host = socket.gethostname()
     digest = hashlib.sha256(f"{host}\0{home.resolve()}".encode()).hexdigest()[:8]
     return f"{re.sub(r'[^A-Za-z0-9.-]+', '-', host).strip('-.') or 'host'}-{digest}"
+
+
+def _has_jobs_of(views: Path, node: str) -> bool:
+    if not views.exists():
+        return False
+    try:
+        db = sqlite3.connect(views.resolve().as_uri() + "?mode=ro", uri=True, timeout=5)
+        try:
+            return db.execute("SELECT 1 FROM jobs WHERE node = ? LIMIT 1", (node,)).fetchone() is not None
+        finally:
+            db.close()
+    except sqlite3.Error:  # no jobs table yet
+        return False
 
 
 def read_key_file(path: str | Path) -> str:

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 
+import httpx
 import pytest
 from typer.testing import CliRunner
 
@@ -38,6 +39,25 @@ def test_the_default_node_id_is_unique_per_home_and_host_and_kept(tmp_path):
     finally:
         gw.close()
     assert Settings(home=tmp_path / "a").node_id == a.node_id
+
+
+def test_a_home_that_served_as_gateway_1_keeps_that_id(tmp_path, monkeypatch):
+    """Upgrading must not orphan the jobs a crash interrupted under the old default id."""
+    monkeypatch.setenv("BASIS_NODE_ID", "gateway-1")  # how every gateway ran before
+    gw = Gateway(tmp_path / "old")
+    try:
+        _, key = gw.account("u", 10**21)
+        r = httpx.post(f"{gw.base}/v1/chat/completions", headers={"authorization": f"Bearer {key}"}, timeout=30,
+                       json={"model": "basis-default", "messages": [{"role": "user", "content": "hi"}]})
+        assert r.status_code == 503  # no worker: the job was accepted, then ended
+        gw.views_caught_up()
+    finally:
+        gw.close()
+    monkeypatch.delenv("BASIS_NODE_ID")
+    assert Settings(home=tmp_path / "old").node_id == "gateway-1"
+    fresh = Gateway(tmp_path / "fresh")  # views, but no job of gateway-1: a derived id
+    fresh.close()
+    assert Settings(home=tmp_path / "fresh").node_id not in ("gateway-1", Settings(home=tmp_path / "old").node_id)
 
 
 def test_an_explicit_node_id_wins_and_is_not_recorded(tmp_path, monkeypatch):
