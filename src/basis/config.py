@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import secrets
+import socket
+import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -14,7 +18,27 @@ class Settings:
     home: Path = field(default_factory=lambda: Path(os.environ.get("BASIS_HOME", ".basis")).resolve())
     database_url: str | None = field(default_factory=lambda: os.environ.get("BASIS_DATABASE_URL") or None)
     pricing_table: str | None = field(default_factory=lambda: os.environ.get("BASIS_PRICING_TABLE") or None)
-    node_id: str = field(default_factory=lambda: os.environ.get("BASIS_NODE_ID", "gateway-1"))
+    # This gateway's name in the ledger (its jobs' ``node``). Unset: unique per data directory and
+    # host (default_node_id), recorded in the home on the first start (persist_node_id).
+    node_id: str = field(default_factory=lambda: os.environ.get("BASIS_NODE_ID") or "")
+
+    def __post_init__(self) -> None:
+        if not self.node_id:
+            object.__setattr__(self, "node_id", default_node_id(self.home))
+            object.__setattr__(self, "_node_id_derived", True)
+
+    @property
+    def node_id_path(self) -> Path:
+        return self.home / NODE_ID_FILE
+
+    def persist_node_id(self) -> None:
+        """Record a derived node id in the home, so it stays this home's even if the host is
+        renamed or the directory moved. An id set by BASIS_NODE_ID is never written."""
+        if getattr(self, "_node_id_derived", False) and not self.node_id_path.exists():
+            self.ensure_home()
+            tmp = self.node_id_path.with_name(f"{NODE_ID_FILE}.{os.getpid()}.tmp")
+            tmp.write_text(self.node_id + "\n")
+            os.replace(tmp, self.node_id_path)
 
     @property
     def events_path(self) -> Path:
@@ -53,6 +77,41 @@ class Settings:
             with os.fdopen(fd, "w") as fh:
                 fh.write("0x" + secrets.token_hex(32) + "\n")
         return read_key_file(path)
+
+
+NODE_ID_FILE = "node-id"
+LEGACY_NODE_ID = "gateway-1"  # every process's id before ids were derived
+
+
+def default_node_id(home: Path) -> str:
+    """The node id of a gateway on ``home`` when BASIS_NODE_ID is unset: the one the home recorded
+    on its first start; else ``<host>-<8 hex of sha256(host, home path)>``, unique per data
+    directory and host. A home whose views hold jobs of ``gateway-1`` (every gateway's id before ids
+    were derived) keeps that id, so its first restart still ends its own interrupted jobs."""
+    try:
+        saved = (home / NODE_ID_FILE).read_text().strip()
+    except OSError:
+        saved = ""
+    if saved:
+        return saved
+    if _has_jobs_of(home / "views.sqlite3", LEGACY_NODE_ID):
+        return LEGACY_NODE_ID
+    host = socket.gethostname()
+    digest = hashlib.sha256(f"{host}\0{home.resolve()}".encode()).hexdigest()[:8]
+    return f"{re.sub(r'[^A-Za-z0-9.-]+', '-', host).strip('-.') or 'host'}-{digest}"
+
+
+def _has_jobs_of(views: Path, node: str) -> bool:
+    if not views.exists():
+        return False
+    try:
+        db = sqlite3.connect(views.resolve().as_uri() + "?mode=ro", uri=True, timeout=5)
+        try:
+            return db.execute("SELECT 1 FROM jobs WHERE node = ? LIMIT 1", (node,)).fetchone() is not None
+        finally:
+            db.close()
+    except sqlite3.Error:  # no jobs table yet
+        return False
 
 
 def read_key_file(path: str | Path) -> str:

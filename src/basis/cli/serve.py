@@ -44,6 +44,7 @@ def serve(
     import uvicorn
 
     from basis.gateway.app import create_app
+    from basis.gateway.node_lock import NodeIdInUse
     from basis.gateway.runtime import GatewayOptions, GatewayRuntime
     from basis.observability.logging import configure_logging
 
@@ -53,6 +54,9 @@ def serve(
                              engine_models=engine_models.split(",") if engine_models else None)
     try:
         runtime = GatewayRuntime(Settings(), options)
+    except NodeIdInUse as exc:
+        typer.echo(f"error: {exc}.", err=True)
+        raise typer.Exit(2) from None
     except (FileNotFoundError, ValueError) as exc:
         raise typer.BadParameter(str(exc)) from None
     if rpc:

@@ -107,7 +107,9 @@ class LlamaCppEngine:
         if any(i < 0 or i >= n_vocab for i in prompt):
             raise EngineError("prompt contains an id outside the vocabulary")
         max_tokens = min(int(request.max_tokens), self.n_ctx - len(prompt))
-        stop_ids = set(binding.eos_token_ids) | set(request.stop_ids or ())
+        # A control id (padding, turn or image marker) is never output (DESIGN 1.3: relaying one
+        # fails the job): an honest engine ends there, as at end-of-sequence.
+        stop_ids = set(binding.eos_token_ids) | binding.control_token_ids | set(request.stop_ids or ())
         pieces = binding.vocab.pieces
 
         loop = asyncio.get_running_loop()

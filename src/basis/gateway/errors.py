@@ -31,8 +31,8 @@ class APIError(Exception):
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
-    def response(self) -> JSONResponse:
-        headers = {}
+    def response(self, headers: dict[str, str] | None = None) -> JSONResponse:
+        headers = dict(headers or {})
         if self.retry is not None:
             # The OpenAI SDK retries 409, 429 and 5xx by itself; say so where a retry cannot help.
             headers["x-should-retry"] = "true" if self.retry else "false"

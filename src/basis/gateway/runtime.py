@@ -9,7 +9,7 @@ import json
 import logging
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -17,6 +17,8 @@ from uuid import UUID
 from basis.config import Settings
 from basis.engines.base import Engine
 from basis.gateway.auth import RateLimiter
+from basis.gateway.chat.deadlines import DeadlinePolicy
+from basis.gateway.node_lock import NodeLock
 from basis.gateway.workers import WorkerHub
 from basis.ledger.projections import Projector, ViewReader
 from basis.ledger.projections.process import ProjectorProcess
@@ -43,6 +45,8 @@ class GatewayOptions:
     # Where job commands commit: "process" (a writer process: its CPU off the loop's GIL) or
     # "thread" (the ledger's writer thread in this process).
     ledger_writer: str = os.environ.get("BASIS_LEDGER_WRITER", "process")
+    # How long a contributor may take to its first token, between tokens and in all (published).
+    deadlines: DeadlinePolicy = field(default_factory=DeadlinePolicy.from_env)
 
 
 class GatewayRuntime:
@@ -51,6 +55,9 @@ class GatewayRuntime:
         self.settings = settings or Settings()
         self.options = options or GatewayOptions()
         self.settings.ensure_home()
+        self.settings.persist_node_id()
+        # Before anything opens the store: one live gateway per node id (NodeIdInUse names the other).
+        self.node_lock = NodeLock.acquire(self.settings)
         self.ledger = ledger or Ledger(self.settings)
         self.pricing = self.ledger.pricing
         self.bindings: dict[str, ModelBinding] = load_bindings(list(self.pricing.models.values()))
@@ -125,6 +132,7 @@ class GatewayRuntime:
         if self.projector_process is not None:
             self.projector_process.stop()
         self.ledger.close()
+        self.node_lock.release()
 
     def _make_engine(self) -> Engine | None:
         kind = self.options.engine
@@ -207,6 +215,7 @@ class GatewayRuntime:
                 "status": "live" if workers or served_here else "planned",
                 "workers": workers,
                 "gateway_served": served_here,
+                "deadlines": self.options.deadlines.describe_model(spec.context_window, spec.max_output_tokens),
                 **binding.describe(),
             })
         return out
@@ -230,4 +239,5 @@ class GatewayRuntime:
             "chain_id": self.chain_id,
             "gateway_signer": self.ledger.signer.address,
             "worker_protocol_version": PROTOCOL_VERSION,
+            "job_deadlines": self.options.deadlines.describe(),
         }

@@ -5,6 +5,7 @@ Importing this package does not import llama_cpp; a binding loads its GGUF vocab
 
 from basis.models.binding import (
     ChatTemplateError,
+    InvalidOutputToken,
     ModelBinding,
     compute_binding_hash,
     normalize_messages,
@@ -18,6 +19,7 @@ __all__ = [
     "CatalogError",
     "ChatTemplateError",
     "IncrementalText",
+    "InvalidOutputToken",
     "ModelBinding",
     "TextMismatch",
     "UTF8Matcher",

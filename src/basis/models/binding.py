@@ -36,6 +36,11 @@ class ChatTemplateError(ValueError):
     """The messages cannot be rendered (bad role, non-text content, template refused)."""
 
 
+class InvalidOutputToken(ValueError):
+    """An id a worker relayed as output that is never legitimate output (DESIGN 1.3): outside the
+    vocabulary, an end-of-sequence/end-of-turn id, or another control id (padding, markers)."""
+
+
 def compute_binding_hash(special_pieces: Sequence[bytes], chat_template: str) -> str:
     h = hashlib.sha256()
     h.update(HASH_DOMAIN)
@@ -175,6 +180,12 @@ class ModelBinding:
         return self.vocab.eog_ids
 
     @property
+    def control_token_ids(self) -> frozenset[int]:
+        """Control ids other than ``eos_token_ids`` (padding, unknown, unused, image/tool markers):
+        never legitimate output; relaying one fails the job (DESIGN 1.3)."""
+        return self.vocab.control_ids
+
+    @property
     def bos_token_id(self) -> int:
         return self.vocab.bos_id
 
@@ -231,6 +242,23 @@ class ModelBinding:
         for i in ids:
             if i < 0:
                 raise IndexError(f"token id {i} out of range")
+            out.append(pieces[i])
+        return out
+
+    def output_pieces(self, ids: Iterable[int]) -> list[bytes]:
+        """Bytes of each id a worker relayed as output; raises InvalidOutputToken for an id that
+        is never output (out of range, end-of-sequence, other control id)."""
+        v = self.vocab
+        pieces, n, eog, control = v.pieces, v.n_vocab, v.eog_ids, v.control_ids
+        out = []
+        for i in ids:
+            if not 0 <= i < n:
+                raise InvalidOutputToken(f"token id {i} is outside the vocabulary (0..{n - 1})")
+            if i in eog:
+                raise InvalidOutputToken(f"the worker relayed an end-of-sequence token id ({i})")
+            if i in control:
+                name = v.special_pieces[i].decode("utf-8", "replace")
+                raise InvalidOutputToken(f"token id {i} ({name}) is a control token, never output")
             out.append(pieces[i])
         return out
 

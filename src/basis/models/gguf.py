@@ -37,6 +37,11 @@ def _require_llama_cpp():
     return llama_cpp
 
 
+# llama.cpp's llama_token_attr flags of ids that are never model output text.
+_ATTR_UNKNOWN, _ATTR_UNUSED, _ATTR_CONTROL = 1 << 0, 1 << 1, 1 << 3
+_NOT_OUTPUT_ATTRS = _ATTR_UNKNOWN | _ATTR_UNUSED | _ATTR_CONTROL
+
+
 class GGUFVocab:
     """Tokenizer vocabulary, special ids and chat template of one GGUF file."""
 
@@ -57,6 +62,7 @@ class GGUFVocab:
         self._pieces: list[bytes] | None = None  # rendered with special=False (what clients see)
         self._special_pieces: list[bytes] | None = None  # special=True (hashed)
         self._eog: frozenset[int] | None = None
+        self._control: frozenset[int] | None = None
 
     # -- low level ---------------------------------------------------------------------
     def _vocab_handle(self):
@@ -77,8 +83,10 @@ class GGUFVocab:
         pieces: list[bytes] = []
         special_pieces: list[bytes] = []
         eog: set[int] = set()
+        control: set[int] = set()
         to_piece = llama_cpp.llama_token_to_piece
         is_eog = getattr(llama_cpp, "llama_vocab_is_eog", None)
+        get_attr = getattr(llama_cpp, "llama_vocab_get_attr", None) or getattr(llama_cpp, "llama_token_get_attr", None)
         for tid in range(self.n_vocab):
             for special, out in ((False, pieces), (True, special_pieces)):
                 n = to_piece(vocab, tid, buf, size, 0, special)
@@ -90,6 +98,8 @@ class GGUFVocab:
                     out.append(bytes(buf[:n]))
             if is_eog is not None and is_eog(vocab, tid):
                 eog.add(tid)
+            if not pieces[-1] or (get_attr is not None and get_attr(vocab, tid) & _NOT_OUTPUT_ATTRS):
+                control.add(tid)
         if is_eog is None:  # pragma: no cover - very old llama-cpp-python
             eog.add(self.eos_id)
         for name in ("<end_of_turn>", "<eos>", "<|eot_id|>", "<|im_end|>", "<|endoftext|>"):
@@ -98,6 +108,7 @@ class GGUFVocab:
                 eog.add(ids[0])
         eog.add(self.eos_id)
         self._pieces, self._special_pieces, self._eog = pieces, special_pieces, frozenset(eog)
+        self._control = frozenset(control - eog)
 
     def _ensure(self) -> None:
         if self._pieces is None:
@@ -123,6 +134,14 @@ class GGUFVocab:
         self._ensure()
         assert self._eog is not None
         return self._eog
+
+    @property
+    def control_ids(self) -> frozenset[int]:
+        """Control ids other than end-of-generation: padding, unknown, unused, turn/image/tool
+        markers (GGUF token type CONTROL/UNUSED/UNKNOWN, or any id that renders to no bytes)."""
+        self._ensure()
+        assert self._control is not None
+        return self._control
 
     def tokenize(self, text: str, *, special: bool = False, hold_gil: bool = True) -> list[int]:
         """Token ids of ``text``.

@@ -16,6 +16,9 @@ TOKENS = Counter("basis_tokens_total", "Server-counted tokens by model and kind 
                  ["model", "kind"], registry=REGISTRY)
 JOBS = Counter("basis_jobs_total", "Finished jobs by model, outcome and who served them.",
                ["model", "outcome", "served_by"], registry=REGISTRY)
+DEADLINE_MISSES = Counter("basis_job_deadline_misses_total",
+                          "Jobs a contributor lost to a deadline, by worker, model and kind "
+                          "(first_token|stall|total).", ["worker", "model", "kind"], registry=REGISTRY)
 ACTIVE_WORKERS = Gauge("basis_active_workers", "Contributor workers connected and authenticated.",
                        registry=REGISTRY)
 LEDGER_LAG = Gauge("basis_ledger_lag_events", "Events recorded but not yet in the projections.", registry=REGISTRY)

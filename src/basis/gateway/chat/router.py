@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
@@ -12,7 +13,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 
 from basis.gateway.auth import bearer_account
-from basis.gateway.chat.schemas import ChatCompletionRequest
+from basis.gateway.chat.schemas import ChatCompletionRequest, lone_surrogate_path
 from basis.gateway.chat.service import JobRun, plan_request
 from basis.gateway.errors import APIError
 from basis.ledger.errors import IdempotentReplay
@@ -39,6 +40,10 @@ async def _parse(request: Request) -> tuple[ChatCompletionRequest, dict[str, Any
         raise APIError(400, "We could not parse the JSON body of your request.", code="invalid_json") from None
     if not isinstance(body, dict):
         raise APIError(400, "The request body must be a JSON object.", code="invalid_json")
+    where = lone_surrogate_path(body)
+    if where is not None:
+        raise APIError(400, f"Invalid value for '{where}': the string holds a lone UTF-16 surrogate, which is not "
+                       "valid Unicode.", param=where, code="invalid_value")
     try:
         return ChatCompletionRequest.model_validate(body), body
     except ValidationError as exc:
@@ -80,6 +85,21 @@ def _usage_chunk(cid: str, created: int, model: str, usage: dict[str, int]) -> s
                               "system_fingerprint": None, "choices": [], "usage": usage}) + "\n\n"
 
 
+DISCONNECT_POLL_S = 0.5
+
+
+async def _until_done_or_gone(request: Request, run: JobRun) -> None:
+    """A non-streamed job runs to its end, unless its caller goes away first (an SDK timeout):
+    then it is cancelled at once, charging what was accepted (DESIGN 1.3), so a caller's
+    timeout-and-retry does not hold a reservation per attempt."""
+    assert run.task is not None
+    while not run.task.done():
+        await asyncio.wait({run.task}, timeout=DISCONNECT_POLL_S)
+        if not run.task.done() and await request.is_disconnected():
+            run.client_gone()
+            return
+
+
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -102,16 +122,17 @@ async def chat_completions(request: Request, account_id: UUID = Depends(bearer_a
     if plan.stream:
         first = await run.events.get()
         if first[0] == "error":
-            return first[1].response()
+            return first[1].response(headers)
         return StreamingResponse(_live_stream(run, first), media_type="text/event-stream",
                                  headers={**SSE_HEADERS, **headers})
+    await _until_done_or_gone(request, run)
     receipt = await run.wait_receipt()
     events = []
     while not run.events.empty():
         events.append(run.events.get_nowait())
     for kind, value in events:
         if kind == "error":
-            return value.response()
+            return value.response(headers)  # the job exists: its id lets the caller look it up
     finish = next((v for k, v in events if k == "end"), None)
     usage = _usage(len(plan.prompt_ids), run.output_tokens)
     out = _completion(run.completion_id, plan.created, plan.model, "".join(run.text_parts), finish, usage, receipt)

@@ -10,6 +10,27 @@ MAX_MESSAGES = 1024
 MAX_STOP = 4
 
 
+def lone_surrogate_path(body: Any) -> str | None:
+    """The dotted path (``messages.0.content``) of the first string, key or value, that holds a
+    lone UTF-16 surrogate: JSON's ``\\ud800`` escapes decode to one, and it is not valid Unicode
+    (it cannot be encoded, tokenized or sent on). None when every string is well formed."""
+    stack: list[tuple[Any, tuple[str, ...]]] = [(body, ())]
+    while stack:
+        value, path = stack.pop()
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return ".".join(path) or "body"
+        elif isinstance(value, dict):
+            for k, v in reversed(list(value.items())):
+                stack.append((v, (*path, str(k))))
+                stack.append((k, path))  # a bad key is reported at its parent
+        elif isinstance(value, list):
+            stack.extend((v, (*path, str(i))) for i, v in reversed(list(enumerate(value))))
+    return None
+
+
 class TextPart(BaseModel):
     model_config = ConfigDict(extra="allow")
     type: Literal["text"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import contextlib
 import hashlib
 import logging
 import time
@@ -20,13 +21,14 @@ from typing import Any
 import rfc8785
 
 from basis.engines.base import EngineError, GenerateRequest
+from basis.gateway.chat.deadlines import DeadlineMissed, within_deadlines
 from basis.gateway.chat.job_end import record_job_end
 from basis.gateway.chat.schemas import ChatCompletionRequest
 from basis.gateway.chat.stops import StopScanner
 from basis.gateway.errors import APIError
 from basis.gateway.workers import NoWorkerAvailable, WorkerFailedBeforeFirstToken, WorkerJobError
 from basis.ledger.errors import IdempotencyConflict, IdempotentReplay, InsufficientCredit, LedgerUnavailable
-from basis.models import ChatTemplateError, ModelBinding, TextMismatch, UTF8Matcher
+from basis.models import ChatTemplateError, InvalidOutputToken, ModelBinding, TextMismatch, UTF8Matcher
 from basis.observability import metrics
 from basis.observability.logging import job_context
 from basis.protocol import Job as JobMessage
@@ -118,8 +120,26 @@ async def plan_request(runtime: Any, req: ChatCompletionRequest, body: dict[str,
         top_p=1.0 if req.top_p is None else req.top_p, seed=req.seed, stops=req.stop, stream=bool(req.stream),
         include_usage=bool(req.stream_options and req.stream_options.include_usage),
         idempotency_key=idempotency_key,
-        request_hash=request_hash(body) if idempotency_key is not None else None,
+        request_hash=_idempotency_hash(body, req) if idempotency_key is not None else None,
     )
+
+
+JSON_SAFE_INTEGER = 2**53 - 1  # RFC 8785 (I-JSON) holds integers up to this magnitude exactly
+
+
+def _idempotency_hash(body: dict[str, Any], req: ChatCompletionRequest) -> str:
+    """The request's identity under an Idempotency-Key: a hash of its RFC 8785 canonical form,
+    which refuses integers beyond 2^53-1 and NaN/Infinity: a 400 naming why, not a 500."""
+    try:
+        return request_hash(body)
+    except rfc8785.CanonicalizationError as exc:
+        if req.seed is not None and abs(req.seed) > JSON_SAFE_INTEGER:
+            raise APIError(400, f"With an Idempotency-Key, seed must be within ±(2^53-1) (got {req.seed}): the "
+                           "request is identified by its RFC 8785 canonical JSON, which holds no larger integer. "
+                           "Use a smaller seed, or send no Idempotency-Key.", param="seed",
+                           code="invalid_value") from None
+        raise APIError(400, f"With an Idempotency-Key the request body must be expressible as RFC 8785 canonical "
+                       f"JSON: {exc}.", code="invalid_value") from None
 
 
 class JobRun:
@@ -227,15 +247,22 @@ class JobRun:
             try:
                 # Busy workers are waited for only when the gateway has no engine of its own to fall back on.
                 async with hub.dispatch(msg, exclude=tried, via=via, wait=not self._gateway_can_serve) as stream:
+                    sent_at = asyncio.get_running_loop().time()  # the deadlines run from here
                     await self._reserved()
                     if via is None or stream.worker_address != via.address:  # a retry: a new assignment
                         await self._assign("contributor", stream.worker_address)
                     self.served_by = "contributor"
-                    async for frame in stream:
-                        if isinstance(frame, Tokens):
-                            yield frame.ids, frame.text, None, None
-                        else:
-                            yield [], frame.text, frame.finish_reason, frame.usage.model_dump()
+                    limits = self.runtime.options.deadlines.for_job(len(p.prompt_ids), p.max_tokens)
+                    try:
+                        async with contextlib.aclosing(within_deadlines(stream, limits, started=sent_at)) as frames:
+                            async for frame in frames:
+                                if isinstance(frame, Tokens):
+                                    yield frame.ids, frame.text, None, None
+                                else:
+                                    yield [], frame.text, frame.finish_reason, frame.usage.model_dump()
+                    except DeadlineMissed as exc:  # leaving the dispatch sends the worker `cancel`
+                        self._deadline_missed(stream.worker_address, exc)
+                        raise
                     return
             except NoWorkerAvailable as exc:
                 await self._reserved()
@@ -267,11 +294,18 @@ class JobRun:
         finally:
             await gen.aclose()
 
+    def _deadline_missed(self, worker: str, exc: DeadlineMissed) -> None:
+        """On the worker's record: a per-address count (hub.workers()), Prometheus, the log."""
+        misses = self.runtime.hub.record_deadline_miss(worker)
+        metrics.DEADLINE_MISSES.labels(worker.lower(), self.plan.model, exc.kind).inc()
+        log.warning("worker %s missed a job deadline: %s", worker, exc,
+                    extra={"worker": worker, "deadline": exc.kind, "worker_deadline_misses": misses})
+        exc.worker = worker
+
     async def _run(self) -> None:
         p = self.plan
         matcher, decoder = UTF8Matcher(), codecs.getincrementaldecoder("utf-8")(errors="replace")
         stopper = StopScanner(p.stops)
-        eos = p.binding.eos_token_ids
         counted = 0
         started = time.perf_counter()
         refused = False  # the reservation was refused: no job exists to record
@@ -286,11 +320,10 @@ class JobRun:
                     self._emit(tail + stopper.flush())
                     result = Outcome("completed", matcher.accepted, finish_reason, worker_usage=usage)
                     break
-                if any(i in eos for i in ids):
-                    raise JobFailed("the worker relayed an end-of-sequence token id")
                 if counted + len(ids) > p.max_tokens:
                     raise JobFailed("the worker relayed more tokens than the job allows")
-                pieces = p.binding.token_pieces(ids)
+                # out-of-vocabulary, end-of-sequence and other control ids (padding) fail the job
+                pieces = p.binding.output_pieces(ids)
                 matcher.feed(pieces, text)
                 if counted == 0 and ids:
                     metrics.TTFT.labels(p.model).observe(time.perf_counter() - started)
@@ -313,7 +346,11 @@ class JobRun:
             result = Outcome("cancelled", matcher.accepted, None, reason="the client went away")
         except APIError as exc:
             result, error = Outcome("failed", 0, None, reason=exc.message), exc
-        except (TextMismatch, JobFailed, WorkerJobError, EngineError) as exc:
+        except DeadlineMissed as exc:  # the worker was told to cancel; what it sent so far is charged
+            result = Outcome("failed", matcher.accepted, None, reason=f"deadline missed by {exc.worker}: {exc}")
+            error = APIError(504, f"The serving worker timed out: {exc}.", code="worker_timeout",
+                             type_="server_error")
+        except (TextMismatch, InvalidOutputToken, JobFailed, WorkerJobError, EngineError) as exc:
             result = Outcome("failed", matcher.accepted, None, reason=str(exc))
             error = APIError(502, f"The serving worker failed mid-stream: {exc}", code="worker_failed",
                              type_="server_error")

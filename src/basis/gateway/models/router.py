@@ -30,6 +30,7 @@ def _entry(m: dict[str, Any]) -> dict[str, Any]:
         "context_window": m["context_window"], "max_output_tokens": m["max_output_tokens"],
         "multiplier_bps": m["multiplier_bps"], "status": m["status"], "workers": m["workers"],
         "binding": {"backing_model": m["backing_model"], "binding_hash": m["binding_hash"]},
+        "deadlines": m["deadlines"],  # a contributor's job ends failed past these (docs/worker-protocol.md)
         "description": _note(m["backing_model"]),
     }
 

@@ -11,10 +11,12 @@ from fastapi import APIRouter, Query, Request
 from basis.gateway.errors import APIError
 
 router = APIRouter(tags=["receipts"])
+SQLITE_MAX_INTEGER = 2**63 - 1  # a larger cursor cannot be bound to a query: a 400, not a 500
 
 
 @router.get("/v1/receipts")
-def list_receipts(request: Request, limit: int = Query(20, ge=1, le=100), before: int | None = Query(None, ge=1),
+def list_receipts(request: Request, limit: int = Query(20, ge=1, le=100),
+                  before: int | None = Query(None, ge=1, le=SQLITE_MAX_INTEGER),
                   worker: str | None = None, status: str | None = Query(None, pattern="^(issued|settled)$"),
                   ) -> dict[str, Any]:
     rows = request.app.state.runtime.reader().receipts(limit=limit + 1, before=before, worker=worker, status=status)

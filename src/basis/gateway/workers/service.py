@@ -151,6 +151,7 @@ class WorkerInfo:
     capacity: int
     last_seen: float
     software: str
+    deadline_misses: int = 0  # jobs this address lost to a deadline since the gateway started
 
 
 class JobStream:
@@ -239,6 +240,8 @@ class WorkerHub:
         # instead of failing at once: a burst rides out short queueing, as at a load balancer.
         self.slot_wait = float(slot_wait)
         self._slot_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        # address(lower) -> jobs lost to a deadline (kept across reconnects: the record of the key)
+        self._deadline_misses: collections.Counter[str] = collections.Counter()
 
     # -- registry --------------------------------------------------------------------------
     def workers(self) -> list[WorkerInfo]:
@@ -250,9 +253,18 @@ class WorkerHub:
                 capacity=c.capacity_total,
                 last_seen=c.last_seen,
                 software=c.software,
+                deadline_misses=self._deadline_misses[c.address.lower()],
             )
             for c in self._conns.values()
         ]
+
+    def record_deadline_miss(self, address: str) -> int:
+        """A job of ``address`` ended on a deadline (the job runner enforces them); its new count."""
+        self._deadline_misses[address.lower()] += 1
+        return self._deadline_misses[address.lower()]
+
+    def deadline_misses(self, address: str) -> int:
+        return self._deadline_misses[address.lower()]
 
     def live_models(self) -> dict[str, dict[str, int]]:
         """model -> {"workers", "capacity", "active"} over live workers (``status: live``)."""
