@@ -43,6 +43,10 @@ class GatewayOptions:
     # Where job commands commit: "process" (a writer process: its CPU off the loop's GIL) or
     # "thread" (the ledger's writer thread in this process).
     ledger_writer: str = os.environ.get("BASIS_LEDGER_WRITER", "process")
+    # Verification (DESIGN 1.6): "pool" checks in this gateway (a thread off the serving loop),
+    # "external" leaves the checks to `basis verifier run`, "off" publishes it as disabled.
+    # `basis serve` and `basis up` default to "pool"; a runtime built in code is off unless asked.
+    verifier: str = "off"
 
 
 class GatewayRuntime:
@@ -58,6 +62,7 @@ class GatewayRuntime:
         self.chain_id = int(self.deployment["chain_id"]) if self.deployment else int(
             os.environ.get("BASIS_CHAIN_ID", LOCAL_CHAIN_ID))
         self.web3: Any = None
+        self._setup_verification()
         self.hub = WorkerHub(
             gateway_address=self.ledger.signer.address,
             chain_id=self.chain_id,
@@ -66,6 +71,7 @@ class GatewayRuntime:
             on_worker_online=self._worker_online,
             on_worker_offline=self._worker_offline,
         )
+        self.hub.is_suspended = self.is_suspended
         self.engine = engine or self._make_engine()
         served = self.options.engine_models
         self.engine_models: set[str] = set(self.engine.models if self.engine else ()) & set(
@@ -102,6 +108,9 @@ class GatewayRuntime:
         self.ledger.writer.add_commit_listener(self.projector_process.wake)
         self.job_writer.start()
         self.job_writer.add_commit_listener(self.projector_process.wake)
+        if self.verifier_thread is not None:
+            self.verifier_thread.start()
+            self.background.append(self.verifier_thread)
         for task, interval in getattr(self, "_chain_tasks", []):
             if interval is None:
                 task.start()
@@ -166,6 +175,43 @@ class GatewayRuntime:
                                                  reader=self.reader, interval=settle_interval)
             self._chain_tasks.append((self.scheduler, None))
 
+    # -- verification -------------------------------------------------------------------------
+    def _setup_verification(self) -> None:
+        from basis.verifier import Verifier, VerifierThread
+        from basis.verifier.policy import MODES, load_factory, policy_from_env
+
+        mode = self.options.verifier
+        if mode not in MODES:
+            raise ValueError(f"unknown verifier mode {mode!r} ({', '.join(MODES)})")
+        self.verification, self.verified_models = policy_from_env(self.bindings, mode)
+        # The writer (thread or process) selects jobs in finish_job: it needs the policy.
+        self.ledger.verification = self.verification
+        self.ledger.verified_models = list(self.verified_models)
+        self.verifier_thread: VerifierThread | None = None
+        if mode == "pool" and self.verification.enabled:
+            factory = load_factory(os.environ.get("BASIS_VERIFIER_SCORER"), self.bindings)
+            self.verifier_thread = VerifierThread(Verifier(self.ledger, self.settings.views_path, self.verification,
+                                                           factory, on_suspended=self._suspended))
+
+    def _suspended(self, address: str) -> None:
+        self.hub.suspended.add(address.lower())  # from the verifier's thread: a set add is atomic
+
+    def is_suspended(self, address: str) -> bool:
+        """Straight from the worker's own stream: a suspension anywhere is seen at the next connect."""
+        from eventsourcing.application import AggregateNotFoundError
+
+        from basis.ledger.ids import worker_id
+
+        try:
+            return bool(self.ledger.get(worker_id(address)).is_suspended)
+        except AggregateNotFoundError:
+            return False
+
+    def verification_status(self) -> dict[str, Any]:
+        """The published policy (GET /v1/network): the rules a worker is judged by."""
+        return {**self.verification.public(), "models": list(self.verified_models) if self.verification.enabled
+                else []}
+
     # -- workers ------------------------------------------------------------------------------
     def _worker_online(self, address: str, models: dict[str, int]) -> None:
         metrics.ACTIVE_WORKERS.set(len(self.hub.workers()))
@@ -222,4 +268,5 @@ class GatewayRuntime:
             "chain_id": self.chain_id,
             "gateway_signer": self.ledger.signer.address,
             "worker_protocol_version": PROTOCOL_VERSION,
+            "verification": self.verification_status(),
         }

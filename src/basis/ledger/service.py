@@ -46,10 +46,12 @@ JOB_COMMANDS = frozenset({"accept_job", "assign_job", "finish_job", "abandon_job
 class Ledger:
     def __init__(self, settings: Settings | None = None, *, env: dict[str, str] | None = None,
                  signer_key: str | None = None, pricing: PricingTable | None = None,
-                 writer_thread: bool = True, verification: VerificationPolicy | None = None) -> None:
+                 writer_thread: bool = True, verification: VerificationPolicy | None = None,
+                 verified_models: list[str] | None = None) -> None:
         self.settings = settings or Settings()
         # Which contributor jobs finish_job selects for a check (off unless the gateway turns it on).
         self.verification = verification or VerificationPolicy(enabled=False)
+        self.verified_models = verified_models  # None: every model has a reference to check against
         self._sampling_secret: bytes | None = None
         self.env = dict(env or self.settings.event_store_env())
         self.store = LedgerStore(self.env)
@@ -83,7 +85,7 @@ class Ledger:
     def spawn_args(self) -> dict[str, Any]:
         """What another process needs to open this same ledger (a writer process)."""
         return {"settings": self.settings, "env": self.env, "signer_key": self._signer_key, "pricing": self.pricing,
-                "verification": self.verification}
+                "verification": self.verification, "verified_models": self.verified_models}
 
     def get(self, aggregate_id: UUID) -> Any:
         """Read the latest state of one aggregate straight from the store (any thread)."""
@@ -246,7 +248,7 @@ class Ledger:
             acc.settle_reservation(job_id=str(job.id), released=acc.reservations.get(str(job.id), -1),
                                    charged=charged, from_grant=from_grant, from_deposit=from_deposit)
             if check is not None and self.verification.enabled:
-                select_for_check(uow, job, check, self.verification, self.sampling_secret())
+                select_for_check(uow, job, check, self.verification, self.sampling_secret(), self.verified_models)
             uow.release(job)
             return job.receipt
 

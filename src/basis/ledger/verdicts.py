@@ -14,7 +14,7 @@ import hashlib
 import json
 import os
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -60,11 +60,13 @@ def sampling_secret(home: Path) -> bytes:
 
 # -- selection (inside ``finish_job``: atomic with the receipt, so settlement never races it) -----
 def select_for_check(uow: UnitOfWork, job: Job, check: dict[str, Any], policy: VerificationPolicy,
-                     secret: bytes) -> str | None:
+                     secret: bytes, models: Collection[str] | None = None) -> str | None:
     """Record the job's check request when it is chosen: every job of a worker's probation (its
     first ``probation_jobs`` checked jobs), else the keyed sample. Returns the reason or None."""
     if not policy.enabled or job.receipt is None or job.served_by != "contributor" or job.worker is None:
         return None
+    if models is not None and job.model not in models:
+        return None  # no reference to check this binding against here: never hold what cannot be judged
     output_ids = [int(i) for i in check["output_ids"]][: job.output_tokens]
     if not output_ids or len(output_ids) != job.output_tokens:
         return None  # nothing to score, or ids the gateway did not count: the receipt stands

@@ -21,3 +21,14 @@ ACTIVE_WORKERS = Gauge("basis_active_workers", "Contributor workers connected an
 LEDGER_LAG = Gauge("basis_ledger_lag_events", "Events recorded but not yet in the projections.", registry=REGISTRY)
 UNSETTLED = Gauge("basis_unsettled_charged_base_units", "Charged base units in receipts not yet settled.",
                   registry=REGISTRY)
+# Verification (DESIGN 1.6)
+VERDICTS = Counter("basis_verdicts_total", "Verdicts recorded by the verifier, by model and verdict.",
+                   ["model", "verdict"], registry=REGISTRY)
+SUSPENSIONS = Counter("basis_worker_suspensions_total", "Workers suspended, by who suspended them.", ["by"],
+                      registry=REGISTRY)
+VERIFIER_PENDING = Gauge("basis_verifier_pending_jobs", "Jobs selected for a check and still awaiting a verdict.",
+                         registry=REGISTRY)
+VERIFIER_LAG = Gauge("basis_verifier_lag_seconds", "Age of the oldest job awaiting its verdict (0: none).",
+                     registry=REGISTRY)
+VERIFIER_ERRORS = Counter("basis_verifier_errors_total", "Checks that could not be scored (the job stays held).",
+                          registry=REGISTRY)

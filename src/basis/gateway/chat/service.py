@@ -130,6 +130,7 @@ class JobRun:
         self.account_id = account_id
         self.events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self.output_tokens = 0
+        self.output_ids: list[int] = []  # as relayed; the first output_tokens of them were accepted
         self.task: asyncio.Task[None] | None = None
         self.text_parts: list[str] = []
         self.served_by = "gateway"
@@ -278,6 +279,7 @@ class JobRun:
                     raise JobFailed("the worker relayed more tokens than the job allows")
                 pieces = p.binding.token_pieces(ids)
                 matcher.feed(pieces, text)
+                self.output_ids.extend(ids)
                 if counted == 0 and ids:
                     metrics.TTFT.labels(p.model).observe(time.perf_counter() - started)
                 hit = False
@@ -338,13 +340,22 @@ class JobRun:
         self.runtime.job_writer.submit_async("finish_job", {
             "job_id": p.job_id, "outcome": result.outcome, "output_tokens": result.output_tokens,
             "finish_reason": result.finish_reason, "reason": result.reason, "worker_usage": result.worker_usage,
-            "output_text": text}, self._recorded)
+            "output_text": text, "check": self._check_input(result)}, self._recorded)
         log.info("job ended", extra={"model": p.model, "outcome": result.outcome, "served_by": self.served_by,
                                      "prompt_tokens": len(p.prompt_ids), "output_tokens": result.output_tokens,
                                      "finish_reason": result.finish_reason, "reason": result.reason})
         metrics.JOBS.labels(p.model, result.outcome, self.served_by).inc()
         metrics.TOKENS.labels(p.model, "prompt").inc(len(p.prompt_ids))
         metrics.TOKENS.labels(p.model, "output").inc(result.output_tokens)
+
+    def _check_input(self, result: Outcome) -> dict[str, Any] | None:
+        """What a verifier needs if the ledger selects this job for a check (DESIGN 1.6)."""
+        verification = getattr(self.runtime, "verification", None)
+        if self.served_by != "contributor" or not result.output_tokens or not (verification and verification.enabled):
+            return None
+        p = self.plan
+        return {"prompt_ids": p.prompt_ids, "output_ids": self.output_ids[: result.output_tokens],
+                "temperature": p.temperature, "top_p": p.top_p}
 
     async def wait_receipt(self) -> dict[str, Any] | None:
         assert self.task is not None
