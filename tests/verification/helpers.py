@@ -25,12 +25,15 @@ def failing(tokens: int = 8) -> JobStatistic:
 
 
 def contributor_job(ledger: Ledger, account_id, worker: str, *, output_tokens: int = 8, temperature: float = 0.7,
-                    model: str = "basis-default", outcome: str = "completed"):
+                    model: str = "basis-default", outcome: str = "completed", output_ids: list[int] | None = None):
     """A finished contributor job; returns (job id, receipt)."""
+    if output_ids is not None:
+        output_tokens = len(output_ids)
     job_id = uuid.uuid4()
     ledger.run(ledger.accept_job(job_id=job_id, account_id=account_id, model=model, prompt_tokens=5,
                                  max_output_tokens=64, assignment=("contributor", worker)))
-    check = {"prompt_ids": [1, 2, 3, 4, 5], "output_ids": list(range(100, 100 + output_tokens)),
+    ids = output_ids if output_ids is not None else list(range(100, 100 + output_tokens))
+    check = {"prompt_ids": [1, 2, 3, 4, 5], "output_ids": ids,
              "temperature": temperature, "top_p": 1.0}
     receipt = ledger.run(ledger.finish_job(job_id, outcome=outcome, output_tokens=output_tokens,
                                            finish_reason="length", check=check))
