@@ -16,7 +16,7 @@ from basis.config import Settings
 verifier = typer.Typer(help="The trusted verifier: re-score sampled contributor jobs, record verdicts.",
                        no_args_is_help=True)
 workers = typer.Typer(help="Contributor workers: suspend or reinstate by hand (recorded).", no_args_is_help=True)
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # messages stay on one line (scripts grep them)
 ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")
 MAX_REASON = 500
 
