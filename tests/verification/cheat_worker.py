@@ -9,6 +9,7 @@ import asyncio
 import random
 
 from basis.engines.base import GenerateRequest, TokenStep
+from basis.engines.instant import InstantEngine
 from basis.models import load_bindings
 from basis.worker import Worker, load_key, make_offers
 
@@ -27,13 +28,21 @@ def ordinary_ids(binding, limit: int = 20000) -> list[int]:
 
 
 class RandomIdsEngine:
-    def __init__(self, binding, seed: int = 7) -> None:
+    def __init__(self, binding, seed: int = 7, honest_first: int = 0) -> None:
         self.binding = binding
+        self.honest = InstantEngine(binding)  # what the honest instant workers send
+        self.honest_first = honest_first
+        self.jobs = 0
         self.models = (binding.model_id,)
         self.pool = ordinary_ids(binding)
         self.rng = random.Random(seed)
 
     async def generate(self, request: GenerateRequest):
+        self.jobs += 1
+        if self.jobs <= self.honest_first:  # earn a little honestly first
+            async for step in self.honest.generate(request):
+                yield step
+            return
         n = max(0, int(request.max_tokens))
         for _ in range(n):
             i = self.rng.choice(self.pool)
@@ -52,9 +61,11 @@ def main() -> None:
     ap.add_argument("--key-file")
     ap.add_argument("--model", default="basis-default")
     ap.add_argument("--capacity", type=int, default=4)
+    ap.add_argument("--honest-first", type=int, default=0)
     a = ap.parse_args()
     served = {a.model: load_bindings()[a.model]}
-    worker = Worker(gateway_url=a.gateway, private_key=load_key(a.key_file), engine=RandomIdsEngine(served[a.model]),
+    engine = RandomIdsEngine(served[a.model], honest_first=a.honest_first)
+    worker = Worker(gateway_url=a.gateway, private_key=load_key(a.key_file), engine=engine,
                     offers=make_offers(served, [a.model], a.capacity))
     asyncio.run(worker.run())
 
