@@ -151,6 +151,13 @@ def test_cheat_is_suspended_refunded_and_unpaid_while_the_honest_worker_keeps_ev
     assert all(r["reward_forfeited"] for r in cheat_late)
     assert not any(r["reward_forfeited"] for r in honest_jobs)
     assert all(r["verification"] is None or r["verification"]["verdict"] == "passed" for r in honest_jobs)
+    api = httpx.get(f"{gw.base}/v1/receipts/{failed[0]['core']['job_id']}").json()  # the public envelope
+    assert api["verification"]["verdict"] == "failed" and api["reward_forfeited"] is True
+    assert api["core"] == failed[0]["core"] and "ids" not in json.dumps(api["verification"])
+    scraped = httpx.get(f"{gw.base}/metrics").text
+    assert 'basis_verdicts_total{model="basis-default",verdict="failed"}' in scraped
+    gw.until(lambda: "basis_verifier_lag_seconds 0.0" in httpx.get(f"{gw.base}/metrics").text,
+             what="the verifier's lag back to 0 once nothing is pending", timeout=30)
 
     # -- refused on reconnect ----------------------------------------------------------------------
     cheat_proc.kill()
@@ -179,6 +186,17 @@ def test_cheat_is_suspended_refunded_and_unpaid_while_the_honest_worker_keeps_ev
     out = claim(gw, anvil, honest_key, honest)
     assert out.returncode == 0, out.stderr
     assert c.balance_of(Web3.to_checksum_address(honest)) == cumulative[honest] > 0
+
+    # -- the operator suspends the honest worker by hand while it is connected: no new jobs go to it --
+    env = {**os.environ, "BASIS_HOME": str(gw.settings.home)}
+    out = subprocess.run([sys.executable, "-m", "basis.cli.main", "workers", "suspend", honest, "--reason",
+                          "test of the operator's hand"], cwd=REPO, env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0 and json.loads(out.stdout)["status"] == "suspended", out.stderr
+    gw.until(lambda: honest in runtime.hub.suspended, what="the gateway to stop routing to it", timeout=60)
+    r = httpx.post(f"{gw.base}/v1/chat/completions", headers={"Authorization": f"Bearer {key}"}, timeout=60,
+                   json={"model": "basis-default", "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 503, r.text
 
     # -- the account: refunds came back as credit; the auditor agrees with ledger and chain ------------
     acc = gw.ledger.get(account_id)

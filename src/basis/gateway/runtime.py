@@ -188,13 +188,22 @@ class GatewayRuntime:
         self.ledger.verification = self.verification
         self.ledger.verified_models = list(self.verified_models)
         self.verifier_thread: VerifierThread | None = None
+        self._recent_suspensions: set[str] = set()
         if mode == "pool" and self.verification.enabled:
             factory = load_factory(os.environ.get("BASIS_VERIFIER_SCORER"), self.bindings)
             self.verifier_thread = VerifierThread(Verifier(self.ledger, self.settings.views_path, self.verification,
-                                                           factory, on_suspended=self._suspended))
+                                                           factory, on_suspended=self._suspended,
+                                                           on_suspensions=self._suspensions))
 
     def _suspended(self, address: str) -> None:
-        self.hub.suspended.add(address.lower())  # from the verifier's thread: a set add is atomic
+        self._recent_suspensions.add(address.lower())
+        self.hub.suspended = self.hub.suspended | {address.lower()}  # one assignment: atomic for the loop
+
+    def _suspensions(self, addresses: set[str]) -> None:
+        """The views' suspended workers (the operator's suspensions from the CLI too); the one just
+        made by this verifier stays until the views show it."""
+        self._recent_suspensions -= addresses  # the views show these now
+        self.hub.suspended = addresses | self._recent_suspensions
 
     def is_suspended(self, address: str) -> bool:
         """Straight from the worker's own stream: a suspension anywhere is seen at the next connect."""

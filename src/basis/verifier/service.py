@@ -38,7 +38,8 @@ class Verifier:
 
     def __init__(self, ledger: Ledger, views_path: str | Path, policy: VerificationPolicy, scorers: ScorerFactory,
                  *, project: bool = False, batch: int = 64,
-                 on_suspended: Callable[[str], None] | None = None) -> None:
+                 on_suspended: Callable[[str], None] | None = None,
+                 on_suspensions: Callable[[set[str]], None] | None = None) -> None:
         self.ledger = ledger
         self.views_path = Path(views_path)
         self.policy = policy
@@ -46,6 +47,7 @@ class Verifier:
         self.project = project
         self.batch = batch
         self.on_suspended = on_suspended  # a gateway stops routing new jobs to the worker
+        self.on_suspensions = on_suspensions  # every pass: all suspended addresses (the operator's too)
         self.judged = 0
         self.errors = 0
         self._retry: dict[str, float] = {}  # job id -> monotonic time before which it is not retried
@@ -64,6 +66,9 @@ class Verifier:
         reader = ViewReader(self.views_path)
         try:
             pending = reader.pending_checks(self.batch)
+            if self.on_suspensions is not None:
+                self.on_suspensions({r[0] for r in reader.db.execute(
+                    "SELECT address FROM worker_status WHERE status = 'suspended'")})
             self._publish_lag(reader, pending)
             done = 0
             now = time.monotonic()
