@@ -6,6 +6,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from importlib import import_module
+from importlib.util import find_spec
 from typing import Any
 
 from basis.engines.scoring import Scorer
@@ -36,11 +37,23 @@ def reference_models(bindings: Mapping[str, ModelBinding]) -> list[str]:
     return out
 
 
+def can_score_locally() -> bool:
+    """The default scorer (llama.cpp) is importable here."""
+    try:
+        return find_spec("basis.engines.llama_scoring") is not None and find_spec("llama_cpp") is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def policy_from_env(bindings: Mapping[str, ModelBinding], mode: str | None = None) -> tuple[VerificationPolicy,
                                                                                             list[str]]:
     """(policy, verified models): on wherever a reference is installed, unless switched off
-    (``BASIS_VERIFIER=off``), in which case the published policy says ``enabled: false``."""
+    (``BASIS_VERIFIER=off``), in which case the published policy says ``enabled: false``. A pool
+    without a scorer to run (no ``BASIS_VERIFIER_SCORER`` and no llama.cpp scorer here) is off too:
+    selecting jobs that nothing here can judge would only hold them."""
     mode = mode or verifier_mode()
+    if mode == "pool" and not os.environ.get("BASIS_VERIFIER_SCORER") and not can_score_locally():
+        mode = "off"
     base = VerificationPolicy()
     if "BASIS_VERIFICATION_SAMPLE_BPS" in os.environ:
         bps = int(os.environ["BASIS_VERIFICATION_SAMPLE_BPS"])
