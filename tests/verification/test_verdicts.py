@@ -208,3 +208,59 @@ def test_statistics_round_trip_as_json(ledger, settings):
     assert stat == {"tokens": 8, "greedy": True, "z": None, "agreement": 0.875}
     assert json.loads(json.dumps(stat)) == stat
     r.close()
+
+
+def test_settlement_forfeits_what_the_views_had_not_shown_at_suspension(ledger, settings):
+    """A job of a worker that finished after its suspension (in flight then), or that the views had
+    not caught up with: the batch proposal forfeits its reward instead of paying it."""
+    account_id = ledger.open_account("hal")
+    ledger.grant("hal", 10**18)
+    ledger.run(ledger.register_worker(CHEAT, ["basis-default"]))
+    done = []
+    for _ in range(POLICY.probation_jobs):  # past probation, so later jobs are only sampled
+        j, _ = contributor_job(ledger, account_id, CHEAT)
+        judge(ledger, j, passing())
+        done.append(j)
+    ledger.run(suspend_worker(CHEAT, "abuse report", unsettled=[]))  # the views showed nothing
+    late = [contributor_job(ledger, account_id, CHEAT)[0] for _ in range(4)]  # in-flight jobs finishing
+    for j in late:
+        if ledger.get(j).awaiting_verdict:
+            judge(ledger, j, passing())
+    batch_id = ledger.run(propose_batch(31337, VAULT, DIST, [str(j) for j in done + late]))
+    batch = ledger.get(batch_aggregate_id(batch_id))
+    assert all(e["reward"] == 0 for e in batch.jobs) and batch.rewards == []
+    assert all(ledger.get(j).forfeit["reason"] == "worker suspended" for j in done + late)
+    views(ledger, settings).close()
+    report = audit(ledger.store, settings.views_path, signer=ledger.signer.address)
+    assert report.ok, report.problems
+
+
+def test_network_publishes_the_policy_and_disabled_when_off(tmp_path):
+    import httpx
+
+    from basis.gateway.runtime import GatewayOptions
+    from tests.gateway.harness import Gateway
+
+    gw = Gateway(tmp_path / "home", GatewayOptions(heartbeat_interval=1.0, ledger_writer="thread"))
+    try:
+        published = httpx.get(f"{gw.base}/v1/network").json()["verification"]
+        assert published["enabled"] is False and published["models"] == []
+        for key in ("method", "sample_bps", "probation_jobs", "job_threshold", "worker_threshold"):
+            assert key in published
+    finally:
+        gw.close()
+    with pytest.raises(ValueError, match="unknown verifier mode"):
+        Gateway(tmp_path / "home2", GatewayOptions(verifier="sometimes", ledger_writer="thread"))
+
+
+def test_a_malformed_check_never_costs_the_job_its_end(ledger):
+    import uuid
+
+    account_id = ledger.open_account("ivy")
+    ledger.grant("ivy", 10**18)
+    job_id = uuid.uuid4()
+    ledger.run(ledger.accept_job(job_id=job_id, account_id=account_id, model="basis-default", prompt_tokens=5,
+                                 max_output_tokens=64, assignment=("contributor", HONEST)))
+    receipt = ledger.run(ledger.finish_job(job_id, outcome="completed", output_tokens=3,
+                                           check={"prompt_ids": [1], "output_ids": ["x", "y", "z"]}))
+    assert receipt is not None and ledger.get(job_id).outcome == "completed" and ledger.get(job_id).check is None

@@ -7,6 +7,7 @@ it (``arun``) so the event loop never blocks on the database or on receipt signi
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import threading
 import uuid
@@ -38,6 +39,7 @@ from basis.ledger.workers import Worker
 from basis.verification.policy import VerificationPolicy
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 API_KEY_PREFIX = "sk-basis-"
 # The commands a gateway sends per job; by name, so they can cross to a writer process.
 JOB_COMMANDS = frozenset({"accept_job", "assign_job", "finish_job", "abandon_job", "register_worker"})
@@ -248,7 +250,10 @@ class Ledger:
             acc.settle_reservation(job_id=str(job.id), released=acc.reservations.get(str(job.id), -1),
                                    charged=charged, from_grant=from_grant, from_deposit=from_deposit)
             if check is not None and self.verification.enabled:
-                select_for_check(uow, job, check, self.verification, self.sampling_secret(), self.verified_models)
+                try:
+                    select_for_check(uow, job, check, self.verification, self.sampling_secret(), self.verified_models)
+                except (KeyError, TypeError, ValueError, InvalidTransition) as exc:  # never lose the job's end
+                    log.warning("job %s: not selectable for a check (%s)", job_id, exc)
             uow.release(job)
             return job.receipt
 
