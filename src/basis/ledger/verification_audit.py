@@ -111,7 +111,8 @@ def _events(store: LedgerStore, decode: Any):
 def _rejudge(job_id: str, d: dict[str, Any], problems: list[str]) -> None:
     try:
         stat = JobStatistic(**d["statistic"])
-        verdict, u = judge_job(stat, Calibration(**d["calibration"]), float(d["job_threshold"]))
+        extra = {} if d.get("tail_alpha") is None else {"tail_alpha": float(d["tail_alpha"])}
+        verdict, u = judge_job(stat, Calibration(**d["calibration"]), float(d["job_threshold"]), **extra)
     except (TypeError, ValueError, KeyError, AssertionError) as exc:
         problems.append(f"job {job_id}: verdict cannot be re-decided from its statistic ({exc})")
         return

@@ -54,7 +54,9 @@ def policy_from_env(bindings: Mapping[str, ModelBinding], mode: str | None = Non
     mode = mode or verifier_mode()
     if mode == "pool" and not os.environ.get("BASIS_VERIFIER_SCORER") and not can_score_locally():
         mode = "off"
-    base = VerificationPolicy()
+    # Per-binding calibration where the policy knows how (measured honest runs per reference file).
+    for_bindings = getattr(VerificationPolicy, "for_bindings", None)
+    base = for_bindings(bindings) if for_bindings is not None else VerificationPolicy()
     if "BASIS_VERIFICATION_SAMPLE_BPS" in os.environ:
         bps = int(os.environ["BASIS_VERIFICATION_SAMPLE_BPS"])
         if not 0 <= bps <= 10_000:
