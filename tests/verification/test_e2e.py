@@ -156,6 +156,13 @@ def test_cheat_is_suspended_refunded_and_unpaid_while_the_honest_worker_keeps_ev
     assert api["core"] == failed[0]["core"] and "ids" not in json.dumps(api["verification"])
     scraped = httpx.get(f"{gw.base}/metrics").text
     assert 'basis_verdicts_total{model="basis-default",verdict="failed"}' in scraped
+    page = httpx.get(f"{gw.base}/workers").text  # the explorer: suspended visibly, with its counts
+    row = page[page.index(f'id="worker-{cheat}"'):]
+    row = row[:row.index("</tr>")]
+    assert "suspended" in row and "by the verifier" in row
+    receipt_page = httpx.get(f"{gw.base}/receipts/{failed[0]['core']['job_id']}").text
+    assert 'id="receipt-verification"' in receipt_page and ">failed</span>" in receipt_page
+    assert "yes: the reward went to the treasury" in receipt_page
     gw.until(lambda: "basis_verifier_lag_seconds 0.0" in httpx.get(f"{gw.base}/metrics").text,
              what="the verifier's lag back to 0 once nothing is pending", timeout=30)
 
