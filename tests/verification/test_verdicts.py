@@ -265,3 +265,30 @@ def test_a_malformed_check_never_costs_the_job_its_end(ledger):
     receipt = ledger.run(ledger.finish_job(job_id, outcome="completed", output_tokens=3,
                                            check={"prompt_ids": [1], "output_ids": ["x", "y", "z"]}))
     assert receipt is not None and ledger.get(job_id).outcome == "completed" and ledger.get(job_id).check is None
+
+
+def test_a_deposit_backed_refund_stays_withdrawable_and_settles_nothing(ledger, settings):
+    """The refund of a job paid from deposited credit gives back vault-backed credit: its tokens
+    never left the vault (the job was held until judged), so the batch moves nothing for it."""
+    account_id = ledger.open_account("jan")
+    ledger.credit(account_id, "deposit", "0xdeposit-1", 10**15)
+    before = ledger.get(account_id)
+    assert before.withdrawable == 10**15
+    job_id, receipt = contributor_job(ledger, account_id, CHEAT)
+    charged = int(receipt["core"]["charged"])
+    acc = ledger.get(account_id)
+    assert acc.unsettled_deposit_spend == {str(job_id): charged} and acc.withdrawable == 10**15 - charged
+    judge(ledger, job_id, failing())
+    acc = ledger.get(account_id)
+    assert acc.refund_backed == acc.refunded == charged and acc.unsettled_deposit_spend == {}
+    assert acc.withdrawable == 10**15 and acc.available == 10**15
+    batch_id = ledger.run(propose_batch(31337, VAULT, DIST, [str(job_id)]))
+    batch = ledger.get(batch_aggregate_id(batch_id))
+    assert batch.jobs[0]["from_deposit"] == 0 and (batch.to_distributor, batch.to_treasury, batch.reward_top_up) \
+        == (0, 0, 0)
+    # The next job spends the refunded, vault-backed credit as deposit (moved on chain when settled).
+    second, receipt2 = contributor_job(ledger, account_id, HONEST)
+    assert ledger.get(account_id).unsettled_deposit_spend == {str(second): int(receipt2["core"]["charged"])}
+    views(ledger, settings).close()
+    report = audit(ledger.store, settings.views_path, signer=ledger.signer.address)
+    assert report.ok, report.problems
