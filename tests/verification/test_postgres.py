@@ -44,6 +44,8 @@ def test_two_verifiers_on_one_postgres_store_apply_each_verdict_once(pg_dsn, tmp
         assert acc.refunded == sum(int(ledgers[1].get(j).receipt["core"]["charged"]) for j in failed)
         report = audit(ledgers[1].store, homes[1].views_path, signer=ledgers[0].signer.address)  # who signed
         assert report.ok, report.problems
+        for v in verifiers:
+            v.close()
     finally:
         for led in ledgers:
             led.close()

@@ -137,7 +137,10 @@ def verifier_run(
 
         worker = Verifier(ledger, ledger.settings.views_path, replace(policy, enabled=True), factory, project=True)
         if once:
-            done = asyncio.run(worker.run_once())
+            try:
+                done = asyncio.run(worker.run_once())
+            finally:
+                worker.close()
             print(json.dumps({"verdicts": done, "errors": worker.errors}))
             return
         stop = threading.Event()

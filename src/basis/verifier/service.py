@@ -51,35 +51,42 @@ class Verifier:
         self.judged = 0
         self.errors = 0
         self._retry: dict[str, float] = {}  # job id -> monotonic time before which it is not retried
+        self._projector: Projector | None = None
+        self._reader: ViewReader | None = None  # kept open: opening one takes the views' write lock
 
     def _catch_up(self) -> None:
-        projector = Projector(self.ledger.store, self.views_path)
-        try:
-            projector.catch_up()
-        finally:
-            projector.stop()
+        if self._projector is None:
+            self._projector = Projector(self.ledger.store, self.views_path)
+        self._projector.catch_up()
+
+    def close(self) -> None:
+        if self._projector is not None:
+            self._projector.stop()
+            self._projector = None
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
 
     async def run_once(self) -> int:
         """One pass over the pending checks; returns how many verdicts this pass recorded."""
         if self.project:
             await asyncio.to_thread(self._catch_up)
-        reader = ViewReader(self.views_path)
-        try:
-            pending = reader.pending_checks(self.batch)
-            if self.on_suspensions is not None:
-                self.on_suspensions({r[0] for r in reader.db.execute(
-                    "SELECT address FROM worker_status WHERE status = 'suspended'")})
-            self._publish_lag(reader, pending)
-            done = 0
-            now = time.monotonic()
-            for item in pending:
-                if self._retry.get(item["job_id"], 0.0) > now:
-                    continue
-                if await self._check(reader, item["job_id"]):
-                    done += 1
-            return done
-        finally:
-            reader.close()
+        if self._reader is None:
+            self._reader = ViewReader(self.views_path)
+        reader = self._reader
+        pending = reader.pending_checks(self.batch)
+        if self.on_suspensions is not None:
+            self.on_suspensions({r[0] for r in reader.db.execute(
+                "SELECT address FROM worker_status WHERE status = 'suspended'")})
+        self._publish_lag(reader, pending)
+        done = 0
+        now = time.monotonic()
+        for item in pending:
+            if self._retry.get(item["job_id"], 0.0) > now:
+                continue
+            if await self._check(reader, item["job_id"]):
+                done += 1
+        return done
 
     async def _check(self, reader: ViewReader, job_id: str) -> bool:
         job: Job = await asyncio.to_thread(self.ledger.get, UUID(job_id))
@@ -135,6 +142,7 @@ class Verifier:
                 done = 0
             if not done:
                 await asyncio.to_thread(stop.wait, interval)
+        self.close()
 
 
 class VerifierThread:
