@@ -90,3 +90,27 @@ def test_an_edited_forfeit_is_named(judged, views_after):
     assert rc != 0
     assert any(p.startswith(f"job {failed}: forfeit of 1 is not its receipt's reward") for p in report["problems"]), \
         report["problems"]
+
+
+def test_an_edited_suspension_evidence_is_named(settings):
+    ledger = Ledger(settings, verification=POLICY)
+    account_id = ledger.open_account("bob")
+    ledger.grant("bob", 10**18)
+    honest, _ = contributor_job(ledger, account_id, HONEST)
+    ledger.run(record_verdict(honest, ledger.get(honest).check["ids_sha256"], passing(), POLICY))
+    for _ in range(2):  # two failed jobs: the cheat's evidence crosses the threshold
+        job_id, _ = contributor_job(ledger, account_id, CHEAT)
+        ledger.run(record_verdict(job_id, ledger.get(job_id).check["ids_sha256"], failing(), POLICY))
+    from basis.ledger import ids
+
+    assert ledger.get(ids.worker_id(CHEAT)).is_suspended
+    Projector(ledger.store, settings.views_path).catch_up()
+    ledger.close()
+    rc, report = basis_audit(settings.home)
+    assert rc == 0, report["problems"]
+    _edit_event(settings, str(ids.worker_id(CHEAT)), "basis:Worker.Suspended.v1",
+                lambda s: s.update(evidence=[str(honest)]))
+    rc, report = basis_audit(settings.home)
+    assert rc != 0
+    assert any(p == f"worker {CHEAT}: suspension cites job {honest}, not a checked job of it"
+               for p in report["problems"]), report["problems"]

@@ -73,7 +73,14 @@ def check_verification(replay: ViewReader, store: LedgerStore, problems: list[st
             folded[address] = folded[address].update(d["evidence"], failed=d["verdict"] == "failed",
                                                      drift=d["drift"])
         elif topic == "basis:Worker.Suspended.v1":
-            suspended.add(worker_of.get(job_id, job_id))
+            address = worker_of.get(job_id, job_id)
+            suspended.add(address)
+            if d["by"] == "verifier":  # its evidence: checked jobs of this worker, and evidence there was
+                for ev_job in d["evidence"]:
+                    if ev_job not in verdicts or (receipts.get(ev_job) or {}).get("worker") != address:
+                        problems.append(f"worker {address}: suspension cites job {ev_job}, not a checked job of it")
+                if not d["evidence"] or folded[address].level <= 0:
+                    problems.append(f"worker {address}: suspended by the verifier without accumulated evidence")
         elif topic == "basis:Worker.Reinstated.v1":
             address = worker_of.get(job_id, job_id)
             suspended.discard(address)
