@@ -206,6 +206,8 @@ def test_event_topics_are_pinned():
         "basis:RewardClaims.Created.v1", "basis:RewardClaims.Opened.v1", "basis:RewardClaims.Claimed.v1",
         "basis:AccountOwners.Created.v1", "basis:AccountOwners.Opened.v1", "basis:AccountOwners.DepositorSeen.v1",
         "basis:AccountOwners.RequestHonoured.v1",
+        "basis:Job.CheckRequested.v1", "basis:Job.Verified.v1", "basis:Job.RewardForfeited.v1",
+        "basis:Worker.Checked.v1", "basis:Worker.Suspended.v1", "basis:Worker.Reinstated.v1",
     ])
     assert ids.account_id("x") == ids.account_id("x") != ids.account_id("y")
 

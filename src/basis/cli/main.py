@@ -19,6 +19,7 @@ _AREAS = [
     ("basis.cli.contracts", "contracts", "Compile and deploy the Basis contracts."),
     ("basis.cli.settlement", None, None),
     ("basis.cli.status", None, None),
+    ("basis.cli.verifier", None, None),
 ]
 
 for module_name, name, help_text in _AREAS:

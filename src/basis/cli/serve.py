@@ -39,6 +39,10 @@ def serve(
     ledger_writer: str = typer.Option("process", envvar="BASIS_LEDGER_WRITER",
                                       help="Where job commands commit: process (a writer process of its "
                                       "own, off the event loop's GIL) or thread (in this process)."),
+    verifier: str = typer.Option("pool", envvar="BASIS_VERIFIER",
+                                 help="Verification of contributor output: pool (checked in this gateway, where the "
+                                 "reference model is installed), external (by `basis verifier run`), off "
+                                 "(published as disabled)."),
 ) -> None:
     """Run the OpenAI-compatible gateway (SQLite under BASIS_HOME unless BASIS_DATABASE_URL is set)."""
     import uvicorn
@@ -50,7 +54,7 @@ def serve(
 
     configure_logging(log_level)
     _check_port(host, port)
-    options = GatewayOptions(engine=engine, n_threads=threads, ledger_writer=ledger_writer,
+    options = GatewayOptions(engine=engine, n_threads=threads, ledger_writer=ledger_writer, verifier=verifier,
                              engine_models=engine_models.split(",") if engine_models else None)
     try:
         runtime = GatewayRuntime(Settings(), options)

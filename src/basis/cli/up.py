@@ -55,6 +55,8 @@ def up(
     settle_interval: float = typer.Option(30.0, help="Seconds between settlement batches (0: off)."),
     fresh: bool = typer.Option(False, "--fresh", help="Set the old ledger and chain state aside and start over "
                                "(keys are kept)."),
+    verifier: str = typer.Option("pool", envvar="BASIS_VERIFIER",
+                                 help="Verification of contributor output: pool (in the gateway), external, off."),
 ) -> None:
     """Bring up a local Basis network (chain, contracts, gateway, worker); Ctrl-C stops everything."""
     import uvicorn
@@ -81,7 +83,8 @@ def up(
         typer.echo(f"error: {exc}.\nRun `basis up --fresh` to set this state aside and start a new network.",
                    err=True)
         raise typer.Exit(2) from None
-    options = GatewayOptions(engine="llama-cpp" if gateway_engine else "none", engine_models=None)
+    options = GatewayOptions(engine="llama-cpp" if gateway_engine else "none", engine_models=None,
+                             verifier=verifier)
     runtime = GatewayRuntime(settings, options)
     runtime.enable_chain(chain.rpc_url, settle_interval=settle_interval or None)
     try:

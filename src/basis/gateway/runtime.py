@@ -47,6 +47,10 @@ class GatewayOptions:
     ledger_writer: str = os.environ.get("BASIS_LEDGER_WRITER", "process")
     # How long a contributor may take to its first token, between tokens and in all (published).
     deadlines: DeadlinePolicy = field(default_factory=DeadlinePolicy.from_env)
+    # Verification (DESIGN 1.6): "pool" checks in this gateway (a thread off the serving loop),
+    # "external" leaves the checks to `basis verifier run`, "off" publishes it as disabled.
+    # `basis serve` and `basis up` default to "pool"; a runtime built in code is off unless asked.
+    verifier: str = "off"
 
 
 class GatewayRuntime:
@@ -65,6 +69,7 @@ class GatewayRuntime:
         self.chain_id = int(self.deployment["chain_id"]) if self.deployment else int(
             os.environ.get("BASIS_CHAIN_ID", LOCAL_CHAIN_ID))
         self.web3: Any = None
+        self._setup_verification()
         self.hub = WorkerHub(
             gateway_address=self.ledger.signer.address,
             chain_id=self.chain_id,
@@ -73,6 +78,7 @@ class GatewayRuntime:
             on_worker_online=self._worker_online,
             on_worker_offline=self._worker_offline,
         )
+        self.hub.is_suspended = self.is_suspended
         self.engine = engine or self._make_engine()
         served = self.options.engine_models
         self.engine_models: set[str] = set(self.engine.models if self.engine else ()) & set(
@@ -109,6 +115,9 @@ class GatewayRuntime:
         self.ledger.writer.add_commit_listener(self.projector_process.wake)
         self.job_writer.start()
         self.job_writer.add_commit_listener(self.projector_process.wake)
+        if self.verifier_thread is not None:
+            self.verifier_thread.start()
+            self.background.append(self.verifier_thread)
         for task, interval in getattr(self, "_chain_tasks", []):
             if interval is None:
                 task.start()
@@ -181,6 +190,51 @@ class GatewayRuntime:
         scheduler = getattr(self, "scheduler", None)
         return {"settlement": scheduler.state() if scheduler is not None else {"status": "off"},
                 "indexer": self.indexer.state()}
+    # -- verification -------------------------------------------------------------------------
+    def _setup_verification(self) -> None:
+        from basis.verifier import Verifier, VerifierThread
+        from basis.verifier.policy import MODES, load_factory, policy_from_env
+
+        mode = self.options.verifier
+        if mode not in MODES:
+            raise ValueError(f"unknown verifier mode {mode!r} ({', '.join(MODES)})")
+        self.verification, self.verified_models = policy_from_env(self.bindings, mode)
+        # The writer (thread or process) selects jobs in finish_job: it needs the policy.
+        self.ledger.verification = self.verification
+        self.ledger.verified_models = list(self.verified_models)
+        self.verifier_thread: VerifierThread | None = None
+        self._recent_suspensions: set[str] = set()
+        if mode == "pool" and self.verification.enabled:
+            factory = load_factory(os.environ.get("BASIS_VERIFIER_SCORER"), self.bindings)
+            self.verifier_thread = VerifierThread(Verifier(self.ledger, self.settings.views_path, self.verification,
+                                                           factory, on_suspended=self._suspended,
+                                                           on_suspensions=self._suspensions))
+
+    def _suspended(self, address: str) -> None:
+        self._recent_suspensions.add(address.lower())
+        self.hub.suspended = self.hub.suspended | {address.lower()}  # one assignment: atomic for the loop
+
+    def _suspensions(self, addresses: set[str]) -> None:
+        """The views' suspended workers (the operator's suspensions from the CLI too); the one just
+        made by this verifier stays until the views show it."""
+        self._recent_suspensions -= addresses  # the views show these now
+        self.hub.suspended = addresses | self._recent_suspensions
+
+    def is_suspended(self, address: str) -> bool:
+        """Straight from the worker's own stream: a suspension anywhere is seen at the next connect."""
+        from eventsourcing.application import AggregateNotFoundError
+
+        from basis.ledger.ids import worker_id
+
+        try:
+            return bool(self.ledger.get(worker_id(address)).is_suspended)
+        except AggregateNotFoundError:
+            return False
+
+    def verification_status(self) -> dict[str, Any]:
+        """The published policy (GET /v1/network): the rules a worker is judged by."""
+        return {**self.verification.public(), "models": list(self.verified_models) if self.verification.enabled
+                else []}
 
     # -- workers ------------------------------------------------------------------------------
     def _worker_online(self, address: str, models: dict[str, int]) -> None:
@@ -240,4 +294,5 @@ class GatewayRuntime:
             "gateway_signer": self.ledger.signer.address,
             "worker_protocol_version": PROTOCOL_VERSION,
             "job_deadlines": self.options.deadlines.describe(),
+            "verification": self.verification_status(),
         }

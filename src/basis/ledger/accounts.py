@@ -11,7 +11,7 @@ from basis.domain.pricing import require_amount
 from basis.ledger import ids
 from basis.ledger.errors import InsufficientCredit, InvalidTransition
 
-CREDIT_SOURCES = ("grant", "deposit")
+CREDIT_SOURCES = ("grant", "deposit", "refund")
 
 
 class Account(Aggregate):
@@ -19,6 +19,12 @@ class Account(Aggregate):
 
     Spend draws on granted credit first (promotional credit is used before paid credit, as
     cloud providers do), so settlement knows how much of each charge moves vault tokens.
+
+    Refunds (a job that failed verification, DESIGN 1.6) give back exactly what the job spent,
+    in the kind it was spent: its deposit-backed part (``backed``) never left the vault (a job
+    is checked before it settles; the refund drops it from ``unsettled_deposit_spend``, so
+    settlement moves nothing for it) and stays deposit-backed credit, withdrawable like a
+    deposit; the rest was granted credit and comes back as credit with no tokens behind it.
     """
 
     TOPIC = "basis:Account"
@@ -43,6 +49,8 @@ class Account(Aggregate):
         self.api_keys = 0
         self.vouchers: dict[str, int] = {}  # outstanding withdrawal vouchers: nonce -> amount
         self.unsettled_deposit_spend: dict[str, int] = {}  # job id -> deposit-backed charge not yet on chain
+        self.refunded = 0  # refund credits (source "refund")
+        self.refund_backed = 0  # the part of them still backed by vault tokens
 
     @property
     def available(self) -> int:
@@ -50,7 +58,12 @@ class Account(Aggregate):
 
     @property
     def total_credit(self) -> int:
-        return self.granted + self.deposited
+        return self.granted + self.deposited + self.refunded
+
+    @property
+    def backed_credit(self) -> int:
+        """Credit with vault tokens behind it: deposits and the deposit-backed part of refunds."""
+        return self.deposited + self.refund_backed
 
     @property
     def spent(self) -> int:
@@ -61,14 +74,21 @@ class Account(Aggregate):
         self.api_keys += 1
 
     @event("Credited", topic="basis:Account.Credited.v1")
-    def credit(self, source: str, external_id: str, amount: int, memo: str = "") -> None:
+    def credit(self, source: str, external_id: str, amount: int, memo: str = "", backed: int = 0) -> None:
         require_amount(amount, "amount", positive=True)
+        require_amount(backed, "backed")
         if source not in CREDIT_SOURCES:
             raise ValueError(f"credit source must be one of {CREDIT_SOURCES}")
+        if backed and (source != "refund" or backed > amount):
+            raise InvalidTransition("only a refund carries a deposit-backed part, at most its amount")
         if source == "grant":
             self.granted += amount
-        else:
+        elif source == "deposit":
             self.deposited += amount
+        else:  # refund of job ``external_id``: its deposit-backed charge will not leave the vault
+            self.refunded += amount
+            self.refund_backed += backed
+            self.unsettled_deposit_spend.pop(external_id, None)
 
     @event("Reserved", topic="basis:Account.Reserved.v1")
     def reserve(self, job_id: str, amount: int) -> None:
@@ -102,7 +122,7 @@ class Account(Aggregate):
 
     def split_spend(self, charged: int) -> tuple[int, int]:
         """How a charge divides between granted and deposited credit (grant first)."""
-        grant_left = self.granted - self.spent_granted
+        grant_left = self.total_credit - self.backed_credit - self.spent_granted
         from_grant = min(charged, grant_left)
         return from_grant, charged - from_grant
 
@@ -110,7 +130,7 @@ class Account(Aggregate):
     @property
     def withdrawable(self) -> int:
         """Unspent deposit-backed credit that is not held by a job or a voucher."""
-        deposit_left = self.deposited - self.spent_deposited - self.withdrawn - sum(self.vouchers.values())
+        deposit_left = self.backed_credit - self.spent_deposited - self.withdrawn - sum(self.vouchers.values())
         return max(0, min(self.available, deposit_left))
 
     @event("DepositSpendSettled", topic="basis:Account.DepositSpendSettled.v1")
@@ -150,6 +170,7 @@ class Account(Aggregate):
         return {
             "granted": self.granted,
             "deposited": self.deposited,
+            "refunded": self.refunded,
             "withdrawn": self.withdrawn,
             "spent": self.spent,
             "reserved": self.reserved,

@@ -25,6 +25,7 @@ from basis.domain.signing import recover_signer
 from basis.ledger.projections import Projector, ViewReader
 from basis.ledger.projections.reader import TABLES
 from basis.ledger.store import LedgerStore
+from basis.ledger.verification_audit import check_verification
 
 
 @dataclass
@@ -84,6 +85,7 @@ def audit(store: LedgerStore, live_views: str | Path | None, *, signer: str | No
                 _compare_views(replay, current, report)
             _check_receipts(replay, report, signer)
             _check_money(replay, store, report)
+            check_verification(replay, store, report.problems)
             counts = replay.counts()
             report.accounts, report.workers = counts["accounts"], counts["workers"]
             report.open_jobs = replay.db.execute(
@@ -147,7 +149,8 @@ def _check_money(replay: ViewReader, store: LedgerStore, report: AuditReport) ->
         credits[(r["account_id"], r["source"])] += int(r["amount"])
     for acc in replay.accounts():
         aid = acc["account_id"]
-        if credits[(aid, "grant")] != int(acc["granted"]) or credits[(aid, "deposit")] != int(acc["deposited"]):
+        if (credits[(aid, "grant")] != int(acc["granted"]) or credits[(aid, "deposit")] != int(acc["deposited"])
+                or credits[(aid, "refund")] != int(acc["refunded"])):
             report.problems.append(f"account {acc['name']}: credits do not add up to its balance")
         for col in ("available", "reserved", "spent"):
             if int(acc[col]) < 0:
@@ -156,7 +159,8 @@ def _check_money(replay: ViewReader, store: LedgerStore, report: AuditReport) ->
             report.problems.append(
                 f"account {acc['name']}: spent {acc['spent']} != sum of its receipts {spent_by_account.get(aid, 0)}")
         agg = store.repository.get(UUID(aid))
-        view = {k: int(acc[k]) for k in ("granted", "deposited", "withdrawn", "spent", "reserved", "available")}
+        view = {k: int(acc[k]) for k in ("granted", "deposited", "refunded", "withdrawn", "spent", "reserved",
+                                         "available")}
         if agg.snapshot_view() != view:
             report.problems.append(f"account {acc['name']}: aggregate {agg.snapshot_view()} != view {view}")
     for row in replay.rewards():

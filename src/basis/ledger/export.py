@@ -46,6 +46,8 @@ REDACTED: dict[str, tuple[str, ...]] = {
     "basis:ApiKey.Issued.v1": ("key_hash",),
     "basis:Job.Accepted.v1": ("idempotency_key", "request_hash"),
     "basis:Job.Ended.v1": ("output_text",),
+    # The ids a verifier re-scores are as telling as the text; `ids_sha256` stays in the clear.
+    "basis:Job.CheckRequested.v1": ("prompt_ids", "output_ids"),
     "basis:IdempotencyRecord.Recorded.v1": ("key", "request_hash"),
 }
 

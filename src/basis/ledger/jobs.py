@@ -48,6 +48,9 @@ class Job(Aggregate):
         self.finish_reason: str | None = None
         self.receipt: dict[str, Any] | None = None
         self.settlement: dict[str, Any] | None = None
+        self.check: dict[str, Any] | None = None  # what the verifier needs (private: ids are text)
+        self.verdict: dict[str, Any] | None = None  # DESIGN 1.6: public, hashes only
+        self.forfeit: dict[str, Any] | None = None  # the reward went to the treasury, and why
 
     @property
     def price_terms(self) -> PriceTerms:
@@ -127,6 +130,60 @@ class Job(Aggregate):
         self.settlement = {"batch_id": batch_id, "leaf_index": leaf_index, "tx_hash": tx_hash,
                            "chain_id": chain_id}
         self.status = "settled"
+
+    # -- verification (DESIGN 1.6; commands in basis.ledger.verdicts) ---------------------------
+    @property
+    def awaiting_verdict(self) -> bool:
+        """Selected for a check and not yet judged: held out of settlement until it is."""
+        return self.check is not None and self.verdict is None
+
+    @property
+    def reward_forfeited(self) -> bool:
+        return self.forfeit is not None
+
+    @event("CheckRequested", topic="basis:Job.CheckRequested.v1")
+    def request_check(self, reason: str, prompt_ids: list[int], output_ids: list[int], temperature: float,
+                      top_p: float, ids_sha256: str) -> None:
+        """Chosen for verification after it ended. The ids are what the verifier re-scores; they are
+        as sensitive as the text, so views and receipts only ever show ``ids_sha256``."""
+        if self.receipt is None or self.served_by != "contributor":
+            raise InvalidTransition("only a contributor job with a receipt is checked")
+        if self.check is not None:
+            raise InvalidTransition("this job was already selected for a check")
+        if self.settlement is not None:
+            raise InvalidTransition("a settled job is no longer checked")
+        self.check = {"reason": reason, "prompt_ids": list(prompt_ids), "output_ids": list(output_ids),
+                      "temperature": temperature, "top_p": top_p, "ids_sha256": ids_sha256}
+
+    @event("Verified", topic="basis:Job.Verified.v1")
+    def record_verdict(self, verdict: str, method: str, tokens: int, statistic: dict[str, Any], evidence: float,
+                       job_threshold: float, calibration: dict[str, float], ids_sha256: str,
+                       tail_alpha: float | None = None) -> None:
+        """The verifier's verdict, with everything needed to re-decide it (audit): the statistic,
+        the threshold and the binding's calibration it was judged against."""
+        if self.check is None:
+            raise InvalidTransition("a verdict needs a check request")
+        if self.verdict is not None:
+            raise InvalidTransition("a job gets exactly one verdict")
+        if verdict not in ("passed", "failed"):
+            raise InvalidTransition(f"unknown verdict {verdict!r}")
+        if ids_sha256 != self.check["ids_sha256"]:
+            raise InvalidTransition("the verdict is about other ids than the ones checked")
+        self.verdict = {"verdict": verdict, "method": method, "tokens": tokens, "statistic": dict(statistic),
+                        "evidence": evidence, "job_threshold": job_threshold, "calibration": dict(calibration),
+                        "ids_sha256": ids_sha256, "tail_alpha": tail_alpha}
+
+    @event("RewardForfeited", topic="basis:Job.RewardForfeited.v1")
+    def forfeit_reward(self, reason: str, evidence: list[str], amount: int) -> None:
+        """The reward (``amount``, the receipt's own) goes to the treasury instead of the worker;
+        the receipt core is unchanged."""
+        if self.receipt is None or self.settlement is not None:
+            raise InvalidTransition("only an issued, unsettled receipt's reward can be forfeited")
+        if self.forfeit is not None:
+            raise InvalidTransition("this reward was already forfeited")
+        if amount != int(self.receipt["core"]["reward"]):
+            raise InvalidTransition("a forfeit names the receipt's own reward")
+        self.forfeit = {"reason": reason, "evidence": list(evidence), "amount": amount}
 
 
 class IdempotencyRecord(Aggregate):

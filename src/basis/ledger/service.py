@@ -7,6 +7,7 @@ it (``arun``) so the event loop never blocks on the database or on receipt signi
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import threading
 import uuid
@@ -33,9 +34,12 @@ from basis.ledger.errors import (
 )
 from basis.ledger.jobs import IdempotencyRecord, Job
 from basis.ledger.store import LedgerStore
+from basis.ledger.verdicts import sampling_secret, select_for_check
 from basis.ledger.workers import Worker
+from basis.verification.policy import VerificationPolicy
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 API_KEY_PREFIX = "sk-basis-"
 # The commands a gateway sends per job; by name, so they can cross to a writer process.
 JOB_COMMANDS = frozenset({"accept_job", "assign_job", "finish_job", "abandon_job", "register_worker"})
@@ -44,8 +48,13 @@ JOB_COMMANDS = frozenset({"accept_job", "assign_job", "finish_job", "abandon_job
 class Ledger:
     def __init__(self, settings: Settings | None = None, *, env: dict[str, str] | None = None,
                  signer_key: str | None = None, pricing: PricingTable | None = None,
-                 writer_thread: bool = True) -> None:
+                 writer_thread: bool = True, verification: VerificationPolicy | None = None,
+                 verified_models: list[str] | None = None) -> None:
         self.settings = settings or Settings()
+        # Which contributor jobs finish_job selects for a check (off unless the gateway turns it on).
+        self.verification = verification or VerificationPolicy(enabled=False)
+        self.verified_models = verified_models  # None: every model has a reference to check against
+        self._sampling_secret: bytes | None = None
         self.env = dict(env or self.settings.event_store_env())
         self.store = LedgerStore(self.env)
         self.pricing = pricing or PricingTable.load(self.settings.pricing_table)
@@ -77,7 +86,8 @@ class Ledger:
 
     def spawn_args(self) -> dict[str, Any]:
         """What another process needs to open this same ledger (a writer process)."""
-        return {"settings": self.settings, "env": self.env, "signer_key": self._signer_key, "pricing": self.pricing}
+        return {"settings": self.settings, "env": self.env, "signer_key": self._signer_key, "pricing": self.pricing,
+                "verification": self.verification, "verified_models": self.verified_models}
 
     def get(self, aggregate_id: UUID) -> Any:
         """Read the latest state of one aggregate straight from the store (any thread)."""
@@ -212,12 +222,15 @@ class Ledger:
     def finish_job(self, job_id: UUID, *, outcome: str, output_tokens: int, finish_reason: str | None = None,
                    reason: str | None = None, worker_usage: dict[str, int] | None = None,
                    output_text: str | None = None, served_by: str | None = None, worker: str | None = None,
+                   check: dict[str, Any] | None = None,
                    resume: bool = False) -> Callable[[UnitOfWork], dict[str, Any] | None]:
         """End the job, issue and sign its receipt when it earns one, and settle its reservation.
         ``served_by``/``worker``: the side and worker that served it; refused (``AttemptMismatch``)
         unless they are the job's last recorded assignment. None: not said (recovery, the CLI).
         ``resume``: the same end sent again after a writer was lost mid-commit; if the first one
-        was saved, answer with its receipt instead of failing."""
+        was saved, answer with its receipt instead of failing. ``check``: the ids and sampling
+        parameters a verifier would need (prompt_ids, output_ids, temperature, top_p); recorded
+        only when the job is selected for verification (basis.ledger.verdicts)."""
 
         def cmd(uow: UnitOfWork) -> dict[str, Any] | None:
             job = self._job(uow, job_id)
@@ -239,10 +252,20 @@ class Ledger:
             from_grant, from_deposit = acc.split_spend(charged)
             acc.settle_reservation(job_id=str(job.id), released=acc.reservations.get(str(job.id), -1),
                                    charged=charged, from_grant=from_grant, from_deposit=from_deposit)
+            if check is not None and self.verification.enabled:
+                try:
+                    select_for_check(uow, job, check, self.verification, self.sampling_secret(), self.verified_models)
+                except (KeyError, TypeError, ValueError, InvalidTransition) as exc:  # never lose the job's end
+                    log.warning("job %s: not selectable for a check (%s)", job_id, exc)
             uow.release(job)
             return job.receipt
 
         return cmd
+
+    def sampling_secret(self) -> bytes:
+        if self._sampling_secret is None:
+            self._sampling_secret = sampling_secret(self.settings.home)
+        return self._sampling_secret
 
     def abandon_job(self, job_id: UUID, reason: str) -> Callable[[UnitOfWork], None]:
         """End a job whose acceptance may or may not have been saved (its writer was lost): failed,

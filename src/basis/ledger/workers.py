@@ -1,4 +1,5 @@
-"""Worker aggregate: a contributor's reward address and what it advertises."""
+"""Worker aggregate: a contributor's reward address, what it advertises, and how its checked
+jobs went (DESIGN 1.6: checked / failed counts, the sequential evidence, suspension)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from uuid import UUID
 from eventsourcing.domain import Aggregate, event
 
 from basis.ledger import ids
+from basis.ledger.errors import InvalidTransition
+from basis.verification.sequential import WorkerEvidence
 
 
 class Worker(Aggregate):
@@ -23,7 +26,40 @@ class Worker(Aggregate):
     def __init__(self, address: str) -> None:
         self.address = address.lower()
         self.models: list[str] = []
+        self.evidence = WorkerEvidence()
+        self.evidence_jobs: list[str] = []  # checked jobs since the evidence was last at zero
+        self.suspended: dict[str, object] | None = None  # {by, reason, evidence} while suspended
 
     @event("Advertised", topic="basis:Worker.Advertised.v1")
     def advertise(self, models: list[str], software: str = "") -> None:
         self.models = sorted(models)
+
+    @property
+    def is_suspended(self) -> bool:
+        return self.suspended is not None
+
+    @event("Checked", topic="basis:Worker.Checked.v1")
+    def record_check(self, job_id: str, verdict: str, evidence: float, drift: float) -> None:
+        """One verdict on one of its jobs, folded into the per-worker CUSUM (``drift`` as published
+        when it was judged, so a replay gives the same levels)."""
+        self.evidence = self.evidence.update(evidence, failed=verdict == "failed", drift=drift)
+        self.evidence_jobs = [*self.evidence_jobs, job_id] if self.evidence.level > 0 else []
+
+    @event("Suspended", topic="basis:Worker.Suspended.v1")
+    def suspend(self, by: str, reason: str, evidence: list[str]) -> None:
+        """``by``: "verifier" (its evidence crossed the worker threshold; ``evidence``: the checked
+        job ids that built it) or "operator" (by hand, with a reason)."""
+        if self.suspended is not None:
+            raise InvalidTransition(f"worker {self.address} is already suspended")
+        if by not in ("verifier", "operator"):
+            raise InvalidTransition(f"unknown suspender {by!r}")
+        self.suspended = {"by": by, "reason": reason, "evidence": list(evidence)}
+
+    @event("Reinstated", topic="basis:Worker.Reinstated.v1")
+    def reinstate(self, by: str, reason: str) -> None:
+        """Back in service with its accumulated evidence cleared (its counts stay)."""
+        if self.suspended is None:
+            raise InvalidTransition(f"worker {self.address} is not suspended")
+        self.suspended = None
+        self.evidence = WorkerEvidence(checked=self.evidence.checked, failed=self.evidence.failed)
+        self.evidence_jobs = []

@@ -42,3 +42,14 @@ CHAIN_INDEXER_REORG = Gauge("basis_chain_indexer_reorg", "1 while the chain inde
                             "already indexed were reorganised.", registry=REGISTRY)
 CHAIN_INDEXER_FAILURES = Gauge("basis_chain_indexer_consecutive_failures", "Chain indexer passes failed in a row.",
                                registry=REGISTRY)
+# Verification (DESIGN 1.6)
+VERDICTS = Counter("basis_verdicts_total", "Verdicts recorded by the verifier, by model and verdict.",
+                   ["model", "verdict"], registry=REGISTRY)
+SUSPENSIONS = Counter("basis_worker_suspensions_total", "Workers suspended, by who suspended them.", ["by"],
+                      registry=REGISTRY)
+VERIFIER_PENDING = Gauge("basis_verifier_pending_jobs", "Jobs selected for a check and still awaiting a verdict.",
+                         registry=REGISTRY)
+VERIFIER_LAG = Gauge("basis_verifier_lag_seconds", "Age of the oldest job awaiting its verdict (0: none).",
+                     registry=REGISTRY)
+VERIFIER_ERRORS = Counter("basis_verifier_errors_total", "Checks that could not be scored (the job stays held).",
+                          registry=REGISTRY)

@@ -50,6 +50,7 @@ from basis.ledger.jobs import Job
 from basis.ledger.projections import ViewReader
 from basis.ledger.service import Ledger
 from basis.ledger.settlement import SettlementBatch, SettlementLog, batch_aggregate_id, settlement_log_id
+from basis.ledger.verdicts import settleable_reward
 from basis.settlement.anchors import anchor_in_transaction
 from basis.settlement.chain import TOPICS, ZERO32, Chain, from_hex, hex32
 from basis.settlement.consistency import RECHECK_DEPTH, ChainMismatch, lost_batches
@@ -108,12 +109,15 @@ def propose_batch(chain_id: int, vault: str, distributor: str, candidates: list[
             job = uow.find(Job, UUID(job_id))
             if job is None or job.receipt is None or job.settlement is not None:
                 continue
+            reward = settleable_reward(uow, job)  # None: awaiting its verdict; 0: forfeited (DESIGN 1.6)
+            if reward is None:
+                continue
             uow.release(job)
             acc = uow.find(Account, job.account_id)
             assert acc is not None
             core = job.receipt["core"]
             entry = {"job_id": str(job.id), "account_id": str(job.account_id), "hash": job.receipt["hash"],
-                     "charged": int(core["charged"]), "reward": int(core["reward"]), "worker": core["worker"],
+                     "charged": int(core["charged"]), "reward": reward, "worker": core["worker"],
                      "from_deposit": acc.unsettled_deposit_spend.get(str(job.id), 0)}
             jobs.append(entry)
             if entry["worker"] and entry["reward"]:

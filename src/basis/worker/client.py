@@ -43,7 +43,7 @@ log = logging.getLogger("basis.worker")
 
 SOFTWARE = "basis-worker/0.1.0"
 # Rejections that a reconnect cannot fix.
-FATAL_REJECTIONS = frozenset({"binding_mismatch", "unknown_model", "unsupported_version", "no_models"})
+FATAL_REJECTIONS = frozenset({"binding_mismatch", "unknown_model", "unsupported_version", "no_models", "suspended"})
 
 
 class GatewayLost(Exception):

@@ -151,6 +151,7 @@ class JobRun:
         self.account_id = account_id
         self.events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self.output_tokens = 0
+        self.output_ids: list[int] = []  # as relayed; the first output_tokens of them were accepted
         self.task: asyncio.Task[None] | None = None
         self.text_parts: list[str] = []
         self.served_by = "gateway"
@@ -325,6 +326,7 @@ class JobRun:
                 # out-of-vocabulary, end-of-sequence and other control ids (padding) fail the job
                 pieces = p.binding.output_pieces(ids)
                 matcher.feed(pieces, text)
+                self.output_ids.extend(ids)
                 if counted == 0 and ids:
                     metrics.TTFT.labels(p.model).observe(time.perf_counter() - started)
                 hit = False
@@ -388,7 +390,8 @@ class JobRun:
         served_by, worker = self._serving or (None, None)  # None: no attempt was recorded
         end = {"job_id": p.job_id, "outcome": result.outcome, "output_tokens": result.output_tokens,
                "finish_reason": result.finish_reason, "reason": result.reason, "worker_usage": result.worker_usage,
-               "output_text": text, "served_by": served_by, "worker": worker}
+               "output_text": text, "served_by": served_by, "worker": worker,
+               "check": self._check_input(result)}
         # Retried until it lands (job_end.py); a task of its own, so a cancelled job cannot stop it.
         self._recorded: asyncio.Task[dict[str, Any] | None] = asyncio.get_running_loop().create_task(
             record_job_end(self.runtime.job_writer, end), name=f"end-{p.job_id}")
@@ -400,6 +403,15 @@ class JobRun:
         metrics.JOBS.labels(p.model, result.outcome, self.served_by).inc()
         metrics.TOKENS.labels(p.model, "prompt").inc(len(p.prompt_ids))
         metrics.TOKENS.labels(p.model, "output").inc(result.output_tokens)
+
+    def _check_input(self, result: Outcome) -> dict[str, Any] | None:
+        """What a verifier needs if the ledger selects this job for a check (DESIGN 1.6)."""
+        verification = getattr(self.runtime, "verification", None)
+        if self.served_by != "contributor" or not result.output_tokens or not (verification and verification.enabled):
+            return None
+        p = self.plan
+        return {"prompt_ids": p.prompt_ids, "output_ids": self.output_ids[: result.output_tokens],
+                "temperature": p.temperature, "top_p": p.top_p}
 
     async def wait_receipt(self) -> dict[str, Any] | None:
         assert self.task is not None

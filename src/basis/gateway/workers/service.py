@@ -233,6 +233,9 @@ class WorkerHub:
         self.challenge_ttl = int(challenge_ttl)
         self.on_worker_online = on_worker_online
         self.on_worker_offline = on_worker_offline
+        # DESIGN 1.6: a suspended worker is refused at connect (its in-flight jobs may finish).
+        self.is_suspended: Callable[[str], bool] | None = None
+        self.suspended: set[str] = set()  # suspended while connected: no new jobs (addresses, lower case)
         self.clock = clock
         self._conns: dict[str, WorkerConnection] = {}  # address(lower) -> connection
         self._job_conn: dict[str, WorkerConnection] = {}
@@ -287,7 +290,7 @@ class WorkerHub:
         best: WorkerConnection | None = None
         best_key: tuple[float, int, float] | None = None
         for key, c in self._conns.items():
-            if not c.alive or key in excluded or c.spare(model) <= 0:
+            if not c.alive or key in excluded or c.spare(model) <= 0 or key in self.suspended:
                 continue
             cap = c.capacity_total or 1
             k = (c.active_total / cap, c.active_total, c.connected_at)
@@ -454,6 +457,10 @@ class WorkerHub:
         if not signer or signer.lower() != hello.worker_address.lower():
             await reject("bad_signature", "signature does not match worker_address for this challenge")
             return
+        if self.is_suspended is not None and await asyncio.to_thread(self.is_suspended, signer):
+            await reject("suspended", f"worker {signer.lower()} is suspended from this network (see its verdicts)")
+            return
+        self.suspended.discard(signer.lower())  # reinstated since
         if not hello.models:
             await reject("no_models", "advertise at least one model")
             return

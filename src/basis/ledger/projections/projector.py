@@ -19,14 +19,15 @@ from eventsourcing.persistence import Notification
 from eventsourcing.sqlite import SQLiteApplicationRecorder
 
 from basis.domain.receipt import canonical_json
+from basis.ledger.projections import checks
 from basis.ledger.store import LedgerStore
 from basis.units import Seconds
 
 VIEW = "basis"
 PAGE = 5000
 AMOUNT_COLUMNS = {
-    "accounts": ("granted", "deposited", "withdrawn", "reserved", "spent_granted", "spent_deposited"),
-    "rewards": ("accrued", "settled", "claimed"),
+    "accounts": ("granted", "deposited", "withdrawn", "reserved", "spent_granted", "spent_deposited", "refunded"),
+    "rewards": ("accrued", "settled", "claimed", "forfeited"),
     "usage_daily": ("charged",),
 }
 
@@ -36,6 +37,7 @@ def _views_version() -> str:
     pkg = resources.files("basis.ledger.projections")
     digest = hashlib.sha256(pkg.joinpath("schema.sql").read_bytes())
     digest.update(Path(__file__).read_bytes())
+    digest.update(pkg.joinpath("checks.py").read_bytes())
     return digest.hexdigest()[:16]
 
 
@@ -159,6 +161,7 @@ class Projector:
             "basis:RewardClaims.Claimed.v1": self._reward_claimed,
             "basis:ChainCursor.Started.v1": self._cursor_started,
             "basis:ChainCursor.Advanced.v1": self._cursor_advanced,
+            **{topic: (lambda b, n, d, f=f: f(self, b, n, d)) for topic, f in checks.HANDLERS.items()},
         }
 
     # -- driving ----------------------------------------------------------------------------
@@ -244,7 +247,7 @@ class Projector:
         b.put("accounts", str(n.originator_id), {
             "account_id": str(n.originator_id), "name": d["name"], "opened_at": self._ts(d),
             "granted": 0, "deposited": 0, "withdrawn": 0, "reserved": 0, "spent_granted": 0,
-            "spent_deposited": 0, "api_keys": 0, "jobs": 0, "receipts": 0, "updated_at": self._ts(d),
+            "spent_deposited": 0, "refunded": 0, "api_keys": 0, "jobs": 0, "receipts": 0, "updated_at": self._ts(d),
         })
 
     def _account(self, b: _Batch, n: Notification, d: dict[str, Any]) -> dict[str, Any]:
@@ -260,7 +263,7 @@ class Projector:
 
     def _credited(self, b: _Batch, n: Notification, d: dict[str, Any]) -> None:
         row = self._account(b, n, d)
-        row["granted" if d["source"] == "grant" else "deposited"] += d["amount"]
+        row[{"grant": "granted", "deposit": "deposited"}.get(d["source"], "refunded")] += d["amount"]
         self.db.execute("INSERT INTO credits VALUES (?, ?, ?, ?, ?, ?)",
                         (d["source"], d["external_id"], str(n.originator_id), str(d["amount"]),
                          d.get("memo", ""), self._ts(d)))
@@ -314,11 +317,7 @@ class Projector:
         acc["receipts"] += 1
         self._usage(b, account_id, self._ts(d)[:10], core)
         if core["worker"]:
-            row = b.row("rewards", core["worker"])
-            if row is None:
-                row = {"worker": core["worker"], "accrued": 0, "settled": 0, "claimed": 0, "jobs": 0,
-                       "output_tokens": 0}
-                b.put("rewards", core["worker"], row)
+            row = checks.reward_row(b, core["worker"])
             row["accrued"] += int(core["reward"])
             row["jobs"] += 1
             row["output_tokens"] += core["output_tokens"]
@@ -347,7 +346,8 @@ class Projector:
         if found and found[0]:
             row = b.row("rewards", found[0])
             assert row is not None
-            row["settled"] += int(found[1])
+            forfeited = self.db.execute("SELECT 1 FROM forfeits WHERE job_id = ?", (job_id,)).fetchone()
+            row["settled"] += 0 if forfeited else int(found[1])  # a forfeited reward went to the treasury
 
     def _worker_registered(self, b: _Batch, n: Notification, d: dict[str, Any]) -> None:
         self.db.execute("INSERT INTO workers VALUES (?, ?, '[]', '', ?, ?)",
@@ -424,10 +424,7 @@ class Projector:
         self.db.execute("INSERT INTO claims VALUES (?, ?, ?, ?, ?, ?, ?)",
                         (d["tx_hash"], d["log_index"], worker, str(d["amount"]), str(d["cumulative"]), d["block"],
                          self._ts(d)))
-        row = b.row("rewards", worker)
-        if row is None:
-            row = {"worker": worker, "accrued": 0, "settled": 0, "claimed": 0, "jobs": 0, "output_tokens": 0}
-            b.put("rewards", worker, row)
+        row = checks.reward_row(b, worker)
         row["claimed"] += d["amount"]
 
     def _cursor_started(self, b: _Batch, n: Notification, d: dict[str, Any]) -> None:

@@ -24,6 +24,9 @@ TABLES = {  # table -> primary-key order used for canonical dumps
     "chain_cursors": "cursor_id",
     "api_keys": "key_hash",
     "usage_daily": "usage_key",
+    "checks": "job_id",
+    "forfeits": "job_id",
+    "worker_status": "address",
 }
 
 
@@ -36,8 +39,7 @@ class ViewReader:
         self.db.close()
 
     # -- receipts ---------------------------------------------------------------------------
-    @staticmethod
-    def receipt_json(row: sqlite3.Row) -> dict[str, Any]:
+    def receipt_json(self, row: sqlite3.Row) -> dict[str, Any]:
         return {
             "core": json.loads(row["core"]),
             "hash": row["hash"],
@@ -47,7 +49,18 @@ class ViewReader:
             "settlement": json.loads(row["settlement"]) if row["settlement"] else None,
             "issued_at": row["issued_at"],
             "settled_at": row["settled_at"],
+            **self.verification(row["job_id"]),
         }
+
+    def verification(self, job_id: str) -> dict[str, Any]:
+        """The envelope's ``verification`` (null while unchecked or never checked) and
+        ``reward_forfeited`` (DESIGN 1.6)."""
+        check = self.db.execute("SELECT status, method, tokens, statistic FROM checks WHERE job_id = ?"
+                                " AND status != 'pending'", (job_id,)).fetchone()
+        forfeited = self.db.execute("SELECT 1 FROM forfeits WHERE job_id = ?", (job_id,)).fetchone()
+        verdict = None if check is None else {"verdict": check["status"], "method": check["method"],
+                                              "tokens": check["tokens"], "statistic": json.loads(check["statistic"])}
+        return {"verification": verdict, "reward_forfeited": forfeited is not None}
 
     def receipt(self, job_id_or_hash: str) -> dict[str, Any] | None:
         key = job_id_or_hash.lower()
@@ -118,13 +131,32 @@ class ViewReader:
         for r in self.db.execute(
             "SELECT w.*, COALESCE(rw.accrued, '0') AS accrued, COALESCE(rw.settled, '0') AS settled,"
             " COALESCE(rw.claimed, '0') AS claimed, COALESCE(rw.jobs, 0) AS jobs,"
-            " COALESCE(rw.output_tokens, 0) AS output_tokens"
-            " FROM workers w LEFT JOIN rewards rw ON rw.worker = w.address ORDER BY w.address"
+            " COALESCE(rw.output_tokens, 0) AS output_tokens, COALESCE(rw.forfeited, '0') AS forfeited,"
+            " COALESCE(ws.checked, 0) AS checked, COALESCE(ws.failed, 0) AS failed,"
+            " COALESCE(ws.status, 'active') AS status, ws.suspended_by, ws.reason AS status_reason"
+            " FROM workers w LEFT JOIN rewards rw ON rw.worker = w.address"
+            " LEFT JOIN worker_status ws ON ws.address = w.address ORDER BY w.address"
         ):
             d = dict(r)
             d["models"] = json.loads(d["models"])
             out.append(d)
         return out
+
+    def worker_status(self, address: str) -> dict[str, Any] | None:
+        row = self.db.execute("SELECT * FROM worker_status WHERE address = ?", (address.lower(),)).fetchone()
+        return dict(row) if row else None
+
+    def pending_checks(self, limit: int = 100) -> list[dict[str, Any]]:
+        """Jobs selected for verification and not yet judged, oldest first (what a verifier does next)."""
+        rows = self.db.execute("SELECT job_id, worker, model, requested_at FROM checks WHERE status = 'pending'"
+                               " ORDER BY requested_at, job_id LIMIT ?", (limit,))
+        return [dict(r) for r in rows]
+
+    def unsettled_of(self, worker: str) -> list[str]:
+        """A worker's issued, unsettled receipts (job ids): what its suspension forfeits."""
+        rows = self.db.execute("SELECT job_id FROM receipts WHERE worker = ? AND status = 'issued' ORDER BY seq",
+                               (worker.lower(),))
+        return [r[0] for r in rows]
 
     def job(self, job_id: str) -> dict[str, Any] | None:
         row = self.db.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
@@ -201,7 +233,7 @@ class ViewReader:
 
 def balance_json(row: sqlite3.Row) -> dict[str, Any]:
     d = dict(row)
-    credit = int(d["granted"]) + int(d["deposited"])
+    credit = int(d["granted"]) + int(d["deposited"]) + int(d.get("refunded") or 0)
     spent = int(d["spent_granted"]) + int(d["spent_deposited"])
     d["spent"] = str(spent)
     d["available"] = str(credit - spent - int(d["withdrawn"]) - int(d["reserved"]))

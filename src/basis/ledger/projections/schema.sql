@@ -3,7 +3,7 @@ CREATE TABLE IF NOT EXISTS tracking (view TEXT PRIMARY KEY, position INTEGER NOT
 CREATE TABLE IF NOT EXISTS accounts (
     account_id TEXT PRIMARY KEY, name TEXT NOT NULL, opened_at TEXT NOT NULL,
     granted TEXT NOT NULL, deposited TEXT NOT NULL, withdrawn TEXT NOT NULL,
-    reserved TEXT NOT NULL, spent_granted TEXT NOT NULL, spent_deposited TEXT NOT NULL,
+    reserved TEXT NOT NULL, spent_granted TEXT NOT NULL, spent_deposited TEXT NOT NULL, refunded TEXT NOT NULL,
     api_keys INTEGER NOT NULL, jobs INTEGER NOT NULL, receipts INTEGER NOT NULL, updated_at TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS credits (
@@ -41,7 +41,7 @@ CREATE TABLE IF NOT EXISTS usage_daily (
 CREATE INDEX IF NOT EXISTS usage_daily_account ON usage_daily (account_id, day);
 CREATE TABLE IF NOT EXISTS rewards (
     worker TEXT PRIMARY KEY, accrued TEXT NOT NULL, settled TEXT NOT NULL, claimed TEXT NOT NULL,
-    jobs INTEGER NOT NULL, output_tokens INTEGER NOT NULL
+    jobs INTEGER NOT NULL, output_tokens INTEGER NOT NULL, forfeited TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS workers (
     address TEXT PRIMARY KEY, worker_id TEXT NOT NULL UNIQUE, models TEXT NOT NULL, software TEXT NOT NULL,
@@ -73,4 +73,19 @@ CREATE TABLE IF NOT EXISTS claims (
 CREATE TABLE IF NOT EXISTS chain_cursors (
     cursor_id TEXT PRIMARY KEY, name TEXT NOT NULL, block INTEGER NOT NULL, chain_time INTEGER NOT NULL,
     updated_at TEXT NOT NULL
+);
+-- Verification (DESIGN 1.6). Never ids or text: the checked ids appear only as their SHA-256.
+CREATE TABLE IF NOT EXISTS checks (
+    job_id TEXT PRIMARY KEY, worker TEXT NOT NULL, model TEXT NOT NULL, reason TEXT NOT NULL,
+    status TEXT NOT NULL, ids_sha256 TEXT NOT NULL, method TEXT, tokens INTEGER, statistic TEXT, evidence REAL,
+    requested_at TEXT NOT NULL, judged_at TEXT
+);
+CREATE INDEX IF NOT EXISTS checks_pending ON checks (status, requested_at);
+CREATE TABLE IF NOT EXISTS forfeits (
+    job_id TEXT PRIMARY KEY, worker TEXT NOT NULL, amount TEXT NOT NULL, reason TEXT NOT NULL,
+    evidence TEXT NOT NULL, at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS worker_status (
+    address TEXT PRIMARY KEY, checked INTEGER NOT NULL, failed INTEGER NOT NULL, upper REAL NOT NULL,
+    lower REAL NOT NULL, status TEXT NOT NULL, suspended_by TEXT, reason TEXT, evidence TEXT, updated_at TEXT NOT NULL
 );

@@ -1,0 +1,158 @@
+"""``basis verifier run`` (the trusted verifier as its own process) and ``basis workers
+suspend|reinstate ADDRESS`` (the operator's hand, recorded in the ledger). DESIGN 1.6."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import threading
+
+import typer
+from rich.console import Console
+
+from basis.config import Settings
+
+verifier = typer.Typer(help="The trusted verifier: re-score sampled contributor jobs, record verdicts.",
+                       no_args_is_help=True)
+workers = typer.Typer(help="Contributor workers: suspend or reinstate by hand (recorded).", no_args_is_help=True)
+err = Console(stderr=True, soft_wrap=True)  # messages stay on one line (scripts grep them)
+ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")
+MAX_REASON = 500
+
+
+def _fail(message: str, code: int = 2) -> None:
+    err.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(code)
+
+
+def _address(value: str) -> str:
+    if not ADDRESS.match(value or ""):
+        _fail(f"{value!r} is not a worker address (0x followed by 40 hex digits)")
+    return value.lower()
+
+
+def _reason(value: str) -> str:
+    value = (value or "").strip()
+    if not value:
+        _fail("--reason must not be empty: it is recorded and published with the decision")
+    if len(value) > MAX_REASON:
+        _fail(f"--reason is at most {MAX_REASON} characters")
+    return value
+
+
+def _ledger():
+    from basis.ledger.service import Ledger
+
+    try:
+        return Ledger(Settings())
+    except ValueError as exc:  # e.g. a malformed BASIS_DATABASE_URL
+        _fail(str(exc))
+    except Exception as exc:  # the store cannot be opened or reached
+        _fail(f"cannot open the ledger: {exc}", 1)
+
+
+def _unsettled(ledger, address: str) -> list[str]:
+    from basis.ledger.projections import Projector, ViewReader
+
+    projector = Projector(ledger.store, ledger.settings.views_path)
+    projector.catch_up()
+    projector.stop()
+    reader = ViewReader(ledger.settings.views_path)
+    try:
+        return reader.unsettled_of(address)
+    finally:
+        reader.close()
+
+
+@workers.command("suspend")
+def workers_suspend(
+    address: str = typer.Argument(..., help="The worker's reward address."),
+    reason: str = typer.Option("suspended by the operator", "--reason", help="Recorded and published."),
+) -> None:
+    """Suspend a worker: refused at its next connect, every reward of it not yet settled forfeited."""
+    from basis.ledger.errors import LedgerError
+    from basis.ledger.verdicts import suspend_worker
+    from basis.observability import metrics
+
+    address, reason = _address(address), _reason(reason)
+    ledger = _ledger()
+    try:
+        forfeited = ledger.run(suspend_worker(address, reason, _unsettled(ledger, address)))
+    except LedgerError as exc:
+        _fail(str(exc), 1)
+    finally:
+        ledger.close()
+    metrics.SUSPENSIONS.labels("operator").inc()
+    print(json.dumps({"worker": address, "status": "suspended", "reason": reason, "rewards_forfeited": forfeited}))
+
+
+@workers.command("reinstate")
+def workers_reinstate(
+    address: str = typer.Argument(..., help="The worker's reward address."),
+    reason: str = typer.Option("reinstated by the operator", "--reason", help="Recorded and published."),
+) -> None:
+    """Reinstate a suspended worker (its accumulated evidence starts again from zero)."""
+    from basis.ledger.errors import LedgerError
+    from basis.ledger.verdicts import reinstate_worker
+
+    address, reason = _address(address), _reason(reason)
+    ledger = _ledger()
+    try:
+        ledger.run(reinstate_worker(address, reason))
+    except LedgerError as exc:
+        _fail(str(exc), 1)
+    finally:
+        ledger.close()
+    print(json.dumps({"worker": address, "status": "active", "reason": reason}))
+
+
+@verifier.command("run")
+def verifier_run(
+    once: bool = typer.Option(False, "--once", help="One pass over the pending checks, then exit."),
+    interval: float = typer.Option(1.0, "--interval", min=0.05, help="Seconds between passes when idle."),
+    scorer: str = typer.Option(None, "--scorer", envvar="BASIS_VERIFIER_SCORER",
+                               help="MODULE:CALLABLE making the scorer per model (default: llama.cpp over "
+                               "each binding's GGUF)."),
+) -> None:
+    """Verify the jobs selected for a check, from the shared store (SQLite under BASIS_HOME, or
+    BASIS_DATABASE_URL); verdicts enter the ledger as commands. Stop with Ctrl-C or SIGTERM."""
+    from basis.models import load_bindings
+    from basis.verifier import Verifier
+    from basis.verifier.policy import load_factory, policy_from_env
+
+    if scorer is not None and not re.match(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$", scorer):
+        _fail(f"--scorer must be MODULE:CALLABLE, not {scorer!r}")
+    ledger = _ledger()
+    try:
+        bindings = load_bindings(list(ledger.pricing.models.values()))
+        policy, models = policy_from_env(bindings, mode="pool")
+        if scorer is None and not models:
+            _fail("no reference model is installed for any advertised model: nothing can be verified here", 1)
+        try:
+            factory = load_factory(scorer, bindings)
+        except (ImportError, AttributeError) as exc:
+            _fail(f"--scorer {scorer}: {exc}")
+        from dataclasses import replace
+
+        worker = Verifier(ledger, ledger.settings.views_path, replace(policy, enabled=True), factory, project=True)
+        if once:
+            try:
+                done = asyncio.run(worker.run_once())
+            finally:
+                worker.close()
+            print(json.dumps({"verdicts": done, "errors": worker.errors}))
+            return
+        stop = threading.Event()
+        err.print(f"verifier running on {ledger.settings.home} (models: {', '.join(models) or 'via --scorer'})")
+        try:
+            asyncio.run(worker.run(stop, interval))
+        except KeyboardInterrupt:
+            stop.set()
+    finally:
+        ledger.close()
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(verifier, name="verifier")
+    app.add_typer(workers, name="workers")

@@ -1,0 +1,166 @@
+"""The verifier loop: pending checks (from the views) -> reference scores -> verdict commands.
+
+A check that cannot be scored (the reference is missing or broken) is retried later and the job
+stays held out of settlement: a verifier that is down or behind never skips a check and never
+fails honest work. Recording a verdict is one ledger command that the job accepts once, so a
+verifier killed mid-check, restarted, or racing another verifier applies each verdict once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+from basis.engines.scoring import ScoreRequest, ScoringError
+from basis.ledger.jobs import Job
+from basis.ledger.projections import Projector, ViewReader
+from basis.ledger.service import Ledger
+from basis.ledger.verdicts import record_verdict
+from basis.observability import metrics
+from basis.verification.policy import VerificationPolicy
+from basis.verification.stats import job_statistic
+from basis.verifier.policy import ScorerFactory
+
+log = logging.getLogger("basis.verifier")
+RETRY_AFTER = 30.0  # seconds before a check that could not be scored is tried again
+
+
+class Verifier:
+    """``project``: bring the views up to date itself before each pass (its own process); a gateway's
+    views are kept current by the gateway's projector."""
+
+    def __init__(self, ledger: Ledger, views_path: str | Path, policy: VerificationPolicy, scorers: ScorerFactory,
+                 *, project: bool = False, batch: int = 64,
+                 on_suspended: Callable[[str], None] | None = None,
+                 on_suspensions: Callable[[set[str]], None] | None = None) -> None:
+        self.ledger = ledger
+        self.views_path = Path(views_path)
+        self.policy = policy
+        self.scorers = scorers
+        self.project = project
+        self.batch = batch
+        self.on_suspended = on_suspended  # a gateway stops routing new jobs to the worker
+        self.on_suspensions = on_suspensions  # every pass: all suspended addresses (the operator's too)
+        self.judged = 0
+        self.errors = 0
+        self._retry: dict[str, float] = {}  # job id -> monotonic time before which it is not retried
+        self._projector: Projector | None = None
+        self._reader: ViewReader | None = None  # kept open: opening one takes the views' write lock
+
+    def _catch_up(self) -> None:
+        if self._projector is None:
+            self._projector = Projector(self.ledger.store, self.views_path)
+        self._projector.catch_up()
+
+    def close(self) -> None:
+        if self._projector is not None:
+            self._projector.stop()
+            self._projector = None
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+
+    async def run_once(self) -> int:
+        """One pass over the pending checks; returns how many verdicts this pass recorded."""
+        if self.project:
+            await asyncio.to_thread(self._catch_up)
+        if self._reader is None:
+            self._reader = ViewReader(self.views_path)
+        reader = self._reader
+        pending = reader.pending_checks(self.batch)
+        if self.on_suspensions is not None:
+            self.on_suspensions({r[0] for r in reader.db.execute(
+                "SELECT address FROM worker_status WHERE status = 'suspended'")})
+        self._publish_lag(reader, pending)
+        done = 0
+        now = time.monotonic()
+        for item in pending:
+            if self._retry.get(item["job_id"], 0.0) > now:
+                continue
+            if await self._check(reader, item["job_id"]):
+                done += 1
+        return done
+
+    async def _check(self, reader: ViewReader, job_id: str) -> bool:
+        job: Job = await asyncio.to_thread(self.ledger.get, UUID(job_id))
+        if job.verdict is not None or job.check is None:
+            return False  # judged already (the views are behind)
+        check = job.check
+        req = ScoreRequest(prompt_ids=check["prompt_ids"], output_ids=check["output_ids"],
+                           temperature=check["temperature"], top_p=check["top_p"], model=job.model)
+        try:
+            scores = await self.scorers(job.model).score(req)
+            if len(scores) != len(req.output_ids):
+                raise ScoringError(f"{len(scores)} scores for {len(req.output_ids)} output ids")
+        except Exception as exc:  # ScoringError or a broken reference: hold, retry later, never fail the job
+            self.errors += 1
+            metrics.VERIFIER_ERRORS.inc()
+            self._retry[job_id] = time.monotonic() + RETRY_AFTER
+            log.warning("job %s could not be checked (%s); it stays held", job_id, exc)
+            return False
+        stat = job_statistic(scores, check["temperature"])
+        assert job.worker is not None
+        unsettled = reader.unsettled_of(job.worker)
+        out = await asyncio.to_thread(self.ledger.run, record_verdict(job.id, check["ids_sha256"], stat, self.policy,
+                                                                      unsettled))
+        self._retry.pop(job_id, None)
+        if out["applied"]:
+            self.judged += 1
+            metrics.VERDICTS.labels(job.model, out["verdict"]).inc()
+            if out["suspended"]:
+                metrics.SUSPENSIONS.labels("verifier").inc()
+                log.warning("worker %s suspended: its evidence crossed the threshold", job.worker)
+                if self.on_suspended is not None:
+                    self.on_suspended(job.worker)
+        return bool(out["applied"])
+
+    @staticmethod
+    def _publish_lag(reader: ViewReader, pending: list[dict[str, Any]]) -> None:
+        count = reader.db.execute("SELECT COUNT(*) FROM checks WHERE status = 'pending'").fetchone()[0]
+        metrics.VERIFIER_PENDING.set(count)
+        if not pending:
+            metrics.VERIFIER_LAG.set(0)
+            return
+        oldest = datetime.fromisoformat(pending[0]["requested_at"])
+        if oldest.tzinfo is None:
+            oldest = oldest.replace(tzinfo=UTC)
+        metrics.VERIFIER_LAG.set(max(0.0, (datetime.now(UTC) - oldest).total_seconds()))
+
+    async def run(self, stop: threading.Event, interval: float = 1.0) -> None:
+        while not stop.is_set():
+            try:
+                done = await self.run_once()
+            except Exception:  # keep verifying; the jobs stay held meanwhile
+                log.exception("verifier pass failed; retrying")
+                done = 0
+            if not done:
+                await asyncio.to_thread(stop.wait, interval)
+        self.close()
+
+
+class VerifierThread:
+    """The verifier inside a gateway: a thread with its own event loop, so scoring never runs on
+    (or waits for) the loop that serves clients."""
+
+    def __init__(self, verifier: Verifier, interval: float = 1.0) -> None:
+        self.verifier = verifier
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=lambda: asyncio.run(self.verifier.run(self._stop, self.interval)),
+                                        name="basis-verifier", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)

@@ -1,0 +1,116 @@
+"""A verdict or a forfeit edited inside the events table is named by `basis audit` (the real CLI,
+on a real SQLite store), whether the live views were built before or after the edit."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import uuid
+from pathlib import Path
+
+import pytest
+
+from basis.ledger.projections import Projector
+from basis.ledger.service import Ledger
+from basis.ledger.verdicts import record_verdict
+from tests.ledger.test_audit import basis_audit
+from tests.verification.helpers import CHEAT, HONEST, POLICY, contributor_job, failing, passing
+
+
+@pytest.fixture
+def judged(settings):
+    """One failed (refunded, forfeited) job of a cheat and one passed job of an honest worker."""
+    ledger = Ledger(settings, verification=POLICY)
+    account_id = ledger.open_account("alice")
+    ledger.grant("alice", 10**18)
+    failed, _ = contributor_job(ledger, account_id, CHEAT)
+    passed, _ = contributor_job(ledger, account_id, HONEST)
+    for job_id, stat in ((failed, failing()), (passed, passing())):
+        ledger.run(record_verdict(job_id, ledger.get(job_id).check["ids_sha256"], stat, POLICY))
+    Projector(ledger.store, settings.views_path).catch_up()
+    ledger.close()
+    return settings, str(failed), str(passed)
+
+
+def _edit_event(settings, job_id: str, topic: str, edit) -> None:
+    db = sqlite3.connect(settings.events_path)
+    row = db.execute("SELECT rowid, state FROM stored_events WHERE originator_id = ? AND topic = ?",
+                     (uuid.UUID(job_id).hex, topic)).fetchone()
+    assert row is not None, f"no {topic} event to tamper with"
+    state = json.loads(row[1])
+    edit(state)
+    db.execute("UPDATE stored_events SET state = ? WHERE rowid = ?", (json.dumps(state).encode(), row[0]))
+    db.commit()
+    db.close()
+
+
+def _drop_views(settings) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        Path(str(settings.views_path) + suffix).unlink(missing_ok=True)
+
+
+def test_untouched_verdicts_pass_the_audit(judged):
+    settings, _, _ = judged
+    rc, report = basis_audit(settings.home)
+    assert rc == 0 and report["ok"], report["problems"]
+
+
+@pytest.mark.parametrize("views_after", [False, True], ids=["views-before", "views-after"])
+def test_a_failed_verdict_edited_to_passed_is_named(judged, views_after):
+    settings, failed, _ = judged
+    if views_after:
+        _drop_views(settings)
+    _edit_event(settings, failed, "basis:Job.Verified.v1", lambda s: s.update(verdict="passed"))
+    rc, report = basis_audit(settings.home)
+    problems = report["problems"]
+    assert rc != 0 and not report["ok"]
+    assert any(p.startswith(f"job {failed}: verdict 'passed' but its statistic decides 'failed'") for p in problems), \
+        problems
+    assert any(p.startswith(f"refund {failed}") and "no failed verdict" in p for p in problems), problems
+    assert any(p.startswith(f"job {failed}: reward forfeited for failed verification without") for p in problems)
+
+
+def test_a_passed_statistic_rewritten_is_named(judged):
+    """Someone who edits the statistic so that it no longer decides the recorded verdict."""
+    settings, _, passed = judged
+    _edit_event(settings, passed, "basis:Job.Verified.v1", lambda s: s["statistic"].update(z=-40.0))
+    rc, report = basis_audit(settings.home)
+    assert rc != 0
+    assert any(p.startswith(f"job {passed}: verdict 'passed' but its statistic decides 'failed'")
+               for p in report["problems"]), report["problems"]
+
+
+@pytest.mark.parametrize("views_after", [False, True], ids=["views-before", "views-after"])
+def test_an_edited_forfeit_is_named(judged, views_after):
+    settings, failed, _ = judged
+    if views_after:
+        _drop_views(settings)
+    _edit_event(settings, failed, "basis:Job.RewardForfeited.v1", lambda s: s.update(amount=1))
+    rc, report = basis_audit(settings.home)
+    assert rc != 0
+    assert any(p.startswith(f"job {failed}: forfeit of 1 is not its receipt's reward") for p in report["problems"]), \
+        report["problems"]
+
+
+def test_an_edited_suspension_evidence_is_named(settings):
+    ledger = Ledger(settings, verification=POLICY)
+    account_id = ledger.open_account("bob")
+    ledger.grant("bob", 10**18)
+    honest, _ = contributor_job(ledger, account_id, HONEST)
+    ledger.run(record_verdict(honest, ledger.get(honest).check["ids_sha256"], passing(), POLICY))
+    for _ in range(2):  # two failed jobs: the cheat's evidence crosses the threshold
+        job_id, _ = contributor_job(ledger, account_id, CHEAT)
+        ledger.run(record_verdict(job_id, ledger.get(job_id).check["ids_sha256"], failing(), POLICY))
+    from basis.ledger import ids
+
+    assert ledger.get(ids.worker_id(CHEAT)).is_suspended
+    Projector(ledger.store, settings.views_path).catch_up()
+    ledger.close()
+    rc, report = basis_audit(settings.home)
+    assert rc == 0, report["problems"]
+    _edit_event(settings, str(ids.worker_id(CHEAT)), "basis:Worker.Suspended.v1",
+                lambda s: s.update(evidence=[str(honest)]))
+    rc, report = basis_audit(settings.home)
+    assert rc != 0
+    assert any(p == f"worker {CHEAT}: suspension cites job {honest}, not a checked job of it"
+               for p in report["problems"]), report["problems"]

@@ -1,0 +1,294 @@
+"""Verdicts and their consequences as ledger events (DESIGN 1.6), on a real SQLite store:
+selection after the job ends, refund and forfeit of a failed job (once, however often the verdict
+is sent), suspension with evidence and forfeiture of everything unsettled, the operator's hand,
+settlement holding unjudged jobs and carrying forfeited rewards as 0, and the audit agreeing."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from basis.ledger import ids
+from basis.ledger.audit import audit
+from basis.ledger.errors import InvalidTransition
+from basis.ledger.projections import Projector, ViewReader
+from basis.ledger.service import Ledger
+from basis.ledger.settlement import SettlementBatch, batch_aggregate_id
+from basis.ledger.verdicts import UnknownWorker, ids_digest, record_verdict, reinstate_worker, suspend_worker
+from basis.settlement.batches import propose_batch
+from tests.verification.helpers import CHEAT, HONEST, POLICY, contributor_job, failing, passing
+
+VAULT = "0x" + "ee" * 20
+DIST = "0x" + "dd" * 20
+
+
+@pytest.fixture
+def ledger(settings):
+    led = Ledger(settings, verification=POLICY)
+    yield led
+    led.close()
+
+
+def views(ledger: Ledger, settings) -> ViewReader:
+    p = Projector(ledger.store, settings.views_path)
+    p.catch_up()
+    p.stop()
+    return ViewReader(settings.views_path)
+
+
+def judge(ledger: Ledger, job_id, stat, settings=None):
+    job = ledger.get(job_id)
+    unsettled = []
+    if settings is not None:
+        r = views(ledger, settings)
+        unsettled = r.unsettled_of(job.worker)
+        r.close()
+    return ledger.run(record_verdict(job_id, job.check["ids_sha256"], stat, POLICY, unsettled))
+
+
+def test_probation_jobs_are_selected_and_held_out_of_settlement(ledger, settings):
+    account_id = ledger.open_account("alice")
+    ledger.grant("alice", 10**18)
+    first, _ = contributor_job(ledger, account_id, HONEST)
+    gateway_job = ledger.get(first)
+    assert gateway_job.check["reason"] == "probation" and gateway_job.awaiting_verdict
+    assert gateway_job.check["ids_sha256"] == ids_digest(range(100, 108))
+    r = views(ledger, settings)
+    pending = r.pending_checks()
+    assert [p["job_id"] for p in pending] == [str(first)]
+    env = r.receipt(str(first))
+    assert env["verification"] is None and env["reward_forfeited"] is False  # unchecked: null, nothing revealed
+    # The views never hold the ids, only their hash.
+    dump = b"".join(r.dump_rows("checks")).decode()
+    assert "prompt_ids" not in dump and "100,101" not in dump
+    # Settlement skips it while it awaits a verdict ...
+    assert ledger.run(propose_batch(31337, VAULT, DIST, [str(first)])) is None
+    r.close()
+    # ... and takes it once judged.
+    assert judge(ledger, first, passing())["verdict"] == "passed"
+    batch_id = ledger.run(propose_batch(31337, VAULT, DIST, [str(first)]))
+    batch: SettlementBatch = ledger.get(batch_aggregate_id(batch_id))
+    assert batch.jobs[0]["reward"] == int(ledger.get(first).receipt["core"]["reward"]) > 0
+
+
+def test_disabled_policy_and_gateway_jobs_are_never_selected(settings):
+    led = Ledger(settings)  # verification off unless asked for
+    try:
+        account_id = led.open_account("bob")
+        led.grant("bob", 10**18)
+        job_id, _ = contributor_job(led, account_id, HONEST)
+        assert led.get(job_id).check is None
+    finally:
+        led.close()
+
+
+def test_a_failed_job_is_refunded_once_and_its_reward_forfeited(ledger, settings):
+    account_id = ledger.open_account("carol")
+    ledger.grant("carol", 10**18)
+    before = ledger.get(account_id).available
+    job_id, receipt = contributor_job(ledger, account_id, CHEAT)
+    charged = int(receipt["core"]["charged"])
+    assert ledger.get(account_id).available == before - charged
+    out = judge(ledger, job_id, failing())
+    assert out == {"verdict": "failed", "applied": True, "suspended": False}
+    # Sent again (a verifier retrying after a crash, or a second verifier): nothing more happens.
+    assert judge(ledger, job_id, failing())["applied"] is False
+    assert judge(ledger, job_id, passing())["verdict"] == "failed"
+    acc = ledger.get(account_id)
+    assert acc.available == before and acc.refunded == charged
+    job = ledger.get(job_id)
+    assert job.verdict["verdict"] == "failed" and job.forfeit["reason"] == "failed verification"
+    r = views(ledger, settings)
+    env = r.receipt(str(job_id))
+    assert env["verification"]["verdict"] == "failed" and env["reward_forfeited"] is True
+    assert env["verification"]["tokens"] == 8 and env["verification"]["method"] == POLICY.method
+    assert env["core"] == receipt["core"]  # the core never changes
+    refunds = r.db.execute("SELECT external_id, amount FROM credits WHERE source = 'refund'").fetchall()
+    assert [tuple(x) for x in refunds] == [(str(job_id), str(charged))]
+    assert r.account(str(account_id))["available"] == str(before)
+    r.close()
+    # A refunded, forfeited job settles moving nothing and paying no reward.
+    batch_id = ledger.run(propose_batch(31337, VAULT, DIST, [str(job_id)]))
+    batch = ledger.get(batch_aggregate_id(batch_id))
+    assert batch.jobs[0]["reward"] == 0 and batch.rewards == [] and batch.to_distributor == batch.to_treasury == 0
+    report = audit(ledger.store, settings.views_path, signer=ledger.signer.address)
+    assert report.ok, report.problems
+
+
+def test_evidence_suspends_the_cheat_and_forfeits_its_unsettled_rewards(ledger, settings):
+    account_id = ledger.open_account("dave")
+    ledger.grant("dave", 10**18)
+    honest = [contributor_job(ledger, account_id, HONEST)[0] for _ in range(3)]
+    cheat_jobs = [contributor_job(ledger, account_id, CHEAT)[0] for _ in range(12)]
+    for j in honest:
+        if ledger.get(j).check:
+            judge(ledger, j, passing(), settings)
+    checked = [j for j in cheat_jobs if ledger.get(j).check]
+    assert len(checked) >= 2  # probation
+    outcomes = [judge(ledger, j, failing(), settings) for j in checked[:2]]
+    assert outcomes[-1]["suspended"] is True  # 6.5 + 6.5 crosses 12
+    worker = ledger.get(ids.worker_id(CHEAT))
+    assert worker.is_suspended and worker.suspended["by"] == "verifier"
+    assert worker.suspended["evidence"] == [str(j) for j in checked[:2]]
+    for j in cheat_jobs:
+        job = ledger.get(j)
+        if job.check is None:  # unchecked but unsettled: forfeited by the suspension, not refunded
+            assert job.forfeit["reason"] == "worker suspended"
+            assert job.forfeit["evidence"] == [str(x) for x in checked[:2]]
+    assert ledger.get(ids.worker_id(HONEST)).suspended is None
+    for j in honest:
+        assert ledger.get(j).forfeit is None
+    # Still-pending cheat jobs get their verdicts later; settlement carries none of the cheat's rewards.
+    for j in checked[2:]:
+        judge(ledger, j, failing(), settings)
+    batch_id = ledger.run(propose_batch(31337, VAULT, DIST, [str(j) for j in honest + cheat_jobs]))
+    batch = ledger.get(batch_aggregate_id(batch_id))
+    rewards = dict(batch.rewards)
+    assert CHEAT not in rewards and rewards[HONEST] == sum(
+        int(ledger.get(j).receipt["core"]["reward"]) for j in honest)
+    r = views(ledger, settings)
+    row = {w["address"]: w for w in r.workers()}
+    assert row[CHEAT]["status"] == "suspended" and row[CHEAT]["failed"] == len(checked)
+    assert row[HONEST]["status"] == "active" and row[HONEST]["failed"] == 0
+    r.close()
+    report = audit(ledger.store, settings.views_path, signer=ledger.signer.address)
+    assert report.ok, report.problems
+
+
+def test_the_operator_suspends_and_reinstates_by_hand(ledger, settings):
+    account_id = ledger.open_account("erin")
+    ledger.grant("erin", 10**18)
+    job_id, _ = contributor_job(ledger, account_id, HONEST)
+    judge(ledger, job_id, passing())
+    later, _ = contributor_job(ledger, account_id, HONEST)
+    judge(ledger, later, passing())
+    third, _ = contributor_job(ledger, account_id, HONEST)
+    with pytest.raises(UnknownWorker):
+        ledger.run(suspend_worker("0x" + "99" * 20, "never seen"))
+    with pytest.raises(InvalidTransition):
+        ledger.run(reinstate_worker(HONEST, "not suspended"))
+    r = views(ledger, settings)
+    forfeited = ledger.run(suspend_worker(HONEST, "abuse report 17", r.unsettled_of(HONEST)))
+    r.close()
+    assert forfeited >= 2  # every unsettled reward with one (the pending job's too)
+    with pytest.raises(InvalidTransition):
+        ledger.run(suspend_worker(HONEST, "twice"))
+    w = ledger.get(ids.worker_id(HONEST))
+    assert w.suspended == {"by": "operator", "reason": "abuse report 17", "evidence": []}
+    ledger.run(reinstate_worker(HONEST, "appeal upheld"))
+    assert ledger.get(ids.worker_id(HONEST)).suspended is None
+    if ledger.get(third).awaiting_verdict:
+        judge(ledger, third, passing())
+    r = views(ledger, settings)
+    assert r.worker_status(HONEST)["status"] == "active"
+    r.close()
+    report = audit(ledger.store, settings.views_path, signer=ledger.signer.address)
+    assert report.ok, report.problems
+
+
+def test_verdict_for_other_ids_is_refused(ledger):
+    account_id = ledger.open_account("fay")
+    ledger.grant("fay", 10**18)
+    job_id, _ = contributor_job(ledger, account_id, HONEST)
+    with pytest.raises(InvalidTransition):
+        ledger.run(record_verdict(job_id, ids_digest([1, 2, 3]), passing(), POLICY))
+    assert ledger.get(job_id).verdict is None
+
+
+def test_statistics_round_trip_as_json(ledger, settings):
+    account_id = ledger.open_account("gus")
+    ledger.grant("gus", 10**18)
+    job_id, _ = contributor_job(ledger, account_id, HONEST, temperature=0.0)
+    from basis.verification.stats import JobStatistic
+
+    judge(ledger, job_id, JobStatistic(tokens=8, greedy=True, agreement=0.875))
+    r = views(ledger, settings)
+    stat = r.receipt(str(job_id))["verification"]["statistic"]
+    assert {k: stat[k] for k in ("tokens", "greedy", "z", "agreement")} == {
+        "tokens": 8, "greedy": True, "z": None, "agreement": 0.875}
+    assert json.loads(json.dumps(stat)) == stat
+    r.close()
+
+
+def test_settlement_forfeits_what_the_views_had_not_shown_at_suspension(ledger, settings):
+    """A job of a worker that finished after its suspension (in flight then), or that the views had
+    not caught up with: the batch proposal forfeits its reward instead of paying it."""
+    account_id = ledger.open_account("hal")
+    ledger.grant("hal", 10**18)
+    ledger.run(ledger.register_worker(CHEAT, ["basis-default"]))
+    done = []
+    for _ in range(POLICY.probation_jobs):  # past probation, so later jobs are only sampled
+        j, _ = contributor_job(ledger, account_id, CHEAT)
+        judge(ledger, j, passing())
+        done.append(j)
+    ledger.run(suspend_worker(CHEAT, "abuse report", unsettled=[]))  # the views showed nothing
+    late = [contributor_job(ledger, account_id, CHEAT)[0] for _ in range(4)]  # in-flight jobs finishing
+    for j in late:
+        if ledger.get(j).awaiting_verdict:
+            judge(ledger, j, passing())
+    batch_id = ledger.run(propose_batch(31337, VAULT, DIST, [str(j) for j in done + late]))
+    batch = ledger.get(batch_aggregate_id(batch_id))
+    assert all(e["reward"] == 0 for e in batch.jobs) and batch.rewards == []
+    assert all(ledger.get(j).forfeit["reason"] == "worker suspended" for j in done + late)
+    views(ledger, settings).close()
+    report = audit(ledger.store, settings.views_path, signer=ledger.signer.address)
+    assert report.ok, report.problems
+
+
+def test_network_publishes_the_policy_and_disabled_when_off(tmp_path):
+    import httpx
+
+    from basis.gateway.runtime import GatewayOptions
+    from tests.gateway.harness import Gateway
+
+    gw = Gateway(tmp_path / "home", GatewayOptions(heartbeat_interval=1.0, ledger_writer="thread"))
+    try:
+        published = httpx.get(f"{gw.base}/v1/network").json()["verification"]
+        assert published["enabled"] is False and published["models"] == []
+        for key in ("method", "sample_bps", "probation_jobs", "job_threshold", "worker_threshold"):
+            assert key in published
+    finally:
+        gw.close()
+    with pytest.raises(ValueError, match="unknown verifier mode"):
+        Gateway(tmp_path / "home2", GatewayOptions(verifier="sometimes", ledger_writer="thread"))
+
+
+def test_a_malformed_check_never_costs_the_job_its_end(ledger):
+    import uuid
+
+    account_id = ledger.open_account("ivy")
+    ledger.grant("ivy", 10**18)
+    job_id = uuid.uuid4()
+    ledger.run(ledger.accept_job(job_id=job_id, account_id=account_id, model="basis-default", prompt_tokens=5,
+                                 max_output_tokens=64, assignment=("contributor", HONEST)))
+    receipt = ledger.run(ledger.finish_job(job_id, outcome="completed", output_tokens=3,
+                                           check={"prompt_ids": [1], "output_ids": ["x", "y", "z"]}))
+    assert receipt is not None and ledger.get(job_id).outcome == "completed" and ledger.get(job_id).check is None
+
+
+def test_a_deposit_backed_refund_stays_withdrawable_and_settles_nothing(ledger, settings):
+    """The refund of a job paid from deposited credit gives back vault-backed credit: its tokens
+    never left the vault (the job was held until judged), so the batch moves nothing for it."""
+    account_id = ledger.open_account("jan")
+    ledger.credit(account_id, "deposit", "0xdeposit-1", 10**15)
+    before = ledger.get(account_id)
+    assert before.withdrawable == 10**15
+    job_id, receipt = contributor_job(ledger, account_id, CHEAT)
+    charged = int(receipt["core"]["charged"])
+    acc = ledger.get(account_id)
+    assert acc.unsettled_deposit_spend == {str(job_id): charged} and acc.withdrawable == 10**15 - charged
+    judge(ledger, job_id, failing())
+    acc = ledger.get(account_id)
+    assert acc.refund_backed == acc.refunded == charged and acc.unsettled_deposit_spend == {}
+    assert acc.withdrawable == 10**15 and acc.available == 10**15
+    batch_id = ledger.run(propose_batch(31337, VAULT, DIST, [str(job_id)]))
+    batch = ledger.get(batch_aggregate_id(batch_id))
+    assert batch.jobs[0]["from_deposit"] == 0 and (batch.to_distributor, batch.to_treasury, batch.reward_top_up) \
+        == (0, 0, 0)
+    # The next job spends the refunded, vault-backed credit as deposit (moved on chain when settled).
+    second, receipt2 = contributor_job(ledger, account_id, HONEST)
+    assert ledger.get(account_id).unsettled_deposit_spend == {str(second): int(receipt2["core"]["charged"])}
+    views(ledger, settings).close()
+    report = audit(ledger.store, settings.views_path, signer=ledger.signer.address)
+    assert report.ok, report.problems
