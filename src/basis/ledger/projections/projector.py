@@ -126,6 +126,14 @@ class _Batch:
         self.rows.clear()
 
 
+def _plain(value: Any) -> Any:
+    """A field as the view stores it; in a replay of a public export (basis audit --events) a
+    secret arrives as ``{"redacted_sha256": hex}`` (docs/audit.md) and is stored as that digest."""
+    if isinstance(value, dict) and "redacted_sha256" in value:
+        return "redacted:" + str(value["redacted_sha256"])
+    return value
+
+
 class Projector:
     def __init__(self, store: LedgerStore, path: str | Path) -> None:
         self.store = store
@@ -259,7 +267,7 @@ class Projector:
     def _api_key_added(self, b: _Batch, n: Notification, d: dict[str, Any]) -> None:
         self._account(b, n, d)["api_keys"] += 1
         self.db.execute("INSERT INTO api_keys VALUES (?, ?, ?, ?)",
-                        (d["key_hash"], str(n.originator_id), d["prefix"], self._ts(d)))
+                        (_plain(d["key_hash"]), str(n.originator_id), _plain(d["prefix"]), self._ts(d)))
 
     def _credited(self, b: _Batch, n: Notification, d: dict[str, Any]) -> None:
         row = self._account(b, n, d)
