@@ -30,7 +30,7 @@ def main() -> None:
     beh = Behaviour.for_version("0.5.10", incremental=args.incremental_streaming_output,
                                 deterministic=args.enable_deterministic_inference, api_key=args.api_key)
     eos = int(os.environ.get("FAKE_SGLANG_EOS", "1"))  # the binding's end of sequence, set by the test
-    app = build_app([5, 6, 7, eos], eos_id=eos, behaviour=beh, starting=2)
+    app = build_app([300, 301, 302, eos], eos_id=eos, behaviour=beh, starting=2)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
 
 

@@ -84,7 +84,8 @@ def test_supported_versions_stream_every_id(binding, version, incremental, burst
 
 
 def test_every_sampling_parameter_is_explicit_with_the_bindings_eos(binding):
-    """top_k/min_p/penalties neutral, the binding's eos ids in stop_token_ids, 0.5.23's strict key check passes,
+    """top_k/min_p/penalties neutral, the binding's eos and other control ids in stop_token_ids (relaying a
+    control id fails the job, so the engine stops there), 0.5.23's strict key check passes,
     and a server's --preferred-sampling-params that only touch keys we send cannot change the job."""
     script = scripted(binding, "hi there")
     beh = Behaviour.for_version("0.5.23", preferred_sampling_params={"top_k": 20, "min_p": 0.1,
@@ -95,13 +96,13 @@ def test_every_sampling_parameter_is_explicit_with_the_bindings_eos(binding):
     steps, _ = one_job(app, binding, req)
     assert steps[-1].final
     sp = app.state.requests[0]["sampling_params"]
-    eos = sorted(set(binding.eos_token_ids) | {107})
+    eos = sorted(set(binding.eos_token_ids) | set(binding.control_token_ids) | {107})
     assert sp == {"max_new_tokens": 7, "temperature": 0.7, "top_p": 0.9, "top_k": -1, "min_p": 0.0,
                   "frequency_penalty": 0.0, "presence_penalty": 0.0, "repetition_penalty": 1.0,
                   "min_new_tokens": 0, "n": 1, "ignore_eos": False, "stop": None, "stop_regex": None,
                   "json_schema": None, "regex": None, "ebnf": None, "structural_tag": None,
                   "stop_token_ids": eos}
-    assert len(binding.eos_token_ids) >= 1
+    assert len(binding.eos_token_ids) >= 1 and len(binding.control_token_ids) >= 1
 
 
 def test_preferred_sampling_params_the_adapter_cannot_override_are_refused(binding):

@@ -61,7 +61,7 @@ def test_launch_starts_waits_for_health_and_stops_with_the_engine(tmp_path, monk
     argv = json.loads(argv_file.read_text())
     assert argv[:3] == ["-m", "sglang.launch_server", "--model-path"] and "--incremental-streaming-output" in argv
     assert argv[argv.index("--api-key") + 1] == key and len(key) >= 24
-    assert info.incremental is True and [i for s in steps for i in s.ids] == [5, 6, 7]
+    assert info.incremental is True and [i for s in steps for i in s.ids] == [300, 301, 302]
 
 
 def _invoke_worker(args):

@@ -112,9 +112,11 @@ class SGLangEngine:
 
     @classmethod
     def for_binding(cls, base_url: str, binding, **kw) -> SGLangEngine:
-        """Serve one ModelBinding: its eos ids are sent as stop ids and filtered, its bytes rebuild the text."""
-        return cls(base_url, [binding.model_id], eos_ids=binding.eos_token_ids, token_pieces=binding.token_pieces,
-                   **kw)
+        """Serve one ModelBinding: its eos ids are sent as stop ids and filtered, its bytes rebuild the text.
+        Its other control ids (padding, turn or image markers) stop generation too: relaying one fails
+        the job (DESIGN 1.3), so an honest engine ends there, as the llama.cpp engine does."""
+        stops = set(binding.eos_token_ids) | set(binding.control_token_ids)
+        return cls(base_url, [binding.model_id], eos_ids=stops, token_pieces=binding.token_pieces, **kw)
 
     @property
     def models(self) -> Collection[str]:
