@@ -76,7 +76,8 @@ def test_a_web3_exception_never_ends_the_settlement_thread(env, anvil):
         assert state["status"] == "retrying" and state["thread_alive"]
         assert state["last_error"] and state["last_error_type"] and state["last_error_batch"] == in_flight
         assert state["next_attempt_at"] > state["last_error_at"]
-        assert _gauge(metrics.SETTLEMENT_CONSECUTIVE_FAILURES) >= 3
+        # the gauge follows the counter a moment later (set after the failure is logged)
+        assert _wait(lambda: _gauge(metrics.SETTLEMENT_CONSECUTIVE_FAILURES) >= 3)
         logged = [json.loads(line) for line in lines.getvalue().splitlines()]
         failure = next(rec for rec in logged if rec["msg"].startswith("settlement failed"))
         assert failure["batch_id"] == in_flight and failure["level"] == "ERROR"
@@ -97,6 +98,7 @@ def test_a_web3_exception_never_ends_the_settlement_thread(env, anvil):
         assert _gauge(metrics.SETTLEMENT_CONSECUTIVE_FAILURES) == 0
         assert env.ledger.get(job_id).status == "settled" and len(posted_batches(env)) == 1
     finally:
+        anvil.rpc("anvil_setBalance", [env.operator.address, hex(10**20)])  # the module's chain stays usable
         logger.removeHandler(handler)
         threading.excepthook = old_hook
         sched.stop()
