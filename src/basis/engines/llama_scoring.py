@@ -103,8 +103,9 @@ def _reference(path: str, n_threads: int) -> _Reference:
         return ref
 
 
-def _softmax_stats(z: np.ndarray) -> tuple[float, float, float]:
-    """(log-normaliser, E[log q], Var[log q]) of q = softmax(z); float32 work, float64 sums."""
+def _softmax_stats(z: np.ndarray, zt: float) -> tuple[float, float, float, float]:
+    """(log-normaliser, E[log q], Var[log q], q's mass on tokens with z <= zt) of q = softmax(z);
+    float32 work, float64 sums."""
     m = z.max()
     e = np.exp(z - m)
     total = float(e.sum(dtype=np.float64))
@@ -114,7 +115,8 @@ def _softmax_stats(z: np.ndarray) -> tuple[float, float, float]:
     expected = float(np.dot(q, logq))
     dev = logq - np.float32(expected)
     variance = float(np.dot(q, dev * dev))
-    return lse, expected, max(variance, 0.0)
+    tail = float(q[z <= zt].sum(dtype=np.float64))
+    return lse, expected, max(variance, 0.0), tail
 
 
 def _nucleus_floor(p: np.ndarray, top_p: float) -> float:
@@ -158,9 +160,14 @@ def position_scores(logits: np.ndarray, tokens: Sequence[int], temperature: floa
                 # mass strictly above the token, against top_p (+ tolerance for numeric drift)
                 outside = float(p[p > p[tok]].sum(dtype=np.float64)) >= top_p + NUCLEUS_TOLERANCE
             z = z[keep]
-        lse, expected, variance = _softmax_stats(z)
+        zt = np.float32(lt) / np.float32(temp)
+        lse, expected, variance, tail = _softmax_stats(z, zt)
+        if outside:
+            tail = 0.0
+        elif tail == 0.0:  # in the tolerance band below the nucleus: its own probability
+            tail = math.exp(float(zt) - lse)
         logprob = LOGPROB_FLOOR if outside else max(LOGPROB_FLOOR, lt / temp - lse)
-        out.append(TokenScore(logprob=logprob, expected=expected, variance=variance, rank=rank))
+        out.append(TokenScore(logprob=logprob, expected=expected, variance=variance, rank=rank, tail=min(1.0, tail)))
     return out
 
 
