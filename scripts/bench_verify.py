@@ -43,7 +43,7 @@ from basis.engines.scoring import LOGPROB_FLOOR, ScoreRequest
 from basis.models.binding import ModelBinding
 from basis.verification.policy import VerificationPolicy
 from basis.verification.sequential import WorkerEvidence
-from basis.verification.stats import JobStatistic, job_statistic, judge_job
+from basis.verification.stats import JobStatistic, job_statistic, judge_job, standardised
 
 PROMPTS = [
     "Tell me about the sea.", "Write a short story about a lighthouse keeper.", "Explain how a bicycle works.",
@@ -117,8 +117,10 @@ class Lab:
             gen_tokens = len(ids)
         elif kind == "random":
             ids = [rng.choice(self.ordinary) for _ in range(self.tokens)]
-        elif kind == "stuck":
+        elif kind == "stuck":  # a common token (one of the first 5,000 ordinary ids): the hard case
             ids = [rng.choice(self.ordinary[:5000])] * self.tokens
+        elif kind == "stuck_any":  # any ordinary id, as a broken engine would
+            ids = [rng.choice(self.ordinary)] * self.tokens
         elif kind == "double_temperature":
             _, ids, _ = await self.generate("honest", text, 2 * temperature, top_p, 2000 + k)
         elif kind == "greedy":
@@ -145,6 +147,7 @@ def plan(args) -> list[tuple[str, float, float, int]]:
     out = [("honest", 1.0, 1.0, j), ("honest", 0.7, 1.0, j), ("honest", 0.0, 1.0, j)]
     for t in (0.7, 1.0):
         out += [(k, t, 1.0, c) for k in ("random", "stuck", "double_temperature", "greedy", "other_model", "q2k")]
+    out += [("stuck_any", t, 1.0, c) for t in (0.7, 1.0, 1.3)]
     out += [("honest", 1.3, 1.0, j), ("honest", 0.7, 0.9, j), ("honest", 1.0, 0.9, j), ("honest", 1.3, 0.9, j),
             ("threads", 1.0, 1.0, max(2, j // 2))]
     out += [(k, 1.3, 1.0, c) for k in ("random", "stuck", "double_temperature", "greedy", "other_model", "q2k")]
@@ -218,17 +221,21 @@ def analyse(pool: list[dict], args) -> None:
         ev = [evidence(r, policy) for r in recs]
         us = [u for _, u in ev]
         raw = [r["agreement"] if r["agreement"] is not None else r["z"] for r in recs]
-        mu, sd = statistics.fmean(us), statistics.stdev(us) if len(us) > 1 else 1.0
         greedy = recs[0]["agreement"] is not None
-        est = normal_tail(mu, sd, policy.job_threshold) if not greedy else float("nan")
-        if greedy:
-            est = 0.5 * math.erfc((policy.job_threshold + mu) / (sd * math.sqrt(2)))
+        # the normal fit uses the uncapped deviates (greedy evidence is capped at 0 when judged)
+        raw_u = [standardised(stat_of(r), policy.calibration_for(b)) for r in recs]
+        mu = statistics.fmean(raw_u)
+        sd = max(statistics.stdev(raw_u) if len(raw_u) > 1 else 1.0, 0.25)
+        thr = policy.job_threshold
+        est = normal_tail(mu, sd, thr) if not greedy else 0.5 * math.erfc((thr + mu) / (sd * math.sqrt(2)))
         boot = sum(checks_until_suspended(lambda ev=ev: rng.choice(ev), policy, args.honest_checked) is not None
                    for _ in range(args.trials))
 
-        def normal_draw(mu=mu, sd=sd, greedy=greedy):
+        def normal_draw(mu=mu, sd=sd, greedy=greedy, thr=thr):
             u = rng.gauss(mu, 1.25 * sd)
-            return (abs(u) > policy.job_threshold if not greedy else u < -policy.job_threshold), u
+            if greedy:
+                return u < -thr, min(u, 0.0)
+            return abs(u) > thr, u
 
         par = sum(checks_until_suspended(normal_draw, policy, args.honest_checked) is not None
                   for _ in range(args.trials))

@@ -14,8 +14,8 @@ from basis.verification.stats import METHOD, TAIL_ALPHA, Calibration
 # scripts/bench_verify.py (docs/verification.md "Calibration"); a binding over another file
 # needs its own measurement, and until then gets the uncalibrated Calibration().
 BINDING_CALIBRATION: dict[str, Calibration] = {
-    "gemma3-270m": Calibration(),
-    "smollm2-135m-instruct": Calibration(),
+    "gemma3-270m": Calibration(z_mean=-0.25, z_sd=1.0, greedy_agreement=0.95),
+    "smollm2-135m-instruct": Calibration(z_mean=-0.5, z_sd=1.0, greedy_agreement=0.93),
 }
 
 
@@ -25,8 +25,8 @@ class VerificationPolicy:
     method: str = METHOD
     sample_bps: int = 500  # 5 % of contributor jobs, chosen after each job ends
     probation_jobs: int = 10  # a worker's first N contributor jobs are all checked
-    job_threshold: float = 6.0  # |standardised evidence| beyond which one job fails
-    worker_threshold: float = 12.0  # CUSUM level that suspends a worker
+    job_threshold: float = 5.0  # |standardised evidence| beyond which one job fails
+    worker_threshold: float = 10.0  # CUSUM level that suspends a worker
     drift: float = 1.0  # CUSUM allowance per job
     calibration: dict[str, Calibration] = field(default_factory=dict)  # advertised model -> honest stats
     tail_alpha: float = TAIL_ALPHA  # a sampled job whose tail p-value is below this fails

@@ -22,7 +22,7 @@ from basis.engines.scoring import TokenScore
 
 METHOD = "teacher-forced-z/v1"
 GREEDY_TEMPERATURE = 1e-6  # at or below this the job is greedy
-TAIL_ALPHA = 1e-4  # a sampled job fails when its tail p-value is below this (per-job false fails <= 0.01 %)
+TAIL_ALPHA = 5e-4  # a sampled job fails when its tail p-value is below this (honest false fails <= 0.05 %)
 Verdict = Literal["passed", "failed"]
 
 
