@@ -215,13 +215,11 @@ class LlamaScorer:
 
     async def score(self, request: ScoreRequest) -> list[TokenScore]:
         binding = self.binding(request.model)
-        self._validate(binding, request)
-        if not request.output_ids:
-            return []
+        # validation too runs in the thread: the first call may load the binding's vocabulary
         return await asyncio.to_thread(self.score_sync, binding, request)
 
     def score_sync(self, binding: ModelBinding, req: ScoreRequest) -> list[TokenScore]:
-        """The scoring itself (blocking; call from a thread). Validates like ``score``."""
+        """The scoring itself (blocking; call from a thread)."""
         self._validate(binding, req)
         prompt, output = list(req.prompt_ids), list(req.output_ids)
         if not output:
