@@ -16,8 +16,9 @@ defaults: thresholds, CUSUM drift, per-binding calibration) and prints
   with replacement from the cheat's pool;
 - per honest configuration: the pooled z, the per-job false fails observed and the normal-tail
   estimate of the false-fail rate, and suspensions among ``--trials`` workers of
-  ``--honest-checked`` checked jobs each (drawn with replacement from the pool, and again from
-  the normal fitted to it with its sd inflated 25 %);
+  ``--honest-checked`` checked jobs each (drawn with replacement from the cell's jobs, and, as a
+  stress test of the tails a few jobs cannot show, from a normal with the cell's mean and the
+  binding's pooled sd inflated 25 %);
 - the verifier's CPU seconds per checked token against the worker's per generated token.
 The gateway, protocol and ledger path is covered by the end-to-end tests, not here.
 """
@@ -53,6 +54,7 @@ PROMPTS = [
     "Plan a weekend trip to the mountains.", "What makes a good friend?", "Describe a busy market.",
     "How does a refrigerator keep food cold?",
 ]
+HONEST_KINDS = ("honest", "threads")
 OTHER = {"gemma3-270m": "smollm2-135m-instruct", "smollm2-135m-instruct": "gemma3-270m"}
 
 
@@ -211,12 +213,31 @@ def analyse(pool: list[dict], args) -> None:
         groups.setdefault((rec["binding"], rec["kind"], rec["temperature"], rec["top_p"]), []).append(rec)
 
     print("\n### Honest workers\n")
+    pooled_sd = {}
+    for b in args.bindings:
+        us = [standardised(stat_of(r), policy.calibration_for(b)) for r in pool
+              if r["binding"] == b and r["kind"] in HONEST_KINDS and r["agreement"] is None]
+        if len(us) > 1:
+            pooled_sd[b] = statistics.stdev(us)
+    for b in args.bindings:
+        hz = [r["z"] for r in pool if r["binding"] == b and r["kind"] in HONEST_KINDS and r["agreement"] is None]
+        ga = [r["agreement"] for r in pool if r["binding"] == b and r["kind"] in HONEST_KINDS
+              and r["agreement"] is not None]
+        tails = [r["tail"] for r in pool if r["binding"] == b and r["kind"] in HONEST_KINDS and r["tail"] is not None]
+        if len(hz) > 1:
+            print(f"- {b}: pooled honest sampled jobs {len(hz)}: z mean {statistics.fmean(hz):.3f}, "
+                  f"sd {statistics.stdev(hz):.3f}, min {min(hz):.2f}, max {max(hz):.2f}; tail p-value < 0.05 in "
+                  f"{sum(t < 0.05 for t in tails)}, < 0.01 in {sum(t < 0.01 for t in tails)} (super-uniform: "
+                  f"at most {0.05 * len(tails):.1f} and {0.01 * len(tails):.1f} expected)"
+                  + (f"; greedy agreement mean {statistics.fmean(ga):.3f}, min {min(ga):.3f} over {len(ga)} jobs"
+                     if ga else ""))
+    print()
     print("| binding | worker | T | top_p | jobs | z or agreement: mean (sd; min..max) | u min..max | "
-          "false fails seen | est. false-fail rate | suspended (bootstrap) | suspended (normal, sd x1.25) |")
+          "false fails seen | est. false-fail rate | suspended (bootstrap) | suspended (stress) |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for key, recs in sorted(groups.items()):
         b, kind, t, p = key
-        if kind not in ("honest", "threads"):
+        if kind not in HONEST_KINDS:
             continue
         ev = [evidence(r, policy) for r in recs]
         us = [u for _, u in ev]
@@ -226,6 +247,8 @@ def analyse(pool: list[dict], args) -> None:
         raw_u = [standardised(stat_of(r), policy.calibration_for(b)) for r in recs]
         mu = statistics.fmean(raw_u)
         sd = max(statistics.stdev(raw_u) if len(raw_u) > 1 else 1.0, 0.25)
+        if not greedy:  # the stress test: the cell's mean, the binding's pooled sd (+25 % below)
+            sd = pooled_sd.get(b, sd)
         thr = policy.job_threshold
         est = normal_tail(mu, sd, thr) if not greedy else 0.5 * math.erfc((thr + mu) / (sd * math.sqrt(2)))
         boot = sum(checks_until_suspended(lambda ev=ev: rng.choice(ev), policy, args.honest_checked) is not None
@@ -250,7 +273,7 @@ def analyse(pool: list[dict], args) -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     for key, recs in sorted(groups.items()):
         b, kind, t, _ = key
-        if kind in ("honest", "threads"):
+        if kind in HONEST_KINDS:
             continue
         ev = [evidence(r, policy) for r in recs]
         runs = [checks_until_suspended(lambda ev=ev: rng.choice(ev), policy, args.cap) for _ in range(args.trials)]

@@ -26,7 +26,7 @@ class VerificationPolicy:
     sample_bps: int = 500  # 5 % of contributor jobs, chosen after each job ends
     probation_jobs: int = 10  # a worker's first N contributor jobs are all checked
     job_threshold: float = 5.0  # |standardised evidence| beyond which one job fails
-    worker_threshold: float = 10.0  # CUSUM level that suspends a worker
+    worker_threshold: float = 12.0  # CUSUM level that suspends a worker
     drift: float = 1.0  # CUSUM allowance per job
     calibration: dict[str, Calibration] = field(default_factory=dict)  # advertised model -> honest stats
     tail_alpha: float = TAIL_ALPHA  # a sampled job whose tail p-value is below this fails
