@@ -48,10 +48,13 @@ def test_nucleus_is_taken_before_the_temperature_like_llama_cpp_and_outside_toke
     assert s.logprob == pytest.approx(math.log(q[2]), abs=1e-5)
     assert s.expected == pytest.approx(float(q @ np.log(q)), abs=1e-5)
     (s,) = position_scores(logits, [4], 1.5, 0.9)
-    assert s.logprob == LOGPROB_FLOOR and s.rank == 4
-    # top_p 0.95: three tokens at temperature 1; temperature first (HF/sglang order) flattens to four
-    (s,) = position_scores(logits, [3], 1.5, 0.95)
-    assert s.logprob == LOGPROB_FLOOR
+    assert s.logprob == LOGPROB_FLOOR and s.rank == 4 and s.tail == 0.0
+    (s,) = position_scores(logits, [0], 1.5, 0.9)
+    assert s.tail == pytest.approx(1.0)
+    # token 3 lies past the nucleus of 0.9 even with the drift tolerance (mass above it 0.967)
+    (s,) = position_scores(logits, [3], 1.5, 0.9)
+    assert s.logprob == LOGPROB_FLOOR and s.tail == 0.0
+    # temperature first (HF/sglang order): at T=1.5 the nucleus of 0.95 holds four tokens
     (s,) = position_scores(logits, [3], 1.5, 0.95, top_p_before_temperature=False)
     assert s.logprob == pytest.approx(math.log(_softmax(logits[0, :4].astype(np.float64) / 1.5)[3]), abs=1e-5)
 
