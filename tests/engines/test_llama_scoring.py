@@ -150,3 +150,13 @@ def test_bad_requests_are_scoring_errors_and_long_jobs_grow_the_context(binding)
     assert score(output_ids=[]) == []
     long = score(output_ids=[100 + i for i in range(90)])  # prompt + 90 > n_ctx 64: reloaded larger
     assert len(long) == 90
+
+
+def test_a_token_just_past_the_nucleus_edge_is_scored_not_floored():
+    # honest prefill/decode drift moved real tokens 0.012-0.013 of mass past the edge (Gemma, T 1.3)
+    p = np.array([[0.5, 0.38, 0.04, 0.035, 0.025, 0.02]], dtype=np.float64)
+    logits = np.log(p).astype(np.float32)  # nucleus of 0.9: the first three (0.92)
+    (s,) = position_scores(logits, [3], 1.3, 0.9)  # mass above it 0.92: within 0.9 + 0.05
+    assert s.logprob > LOGPROB_FLOOR and s.tail > 0.01
+    (s,) = position_scores(logits, [5], 1.3, 0.9)  # mass above it 0.98: outside
+    assert s.logprob == LOGPROB_FLOOR and s.tail == 0.0
