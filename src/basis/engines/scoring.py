@@ -37,6 +37,10 @@ class TokenScore:
     expected: float  # E_{v~q_i}[log q_i(v)] (minus the entropy)
     variance: float  # Var_{v~q_i}[log q_i(v)]
     rank: int  # rank of t_i in the raw reference logits, 0 = argmax
+    # q_i's mass on tokens at most as likely as t_i (0 outside the nucleus): under honest sampling
+    # P(tail <= a) <= a at every position, whatever the model, so one absurdly unlikely token (the
+    # entry into a stuck loop, a re-tokenisation artefact) is evidence on its own. None: not computed.
+    tail: float | None = None
 
 
 @runtime_checkable

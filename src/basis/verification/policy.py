@@ -4,9 +4,19 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
 
-from basis.verification.stats import METHOD, Calibration
+from basis.verification.stats import METHOD, TAIL_ALPHA, Calibration
+
+# Honest behaviour of each packaged reference model (models/gguf.py short names), measured with
+# scripts/bench_verify.py (docs/verification.md "Calibration"); a binding over another file
+# needs its own measurement, and until then gets the uncalibrated Calibration().
+BINDING_CALIBRATION: dict[str, Calibration] = {
+    "gemma3-270m": Calibration(z_mean=-0.25, z_sd=1.0, greedy_agreement=0.95),
+    "smollm2-135m-instruct": Calibration(z_mean=-0.5, z_sd=1.0, greedy_agreement=0.93),
+}
 
 
 @dataclass(frozen=True)
@@ -15,18 +25,32 @@ class VerificationPolicy:
     method: str = METHOD
     sample_bps: int = 500  # 5 % of contributor jobs, chosen after each job ends
     probation_jobs: int = 10  # a worker's first N contributor jobs are all checked
-    job_threshold: float = 6.0  # |standardised evidence| beyond which one job fails
+    job_threshold: float = 5.0  # |standardised evidence| beyond which one job fails
     worker_threshold: float = 12.0  # CUSUM level that suspends a worker
     drift: float = 1.0  # CUSUM allowance per job
     calibration: dict[str, Calibration] = field(default_factory=dict)  # advertised model -> honest stats
+    tail_alpha: float = TAIL_ALPHA  # a sampled job whose tail p-value is below this fails
 
-    def calibration_for(self, model: str) -> Calibration:
-        return self.calibration.get(model, Calibration())
+    def calibration_for(self, model: str, gguf: str | None = None) -> Calibration:
+        """The advertised model's calibration; else the measured one of its reference file
+        (``gguf``: a packaged short name; ``model`` itself when it is one); else uncalibrated."""
+        if model in self.calibration:
+            return self.calibration[model]
+        return BINDING_CALIBRATION.get(gguf or model, Calibration())
+
+    @classmethod
+    def for_bindings(cls, bindings: Mapping[str, Any], **overrides: Any) -> VerificationPolicy:
+        """The policy for a catalog: each advertised model gets the calibration of the file it is
+        bound to (``binding.gguf``), so /v1/network publishes what every model is judged by."""
+        policy = cls(**overrides)
+        cal = {m: BINDING_CALIBRATION[b.gguf] for m, b in bindings.items()
+               if getattr(b, "gguf", None) in BINDING_CALIBRATION}
+        return replace(policy, calibration={**cal, **policy.calibration})
 
     def public(self) -> dict[str, object]:
         return {"enabled": self.enabled, "method": self.method, "sample_bps": self.sample_bps,
                 "probation_jobs": self.probation_jobs, "job_threshold": self.job_threshold,
-                "worker_threshold": self.worker_threshold, "drift": self.drift,
+                "worker_threshold": self.worker_threshold, "drift": self.drift, "tail_alpha": self.tail_alpha,
                 "calibration": {m: vars(c) for m, c in sorted(self.calibration.items())}}
 
 

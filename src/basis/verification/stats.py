@@ -4,6 +4,11 @@ Sampled jobs: z = sum_i (log q_i(t_i) - E[log q_i]) / sqrt(sum_i Var[log q_i]), 
 for an honest worker whatever the text; standardised per binding from measured honest runs
 (``Calibration``), two-sided (greedy-when-asked-to-sample shows as z too *high*).
 Greedy jobs: the share of tokens that are the reference argmax, against the honest rate.
+Sampled jobs also carry a tail p-value: n x the smallest per-token ``TokenScore.tail`` (the claimed
+distribution's mass on tokens at most as likely as the worker's). Under honest sampling each tail
+is super-uniform, so P(p <= a) <= a whatever the model and text (a union bound, no calibration):
+it catches what the sum averages away, such as the improbable entry into a stuck repetition
+whose later tokens the reference, teacher-forced, finds likely.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from basis.engines.scoring import TokenScore
 
 METHOD = "teacher-forced-z/v1"
 GREEDY_TEMPERATURE = 1e-6  # at or below this the job is greedy
+TAIL_ALPHA = 5e-4  # a sampled job fails when its tail p-value is below this (honest false fails <= 0.05 %)
 Verdict = Literal["passed", "failed"]
 
 
@@ -26,6 +32,7 @@ class JobStatistic:
     greedy: bool
     z: float | None = None  # sampled jobs
     agreement: float | None = None  # greedy jobs: share of argmax tokens
+    tail: float | None = None  # sampled jobs: min(1, n * min_i tail_i), a p-value (None: scorer gave no tails)
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -48,7 +55,9 @@ def job_statistic(scores: Sequence[TokenScore], temperature: float) -> JobStatis
     excess = sum(s.logprob - s.expected for s in scores)
     var = sum(s.variance for s in scores)
     z = excess / math.sqrt(var) if var > 0 else 0.0
-    return JobStatistic(tokens=n, greedy=False, z=z)
+    tails = [s.tail for s in scores]
+    tail = None if not n or any(t is None for t in tails) else min(1.0, n * min(tails))  # type: ignore[type-var]
+    return JobStatistic(tokens=n, greedy=False, z=z, tail=tail)
 
 
 def standardised(stat: JobStatistic, calibration: Calibration) -> float:
@@ -63,9 +72,17 @@ def standardised(stat: JobStatistic, calibration: Calibration) -> float:
     return (stat.z - calibration.z_mean) / calibration.z_sd
 
 
-def judge_job(stat: JobStatistic, calibration: Calibration, job_threshold: float) -> tuple[Verdict, float]:
+def judge_job(stat: JobStatistic, calibration: Calibration, job_threshold: float,
+              tail_alpha: float = TAIL_ALPHA) -> tuple[Verdict, float]:
     """(verdict, standardised evidence): a job fails when its evidence is beyond the threshold
-    on either side (greedy: only below, since agreeing with the reference is never suspicious)."""
+    on either side (greedy: only below, and its evidence is capped at 0, since agreeing with the
+    reference is never suspicious: an honest CPU worker agrees more often than the calibrated rate),
+    or when its tail p-value is below ``tail_alpha``; such a job counts as evidence of at least
+    ``job_threshold`` against the worker (below: its output was too unlikely)."""
     u = standardised(stat, calibration)
+    if stat.greedy:  # agreeing with the reference is never evidence against the worker
+        u = min(u, 0.0)
     bad = u < -job_threshold if stat.greedy else abs(u) > job_threshold
+    if not stat.greedy and stat.tail is not None and stat.tail < tail_alpha:
+        bad, u = True, min(u, -job_threshold)
     return ("failed" if bad else "passed"), u
