@@ -98,10 +98,8 @@ def record_verdict(job_id: UUID, ids_sha256: str, statistic: JobStatistic, polic
         if job.verdict is not None:  # a retry after a crash, or another verifier was first
             return {"verdict": job.verdict["verdict"], "applied": False, "suspended": False}
         calibration = policy.calibration_for(job.model)
-        # The tail test arrives with the scorer's per-token tails (basis.verification.stats).
-        tail_alpha = getattr(policy, "tail_alpha", None)
-        extra = {} if tail_alpha is None else {"tail_alpha": tail_alpha}
-        verdict, u = judge_job(statistic, calibration, policy.job_threshold, **extra)
+        tail_alpha = policy.tail_alpha  # the tail test on the scorer's per-token tails (verification.stats)
+        verdict, u = judge_job(statistic, calibration, policy.job_threshold, tail_alpha=tail_alpha)
         job.record_verdict(verdict=verdict, method=policy.method, tokens=statistic.tokens,
                            statistic=statistic.as_dict(), evidence=u, job_threshold=policy.job_threshold,
                            calibration=asdict(calibration), ids_sha256=ids_sha256, tail_alpha=tail_alpha)

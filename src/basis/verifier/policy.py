@@ -54,9 +54,8 @@ def policy_from_env(bindings: Mapping[str, ModelBinding], mode: str | None = Non
     mode = mode or verifier_mode()
     if mode == "pool" and not os.environ.get("BASIS_VERIFIER_SCORER") and not can_score_locally():
         mode = "off"
-    # Per-binding calibration where the policy knows how (measured honest runs per reference file).
-    for_bindings = getattr(VerificationPolicy, "for_bindings", None)
-    base = for_bindings(bindings) if for_bindings is not None else VerificationPolicy()
+    # Per-binding calibration (measured honest runs per reference file).
+    base = VerificationPolicy.for_bindings(bindings)
     if "BASIS_VERIFICATION_SAMPLE_BPS" in os.environ:
         bps = int(os.environ["BASIS_VERIFICATION_SAMPLE_BPS"])
         if not 0 <= bps <= 10_000:
