@@ -6,7 +6,9 @@ Checks (each failure is named):
   with RFC 8785 + SHA-256, signature recovers to the operator's published address;
 - money invariants: charged = reward + fee with fee >= 0; per account credits - spent -
   withdrawn - reserved = available >= 0, spent = sum of its receipts' charges; per worker
-  accrued reward = sum of its receipts' rewards; account aggregates equal their views.
+  accrued reward = sum of its receipts' rewards; account aggregates equal their views;
+- per API key: no reservation ever took its spend past the cap it had then, and what it spent
+  is exactly its jobs' receipted charges.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from uuid import UUID
 
 from basis.domain.receipt import receipt_hash, recompute_problems
 from basis.domain.signing import recover_signer
+from basis.ledger import ids
 from basis.ledger.projections import Projector, ViewReader
 from basis.ledger.projections.reader import TABLES
 from basis.ledger.store import LedgerStore
@@ -84,6 +87,7 @@ def audit(store: LedgerStore, live_views: str | Path | None, *, signer: str | No
                 _compare_views(replay, current, report)
             _check_receipts(replay, report, signer)
             _check_money(replay, store, report)
+            _check_key_caps(replay, store, report)
             counts = replay.counts()
             report.accounts, report.workers = counts["accounts"], counts["workers"]
             report.open_jobs = replay.db.execute(
@@ -162,3 +166,30 @@ def _check_money(replay: ViewReader, store: LedgerStore, report: AuditReport) ->
     for row in replay.rewards():
         if int(row["accrued"]) != reward_by_worker.get(row["worker"], 0):
             report.problems.append(f"worker {row['worker']}: accrued reward != sum of its receipts' rewards")
+
+
+def _check_key_caps(replay: ViewReader, store: LedgerStore, report: AuditReport) -> None:
+    """Walk each key's own stream: caps are checked when each reservation was made."""
+    charged = {r["job_id"]: int(r["charged"]) for r in replay.db.execute("SELECT job_id, charged FROM receipts")}
+    for row in replay.db.execute("SELECT key_hash, prefix FROM api_keys"):
+        key_id = ids.api_key_id(row["key_hash"])
+        cap: int | None = None
+        held: dict[str, int] = {}
+        spent = 0
+        for e in store.events.get(key_id):
+            kind = type(e).__name__
+            if kind == "CapSet":
+                cap = e.cap
+            elif kind == "Reserved":
+                held[e.job_id] = e.amount
+                if cap is None or spent + sum(held.values()) > cap:
+                    report.problems.append(f"API key {row['prefix']}...: job {e.job_id} reserved past its cap {cap}")
+            elif kind == "ReservationSettled":
+                held.pop(e.job_id, None)
+                spent += e.charged
+                if e.charged != charged.get(e.job_id, 0):
+                    report.problems.append(f"API key {row['prefix']}...: job {e.job_id} spent {e.charged}, "
+                                           f"its receipt charged {charged.get(e.job_id, 0)}")
+        record = store.repository.get(key_id)
+        if (record.spent, record.reserved) != (spent, sum(held.values())):
+            report.problems.append(f"API key {row['prefix']}...: aggregate spend does not match its events")
