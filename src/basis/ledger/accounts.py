@@ -41,6 +41,7 @@ class Account(Aggregate):
         self.reservations: dict[str, int] = {}
         self.reserved = 0  # job reservations + outstanding withdrawal vouchers
         self.api_keys = 0
+        self.key_hashes: list[str] = []  # its keys, oldest first (ids: ``ids.api_key_id(hash)``)
         self.vouchers: dict[str, int] = {}  # outstanding withdrawal vouchers: nonce -> amount
         self.unsettled_deposit_spend: dict[str, int] = {}  # job id -> deposit-backed charge not yet on chain
 
@@ -59,6 +60,7 @@ class Account(Aggregate):
     @event("ApiKeyAdded", topic="basis:Account.ApiKeyAdded.v1")
     def add_api_key(self, key_hash: str, prefix: str) -> None:
         self.api_keys += 1
+        self.key_hashes.append(key_hash)
 
     @event("Credited", topic="basis:Account.Credited.v1")
     def credit(self, source: str, external_id: str, amount: int, memo: str = "") -> None:
