@@ -135,3 +135,18 @@ def test_limits_and_bad_settings(ledger):
     with pytest.raises(UnknownApiKey):
         ledger.update_api_key(uuid.uuid4(), revoke=True)
     assert [type(e).__name__ for e in ledger.store.events.get(key_id)] == ["Issued", "LimitsSet", "LimitsSet"]
+
+
+def test_the_audit_names_a_key_that_reserved_past_its_cap(ledger):
+    """A writer that ignored the cap (forged here by lifting it in memory only) is caught by the
+    audit, which walks the key's own stream and checks each reservation against the cap it had then."""
+    account_id, key = ledger.create_api_key("grace", cap=1000)
+    key_id = _key_id(key)
+    assert audit(ledger.store, None).ok
+    record: ApiKey = ledger.get(key_id)
+    record.cap = 10**30  # not an event: the stream still says 1000
+    record.reserve(job_id=str(uuid.uuid4()), amount=5000)
+    ledger.store.save(record)
+    problems = audit(ledger.store, None).problems
+    assert any("reserved past its cap 1000" in p for p in problems), problems
+    assert account_id is not None
