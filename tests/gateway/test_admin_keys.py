@@ -65,6 +65,12 @@ def test_create_list_update_and_revoke_over_http(served):
     assert made["cap"] == str(10**15) and made["spent"] == "0" and made["requests_per_minute"] == 100
     assert made["account"] == "bob" and made["name"] == "ci" and made["revoked"] is False
     assert post(gw, key, BODY).status_code == 200
+    mine = httpx.get(f"{gw.base}/v1/account", headers={"Authorization": f"Bearer {key}"}, timeout=30).json()["key"]
+    assert mine["cap"] == str(10**15) and int(mine["spent"]) > 0 and mine["requests_per_minute"] == 100
+    assert int(mine["cap_left"]) == 10**15 - int(mine["spent"]) and mine["id"] == key_id
+    completion = {"model": "basis-default", "prompt": "hello", "max_tokens": 4}
+    assert httpx.post(f"{gw.base}/v1/completions", json=completion, timeout=30,
+                      headers={"Authorization": f"Bearer {key}"}).status_code == 200
     listed = admin(gw, "GET", "?account=bob", admin_key).json()["data"]
     assert [k["id"] for k in listed] == [key_id] and "key" not in listed[0]  # shown once, at creation
     assert int(listed[0]["spent"]) > 0 and listed[0]["reserved"] == "0"
@@ -75,6 +81,8 @@ def test_create_list_update_and_revoke_over_http(served):
     assert r.status_code == 200 and r.json()["revoked"] is True
     assert admin(gw, "DELETE", f"/{key_id}", admin_key).json()["revoked"] is True  # a repeat is harmless
     _error(post(gw, key, BODY), 401, "invalid_api_key")  # at once, on the gateway that revoked
+    _error(httpx.post(f"{gw.base}/v1/completions", json=completion, timeout=30,
+                      headers={"Authorization": f"Bearer {key}"}), 401, "invalid_api_key")
     _error(httpx.get(f"{gw.base}/v1/account", headers={"Authorization": f"Bearer {key}"}, timeout=30), 401)
     _error(admin(gw, "PATCH", f"/{key_id}", admin_key, json={"cap": "5"}), 409, "api_key_revoked")
 
@@ -109,6 +117,9 @@ def test_a_capped_key_gets_402_naming_its_cap_and_is_never_charged_past_it(serve
     assert 1 <= len(ok) <= 3 and refused
     for r in refused:
         assert "spend cap" in _error(r, 402, "key_spend_cap_reached")["message"]
+    completion = {"model": "basis-default", "prompt": ["one", "two"], "max_tokens": 8}  # the same reservation path
+    _error(httpx.post(f"{gw.base}/v1/completions", json=completion, timeout=30,
+                      headers={"Authorization": f"Bearer {made['key']}"}), 402, "key_spend_cap_reached")
     spent = int(admin(gw, "GET", f"/{made['id']}", admin_key).json()["spent"])
     assert spent == sum(int(gw.ledger.get(UUID(r.json()["id"].removeprefix("chatcmpl-"))).receipt["core"]["charged"])
                         for r in ok) <= worst * 3 + 1
