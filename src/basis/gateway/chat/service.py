@@ -178,6 +178,7 @@ class JobRun:
         with job_context(self.plan.job_id):  # the task copies this context: its log lines name the job
             self.task = loop.create_task(self._run(), name=f"job-{self.plan.job_id}")
         _tasks.add(self.task)
+        self.task.add_done_callback(_tasks.discard)
         if self.key is not None and self.key.tokens_per_minute is not None:
             self.task.add_done_callback(self._count_key_tokens)
 
@@ -185,7 +186,6 @@ class JobRun:
         """The key's tokens per minute count a job's prompt and output once it ends (if accepted)."""
         if self._accepted.done() and not self._accepted.cancelled() and self._accepted.exception() is None:
             self.runtime.key_limiter.spend_tokens(self.key, len(self.plan.prompt_ids) + self.output_tokens)
-        self.task.add_done_callback(_tasks.discard)
 
     async def accepted(self) -> None:
         """Wait for the reservation. Raises the APIError to answer with (402, 409), or
