@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+ADMIN_KEY_PREFIX = "basis-admin-"  # unlike inference keys (sk-basis-...), so the two are never confused
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -51,6 +53,27 @@ class Settings:
     @property
     def operator_key_path(self) -> Path:
         return self.home / "operator.key"
+
+    @property
+    def admin_key_path(self) -> Path:
+        return self.home / "admin.key"
+
+    def admin_key(self, create: bool = False) -> str | None:
+        """The operator's admin API secret (never an inference key): BASIS_ADMIN_KEY, else the
+        file ``admin.key`` under the home (``create``: made with mode 0600 if absent, as `basis up`
+        does). None: the admin API is off."""
+        env = os.environ.get("BASIS_ADMIN_KEY", "").strip()
+        if env:
+            return env
+        path = self.admin_key_path
+        if not path.exists():
+            if not create:
+                return None
+            self.ensure_home()
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(ADMIN_KEY_PREFIX + secrets.token_urlsafe(32) + "\n")
+        return path.read_text().strip() or None
 
     def ensure_home(self) -> Path:
         self.home.mkdir(parents=True, exist_ok=True)

@@ -187,7 +187,9 @@ def test_event_topics_are_pinned():
     assert topics == sorted([
         "basis:Account.Created.v1", "basis:Account.Opened.v1", "basis:Account.ApiKeyAdded.v1",
         "basis:Account.Credited.v1", "basis:Account.Reserved.v1", "basis:Account.ReservationSettled.v1",
-        "basis:ApiKey.Created.v1", "basis:ApiKey.Issued.v1", "basis:CreditRef.Created.v1",
+        "basis:ApiKey.Created.v1", "basis:ApiKey.Issued.v1", "basis:ApiKey.Revoked.v1", "basis:ApiKey.CapSet.v1",
+        "basis:ApiKey.LimitsSet.v1", "basis:ApiKey.Reserved.v1", "basis:ApiKey.ReservationSettled.v1",
+        "basis:CreditRef.Created.v1",
         "basis:CreditRef.Recorded.v1", "basis:Job.Created.v1", "basis:Job.Accepted.v1", "basis:Job.Assigned.v1",
         "basis:Job.Ended.v1", "basis:Job.ReceiptIssued.v1", "basis:Job.Settled.v1",
         "basis:IdempotencyRecord.Created.v1", "basis:IdempotencyRecord.Recorded.v1",

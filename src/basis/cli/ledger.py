@@ -14,7 +14,8 @@ from basis.config import Settings
 from basis.domain.pricing import PricingError, parse_amount
 from basis.ledger.errors import LedgerError
 
-keys = typer.Typer(help="API keys (stored only as hashes).", no_args_is_help=True)
+keys = typer.Typer(help="API keys (stored only as hashes): create, list, revoke, caps and limits (docs/keys.md).",
+                   no_args_is_help=True)
 credits = typer.Typer(help="Operator credit grants.", no_args_is_help=True)
 receipts = typer.Typer(help="Receipts.", no_args_is_help=True)
 ledger_app = typer.Typer(help="The ledger as a portable, hash-chained export (docs/audit.md).", no_args_is_help=True)
@@ -32,18 +33,129 @@ def _ledger():
     return Ledger(Settings())
 
 
+def _limit(text: str | None, name: str) -> int | None:
+    if text is None or text.strip().lower() == "none":
+        return None
+    t = text.strip()
+    if not t.isascii() or not t.isdigit() or int(t) < 1:
+        _fail(f"{name} must be a positive integer or 'none', got {text!r}")
+    return int(t)
+
+
+def _cap(text: str | None) -> int | None:
+    if text is None or text.strip().lower() == "none":
+        return None
+    try:
+        return parse_amount(text, "cap", positive=False)
+    except PricingError as exc:
+        _fail(str(exc))
+
+
+def _print_key(key: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(key))
+        return
+    cap = "no cap" if key["cap"] is None else f"cap {key['cap']} (spent {key['spent']}, reserved {key['reserved']})"
+    limits = ", ".join(f"{v} {n.replace('_', ' ')}" for n in ("requests_per_minute", "tokens_per_minute")
+                       if (v := key[n]) is not None) or "no rate limits"
+    state = "REVOKED" if key["revoked"] else "active"
+    print(f"{key['id']}  {key['prefix']}...  {key['account']:<16} {key['name'] or '-':<12} {state:<8} {cap}; {limits}")
+
+
 @keys.command("create")
-def keys_create(account: str = typer.Option(..., "--account", help="Account name (opened if new).")) -> None:
+def keys_create(
+    account: str = typer.Option(..., "--account", help="Account name (opened if new)."),
+    name: str = typer.Option("", "--name", help="A label for the key (who or what uses it)."),
+    cap: str = typer.Option(None, "--cap", help="Spend cap in base units (decimal integer); default none."),
+    rpm: str = typer.Option(None, "--rpm", help="Requests per minute (per gateway); default none."),
+    tpm: str = typer.Option(None, "--tpm", help="Tokens per minute (per gateway); default none."),
+) -> None:
     """Create an API key for ACCOUNT and print it once."""
+    cap_value, rpm_value, tpm_value = _cap(cap), _limit(rpm, "--rpm"), _limit(tpm, "--tpm")
     ledger = _ledger()
     try:
-        account_id, key = ledger.create_api_key(account)
+        account_id, key = ledger.create_api_key(account, name=name, cap=cap_value, requests_per_minute=rpm_value,
+                                                tokens_per_minute=tpm_value)
     except (ValueError, LedgerError) as exc:
         _fail(str(exc))
     finally:
         ledger.close()
     err.print(f"account {account} ({account_id}); the key is shown once:")
     print(key)
+
+
+@keys.command("list")
+def keys_list(
+    account: str = typer.Option(None, "--account", help="Only this account's keys (default: every account's)."),
+    active: bool = typer.Option(False, "--active", help="Leave revoked keys out."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object a line."),
+) -> None:
+    """List keys (never the keys themselves): id, prefix, account, name, state, cap, spend, limits."""
+    from basis.gateway.admin import service
+    from basis.ledger.projections import ViewReader
+
+    settings = Settings()
+    names = [account] if account else None
+    if names is None:
+        if not settings.views_path.exists():
+            _fail("no views yet to list accounts from: pass --account NAME")
+        reader = ViewReader(settings.views_path)
+        try:
+            names = [a["name"] for a in reader.accounts()]
+        finally:
+            reader.close()
+    ledger = _ledger()
+    try:
+        for key in service.list_keys(ledger, names, include_revoked=not active):
+            _print_key(key, as_json)
+    finally:
+        ledger.close()
+
+
+@keys.command("revoke")
+def keys_revoke(
+    key: str = typer.Argument(..., help="The key's id (from `basis keys list`) or the key itself."),
+    reason: str = typer.Option("", "--reason", help="Recorded with the revocation."),
+) -> None:
+    """Revoke a key: every gateway sharing the ledger refuses its next request (401)."""
+    _update_key(key, lambda service, ledger, key_id: service.revoke(ledger, key_id, reason))
+
+
+@keys.command("set")
+def keys_set(
+    key: str = typer.Argument(..., help="The key's id (from `basis keys list`) or the key itself."),
+    cap: str = typer.Option(None, "--cap", help="Spend cap in base units, or 'none' to lift it."),
+    rpm: str = typer.Option(None, "--rpm", help="Requests per minute, or 'none'."),
+    tpm: str = typer.Option(None, "--tpm", help="Tokens per minute, or 'none'."),
+) -> None:
+    """Set or lift a key's spend cap and rate limits (only the options given change)."""
+    changes = {}
+    if cap is not None:
+        changes["cap"] = _cap(cap)
+    if rpm is not None:
+        changes["requests_per_minute"] = _limit(rpm, "--rpm")
+    if tpm is not None:
+        changes["tokens_per_minute"] = _limit(tpm, "--tpm")
+    if not changes:
+        _fail("nothing to change: give --cap, --rpm and/or --tpm")
+    _update_key(key, lambda service, ledger, key_id: service.update(ledger, key_id, **changes))
+
+
+def _update_key(key: str, change) -> None:
+    from basis.gateway.admin import service
+
+    try:
+        key_id = service.key_id_of(key)
+    except ValueError as exc:
+        _fail(str(exc))
+    ledger = _ledger()
+    try:
+        described = change(service, ledger, key_id)
+    except (ValueError, LedgerError) as exc:
+        _fail(str(exc))
+    finally:
+        ledger.close()
+    _print_key(described, as_json=False)
 
 
 @credits.command("grant")

@@ -77,6 +77,7 @@ def up(
     if fresh:
         typer.echo(f"set the old state aside in {local_chain.set_aside(home)}")
     operator = ReceiptSigner(settings.operator_key()).address
+    settings.admin_key(create=True)  # the operator's /admin/keys secret (docs/keys.md); BASIS_ADMIN_KEY wins
     try:
         chain = local_chain.start_local_chain(home, operator, chain_port)
     except local_chain.ChainStateLost as exc:
@@ -136,6 +137,7 @@ def up(
                 "gateway_signer": runtime.ledger.signer.address, "chain_id": runtime.chain_id,
                 "rpc_url": chain.rpc_url, "contracts": local_chain.describe(chain.manifest),
                 "settle_interval": settle_interval, "worker_pid": worker.pid, "gateway_pid": os.getpid(),
+                "admin_key_file": str(settings.admin_key_path),
             }
             (home / "up.json").write_text(json.dumps(info, indent=2) + "\n")
             if worker.poll() is not None:
@@ -165,6 +167,7 @@ def _print_banner(info: dict[str, Any]) -> None:
     typer.echo(f"  base URL      {info['base_url']}")
     typer.echo(f"  API key       {info['api_key']}")
     typer.echo(f"  explorer      {info['explorer_url']}")
+    typer.echo(f"  admin key     {info['admin_key_file']} (for {info['gateway']}/admin/keys)")
     typer.echo(f"  models        {', '.join(info['models'])} (live: {', '.join(info['live_models']) or 'none yet'})")
     typer.echo(f"  signer        {info['gateway_signer']}  chain {info['chain_id']} at {info['rpc_url']}")
     c = info["contracts"]

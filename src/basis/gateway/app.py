@@ -12,6 +12,7 @@ from types import SimpleNamespace
 from fastapi import FastAPI, Request
 
 from basis.gateway.account.router import router as account_router
+from basis.gateway.admin.router import router as admin_router
 from basis.gateway.auth import bearer_account
 from basis.gateway.chat.router import chat_completions
 from basis.gateway.chat.router import router as chat_router
@@ -45,7 +46,7 @@ def create_app(runtime: GatewayRuntime) -> FastAPI:
     app.state.worker_hub = runtime.hub
     install_error_handlers(app)
     for r in (chat_router, completions_router, account_router, models_router, receipts_router, network_router,
-              workers_router):
+              workers_router, admin_router):
         app.include_router(r)
     for module_name in OPTIONAL_ROUTERS:
         try:

@@ -16,7 +16,7 @@ from uuid import UUID
 
 from basis.config import Settings
 from basis.engines.base import Engine
-from basis.gateway.auth import RateLimiter
+from basis.gateway.auth import KeyRateLimiter, RateLimiter
 from basis.gateway.chat.deadlines import DeadlinePolicy
 from basis.gateway.node_lock import NodeLock
 from basis.gateway.workers import WorkerHub
@@ -84,6 +84,7 @@ class GatewayRuntime:
         self.engine_models: set[str] = set(self.engine.models if self.engine else ()) & set(
             served if served is not None else self.bindings)
         self.rate_limiter = RateLimiter(self.options.rate_per_second, self.options.rate_burst)
+        self.key_limiter = KeyRateLimiter()  # each key's own limits, counted on this gateway
         self.projector = Projector(self.ledger.store, self.settings.views_path)  # start-up catch-up
         self.projector_process: ProjectorProcess | None = None
         if self.options.ledger_writer not in ("process", "thread"):

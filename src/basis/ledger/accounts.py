@@ -9,7 +9,7 @@ from eventsourcing.domain import Aggregate, event
 
 from basis.domain.pricing import require_amount
 from basis.ledger import ids
-from basis.ledger.errors import InsufficientCredit, InvalidTransition
+from basis.ledger.errors import InsufficientCredit, InvalidTransition, KeyCapReached
 
 CREDIT_SOURCES = ("grant", "deposit", "refund")
 
@@ -47,6 +47,7 @@ class Account(Aggregate):
         self.reservations: dict[str, int] = {}
         self.reserved = 0  # job reservations + outstanding withdrawal vouchers
         self.api_keys = 0
+        self.key_hashes: list[str] = []  # its keys, oldest first (ids: ``ids.api_key_id(hash)``)
         self.vouchers: dict[str, int] = {}  # outstanding withdrawal vouchers: nonce -> amount
         self.unsettled_deposit_spend: dict[str, int] = {}  # job id -> deposit-backed charge not yet on chain
         self.refunded = 0  # refund credits (source "refund")
@@ -72,6 +73,7 @@ class Account(Aggregate):
     @event("ApiKeyAdded", topic="basis:Account.ApiKeyAdded.v1")
     def add_api_key(self, key_hash: str, prefix: str) -> None:
         self.api_keys += 1
+        self.key_hashes.append(key_hash)
 
     @event("Credited", topic="basis:Account.Credited.v1")
     def credit(self, source: str, external_id: str, amount: int, memo: str = "", backed: int = 0) -> None:
@@ -179,7 +181,14 @@ class Account(Aggregate):
 
 
 class ApiKey(Aggregate):
-    """Index: key hash -> account. Its deterministic id makes a key unique across processes."""
+    """A key: key hash -> account (its deterministic id makes a key unique across processes), and
+    what an operator decided about it: revoked, a spend cap, request and token rate limits.
+
+    While a key has a cap, each of its jobs reserves here too, in the same transaction as the
+    account's reservation, so concurrent requests on any number of gateways can never spend
+    past the cap (optimistic concurrency on this stream arbitrates). The cap counts spend from
+    when the key was first capped: an uncapped key's jobs do not touch this stream at all.
+    """
 
     TOPIC = "basis:ApiKey"
 
@@ -191,9 +200,79 @@ class ApiKey(Aggregate):
         return ids.api_key_id(key_hash)
 
     @event("Issued", topic="basis:ApiKey.Issued.v1")
-    def __init__(self, key_hash: str, account_id: UUID) -> None:
+    def __init__(self, key_hash: str, account_id: UUID, name: str = "", prefix: str = "") -> None:
         self.key_hash = key_hash
         self.account_id = account_id
+        self.name = name
+        self.prefix = prefix
+        self.revoked = False
+        self.cap: int | None = None  # base units; None: no cap (the account's credit is the limit)
+        self.spent = 0  # charged to this key's jobs while it had a cap
+        self.reserved = 0
+        self.reservations: dict[str, int] = {}
+        self.requests_per_minute: int | None = None
+        self.tokens_per_minute: int | None = None
+
+    @property
+    def capped(self) -> bool:
+        return self.cap is not None
+
+    @property
+    def cap_left(self) -> int | None:
+        return None if self.cap is None else max(0, self.cap - self.spent - self.reserved)
+
+    @event("Revoked", topic="basis:ApiKey.Revoked.v1")
+    def revoke(self, reason: str = "") -> None:
+        if self.revoked:
+            raise InvalidTransition("this key is already revoked")
+        self.revoked = True
+
+    @event("CapSet", topic="basis:ApiKey.CapSet.v1")
+    def set_cap(self, cap: int | None) -> None:
+        """``None`` lifts the cap (jobs still holding a reservation here settle it as usual)."""
+        if cap is not None:
+            require_amount(cap, "cap")
+        self.cap = cap
+
+    @event("LimitsSet", topic="basis:ApiKey.LimitsSet.v1")
+    def set_limits(self, requests_per_minute: int | None, tokens_per_minute: int | None) -> None:
+        for name, value in (("requests_per_minute", requests_per_minute), ("tokens_per_minute", tokens_per_minute)):
+            if value is not None:
+                require_amount(value, name, positive=True)
+        self.requests_per_minute = requests_per_minute
+        self.tokens_per_minute = tokens_per_minute
+
+    @event("Reserved", topic="basis:ApiKey.Reserved.v1")
+    def reserve(self, job_id: str, amount: int) -> None:
+        require_amount(amount, "amount")
+        if job_id in self.reservations:
+            raise InvalidTransition(f"job {job_id} already holds a reservation on this key")
+        left = self.cap_left
+        if left is not None and amount > left:
+            raise KeyCapReached(
+                f"this request may cost up to {amount} base units; the key's spend cap of {self.cap} has "
+                f"{left} left ({self.spent} spent, {self.reserved} reserved by running requests)")
+        self.reservations[job_id] = amount
+        self.reserved += amount
+
+    @event("ReservationSettled", topic="basis:ApiKey.ReservationSettled.v1")
+    def settle_reservation(self, job_id: str, released: int, charged: int) -> None:
+        held = self.reservations.get(job_id)
+        if held is None or held != released or not 0 <= charged <= held:
+            raise InvalidTransition(f"job {job_id}: charge {charged} does not fit its key reservation {held}")
+        del self.reservations[job_id]
+        self.reserved -= held
+        self.spent += charged
+
+    def describe(self) -> dict[str, Any]:
+        """What an operator sees (amounts as decimal strings, as everywhere over HTTP)."""
+        return {
+            "id": str(self.id), "object": "api_key", "name": self.name, "prefix": self.prefix,
+            "account_id": str(self.account_id), "revoked": self.revoked,
+            "cap": None if self.cap is None else str(self.cap), "spent": str(self.spent),
+            "reserved": str(self.reserved), "cap_left": None if self.cap_left is None else str(self.cap_left),
+            "requests_per_minute": self.requests_per_minute, "tokens_per_minute": self.tokens_per_minute,
+        }
 
 
 class CreditRef(Aggregate):

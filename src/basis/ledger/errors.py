@@ -9,6 +9,20 @@ class InsufficientCredit(LedgerError):
     code = "insufficient_credit"
 
 
+class KeyCapReached(LedgerError):
+    """The request's worst case does not fit what is left of its API key's spend cap."""
+
+    code = "key_cap_reached"
+
+
+class KeyRevoked(LedgerError):
+    code = "api_key_revoked"
+
+
+class UnknownApiKey(LedgerError):
+    code = "unknown_api_key"
+
+
 class DuplicateCredit(LedgerError):
     code = "duplicate_credit"
 

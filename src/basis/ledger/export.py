@@ -39,11 +39,12 @@ GENESIS_HEX = "0x" + GENESIS_HEAD.hex()
 PAGE = 5000
 LINE_KEYS = frozenset(("head", "position", "state", "stream", "topic", "version"))
 
-# topic -> fields replaced by their SHA-256. Secrets (API-key hashes and the key's shown prefix)
+# topic -> fields replaced by their SHA-256. Secrets (API-key hashes, the key's shown prefix and label)
 # and what a client sent or received (idempotency keys, request body hashes, completion text).
 REDACTED: dict[str, tuple[str, ...]] = {
     "basis:Account.ApiKeyAdded.v1": ("key_hash", "prefix"),
-    "basis:ApiKey.Issued.v1": ("key_hash",),
+    "basis:ApiKey.Issued.v1": ("key_hash", "name", "prefix"),
+    "basis:ApiKey.Revoked.v1": ("reason",),  # an operator's free text (who leaked it, where)
     "basis:Job.Accepted.v1": ("idempotency_key", "request_hash"),
     "basis:Job.Ended.v1": ("output_text",),
     # The ids a verifier re-scores are as telling as the text; `ids_sha256` stays in the clear.

@@ -26,7 +26,8 @@ class Job(Aggregate):
     @event("Accepted", topic="basis:Job.Accepted.v1")
     def __init__(self, id: UUID, account_id: UUID, model: str, prompt_tokens: int, max_output_tokens: int,
                  terms: dict[str, int], reserved: int, idempotency_key: str | None = None,
-                 request_hash: str | None = None, stream: bool = False, node: str = "", created: int = 0) -> None:
+                 request_hash: str | None = None, stream: bool = False, node: str = "", created: int = 0,
+                 key_id: UUID | None = None) -> None:
         require_amount(prompt_tokens, "prompt_tokens")
         require_amount(max_output_tokens, "max_output_tokens")
         self.account_id = account_id
@@ -40,6 +41,7 @@ class Job(Aggregate):
         self.stream = stream
         self.node = node
         self.created = created  # the completion's `created` (unix seconds), so a replay is identical
+        self.key_id = key_id  # the API key it was made with (None: recorded before keys were)
         self.status = "accepted"
         self.attempts: list[dict[str, Any]] = []
         self.outcome: str | None = None

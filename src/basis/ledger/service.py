@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import threading
 import uuid
 from collections.abc import Callable
@@ -21,7 +20,7 @@ from basis.config import Settings
 from basis.domain.pricing import PriceTerms, PricingTable, require_amount, worst_case_charge
 from basis.domain.receipt import build_core, receipt_hash
 from basis.domain.signing import ReceiptSigner
-from basis.ledger import ids
+from basis.ledger import ids, keys
 from basis.ledger.accounts import Account, ApiKey, CreditRef
 from basis.ledger.committer import GroupCommitter, UnitOfWork
 from basis.ledger.errors import (
@@ -40,7 +39,7 @@ from basis.verification.policy import VerificationPolicy
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
-API_KEY_PREFIX = "sk-basis-"
+API_KEY_PREFIX = keys.API_KEY_PREFIX
 # The commands a gateway sends per job; by name, so they can cross to a writer process.
 JOB_COMMANDS = frozenset({"accept_job", "assign_job", "finish_job", "abandon_job", "register_worker"})
 
@@ -62,7 +61,7 @@ class Ledger:
         self.signer = ReceiptSigner(self._signer_key)
         self.committed = threading.Event()  # set after each commit: wakes projection pollers
         self.writer = GroupCommitter(self.store, on_commit=self.committed.set, threaded=writer_thread)
-        self._key_cache: dict[str, UUID] = {}
+        self._key_cache: dict[str, keys.KeyEntry] = {}
 
     def close(self) -> None:
         self.writer.close()
@@ -107,40 +106,60 @@ class Ledger:
 
         return self.run(cmd)
 
-    def create_api_key(self, account_name: str) -> tuple[UUID, str]:
-        """A new key, shown once; only its hash is stored."""
+    def create_api_key(self, account_name: str, *, name: str = "", cap: int | None = None,
+                       requests_per_minute: int | None = None,
+                       tokens_per_minute: int | None = None) -> tuple[UUID, str]:
+        """A new key, shown once; only its hash is stored. Its id is ``ids.api_key_id(hash)``."""
+        keys.check_settings(cap, requests_per_minute, tokens_per_minute)
         account_id = self.open_account(account_name)
-        key = API_KEY_PREFIX + secrets.token_urlsafe(32)
-        key_hash = ids.hash_api_key(key)
-
-        def cmd(uow: UnitOfWork) -> None:
-            acc = uow.find(Account, account_id)
-            assert acc is not None
-            acc.add_api_key(key_hash=key_hash, prefix=key[: len(API_KEY_PREFIX) + 4])
-            uow.add(ApiKey(key_hash=key_hash, account_id=account_id))
-
-        self.run(cmd)
+        key = keys.new_key()
+        self.run(keys.issue(account_id, key, name, cap, requests_per_minute, tokens_per_minute))
         return account_id, key
 
-    def cached_account(self, api_key: str) -> UUID | None:
-        """The account of a key already seen by ``authenticate`` (no I/O), else None."""
+    def update_api_key(self, key_id: UUID, **changes: Any) -> dict[str, Any]:
+        """Revoke and/or set a key's cap and limits (``keys.update``); forgets it here at once."""
+        described = self.run(keys.update(key_id, **changes))
+        self.forget_key(key_id)
+        return described
+
+    def forget_key(self, key_id: UUID) -> None:
+        """Drop a key from this process's cache (other gateways refresh theirs: ``keys.KEY_REFRESH_S``)."""
+        for key_hash in [h for h in self._key_cache if ids.api_key_id(h) == key_id]:
+            self._key_cache.pop(key_hash, None)
+
+    def cached_key(self, api_key: str) -> keys.KeyEntry | None:
+        """A key already seen by ``authenticate_key`` and fresh enough (no I/O), else None."""
         if not self._key_cache:
             return None
-        return self._key_cache.get(ids.hash_api_key(api_key))
+        entry = self._key_cache.get(ids.hash_api_key(api_key))
+        return entry if entry is not None and entry.fresh() else None
 
-    def authenticate(self, api_key: str) -> UUID | None:
+    def cached_account(self, api_key: str) -> UUID | None:
+        entry = self.cached_key(api_key)
+        return entry.account_id if entry is not None else None
+
+    def authenticate_key(self, api_key: str) -> keys.KeyEntry | None:
+        """The key's account, id and rate limits; None for an unknown or revoked key."""
         if not api_key.startswith(API_KEY_PREFIX) or len(api_key) > 200:
             return None
         key_hash = ids.hash_api_key(api_key)
         cached = self._key_cache.get(key_hash)
-        if cached is not None:
+        if cached is not None and cached.fresh():
             return cached
         try:
             record: ApiKey = self.get(ids.api_key_id(key_hash))
         except AggregateNotFoundError:
             return None
-        self._key_cache[key_hash] = record.account_id
-        return record.account_id
+        if record.revoked:
+            self._key_cache.pop(key_hash, None)
+            return None
+        entry = keys.KeyEntry.of(record)
+        self._key_cache[key_hash] = entry
+        return entry
+
+    def authenticate(self, api_key: str) -> UUID | None:
+        entry = self.authenticate_key(api_key)
+        return entry.account_id if entry is not None else None
 
     def credit(self, account_id: UUID, source: str, external_id: str, amount: int, memo: str = "") -> None:
         """Credit an account exactly once per (source, external id)."""
@@ -172,9 +191,11 @@ class Ledger:
                    max_output_tokens: int, terms: PriceTerms | None = None,
                    idempotency_key: str | None = None, request_hash: str | None = None,
                    stream: bool = False, created: int = 0,
-                   assignment: tuple[str, str | None] | None = None) -> Callable[[UnitOfWork], int]:
+                   assignment: tuple[str, str | None] | None = None,
+                   key_id: UUID | None = None) -> Callable[[UnitOfWork], int]:
         """A command that opens the job and reserves its worst-case charge. Returns the reservation.
-        ``assignment`` (served_by, worker), when the route is known already, is recorded with it."""
+        ``assignment`` (served_by, worker), when the route is known already, is recorded with it.
+        ``key_id``: the API key it came with: refused if revoked or past its cap (``keys``)."""
         terms = terms or self.pricing.terms_for(model)
         reserved = worst_case_charge(prompt_tokens, max_output_tokens, terms)
 
@@ -182,6 +203,7 @@ class Ledger:
             acc = uow.find(Account, account_id)
             if acc is None:
                 raise UnknownAccount(f"no account {account_id}")
+            api_key = keys.check_job(uow, key_id, account_id) if key_id is not None else None
             record = None
             if idempotency_key is not None:
                 record = uow.find(IdempotencyRecord, ids.idempotency_id(account_id, idempotency_key))
@@ -196,11 +218,15 @@ class Ledger:
                     if prior is not None and prior.receipt is not None:
                         raise IdempotentReplay(str(prior.id))
                     # The first attempt ended charging nothing: this request may try again.
+            if api_key is not None:
+                keys.check_cap(api_key, reserved)
             acc.reserve(job_id=str(job_id), amount=reserved)
+            if api_key is not None and api_key.capped:
+                api_key.reserve(job_id=str(job_id), amount=reserved)
             job = uow.add(Job(id=job_id, account_id=account_id, model=model, prompt_tokens=prompt_tokens,
                               max_output_tokens=max_output_tokens, terms=terms.as_dict(), reserved=reserved,
                               idempotency_key=idempotency_key, request_hash=request_hash, stream=stream,
-                              node=self.settings.node_id, created=created))
+                              node=self.settings.node_id, created=created, key_id=key_id))
             if assignment is not None:
                 job.assign(served_by=assignment[0], worker=assignment[1])
             if idempotency_key is not None:
@@ -252,6 +278,7 @@ class Ledger:
             from_grant, from_deposit = acc.split_spend(charged)
             acc.settle_reservation(job_id=str(job.id), released=acc.reservations.get(str(job.id), -1),
                                    charged=charged, from_grant=from_grant, from_deposit=from_deposit)
+            keys.settle_for_job(uow, job.key_id, job.id, charged)
             if check is not None and self.verification.enabled:
                 try:
                     select_for_check(uow, job, check, self.verification, self.sampling_secret(), self.verified_models)

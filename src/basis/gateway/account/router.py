@@ -22,8 +22,14 @@ DEFAULT_PAGE = 20
 def get_account(request: Request, account_id: UUID = Depends(bearer_account)) -> dict[str, Any]:
     runtime = request.app.state.runtime
     key = request.headers["authorization"].partition(" ")[2].strip()  # bearer_account has checked it
-    return service.account_summary(runtime.reader(), runtime.ledger, str(account_id), ids.hash_api_key(key),
-                                   key[: len(API_KEY_PREFIX) + 4])
+    out = service.account_summary(runtime.reader(), runtime.ledger, str(account_id), ids.hash_api_key(key),
+                                  key[: len(API_KEY_PREFIX) + 4])
+    entry = getattr(request.state, "api_key", None)
+    if entry is not None:  # this key's own budget and limits, as its operator set them (docs/keys.md)
+        described = runtime.ledger.get(entry.key_id).describe()
+        out["key"].update({k: described[k] for k in ("id", "name", "cap", "spent", "reserved", "cap_left",
+                                                      "requests_per_minute", "tokens_per_minute")})
+    return out
 
 
 def _int(value: str | None, param: str, default: int | None, highest: int) -> int | None:

@@ -112,7 +112,7 @@ async def chat_completions(request: Request, account_id: UUID = Depends(bearer_a
         raise APIError(400, f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters.",
                        param="Idempotency-Key", code="invalid_value")
     plan = await plan_request(runtime, req, body, key)
-    run = JobRun(runtime, plan, account_id)
+    run = JobRun(runtime, plan, account_id, getattr(request.state, "api_key", None))
     run.begin()
     try:
         await run.accepted()

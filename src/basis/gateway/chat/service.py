@@ -27,7 +27,15 @@ from basis.gateway.chat.schemas import ChatCompletionRequest
 from basis.gateway.chat.stops import StopScanner
 from basis.gateway.errors import APIError
 from basis.gateway.workers import NoWorkerAvailable, WorkerFailedBeforeFirstToken, WorkerJobError
-from basis.ledger.errors import IdempotencyConflict, IdempotentReplay, InsufficientCredit, LedgerUnavailable
+from basis.ledger.errors import (
+    IdempotencyConflict,
+    IdempotentReplay,
+    InsufficientCredit,
+    KeyCapReached,
+    KeyRevoked,
+    LedgerUnavailable,
+)
+from basis.ledger.keys import KeyEntry
 from basis.models import ChatTemplateError, InvalidOutputToken, ModelBinding, TextMismatch, UTF8Matcher
 from basis.observability import metrics
 from basis.observability.logging import job_context
@@ -145,10 +153,11 @@ def _idempotency_hash(body: dict[str, Any], req: ChatCompletionRequest) -> str:
 class JobRun:
     """Events for the response: ("delta", text) ... then ("end", finish_reason) or ("error", APIError)."""
 
-    def __init__(self, runtime: Any, plan: Plan, account_id: uuid.UUID) -> None:
+    def __init__(self, runtime: Any, plan: Plan, account_id: uuid.UUID, key: KeyEntry | None = None) -> None:
         self.runtime = runtime
         self.plan = plan
         self.account_id = account_id
+        self.key = key  # the API key it came with (None: a caller outside HTTP)
         self.events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self.output_tokens = 0
         self.output_ids: list[int] = []  # as relayed; the first output_tokens of them were accepted
@@ -184,12 +193,20 @@ class JobRun:
         runtime.job_writer.submit_async("accept_job", {
             "job_id": p.job_id, "account_id": self.account_id, "model": p.model, "prompt_tokens": len(p.prompt_ids),
             "max_output_tokens": p.max_tokens, "idempotency_key": p.idempotency_key,
-            "request_hash": p.request_hash, "stream": p.stream, "created": p.created, "assignment": assignment},
+            "request_hash": p.request_hash, "stream": p.stream, "created": p.created, "assignment": assignment,
+            "key_id": self.key.key_id if self.key is not None else None},
             self._accepted)
         with job_context(self.plan.job_id):  # the task copies this context: its log lines name the job
             self.task = loop.create_task(self._run(), name=f"job-{self.plan.job_id}")
         _tasks.add(self.task)
         self.task.add_done_callback(_tasks.discard)
+        if self.key is not None and self.key.tokens_per_minute is not None:
+            self.task.add_done_callback(self._count_key_tokens)
+
+    def _count_key_tokens(self, _task: Any) -> None:
+        """The key's tokens per minute count a job's prompt and output once it ends (if accepted)."""
+        if self._accepted.done() and not self._accepted.cancelled() and self._accepted.exception() is None:
+            self.runtime.key_limiter.spend_tokens(self.key, len(self.plan.prompt_ids) + self.output_tokens)
 
     async def accepted(self) -> None:
         """Wait for the reservation. Raises the APIError to answer with (402, 409), or
@@ -198,6 +215,11 @@ class JobRun:
             await asyncio.shield(self._accepted)
         except InsufficientCredit as exc:
             raise APIError(402, f"Insufficient credit: {exc}.", code="insufficient_credit", retry=False) from None
+        except KeyCapReached as exc:
+            raise APIError(402, f"This API key's spend cap is reached: {exc}.", code="key_spend_cap_reached",
+                           retry=False) from None
+        except KeyRevoked:
+            raise APIError(401, "This API key was revoked.", code="invalid_api_key", retry=False) from None
         except IdempotencyConflict as exc:
             raise APIError(409, f"Idempotency-Key conflict: {exc}.", code="idempotency_conflict",
                            param="Idempotency-Key", retry=False) from None

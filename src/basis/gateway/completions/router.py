@@ -76,7 +76,7 @@ async def completions(request: Request, account_id: UUID = Depends(bearer_accoun
         raise APIError(400, f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters.",
                        param="Idempotency-Key", code="invalid_value")
     choices = await service.plan_completions(runtime, req, body, key)
-    await service.start(runtime, choices, account_id)
+    await service.start(runtime, choices, account_id, getattr(request.state, "api_key", None))
     first = choices[0]
     cid, created, model = f"cmpl-{first.job_id}", first.plan.created, req.model
     headers = {"basis-job-id": ",".join(c.job_id for c in choices)}

@@ -21,6 +21,7 @@ from basis.gateway.chat.service import INLINE_TOKENIZE_CHARS, JobRun, Plan, requ
 from basis.gateway.completions.schemas import DEFAULT_MAX_TOKENS, MAX_JOBS, CompletionRequest
 from basis.gateway.errors import APIError
 from basis.ledger.errors import IdempotentReplay
+from basis.ledger.keys import KeyEntry
 from basis.models import ModelBinding
 
 
@@ -129,7 +130,7 @@ async def _check_credit(runtime: Any, choices: list[Choice], account_id: UUID) -
                        retry=False)
 
 
-async def start(runtime: Any, choices: list[Choice], account_id: UUID) -> None:
+async def start(runtime: Any, choices: list[Choice], account_id: UUID, key: KeyEntry | None = None) -> None:
     """Reserve and dispatch each job in turn. When one is refused (402, 409, 503), the jobs
     already begun are cancelled (charged only for tokens accepted meanwhile) and the refusal is
     raised: the request is all or nothing (a shortfall is found before any job runs, except
@@ -139,7 +140,7 @@ async def start(runtime: Any, choices: list[Choice], account_id: UUID) -> None:
         await _check_credit(runtime, choices, account_id)
     begun: list[JobRun] = []
     for choice in choices:
-        run = JobRun(runtime, choice.plan, account_id)
+        run = JobRun(runtime, choice.plan, account_id, key)
         run.begin()
         try:
             await run.accepted()
