@@ -43,7 +43,7 @@ def settle_command(
 
     settings, ledger, w3, m = _open(rpc, manifest)
     try:
-        key = read_key_file(key_file) if key_file else settings.operator_key()
+        key = read_key_file(key_file) if key_file else settings.settlement_key()
         projector = Projector(ledger.store, settings.views_path)
         projector.catch_up()
         projector.stop()

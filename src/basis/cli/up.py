@@ -74,7 +74,7 @@ def up(
     _check_port("127.0.0.1", chain_port)
     if fresh:
         typer.echo(f"set the old state aside in {local_chain.set_aside(home)}")
-    operator = ReceiptSigner(settings.operator_key()).address
+    operator = ReceiptSigner(settings.settlement_key()).address  # the vault operator
     try:
         chain = local_chain.start_local_chain(home, operator, chain_port)
     except local_chain.ChainStateLost as exc:

@@ -137,7 +137,9 @@ def claim(
 ) -> None:
     """Fetch this worker's reward proof from the gateway and claim it from the RewardDistributor.
 
-    The transaction is sent from the worker's key (it needs gas); the tokens go to the worker."""
+    The transaction is sent from the worker's key (it needs gas); the tokens go to the worker.
+    Claims prove against the distributor's *accepted* rewards root: a newer root waits out the
+    deployment's delay (revocable by the owner meanwhile); a due one is accepted first."""
     import json
     from urllib.parse import urlsplit, urlunsplit
 
@@ -157,6 +159,7 @@ def claim(
     parts = urlsplit(gateway)
     scheme = {"ws": "http", "wss": "https"}.get(parts.scheme, parts.scheme)
     base = urlunsplit((scheme, parts.netloc, "", "", ""))
+    _accept_due_root(base, key, rpc)
     resp = httpx.get(f"{base}/v1/settlement/proofs/{address.lower()}", timeout=30)
     if resp.status_code == 404:
         typer.echo(f"no settled rewards for {address} yet")
@@ -170,6 +173,11 @@ def claim(
     arts = load_artifacts()
     distributor = w3.eth.contract(address=Web3.to_checksum_address(proof["distributor"]),
                                   abi=arts["RewardDistributor"].abi)
+    accepted = "0x" + bytes(distributor.functions.rewardsRoot().call()).hex()
+    if accepted != proof["rewards_root"].lower():
+        typer.echo(f"the gateway's proof is against root {proof['rewards_root']} of batch {proof['batch_id']}, but the "
+                   f"distributor's accepted root is {accepted}: not claiming", err=True)
+        raise typer.Exit(1)
     already = int(distributor.functions.claimed(address).call())
     cumulative = int(proof["cumulative"])
     if cumulative <= already:
@@ -186,3 +194,30 @@ def claim(
     ev = result.event("Claimed")
     typer.echo(json.dumps({"worker": address, "amount": str(ev.args["amount"]), "cumulative": str(cumulative),
                            "tx_hash": result.tx_hash, "gas_used": result.gas_used, "batch_id": proof["batch_id"]}))
+
+
+def _accept_due_root(base: str, key: str, rpc: str) -> None:
+    """Accept the newest rewards root whose delay has passed (anyone may), so the claim uses it."""
+    import httpx
+    from web3 import Web3
+
+    from basis.chain.contracts import BasisContracts, ChainRevert
+    from basis.chain.roots import accept_due_root
+
+    try:
+        network = httpx.get(f"{base}/v1/network", timeout=30).json()
+        distributor = (network.get("distributor") or {}).get("address")
+        token = (network.get("token") or {}).get("address")
+        vault = (network.get("vault") or {}).get("address")
+        if not (distributor and token and vault):
+            return
+        w3 = Web3(Web3.HTTPProvider(rpc, request_kwargs={"timeout": 60}))
+        contracts = BasisContracts(w3, token=token, vault=vault, distributor=distributor)
+        if contracts.root_delay() == 0:
+            return
+        result = accept_due_root(contracts, contracts.sender(key))
+    except (httpx.HTTPError, ValueError, ChainRevert) as exc:
+        typer.echo(f"could not accept a due rewards root ({exc}); claiming against the accepted one", err=True)
+        return
+    if result is not None:
+        typer.echo(f"accepted a due rewards root (tx {result.tx_hash})", err=True)

@@ -162,8 +162,9 @@ class GatewayRuntime:
         self.indexer = ChainIndexer(self.ledger, self.web3, self.deployment, confirmations=confirmations)
         self._chain_tasks = [(self.indexer, index_interval)]
         if settle_interval:
-            self.scheduler = SettlementScheduler(self.ledger, self.web3, self.deployment, self.settings.operator_key(),
-                                                 reader=self.reader, interval=settle_interval)
+            self.scheduler = SettlementScheduler(self.ledger, self.web3, self.deployment,
+                                                 self.settings.settlement_key(), reader=self.reader,
+                                                 interval=settle_interval)
             self._chain_tasks.append((self.scheduler, None))
 
     # -- workers ------------------------------------------------------------------------------

@@ -46,6 +46,7 @@ from basis.ledger.projections import ViewReader
 from basis.ledger.service import Ledger
 from basis.ledger.settlement import SettlementBatch, SettlementLog, batch_aggregate_id, settlement_log_id
 from basis.settlement.chain import TOPICS, ZERO32, Chain, from_hex, hex32
+from basis.settlement.roots import RootAcceptor
 from basis.units import Seconds
 
 log = logging.getLogger(__name__)
@@ -327,6 +328,7 @@ class SettlementScheduler:
                  reader: Callable[[], ViewReader], interval: Seconds = 60.0, max_receipts: int = MAX_RECEIPTS) -> None:
         self.settler = Settler(ledger, Chain(w3, deployment), operator_key, reader=reader, max_receipts=max_receipts)
         self.interval = interval
+        self.roots = RootAcceptor(self.settler.chain, self.settler.sender)
         self.last_error: str | None = None
         self.last_batch: dict[str, Any] | None = None
         self._stop = threading.Event()
@@ -342,6 +344,7 @@ class SettlementScheduler:
         self.last_error = None
         if result is not None:
             self.last_batch = result
+        self.roots.tick()  # accept the newest rewards root whose delay has passed (basis.settlement.roots)
         return result
 
     def start(self) -> None:
