@@ -29,6 +29,7 @@ def _run(
     n_ctx: int | None,
     threads: int | None,
     log_level: str,
+    home: Path | None = None,
 ) -> None:
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from basis.models import load_bindings
@@ -43,6 +44,7 @@ def _run(
         key = load_key(key_file)
     except (OSError, ValueError) as exc:
         raise typer.BadParameter(str(exc), param_hint="--key-file") from exc
+    store = _open_store(gateway, key, home)
 
     # The advertised catalog (model ids, limits, backing files) is the one the gateway publishes.
     from basis.domain.pricing import PricingTable
@@ -80,7 +82,7 @@ def _run(
         else:
             raise typer.BadParameter("engine must be llama-cpp, sglang or instant", param_hint="--engine")
         offers = await asyncio.to_thread(make_offers, served, models, capacity)
-        worker = Worker(gateway_url=gateway, private_key=key, engine=eng, offers=offers)
+        worker = Worker(gateway_url=gateway, private_key=key, engine=eng, offers=offers, store=store)
         typer.echo(f"worker {worker.address} -> {gateway} serving {', '.join(models)} (capacity {capacity})")
         try:
             await worker.run()
@@ -107,6 +109,31 @@ _SPORT = typer.Option(30000, "--sglang-port", help="Port for --launch")
 _NCTX = typer.Option(None, "--n-ctx", help="llama.cpp context size (default 4096)")
 _THREADS = typer.Option(None, "--threads", help="llama.cpp threads (default: all cores)")
 _LOG = typer.Option("info", "--log-level")
+_HOME = typer.Option(None, "--home", help="Worker home, for its receipt store (default: $BASIS_WORKER_HOME, "
+                     "else $BASIS_HOME/worker)")
+
+
+def _open_store(gateway: str, key: str, home: Path | None):
+    """The worker's receipt store, pinned to the gateway's published receipt signer (/v1/network)."""
+    from eth_account import Account
+
+    from basis.worker.network import fetch_network, worker_home
+    from basis.worker.store import ReceiptStore, StoreCorrupt
+
+    try:
+        signer = fetch_network(gateway)["gateway_signer"]
+    except Exception as exc:
+        typer.echo(f"error: cannot read the gateway's published receipt signer from /v1/network: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    try:
+        store = ReceiptStore(home or worker_home(), Account.from_key(key).address, gateway_signer=signer)
+    except StoreCorrupt as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    for side in store.opened.damaged:
+        typer.echo(f"warning: the receipt store's damaged tail was set aside in {side}", err=True)
+    typer.echo(f"receipt store {store.path}: {len(store.receipts)} receipts, signer {signer}", err=True)
+    return store
 
 
 @app.command("run")
@@ -123,10 +150,14 @@ def run(
     n_ctx: int | None = _NCTX,
     threads: int | None = _THREADS,
     log_level: str = _LOG,
+    home: Path | None = _HOME,
 ) -> None:
-    """Connect to the gateway and serve jobs until interrupted (reconnects with backoff)."""
+    """Connect to the gateway and serve jobs until interrupted (reconnects with backoff).
+
+    Protocol v2: every signed receipt (and verdict) of its jobs is verified against the gateway's
+    published signer and appended, fsynced, to the worker's store before it is acknowledged."""
     _run(gateway, key_file, new_key, engine, model or [], capacity, sglang_url, launch, sglang_port, n_ctx,
-         threads, log_level)
+         threads, log_level, home)
 
 
 @app.command("claim")

@@ -18,6 +18,7 @@ from basis.config import Settings
 from basis.engines.base import Engine
 from basis.gateway.auth import RateLimiter
 from basis.gateway.workers import WorkerHub
+from basis.gateway.workers.receipts import relay_receipts
 from basis.ledger.projections import Projector, ViewReader
 from basis.ledger.projections.process import ProjectorProcess
 from basis.ledger.service import Ledger
@@ -80,6 +81,7 @@ class GatewayRuntime:
         self.job_writer: LedgerWriterProcess | LedgerWriterThread = (
             LedgerWriterProcess(self.ledger.spawn_args()) if self.options.ledger_writer == "process"
             else LedgerWriterThread(self.ledger))
+        relay_receipts(self.job_writer, self.hub)  # protocol v2: each durable receipt to its worker
         self._readers = threading.local()
         self.background: list[Any] = []  # things with .stop() (indexers, schedulers) the app stops
 
