@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from basis.cli.receipts_verify import verify_command
 from basis.config import Settings
 from basis.domain.pricing import PricingError, parse_amount
 from basis.ledger.errors import LedgerError
@@ -84,6 +85,9 @@ def receipts_export() -> None:
         out.write(json.dumps({"core": r["core"], "hash": r["hash"], "signature": r["signature"],
                               "status": r["status"], "settlement": r["settlement"]}) + "\n")
     reader.close()
+
+
+receipts.command("verify")(verify_command)  # anyone: hash, signature, inclusion on chain
 
 
 def audit_command(

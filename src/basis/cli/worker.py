@@ -252,3 +252,68 @@ def _accept_due_root(base: str, key: str, rpc: str) -> None:
         return
     if result is not None:
         typer.echo(f"accepted a due rewards root (tx {result.tx_hash})", err=True)
+
+
+@app.command("audit")
+def audit(
+    gateway: str = typer.Option("http://127.0.0.1:8000", "--gateway", help="Gateway base URL (http[s]:// or ws[s]://)"),
+    rpc: str = typer.Option(..., "--rpc", envvar="BASIS_RPC_URL", help="JSON-RPC URL of the chain"),
+    key_file: Path = _KEY,
+    home: Path | None = _HOME,
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable report."),
+    evidence: Path | None = typer.Option(None, "--evidence", help="Write an evidence bundle into this directory."),
+    omitted_after: int = typer.Option(2, "--omitted-after", min=1,
+                                      help="Batches posted since a receipt arrived before it counts as omitted."),
+) -> None:
+    """Check the operator against this worker's stored receipts and the chain; exit 1 naming each discrepancy."""
+    import json
+
+    from eth_account import Account
+    from rich.console import Console
+    from rich.table import Table
+    from web3 import Web3
+
+    from basis.chain.inclusion import GatewayData
+    from basis.worker import load_key
+    from basis.worker.audit import audit_worker, write_evidence
+    from basis.worker.network import http_base, worker_home
+    from basis.worker.store import read_records
+
+    try:
+        address = Account.from_key(load_key(key_file)).address.lower()
+    except (OSError, ValueError) as exc:
+        raise typer.BadParameter(str(exc), param_hint="--key-file") from exc
+    path = (home or worker_home()) / "receipts" / f"{address}.jsonl"
+    if not path.is_file():
+        typer.echo(f"error: no receipt store at {path} (run the worker with protocol v2 first)", err=True)
+        raise typer.Exit(2)
+    records = read_records(path)
+    data = GatewayData(http_base(gateway))
+    try:
+        result = audit_worker(records, address, data, Web3(Web3.HTTPProvider(rpc, request_kwargs={"timeout": 60})),
+                              omitted_after=omitted_after)
+    except (ValueError, OSError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    finally:
+        data.close()
+    if evidence is not None:
+        for p in write_evidence(evidence, result, records):
+            typer.echo(f"wrote {p}", err=True)
+    if as_json:
+        typer.echo(json.dumps(result.as_dict(), indent=2, sort_keys=True))
+    else:
+        console = Console(width=160)
+        table = Table(title=f"worker {address}: {len(result.rows)} receipts")
+        for col in ("job", "reward", "status", "batch", "verdict"):
+            table.add_column(col)
+        for r in result.rows:
+            table.add_row(r["job_id"], r["reward"], r["status"], (r["batch_id"] or "-")[:18], r["verdict"] or "-")
+        console.print(table)
+        for r in result.rewards:
+            console.print(f"{r['state']} rewards root of batch {r['batch_id'][:18]}: cumulative "
+                          f"{r['cumulative'] or '-'}, expected {r['expected']}")
+    for d in result.discrepancies:
+        typer.echo(f"DISCREPANCY: {d}", err=True)
+    if not result.ok:
+        raise typer.Exit(1)
