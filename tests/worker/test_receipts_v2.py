@@ -181,3 +181,17 @@ def test_frames_parse_and_round_trip():
     v = VerdictFrame(job_id=r["core"]["job_id"], hash=r["hash"], verdict="passed")
     assert parse_gateway_message(v.model_dump_json()) == v
     assert isinstance(f, ReceiptFrame)
+
+
+def test_worker_package_never_imports_ledger_or_gateway():
+    """DESIGN 2: contributors run only the worker (its store and audit included)."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys, basis.worker, basis.worker.audit, basis.worker.store, basis.worker.inbox, "
+            "basis.worker.network, basis.cli.worker; "
+            "print([m for m in sys.modules if m.startswith(('basis.ledger', 'basis.gateway', 'basis.settlement'))])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env=dict(os.environ))
+    assert out.stdout.strip() == "[]"

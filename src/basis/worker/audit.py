@@ -166,9 +166,10 @@ def audit_worker(records: list[dict[str, Any]], worker: str, gateway: GatewayDat
                 problem(f"{h.status} rewards root of batch {h.batch_id}: cumulative {cumulative} exceeds what this "
                         f"worker's receipts account for ({expected})")
         result.rewards.append(row)
-    if accepted_root != "0x" + "00" * 32 and claimed_total > max(
-            [int(r["cumulative"]) for r in result.rewards if r["state"] == "accepted" and r["cumulative"]] or [0]):
-        problem(f"claimed {claimed_total} exceeds the accepted cumulative")
+    accepted_leaf = [int(r["cumulative"]) for r in result.rewards if r["state"] == "accepted" and r["cumulative"]]
+    if accepted_leaf and claimed_total > accepted_leaf[0]:
+        problem(f"the distributor paid this worker {claimed_total}, more than its accepted cumulative "
+                f"{accepted_leaf[0]}")
     return result
 
 
