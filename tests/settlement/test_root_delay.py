@@ -131,6 +131,19 @@ def test_pending_root_then_accepted_after_delay_and_short_root_revoked(denv, anv
 
     delay, shown = _root_states(SimpleNamespace(web3=env.w3, deployment=env.manifest))
     assert delay == DELAY and {b: r.status for b, r in shown.items()} == statuses
+    from tests.explorer.runtime import StandInRuntime, build_app
+
+    env.catch_up()
+    stand_in = StandInRuntime(env.ledger, env.settings.views_path)
+    stand_in.web3, stand_in.deployment = env.w3, env.manifest
+    try:
+        page = TestClient(build_app(stand_in)).get("/settlement")
+    finally:
+        stand_in.close()
+    assert page.status_code == 200
+    assert f"pending</strong> for {DELAY} seconds" in page.text and "Root state" in page.text
+    assert page.text.count('class="root-state">accepted') == 1
+    assert page.text.count('class="root-state">superseded') == 1
     # The foreign post stays named (the operator key settled outside the ledger); nothing else.
     ChainIndexer(env.ledger, env.w3, env.manifest).sync()
     problems = chain_problems(env)
