@@ -218,7 +218,7 @@ class Worker:
                         if task is not None:
                             task.cancel()
                     elif isinstance(msg, ReceiptFrame | VerdictFrame) and self.inbox is not None:
-                        await self.inbox.handle(msg, send)
+                        self.inbox.submit(msg, send)
                     elif isinstance(msg, HeartbeatAck):
                         pass
             finally:

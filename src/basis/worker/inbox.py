@@ -27,6 +27,25 @@ class ReceiptInbox:
         self.stored = 0
         self.rejected: list[tuple[str, str]] = []  # (hash or frame type, reason)
         self.malformed_frames: list[str] = []
+        self._queue: asyncio.Queue[tuple[ReceiptFrame | VerdictFrame, Callable[[Any], Awaitable[None]]]] | None = None
+        self._consumer: asyncio.Task[None] | None = None
+
+    def submit(self, msg: ReceiptFrame | VerdictFrame, send: Callable[[Any], Awaitable[None]]) -> None:
+        """Handle ``msg`` off the receive loop (an fsync must not delay the next job), in arrival
+        order (a verdict follows its receipt)."""
+        if self._queue is None:
+            self._queue = asyncio.Queue()
+        if self._consumer is None or self._consumer.done():
+            self._consumer = asyncio.create_task(self._consume(self._queue))
+        self._queue.put_nowait((msg, send))
+
+    async def _consume(self, queue: asyncio.Queue) -> None:
+        while True:
+            msg, send = await queue.get()
+            try:
+                await self.handle(msg, send)
+            except Exception as exc:  # the connection went away: stored frames are acknowledged on resend
+                log.info("acknowledging %s %s failed: %s", msg.type, msg.hash, exc)
 
     async def handle(self, msg: ReceiptFrame | VerdictFrame, send: Callable[[Any], Awaitable[None]]) -> None:
         kind = msg.type
