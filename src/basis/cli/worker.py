@@ -115,16 +115,25 @@ _HOME = typer.Option(None, "--home", help="Worker home, for its receipt store (d
 
 def _open_store(gateway: str, key: str, home: Path | None):
     """The worker's receipt store, pinned to the gateway's published receipt signer (/v1/network)."""
+    import time
+
     from eth_account import Account
 
     from basis.worker.network import fetch_network, worker_home
     from basis.worker.store import ReceiptStore, StoreCorrupt
 
-    try:
-        signer = fetch_network(gateway)["gateway_signer"]
-    except Exception as exc:
-        typer.echo(f"error: cannot read the gateway's published receipt signer from /v1/network: {exc}", err=True)
-        raise typer.Exit(2) from exc
+    delay = 0.5
+    while True:  # the gateway may still be starting: retry with backoff, as the connection does
+        try:
+            signer = fetch_network(gateway)["gateway_signer"]
+            break
+        except KeyError as exc:
+            typer.echo("error: the gateway publishes no receipt signer at /v1/network", err=True)
+            raise typer.Exit(2) from exc
+        except Exception as exc:
+            typer.echo(f"waiting for the gateway's published receipt signer (/v1/network): {exc}", err=True)
+            time.sleep(delay)
+            delay = min(30.0, delay * 2)
     try:
         store = ReceiptStore(home or worker_home(), Account.from_key(key).address, gateway_signer=signer)
     except StoreCorrupt as exc:
