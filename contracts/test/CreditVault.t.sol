@@ -86,7 +86,7 @@ contract CreditVaultTest is BaseTest {
 
     function test_safeErc20_falseReturningTokenReverts() public {
         ReturnsFalseToken bad = new ReturnsFalseToken();
-        RewardDistributor d = new RewardDistributor(IERC20(address(bad)), owner, owner);
+        RewardDistributor d = new RewardDistributor(IERC20(address(bad)), owner, owner, 0);
         CreditVault v = new CreditVault(IERC20(address(bad)), d, owner, operator, treasury);
         bad.mint(alice, 10 ether);
         vm.startPrank(alice);

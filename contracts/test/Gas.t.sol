@@ -55,10 +55,29 @@ contract GasTest is BaseTest {
     /// A standalone root post by an EOA poster (the distributor used without the vault).
     function test_gas_postRootStandalone() public {
         address poster = makeAddr("poster");
-        RewardDistributor d = new RewardDistributor(IERC20(address(token)), owner, poster);
+        RewardDistributor d = new RewardDistributor(IERC20(address(token)), owner, poster, 0);
         vm.prank(poster);
         d.postRoot("batch-1", keccak256("r1"), RECEIPTS_ROOT);
         vm.prank(poster);
         d.postRoot("batch-2", keccak256("r2"), RECEIPTS_ROOT);
+    }
+
+    /// The same posts with a one-day rewards-root delay: each root pending, then accepted (by anyone)
+    /// or revoked (owner).
+    function test_gas_postRootWithDelay() public {
+        address poster = makeAddr("poster");
+        RewardDistributor d = new RewardDistributor(IERC20(address(token)), owner, poster, 1 days);
+        vm.prank(poster);
+        d.postRoot("batch-1", keccak256("r1"), RECEIPTS_ROOT);
+        vm.warp(block.timestamp + 1 days);
+        d.acceptRoot("batch-1");
+        vm.prank(poster);
+        d.postRoot("batch-2", keccak256("r2"), RECEIPTS_ROOT);
+        vm.prank(owner);
+        d.revokeRoot("batch-2");
+        vm.prank(poster);
+        d.postRoot("batch-3", keccak256("r3"), RECEIPTS_ROOT);
+        vm.warp(block.timestamp + 1 days);
+        d.acceptRoot("batch-3");
     }
 }

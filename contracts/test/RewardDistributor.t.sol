@@ -19,7 +19,7 @@ contract RewardDistributorTest is BaseTest {
     function setUp() public override {
         super.setUp();
         // A standalone distributor with an EOA poster, funded directly.
-        dist = new RewardDistributor(IERC20(address(token)), owner, poster);
+        dist = new RewardDistributor(IERC20(address(token)), owner, poster, 0);
         vm.prank(owner);
         token.mint(address(dist), 1_000 ether);
     }
@@ -33,12 +33,12 @@ contract RewardDistributorTest is BaseTest {
 
     function test_constructor_revertsOnZeroToken() public {
         vm.expectRevert(ErrorsLib.ZeroAddress.selector);
-        new RewardDistributor(IERC20(address(0)), owner, poster);
+        new RewardDistributor(IERC20(address(0)), owner, poster, 0);
     }
 
     function test_constructor_revertsOnZeroPoster() public {
         vm.expectRevert(ErrorsLib.ZeroAddress.selector);
-        new RewardDistributor(IERC20(address(token)), owner, address(0));
+        new RewardDistributor(IERC20(address(token)), owner, address(0), 0);
     }
 
     // ---------------------------------------------------------------- postRoot
@@ -170,7 +170,7 @@ contract RewardDistributorTest is BaseTest {
 
     function test_claim_safeErc20RevertsOnFalseReturn() public {
         ReturnsFalseToken bad = new ReturnsFalseToken();
-        RewardDistributor d = new RewardDistributor(IERC20(address(bad)), owner, poster);
+        RewardDistributor d = new RewardDistributor(IERC20(address(bad)), owner, poster, 0);
         bad.mint(address(d), 100 ether);
         bytes32[] memory leaves = _rewardLeaves(10 ether, 20 ether);
         vm.prank(poster);

@@ -102,6 +102,18 @@ class Settings:
         return read_key_file(path)
 
 
+    def settlement_key(self) -> str:
+        """The key that sends settlement transactions and signs withdrawal vouchers (the vault's
+        ``operator``): ``BASIS_SETTLEMENT_KEY_FILE`` when set, else the receipt-signing key.
+
+        Keeping them apart limits a leak: the receipt key only vouches for receipts (a forged
+        receipt never moves money, and settlement needs the other key); the settlement key moves
+        deposit-backed spend and posts roots, and a wrong rewards root it posts stays pending for
+        the distributor's delay, revocable by the owner, before any claim can draw on it."""
+        path = os.environ.get("BASIS_SETTLEMENT_KEY_FILE")
+        return read_key_file(path) if path else self.operator_key()
+
+
 NODE_ID_FILE = "node-id"
 LEGACY_NODE_ID = "gateway-1"  # every process's id before ids were derived
 

@@ -36,4 +36,11 @@ library ErrorsLib {
     error InvalidProof();
     /// @notice The cumulative amount is not above what the worker already claimed.
     error NothingToClaim(uint256 cumulative, uint256 alreadyClaimed);
+
+    /// @notice The rewards-root delay chosen at deployment is longer than the contract allows.
+    error RootDelayTooLong(uint256 delay, uint256 max);
+    /// @notice Batch `batchId` has no pending rewards root (never posted, revoked, accepted or superseded).
+    error NoPendingRoot(bytes32 batchId);
+    /// @notice The pending rewards root of a batch is still inside its delay.
+    error RootNotYetValid(uint256 validAt, uint256 nowTimestamp);
 }

@@ -38,4 +38,13 @@ library EventsLib {
 
     /// @notice The address allowed to post roots changed.
     event PosterSet(address indexed previousPoster, address indexed newPoster);
+
+    /// @notice Batch `batchId`'s rewards root is pending: claimable only once accepted, from `validAt` on.
+    event RootPending(bytes32 indexed batchId, bytes32 rewardsRoot, uint256 validAt);
+
+    /// @notice Batch `batchId`'s rewards root became the root claims prove against.
+    event RootAccepted(bytes32 indexed batchId, bytes32 rewardsRoot);
+
+    /// @notice The owner revoked batch `batchId`'s pending rewards root before it was accepted.
+    event RootRevoked(bytes32 indexed batchId, bytes32 rewardsRoot);
 }

@@ -36,7 +36,7 @@ abstract contract BaseTest is Test {
         operator = vm.addr(operatorKey);
         vm.label(operator, "operator");
         token = new BasisToken(owner);
-        distributor = new RewardDistributor(IERC20(address(token)), owner, owner);
+        distributor = new RewardDistributor(IERC20(address(token)), owner, owner, 0);
         vault = new CreditVault(IERC20(address(token)), distributor, owner, operator, treasury);
         vm.prank(owner);
         distributor.setPoster(address(vault));

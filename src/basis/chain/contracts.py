@@ -340,7 +340,31 @@ class BasisContracts:
         return int(self.distributor.functions.claimed(to_checksum_address(worker)).call())
 
     def rewards_root(self) -> bytes:
+        """The accepted rewards root (claims prove against it)."""
         return bytes(self.distributor.functions.rewardsRoot().call())
+
+    # Rewards-root delay: posted roots are pending until accepted (anyone, after the delay) or
+    # revoked (owner, before acceptance); claims prove against the accepted root only.
+    def root_delay(self) -> int:
+        return int(self.distributor.functions.ROOT_DELAY().call())
+
+    def accepted_batch(self) -> bytes:
+        return bytes(self.distributor.functions.acceptedBatch().call())
+
+    def pending_root_of(self, batch_id: bytes) -> tuple[bytes, int, int]:
+        """(root, valid_at, seq) of a batch's pending rewards root; seq 0: none pending."""
+        root, valid_at, seq = self.distributor.functions.pendingRootOf(_b32(batch_id)).call()
+        return bytes(root), int(valid_at), int(seq)
+
+    def accepted_seq(self) -> int:
+        return int(self.distributor.functions.acceptedSeq().call())
+
+    def accept_root(self, sender: Sender, batch_id: bytes) -> TxResult:
+        return self._send(sender, self.distributor.functions.acceptRoot(_b32(batch_id)))
+
+    def revoke_root(self, sender: Sender, batch_id: bytes) -> TxResult:
+        """Owner: revoke a batch's pending rewards root during its delay."""
+        return self._send(sender, self.distributor.functions.revokeRoot(_b32(batch_id)))
 
     def receipts_root_of(self, batch_id: bytes) -> bytes:
         return bytes(self.distributor.functions.receiptsRootOf(_b32(batch_id)).call())

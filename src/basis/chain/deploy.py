@@ -1,9 +1,12 @@
 """Deploy the token (local chains only), RewardDistributor and CreditVault, wire them, write a manifest.
 
-Order: [BasisToken] -> RewardDistributor(poster = deployer) -> CreditVault(distributor)
+Order: [BasisToken] -> RewardDistributor(poster = deployer, root delay) -> CreditVault(distributor)
 -> distributor.setPoster(vault). After that only the vault (inside ``settle``) posts roots.
 The deployer owns both contracts (transfer with Ownable2Step afterwards if needed). When the
 treasury is the deployer itself, the deployer also approves the vault to pull reward top-ups.
+
+``root_delay`` (seconds, fixed for the distributor's life) is how long a posted rewards root stays
+pending, revocable by the owner, before anyone can accept it and claims can draw on it.
 
 The manifest (default ``$BASIS_HOME/deployment.json``) is what the gateway reads.
 """
@@ -27,6 +30,7 @@ from basis.chain.paths import default_manifest_path
 MANIFEST_VERSION = 1
 LOCAL_CHAIN_IDS = frozenset({31337, 1337})
 MAX_UINT256 = 2**256 - 1
+MAX_ROOT_DELAY = 30 * 24 * 3600  # RewardDistributor.MAX_ROOT_DELAY
 
 
 class DeployError(RuntimeError):
@@ -71,6 +75,7 @@ def deploy(
     mint_to_deployer: int = 0,
     manifest_path: Path | None = None,
     write_manifest: bool = True,
+    root_delay: int = 0,
 ) -> Deployment:
     """Deploy and wire the contracts; returns the manifest (and writes it unless told not to)."""
     arts = load_artifacts()
@@ -80,6 +85,8 @@ def deploy(
     operator = to_checksum_address(operator or deployer)
     treasury = to_checksum_address(treasury or deployer)
     txs: dict[str, str] = {}
+    if not 0 <= root_delay <= MAX_ROOT_DELAY:
+        raise DeployError(f"root delay must be between 0 and {MAX_ROOT_DELAY} seconds, got {root_delay}")
 
     stand_in = token is None
     if stand_in:
@@ -94,7 +101,7 @@ def deploy(
         first_block = None
 
     distributor, block, txs["distributor"] = _deploy(
-        sender, arts["RewardDistributor"], token, deployer, deployer
+        sender, arts["RewardDistributor"], token, deployer, deployer, root_delay
     )
     first_block = first_block if first_block is not None else block
     vault, _, txs["vault"] = _deploy(
@@ -120,6 +127,7 @@ def deploy(
         "owner": deployer,
         "operator": operator,
         "treasury": treasury,
+        "root_delay": root_delay,
         "contracts": {
             "token": {"address": token, "stand_in": stand_in},
             "distributor": {"address": distributor},

@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from basis.cli.receipts_verify import verify_command
 from basis.config import Settings
 from basis.domain.pricing import PricingError, parse_amount
 from basis.ledger.errors import LedgerError
@@ -221,6 +222,9 @@ def ledger_export(
             out.close()
         store.close()
     err.print(f"exported through position {point.position}; head {point.head_hex}")
+
+
+receipts.command("verify")(verify_command)  # anyone: hash, signature, inclusion on chain
 
 
 def audit_command(

@@ -44,7 +44,7 @@ def _settler(rpc: str | None, key_file: Path | None, manifest: Path | None, max_
     if not rpc:
         _missing_rpc()
     settings, ledger, w3, m = _open(rpc, manifest)
-    key = read_key_file(key_file) if key_file else settings.operator_key()
+    key = read_key_file(key_file) if key_file else settings.settlement_key()
     projector = Projector(ledger.store, settings.views_path)
     projector.catch_up()
     projector.stop()

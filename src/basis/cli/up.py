@@ -76,7 +76,7 @@ def up(
     _check_port("127.0.0.1", chain_port)
     if fresh:
         typer.echo(f"set the old state aside in {local_chain.set_aside(home)}")
-    operator = ReceiptSigner(settings.operator_key()).address
+    operator = ReceiptSigner(settings.settlement_key()).address  # the vault operator
     settings.admin_key(create=True)  # the operator's /admin/keys secret (docs/keys.md); BASIS_ADMIN_KEY wins
     try:
         chain = local_chain.start_local_chain(home, operator, chain_port)

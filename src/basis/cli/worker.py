@@ -31,6 +31,7 @@ def _run(
     log_level: str,
     sglang_api_key: str | None = None,
     sglang_deterministic: bool = False,
+    home: Path | None = None,
 ) -> None:
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from basis.models import load_bindings
@@ -45,6 +46,7 @@ def _run(
         key = load_key(key_file)
     except (OSError, ValueError) as exc:
         raise typer.BadParameter(str(exc), param_hint="--key-file") from exc
+    store = _open_store(gateway, key, home)
 
     # The advertised catalog (model ids, limits, backing files) is the one the gateway publishes.
     from basis.domain.pricing import PricingTable
@@ -72,7 +74,7 @@ def _run(
             raise typer.BadParameter("engine must be llama-cpp, sglang or instant", param_hint="--engine")
         try:  # the engine (and a launched sglang process) stops with the worker, however it ends
             offers = await asyncio.to_thread(make_offers, served, models, capacity)
-            worker = Worker(gateway_url=gateway, private_key=key, engine=eng, offers=offers)
+            worker = Worker(gateway_url=gateway, private_key=key, engine=eng, offers=offers, store=store)
             typer.echo(f"worker {worker.address} -> {gateway} serving {', '.join(models)} (capacity {capacity})")
             await worker.run()
         except WorkerRejected as exc:
@@ -135,6 +137,40 @@ _SDET = typer.Option(False, "--sglang-deterministic",
 _NCTX = typer.Option(None, "--n-ctx", help="llama.cpp context size (default 4096)")
 _THREADS = typer.Option(None, "--threads", help="llama.cpp threads (default: all cores)")
 _LOG = typer.Option("info", "--log-level")
+_HOME = typer.Option(None, "--home", help="Worker home, for its receipt store (default: $BASIS_WORKER_HOME, "
+                     "else $BASIS_HOME/worker)")
+
+
+def _open_store(gateway: str, key: str, home: Path | None):
+    """The worker's receipt store, pinned to the gateway's published receipt signer (/v1/network)."""
+    import time
+
+    from eth_account import Account
+
+    from basis.worker.network import fetch_network, worker_home
+    from basis.worker.store import ReceiptStore, StoreCorrupt
+
+    delay = 0.5
+    while True:  # the gateway may still be starting: retry with backoff, as the connection does
+        try:
+            signer = fetch_network(gateway)["gateway_signer"]
+            break
+        except KeyError as exc:
+            typer.echo("error: the gateway publishes no receipt signer at /v1/network", err=True)
+            raise typer.Exit(2) from exc
+        except Exception as exc:
+            typer.echo(f"waiting for the gateway's published receipt signer (/v1/network): {exc}", err=True)
+            time.sleep(delay)
+            delay = min(30.0, delay * 2)
+    try:
+        store = ReceiptStore(home or worker_home(), Account.from_key(key).address, gateway_signer=signer)
+    except StoreCorrupt as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    for side in store.opened.damaged:
+        typer.echo(f"warning: the receipt store's damaged tail was set aside in {side}", err=True)
+    typer.echo(f"receipt store {store.path}: {len(store.receipts)} receipts, signer {signer}", err=True)
+    return store
 
 
 @app.command("run")
@@ -153,10 +189,14 @@ def run(
     log_level: str = _LOG,
     sglang_api_key: str | None = _SKEY,
     sglang_deterministic: bool = _SDET,
+    home: Path | None = _HOME,
 ) -> None:
-    """Connect to the gateway and serve jobs until interrupted (reconnects with backoff)."""
+    """Connect to the gateway and serve jobs until interrupted (reconnects with backoff).
+
+    Protocol v2: every signed receipt (and verdict) of its jobs is verified against the gateway's
+    published signer and appended, fsynced, to the worker's store before it is acknowledged."""
     _run(gateway, key_file, new_key, engine, model or [], capacity, sglang_url, launch, sglang_port, n_ctx,
-         threads, log_level, sglang_api_key, sglang_deterministic)
+         threads, log_level, sglang_api_key, sglang_deterministic, home)
 
 
 @app.command("claim")
@@ -167,7 +207,9 @@ def claim(
 ) -> None:
     """Fetch this worker's reward proof from the gateway and claim it from the RewardDistributor.
 
-    The transaction is sent from the worker's key (it needs gas); the tokens go to the worker."""
+    The transaction is sent from the worker's key (it needs gas); the tokens go to the worker.
+    Claims prove against the distributor's *accepted* rewards root: a newer root waits out the
+    deployment's delay (revocable by the owner meanwhile); a due one is accepted first."""
     import json
     from urllib.parse import urlsplit, urlunsplit
 
@@ -187,6 +229,7 @@ def claim(
     parts = urlsplit(gateway)
     scheme = {"ws": "http", "wss": "https"}.get(parts.scheme, parts.scheme)
     base = urlunsplit((scheme, parts.netloc, "", "", ""))
+    _accept_due_root(base, key, rpc)
     resp = httpx.get(f"{base}/v1/settlement/proofs/{address.lower()}", timeout=30)
     if resp.status_code == 404:
         typer.echo(f"no settled rewards for {address} yet")
@@ -200,6 +243,11 @@ def claim(
     arts = load_artifacts()
     distributor = w3.eth.contract(address=Web3.to_checksum_address(proof["distributor"]),
                                   abi=arts["RewardDistributor"].abi)
+    accepted = "0x" + bytes(distributor.functions.rewardsRoot().call()).hex()
+    if accepted != proof["rewards_root"].lower():
+        typer.echo(f"the gateway's proof is against root {proof['rewards_root']} of batch {proof['batch_id']}, but the "
+                   f"distributor's accepted root is {accepted}: not claiming", err=True)
+        raise typer.Exit(1)
     already = int(distributor.functions.claimed(address).call())
     cumulative = int(proof["cumulative"])
     if cumulative <= already:
@@ -216,3 +264,95 @@ def claim(
     ev = result.event("Claimed")
     typer.echo(json.dumps({"worker": address, "amount": str(ev.args["amount"]), "cumulative": str(cumulative),
                            "tx_hash": result.tx_hash, "gas_used": result.gas_used, "batch_id": proof["batch_id"]}))
+
+
+def _accept_due_root(base: str, key: str, rpc: str) -> None:
+    """Accept the newest rewards root whose delay has passed (anyone may), so the claim uses it."""
+    import httpx
+    from web3 import Web3
+
+    from basis.chain.contracts import BasisContracts
+    from basis.chain.roots import accept_due_root
+
+    try:
+        network = httpx.get(f"{base}/v1/network", timeout=30).json()
+        distributor = (network.get("distributor") or {}).get("address")
+        token = (network.get("token") or {}).get("address")
+        vault = (network.get("vault") or {}).get("address")
+        if not (distributor and token and vault):
+            return
+        w3 = Web3(Web3.HTTPProvider(rpc, request_kwargs={"timeout": 60}))
+        contracts = BasisContracts(w3, token=token, vault=vault, distributor=distributor)
+        if contracts.root_delay() == 0:
+            return
+        result = accept_due_root(contracts, contracts.sender(key))
+    except Exception as exc:  # best effort (e.g. no gas): the claim still uses the accepted root
+        typer.echo(f"could not accept a due rewards root ({exc}); claiming against the accepted one", err=True)
+        return
+    if result is not None:
+        typer.echo(f"accepted a due rewards root (tx {result.tx_hash})", err=True)
+
+
+@app.command("audit")
+def audit(
+    gateway: str = typer.Option("http://127.0.0.1:8000", "--gateway", help="Gateway base URL (http[s]:// or ws[s]://)"),
+    rpc: str = typer.Option(..., "--rpc", envvar="BASIS_RPC_URL", help="JSON-RPC URL of the chain"),
+    key_file: Path = _KEY,
+    home: Path | None = _HOME,
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable report."),
+    evidence: Path | None = typer.Option(None, "--evidence", help="Write an evidence bundle into this directory."),
+    omitted_after: int = typer.Option(2, "--omitted-after", min=1,
+                                      help="Batches posted since a receipt arrived before it counts as omitted."),
+) -> None:
+    """Check the operator against this worker's stored receipts and the chain; exit 1 naming each discrepancy."""
+    import json
+
+    from eth_account import Account
+    from rich.console import Console
+    from rich.table import Table
+    from web3 import Web3
+
+    from basis.chain.inclusion import GatewayData
+    from basis.worker import load_key
+    from basis.worker.audit import audit_worker, write_evidence
+    from basis.worker.network import http_base, worker_home
+    from basis.worker.store import read_records
+
+    try:
+        address = Account.from_key(load_key(key_file)).address.lower()
+    except (OSError, ValueError) as exc:
+        raise typer.BadParameter(str(exc), param_hint="--key-file") from exc
+    path = (home or worker_home()) / "receipts" / f"{address}.jsonl"
+    if not path.is_file():
+        typer.echo(f"error: no receipt store at {path} (run the worker with protocol v2 first)", err=True)
+        raise typer.Exit(2)
+    records = read_records(path)
+    data = GatewayData(http_base(gateway))
+    try:
+        result = audit_worker(records, address, data, Web3(Web3.HTTPProvider(rpc, request_kwargs={"timeout": 60})),
+                              omitted_after=omitted_after)
+    except (ValueError, OSError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    finally:
+        data.close()
+    if evidence is not None:
+        for p in write_evidence(evidence, result, records):
+            typer.echo(f"wrote {p}", err=True)
+    if as_json:
+        typer.echo(json.dumps(result.as_dict(), indent=2, sort_keys=True))
+    else:
+        console = Console(width=160)
+        table = Table(title=f"worker {address}: {len(result.rows)} receipts")
+        for col in ("job", "reward", "status", "batch", "verdict"):
+            table.add_column(col)
+        for r in result.rows:
+            table.add_row(r["job_id"], r["reward"], r["status"], (r["batch_id"] or "-")[:18], r["verdict"] or "-")
+        console.print(table)
+        for r in result.rewards:
+            console.print(f"{r['state']} rewards root of batch {r['batch_id'][:18]}: cumulative "
+                          f"{r['cumulative'] or '-'}, expected {r['expected']}")
+    for d in result.discrepancies:
+        typer.echo(f"DISCREPANCY: {d}", err=True)
+    if not result.ok:
+        raise typer.Exit(1)

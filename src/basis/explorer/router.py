@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 from functools import cache
 from importlib import resources
@@ -22,6 +23,8 @@ from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescap
 from basis.domain.receipt import recompute_problems
 from basis.explorer import data
 from basis.explorer.format import base_units, format_basis, format_int, format_multiplier, short_hex
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["explorer"], include_in_schema=False)
 
@@ -179,5 +182,24 @@ def settlement_page(request: Request) -> HTMLResponse:
     reader = rt.reader()
     batches, source = data.settlement_batches(reader)
     status = getattr(rt, "settlement_status", lambda: None)()  # None: the gateway does not settle
+    delay, roots = _root_states(rt)
     return _render(request, "settlement.html", active="settlement", batches=batches, source=source,
-                   unsettled=data.unsettled_summary(reader), status=status)
+                   unsettled=data.unsettled_summary(reader), status=status, root_delay=delay, roots=roots)
+
+
+def _root_states(rt: Any) -> tuple[int | None, dict[str, Any]]:
+    """The distributor's delay and each posted rewards root's fate, read from the chain (read-only);
+    (None, {}) without a chain or when it cannot be read: the page then says so."""
+    web3, deployment = getattr(rt, "web3", None), getattr(rt, "deployment", None)
+    if web3 is None or not deployment:
+        return None, {}
+    try:
+        from basis.chain.contracts import BasisContracts
+        from basis.chain.roots import root_history
+
+        contracts = BasisContracts.from_manifest(web3, deployment)
+        history = root_history(contracts, int(deployment.get("deploy_block") or 0))
+        return contracts.root_delay(), {r.batch_id: r for r in history}
+    except Exception as exc:  # the chain may be unreachable; the page shows the ledger's side only
+        log.warning("rewards-root states unreadable: %s", exc)
+        return None, {}

@@ -20,6 +20,7 @@ from basis.gateway.auth import KeyRateLimiter, RateLimiter
 from basis.gateway.chat.deadlines import DeadlinePolicy
 from basis.gateway.node_lock import NodeLock
 from basis.gateway.workers import WorkerHub
+from basis.gateway.workers.receipts import relay_receipts
 from basis.ledger.projections import Projector, ViewReader
 from basis.ledger.projections.process import ProjectorProcess
 from basis.ledger.service import Ledger
@@ -94,6 +95,7 @@ class GatewayRuntime:
         self.job_writer: LedgerWriterProcess | LedgerWriterThread = (
             LedgerWriterProcess(self.ledger.spawn_args()) if self.options.ledger_writer == "process"
             else LedgerWriterThread(self.ledger))
+        relay_receipts(self.job_writer, self.hub)  # protocol v2: each durable receipt to its worker
         self._readers = threading.local()
         self.background: list[Any] = []  # things with .stop() (indexers, schedulers) the app stops
 
@@ -180,8 +182,9 @@ class GatewayRuntime:
         self.indexer = ChainIndexer(self.ledger, self.web3, self.deployment, confirmations=confirmations)
         self._chain_tasks = [(self.indexer, index_interval)]
         if settle_interval:
-            self.scheduler = SettlementScheduler(self.ledger, self.web3, self.deployment, self.settings.operator_key(),
-                                                 reader=self.reader, interval=settle_interval)
+            self.scheduler = SettlementScheduler(self.ledger, self.web3, self.deployment,
+                                                 self.settings.settlement_key(), reader=self.reader,
+                                                 interval=settle_interval)
             self._chain_tasks.append((self.scheduler, None))
 
     def settlement_status(self) -> dict[str, Any] | None:
@@ -209,7 +212,14 @@ class GatewayRuntime:
             factory = load_factory(os.environ.get("BASIS_VERIFIER_SCORER"), self.bindings)
             self.verifier_thread = VerifierThread(Verifier(self.ledger, self.settings.views_path, self.verification,
                                                            factory, on_suspended=self._suspended,
-                                                           on_suspensions=self._suspensions))
+                                                           on_suspensions=self._suspensions,
+                                                           on_verdict=self._verdict_recorded))
+
+    def _verdict_recorded(self, receipt: dict[str, Any], verdict: dict[str, Any]) -> None:
+        """Protocol v2 (DESIGN 1.7): the worker is sent the verdict on its job (from the verifier's thread)."""
+        from basis.gateway.workers.receipts import notify_verdict
+
+        notify_verdict(self.hub, receipt, verdict)
 
     def _suspended(self, address: str) -> None:
         self._recent_suspensions.add(address.lower())

@@ -1,4 +1,4 @@
-"""Worker <-> gateway protocol (version 1). Shared by gateway and worker; imports neither."""
+"""Worker <-> gateway protocol (versions 1 and 2). Shared by gateway and worker; imports neither."""
 
 from basis.protocol.auth import (
     challenge_text,
@@ -10,6 +10,7 @@ from basis.protocol.auth import (
 from basis.protocol.messages import (
     DEFAULT_HEARTBEAT_INTERVAL,
     PROTOCOL_VERSION,
+    RECEIPTS_VERSION,
     SUPPORTED_VERSIONS,
     Cancel,
     Challenge,
@@ -20,9 +21,12 @@ from basis.protocol.messages import (
     Hello,
     Job,
     ModelOffer,
+    ReceiptAck,
+    ReceiptFrame,
     Reject,
     Tokens,
     Usage,
+    VerdictFrame,
     Welcome,
     dump,
     parse_gateway_message,
@@ -33,6 +37,7 @@ from basis.protocol.messages import (
 __all__ = [
     "DEFAULT_HEARTBEAT_INTERVAL",
     "PROTOCOL_VERSION",
+    "RECEIPTS_VERSION",
     "SUPPORTED_VERSIONS",
     "Cancel",
     "Challenge",
@@ -43,9 +48,12 @@ __all__ = [
     "Hello",
     "Job",
     "ModelOffer",
+    "ReceiptAck",
+    "ReceiptFrame",
     "Reject",
     "Tokens",
     "Usage",
+    "VerdictFrame",
     "Welcome",
     "challenge_text",
     "dump",

@@ -1,4 +1,7 @@
-"""Worker <-> gateway WebSocket protocol, version 1 (docs/worker-protocol.md).
+"""Worker <-> gateway WebSocket protocol, versions 1 and 2 (docs/worker-protocol.md).
+
+Version 2 adds the gateway's ``receipt`` and ``verdict`` frames (DESIGN 1.7) and the worker's
+``receipt_ack``; everything else is version 1 unchanged, and a version-1 worker is still served.
 
 Every frame is one JSON object in a WebSocket *text* frame with a ``type`` discriminator.
 This module is shared by the gateway and the contributor worker and imports neither.
@@ -6,12 +9,13 @@ This module is shared by the gateway and the contributor worker and imports neit
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-PROTOCOL_VERSION = 1
-SUPPORTED_VERSIONS = frozenset({1})
+PROTOCOL_VERSION = 2
+SUPPORTED_VERSIONS = frozenset({1, 2})
+RECEIPTS_VERSION = 2  # the first version whose workers receive receipt and verdict frames
 DEFAULT_HEARTBEAT_INTERVAL = 10.0  # seconds; a peer silent for 3 intervals is gone
 
 
@@ -70,7 +74,42 @@ class Cancel(_Msg):
     job_id: str
 
 
+class ReceiptFrame(_Msg):
+    """v2: the signed receipt of a job this worker served (DESIGN 1.2), sent once the job's end is
+    durable in the gateway's ledger. The worker verifies it, stores it, then acknowledges it."""
+
+    type: Literal["receipt"] = "receipt"
+    job_id: str
+    core: dict[str, Any]
+    hash: str
+    signature: str
+
+
+class VerdictFrame(_Msg):
+    """v2: the verification verdict of a job this worker served (DESIGN 1.6), once recorded."""
+
+    type: Literal["verdict"] = "verdict"
+    job_id: str
+    hash: str  # the receipt hash of the judged job
+    verdict: Literal["passed", "failed"]
+    method: str = ""
+    tokens: int = 0  # tokens checked
+    statistic: dict[str, Any] = Field(default_factory=dict)
+    reward_forfeited: bool = False
+    ids_sha256: str | None = None  # SHA-256 of the checked token ids (the evidence's fingerprint)
+
+
 # ---- worker -> gateway ------------------------------------------------------------------
+
+
+class ReceiptAck(_Msg):
+    """v2: the worker durably stored (``ok``) or refused (``error`` says why) a receipt or verdict."""
+
+    type: Literal["receipt_ack"] = "receipt_ack"
+    kind: Literal["receipt", "verdict"] = "receipt"
+    hash: str
+    ok: bool = True
+    error: str = ""
 
 
 class ModelOffer(_Msg):
@@ -122,11 +161,13 @@ class Error(_Msg):
 
 
 GatewayMessage = Annotated[
-    Challenge | Welcome | Reject | HeartbeatAck | Job | Cancel, Field(discriminator="type")
+    Challenge | Welcome | Reject | HeartbeatAck | Job | Cancel | ReceiptFrame | VerdictFrame,
+    Field(discriminator="type"),
 ]
-WorkerMessage = Annotated[Hello | Heartbeat | Tokens | Done | Error, Field(discriminator="type")]
+WorkerMessage = Annotated[Hello | Heartbeat | Tokens | Done | Error | ReceiptAck, Field(discriminator="type")]
 AnyMessage = Annotated[
-    Challenge | Welcome | Reject | HeartbeatAck | Job | Cancel | Hello | Heartbeat | Tokens | Done | Error,
+    Challenge | Welcome | Reject | HeartbeatAck | Job | Cancel | ReceiptFrame | VerdictFrame | Hello | Heartbeat
+    | Tokens | Done | Error | ReceiptAck,
     Field(discriminator="type"),
 ]
 

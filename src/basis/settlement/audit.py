@@ -5,8 +5,11 @@
   the leaf at its index, and the leaf's proof verifies against the on-chain root (the first leaf of
   each batch is also checked by the distributor's own ``verifyReceipt``);
 - every receipt the views call settled belongs to a confirmed batch at its leaf index;
-- the latest confirmed batch's cumulative rewards equal the reward projection (settled per worker)
-  and its rewards root is the distributor's current root;
+- the latest confirmed batch's cumulative rewards equal the reward projection (settled per worker);
+- rewards-root delay: every root the distributor reports (RootPosted logs) is the rewards root of
+  the ledger batch with that id; the accepted root (what claims prove against) is the root of the
+  batch ``acceptedBatch`` names, a confirmed ledger batch; with no delay that is the latest
+  batch; a revoked latest root is named (its rewards are not claimable until superseded);
 - at the indexer's cursor block (so indexing lag is not a difference): vault ``totalDeposited``,
   ``totalSettled``, ``totalWithdrawn``, ``totalRewardTopUp`` and token balance equal the ledger's
   deposits, settled deposit-backed spend, redeemed vouchers and top-ups; the distributor's balance
@@ -136,11 +139,39 @@ class ChainAudit:
 
     # -- rewards -------------------------------------------------------------------------------
     def _check_rewards(self, batches: list[SettlementBatch]) -> None:
-        onchain = hex32(self.chain.contracts.rewards_root())
+        contracts = self.chain.contracts
+        onchain = hex32(contracts.rewards_root())
         latest = batches[-1] if batches else None
         expected = latest.rewards_root if latest else ZERO32
-        if onchain != expected:
+        by_id = {b.batch_id.lower(): b for b in batches}
+        accepted_id = hex32(contracts.accepted_batch())
+        if contracts.root_delay() == 0 and onchain != expected:
             self.problem(f"rewards root on chain {onchain} != latest confirmed batch's {expected}")
+        if accepted_id != ZERO32:
+            accepted = by_id.get(accepted_id)
+            if accepted is None:
+                self.problem(f"the distributor's accepted rewards root is batch {accepted_id}'s, which is not a "
+                             "confirmed batch of this ledger")
+            elif accepted.rewards_root != onchain:
+                self.problem(f"accepted rewards root on chain {onchain} != batch {accepted_id}'s "
+                             f"{accepted.rewards_root}")
+        elif onchain != ZERO32:
+            self.problem(f"rewards root on chain {onchain} was never accepted from a batch")
+        from basis.chain.roots import root_history
+
+        for rec in root_history(contracts, self.chain.deploy_block):
+            batch = by_id.get(rec.batch_id)
+            if batch is None:
+                self.problem(f"batch {rec.batch_id} posted rewards root {rec.rewards_root} on chain ({rec.status}), "
+                             "but this ledger has no such confirmed batch")
+            elif batch.rewards_root != rec.rewards_root:
+                self.problem(f"batch {rec.batch_id}: rewards root on chain {rec.rewards_root} != ledger "
+                             f"{batch.rewards_root}")
+            if rec.status == "revoked" and latest is not None and rec.batch_id == latest.batch_id.lower():
+                # A revoked root is superseded by the next batch's (cumulative) one; until then the
+                # ledger's settled rewards are not claimable.
+                self.problem(f"batch {rec.batch_id}: the latest rewards root was revoked by the owner; its rewards "
+                             "are not claimable until a later batch supersedes it")
         cumulative = {w.lower(): int(c) for w, c in latest.rewards} if latest else {}
         if cumulative and rewards_tree(list(cumulative.items())).root_hex != expected:
             self.problem("the latest batch's cumulative rewards do not rebuild its rewards root")

@@ -43,7 +43,12 @@ class LocalChain:
         self.anvil.stop()
 
 
-def start_local_chain(home: Path, operator: str, port: int) -> LocalChain:
+# `basis up`: a short rewards-root delay, so the local network exercises pending roots without
+# making a demo wait (production deployments choose theirs with `basis contracts deploy --root-delay`).
+LOCAL_ROOT_DELAY = 5
+
+
+def start_local_chain(home: Path, operator: str, port: int, root_delay: int = LOCAL_ROOT_DELAY) -> LocalChain:
     manifest_path = home / "deployment.json"
     anvil = Anvil(port=port, state_path=home / "anvil-state.json", state_interval=1).start()
     try:
@@ -57,7 +62,7 @@ def start_local_chain(home: Path, operator: str, port: int) -> LocalChain:
                     "(its state was lost in an unclean stop)")
         else:
             manifest = deploy(w3, anvil.keys[0], operator=operator, mint_to_deployer=10**27,
-                              manifest_path=manifest_path).manifest
+                              manifest_path=manifest_path, root_delay=root_delay).manifest
         manifest["rpc_url"] = anvil.rpc_url
         write_manifest_file(manifest, manifest_path)
         # The gateway's operator key sends settlement transactions: give it gas on the local chain.

@@ -28,6 +28,7 @@ from basis.settlement.batches import MAX_RECEIPTS, Settler
 from basis.settlement.chain import Chain
 from basis.settlement.consistency import ChainMismatch
 from basis.settlement.lease import LeaseHeld
+from basis.settlement.roots import RootAcceptor
 from basis.units import Seconds
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ class SettlementScheduler:
                  reader: Callable[[], ViewReader], interval: Seconds = 60.0, max_receipts: int = MAX_RECEIPTS,
                  max_backoff: Seconds | None = None) -> None:
         self.settler = Settler(ledger, Chain(w3, deployment), operator_key, reader=reader, max_receipts=max_receipts)
+        self.roots = RootAcceptor(self.settler.chain, self.settler.sender)
         self.interval = interval
         self.max_backoff = max_backoff if max_backoff is not None else max(interval, min(600.0, 10 * interval))
         self.last_error: str | None = None
@@ -72,6 +74,8 @@ class SettlementScheduler:
             self._failed(exc)
             return None
         self._succeeded(result)
+        # The lease holder also accepts the newest rewards root whose delay has passed (roots.py).
+        self.roots.tick()
         return result
 
     def _standby(self) -> None:

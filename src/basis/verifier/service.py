@@ -39,7 +39,8 @@ class Verifier:
     def __init__(self, ledger: Ledger, views_path: str | Path, policy: VerificationPolicy, scorers: ScorerFactory,
                  *, project: bool = False, batch: int = 64,
                  on_suspended: Callable[[str], None] | None = None,
-                 on_suspensions: Callable[[set[str]], None] | None = None) -> None:
+                 on_suspensions: Callable[[set[str]], None] | None = None,
+                 on_verdict: Callable[[dict[str, Any], dict[str, Any]], None] | None = None) -> None:
         self.ledger = ledger
         self.views_path = Path(views_path)
         self.policy = policy
@@ -48,6 +49,7 @@ class Verifier:
         self.batch = batch
         self.on_suspended = on_suspended  # a gateway stops routing new jobs to the worker
         self.on_suspensions = on_suspensions  # every pass: all suspended addresses (the operator's too)
+        self.on_verdict = on_verdict  # (receipt, verdict): a gateway sends the worker its `verdict` frame
         self.judged = 0
         self.errors = 0
         self._retry: dict[str, float] = {}  # job id -> monotonic time before which it is not retried
@@ -114,6 +116,11 @@ class Verifier:
         if out["applied"]:
             self.judged += 1
             metrics.VERDICTS.labels(job.model, out["verdict"]).inc()
+            if self.on_verdict is not None and job.receipt is not None:
+                self.on_verdict(job.receipt, {
+                    "verdict": out["verdict"], "method": self.policy.method, "tokens": stat.tokens,
+                    "statistic": stat.as_dict(), "ids_sha256": check["ids_sha256"],
+                    "reward_forfeited": out["verdict"] == "failed" or bool(out["suspended"])})
             if out["suspended"]:
                 metrics.SUSPENSIONS.labels("verifier").inc()
                 log.warning("worker %s suspended: its evidence crossed the threshold", job.worker)

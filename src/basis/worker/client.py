@@ -29,15 +29,19 @@ from basis.protocol import (
     Hello,
     Job,
     ModelOffer,
+    ReceiptFrame,
     Reject,
     Tokens,
     Usage,
+    VerdictFrame,
     Welcome,
     challenge_text,
     dump,
     parse_gateway_message,
     sign_challenge,
 )
+from basis.worker.inbox import ReceiptInbox
+from basis.worker.store import ReceiptStore
 
 log = logging.getLogger("basis.worker")
 
@@ -81,6 +85,7 @@ class Worker:
         backoff_initial: float = 0.5,
         backoff_max: float = 30.0,
         open_timeout: float = 10.0,
+        store: ReceiptStore | None = None,
     ) -> None:
         self.gateway_url = gateway_url
         self._key = private_key
@@ -98,6 +103,8 @@ class Worker:
         self.welcome: Welcome | None = None
         self.sessions = 0
         self.jobs_done = 0
+        # Protocol v2 (receipts to the worker) needs somewhere durable to keep them; without a store, v1.
+        self.inbox = ReceiptInbox(store) if store is not None else None
 
     @property
     def active_jobs(self) -> int:
@@ -142,7 +149,7 @@ class Worker:
             first = parse_gateway_message(await asyncio.wait_for(ws.recv(), timeout=self.open_timeout))
             if not isinstance(first, Challenge):
                 raise GatewayLost(f"expected a challenge, got {first.type}")
-            version = min(PROTOCOL_VERSION, first.protocol_version)
+            version = min(PROTOCOL_VERSION if self.inbox else 1, first.protocol_version)
             text = challenge_text(
                 gateway_address=first.gateway_address,
                 chain_id=first.chain_id,
@@ -196,8 +203,10 @@ class Worker:
                         raise GatewayLost("gateway silent for 3 heartbeat intervals")
                     try:
                         msg = parse_gateway_message(recv.result())
-                    except ValidationError:
+                    except ValidationError as exc:
                         log.warning("malformed frame from the gateway; ignored")
+                        if self.inbox is not None:
+                            self.inbox.malformed(recv.result(), exc)
                         continue
                     if isinstance(msg, Job):
                         if msg.job_id not in self._jobs:
@@ -208,6 +217,8 @@ class Worker:
                         task = self._jobs.get(msg.job_id)
                         if task is not None:
                             task.cancel()
+                    elif isinstance(msg, ReceiptFrame | VerdictFrame) and self.inbox is not None:
+                        self.inbox.submit(msg, send)
                     elif isinstance(msg, HeartbeatAck):
                         pass
             finally:

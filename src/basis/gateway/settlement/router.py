@@ -6,8 +6,10 @@ Dependencies come from ``request.app.state.runtime``: ``settings``, ``ledger``, 
 - ``GET /v1/settlement/batches`` (public): newest first, ``?limit=&before=<seq>``.
 - ``GET /v1/settlement/batches/{batch_id}`` (public): one batch with its receipt hashes and rewards.
 - ``GET /v1/settlement/status`` (public): the settlement thread's and the chain indexer's state.
-- ``GET /v1/settlement/proofs/{worker}`` (public): the worker's cumulative reward in the latest
-  confirmed rewards root, its Merkle proof, the root and the batch id (what ``claim`` needs).
+- ``GET /v1/settlement/proofs/{worker}`` (public): the worker's cumulative reward in the rewards
+  root the distributor has *accepted* (claims prove only against it; newer roots may still be
+  pending their delay), its Merkle proof, the root and the batch id (what ``claim`` needs).
+  ``?batch_id=`` asks for a given confirmed batch's root instead (e.g. one about to be accepted).
 - ``GET /v1/settlement/receipts/{job_id}/proof`` (public): a settled receipt's inclusion proof.
 - ``POST /v1/withdrawals``: ``{"account"?: uuid, "recipient", "amount", "nonce", "expiry", "signature",
   "ttl"?}`` — an EIP-712 ``WithdrawalRequest`` signed by an address that deposited for the account,
@@ -88,13 +90,29 @@ def get_batch(request: Request, batch_id: str) -> Any:
     return row
 
 
+def _accepted_batch(request: Request, reader: Any) -> dict[str, Any] | None:
+    """The confirmed batch whose rewards root the distributor accepted (latest confirmed without a chain)."""
+    chain = _chain(request)
+    if chain is None:
+        return reader.latest_confirmed_batch()
+    accepted = "0x" + chain.contracts.accepted_batch().hex()
+    if accepted == "0x" + "00" * 32:
+        return None
+    return reader.batch(accepted)
+
+
 @router.get("/v1/settlement/proofs/{worker}")
-def reward_proof(request: Request, worker: str) -> Any:
+def reward_proof(request: Request, worker: str, batch_id: str | None = None) -> Any:
     address = worker.lower()
     if len(address) != 42 or not address.startswith("0x"):
         return error(400, "worker must be a 0x address", "invalid_request_error", "invalid_address", "worker")
     reader = _runtime(request).reader()
-    batch = reader.latest_confirmed_batch()
+    if batch_id is not None:
+        batch = reader.batch(batch_id)
+        if batch is None or batch.get("status") != "confirmed":
+            return error(404, f"no confirmed batch {batch_id}", "invalid_request_error", "batch_not_found", "batch_id")
+    else:
+        batch = _accepted_batch(request, reader)
     rewards = {w.lower(): int(c) for w, c in batch["rewards"]} if batch else {}
     if address not in rewards:
         return error(404, f"no settled rewards for {worker} yet", "invalid_request_error", "no_rewards", "worker")
@@ -207,7 +225,7 @@ def create_withdrawal(request: Request, body: WithdrawalBody) -> Any:
 
     rt = _runtime(request)
     try:
-        return request_withdrawal(rt.ledger, chain, rt.settings.operator_key(), account_id=account_id,
+        return request_withdrawal(rt.ledger, chain, rt.settings.settlement_key(), account_id=account_id,
                                   recipient=body.recipient or "", amount=body.amount, nonce=body.nonce,
                                   expiry=body.expiry, signature=body.signature, ttl=body.ttl)
     except InsufficientCredit as exc:

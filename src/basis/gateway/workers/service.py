@@ -34,6 +34,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from basis.gateway.workers.outbox import WorkerOutbox, send_quietly, wants_receipts
 from basis.protocol import (
     DEFAULT_HEARTBEAT_INTERVAL,
     PROTOCOL_VERSION,
@@ -46,8 +47,11 @@ from basis.protocol import (
     HeartbeatAck,
     Hello,
     Job,
+    ReceiptAck,
+    ReceiptFrame,
     Reject,
     Tokens,
+    VerdictFrame,
     Welcome,
     challenge_text,
     dump,
@@ -245,6 +249,43 @@ class WorkerHub:
         self._slot_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         # address(lower) -> jobs lost to a deadline (kept across reconnects: the record of the key)
         self._deadline_misses: collections.Counter[str] = collections.Counter()
+        self.outbox = WorkerOutbox()  # receipt/verdict frames owed to workers (protocol v2)
+        self._sends: set[asyncio.Future[None]] = set()
+
+    # -- receipts and verdicts to workers (protocol v2, DESIGN 1.7) ------------------------
+    def notify(self, address: str, frame: ReceiptFrame | VerdictFrame) -> None:
+        """Queue ``frame`` for worker ``address`` until it acknowledges it; sent now if it is
+        connected with v2, else on its next v2 connection. Safe from any thread."""
+        text = self.outbox.put(address, frame)
+        if text is None:
+            return
+        loop = self.outbox.loop
+        if loop is None or loop.is_closed():
+            return  # no connection served yet: sent on connect
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            self._send_owed(address, text)
+        else:
+            loop.call_soon_threadsafe(self._send_owed, address, text)
+
+    def _send_owed(self, address: str, text: str) -> None:
+        conn = self._conns.get(address.lower())
+        if wants_receipts(conn):
+            task = asyncio.ensure_future(send_quietly(conn, text))
+            self._sends.add(task)
+            task.add_done_callback(self._sends.discard)
+
+    async def _deliver_owed(self, conn: WorkerConnection) -> None:
+        if not wants_receipts(conn):
+            if self.outbox.discard(conn.address):
+                log.info("worker %s speaks protocol %d: its receipts stay in the ledger only", conn.address,
+                         conn.protocol_version)
+            return
+        for text in self.outbox.frames(conn.address):
+            await send_quietly(conn, text)
 
     # -- registry --------------------------------------------------------------------------
     def workers(self) -> list[WorkerInfo]:
@@ -403,6 +444,7 @@ class WorkerHub:
         from starlette.websockets import WebSocketDisconnect
 
         await ws.accept()
+        self.outbox.loop = asyncio.get_running_loop()
 
         async def reject(code: str, message: str) -> None:
             with contextlib.suppress(Exception):
@@ -514,6 +556,7 @@ class WorkerHub:
         else:
             await _call_hook(self.on_worker_online, signer, dict(conn.capacity))
         log.info("worker %s online: %s", signer, conn.capacity)
+        await self._deliver_owed(conn)
 
         reason = "disconnected"
         try:
@@ -541,6 +584,8 @@ class WorkerHub:
                     if not isinstance(msg, Tokens):
                         ch.ended = True
                     ch.queue.put_nowait(msg)
+                elif isinstance(msg, ReceiptAck):
+                    self.outbox.ack(signer, msg)
                 # a second hello or anything else: ignored
         except WebSocketDisconnect:
             reason = "disconnected"
