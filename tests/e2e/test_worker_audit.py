@@ -19,6 +19,7 @@ from basis.chain.inclusion import GatewayData
 from basis.chain.roots import root_history
 from basis.cli.main import app as cli_app
 from basis.domain.merkle import rewards_tree
+from basis.ledger.export import LedgerHeads
 from basis.settlement.chain import from_hex, hex32
 from basis.worker.audit import audit_worker
 from basis.worker.store import read_records
@@ -260,8 +261,10 @@ def test_short_rewards_root_is_named_revoked_during_the_delay_then_the_claim_pay
     # The operator key posts a root that shorts the worker; it is pending for the delay.
     short = rewards_tree([(worker, earned - 1)])
     bad_id = "0x" + "5a" * 32
+    anchor = LedgerHeads(gw.runtime.ledger.store).latest()  # the vault wants an anchor: a real head
     c.settle(c.sender(anvil.keys[1]), batch_id=from_hex(bad_id), to_distributor=0, to_treasury=0, reward_top_up=0,
-             rewards_root=short.root, receipts_root=b"\x01" * 32)
+             rewards_root=short.root, receipts_root=b"\x01" * 32,
+             ledger_position=anchor.position, ledger_head=from_hex(anchor.head_hex))
     data = ShortRootGateway(gw.base, bad_id, short, worker, earned - 1)
     result = audit_worker(read_records(store), address, data, w3)
     assert any(f"pending rewards root of batch {bad_id} shorts this worker" in d and "short by 1" in d

@@ -16,6 +16,7 @@ from basis.chain.roots import root_history
 from basis.cli.main import app as cli_app
 from basis.domain.merkle import rewards_tree
 from basis.ledger.audit import AuditReport
+from basis.ledger.export import LedgerHeads
 from basis.settlement.audit import audit_chain
 from basis.settlement.batches import Settler
 from basis.settlement.chain import Chain, from_hex, hex32
@@ -101,8 +102,10 @@ def test_pending_root_then_accepted_after_delay_and_short_root_revoked(denv, anv
     earned = int(r1["core"]["reward"]) + int(r2["core"]["reward"])
     short_root = rewards_tree([(worker, earned - 1)]).root_hex
     bad_id = b"\x42" * 32
+    anchor = LedgerHeads(env.ledger.store).latest()  # the vault wants an anchor; a real head keeps the audit's
     c.settle(env.operator, batch_id=bad_id, to_distributor=0, to_treasury=0, reward_top_up=0,
-             rewards_root=from_hex(short_root), receipts_root=b"\x01" * 32)
+             rewards_root=from_hex(short_root), receipts_root=b"\x01" * 32,
+             ledger_position=anchor.position, ledger_head=from_hex(anchor.head_hex))
     problems = chain_problems(env)
     assert any(hex32(bad_id) in p and "no such confirmed batch" in p for p in problems), problems
     out = CliRunner().invoke(cli_app, ["contracts", "revoke-root", hex32(bad_id), "--rpc", anvil.rpc_url,
