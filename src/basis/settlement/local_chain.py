@@ -45,7 +45,8 @@ class LocalChain:
 
 def start_local_chain(home: Path, operator: str, port: int) -> LocalChain:
     manifest_path = home / "deployment.json"
-    anvil = Anvil(port=port, state_path=home / "anvil-state.json", state_interval=1).start()
+    anvil = Anvil(port=port, state_path=home / "anvil-state.json", state_interval=1,
+                  die_with_parent=True).start()
     try:
         w3 = connect(anvil.rpc_url)
         if manifest_path.exists():
