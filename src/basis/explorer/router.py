@@ -134,7 +134,7 @@ def receipts_page(request: Request, q: str | None = Query(None, max_length=200),
                              "Search with a full job id (UUID) or a receipt hash (0x + 64 hex).")
     cursor = None
     if before:
-        if not before.isdigit():
+        if not (before.isascii() and before.isdigit()) or int(before) > 2**63 - 1:  # an int64 log position
             return _render(request, "receipts.html", status_code=400, active="receipts", receipts=[], query="",
                            worker=worker, before=None, next_before=None, limit=limit,
                            error="The page cursor is not a number.")

@@ -14,7 +14,8 @@ router = APIRouter(tags=["receipts"])
 
 
 @router.get("/v1/receipts")
-def list_receipts(request: Request, limit: int = Query(20, ge=1, le=100), before: int | None = Query(None, ge=1),
+def list_receipts(request: Request, limit: int = Query(20, ge=1, le=100),
+                  before: int | None = Query(None, ge=1, le=2**63 - 1),  # a log position: the store's int64
                   worker: str | None = None, status: str | None = Query(None, pattern="^(issued|settled)$"),
                   ) -> dict[str, Any]:
     rows = request.app.state.runtime.reader().receipts(limit=limit + 1, before=before, worker=worker, status=status)
