@@ -3,6 +3,7 @@ writer and projector processes with it, and the writer commits nothing after the
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sqlite3
@@ -129,9 +130,17 @@ def test_sigkilled_gateway_takes_its_processes_and_commits_nothing_after(tmp_pat
         assert gone_after < 2.0, f"the gateway's processes took {gone_after:.2f} s to go"
         assert served[0] >= 20
         assert later == at_kill, f"{later - at_kill} event(s) committed after the gateway was killed"
+
+        gateway = start_serve(home, port, tmp_path / "serve.log")  # restart resumes on the same home
+        wait_ready(base, gateway)
+        chat = {"model": "basis-default", "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]}
+        r = httpx.post(f"{base}/v1/chat/completions", headers={"Authorization": f"Bearer {key}"}, json=chat,
+                       timeout=30)
+        assert r.status_code == 200, r.text
     finally:
         if gateway.poll() is None:
             gateway.kill()
             gateway.wait()
         for p in children(gateway.pid):
-            os.kill(p, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p, signal.SIGKILL)
