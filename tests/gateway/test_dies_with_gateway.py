@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from basis.chain.anvil import free_port
 from basis.config import Settings
@@ -42,10 +43,39 @@ def alive(pid: int) -> bool:
     return stat[stat.rindex(")") + 2] != "Z"
 
 
-def max_notification_id(path: Path) -> int:
-    with sqlite3.connect(path, timeout=30) as db:
-        (table,) = db.execute("SELECT name FROM sqlite_master WHERE type='table' AND name LIKE '%events'").fetchone()
-        return db.execute(f"SELECT max(rowid) FROM {table}").fetchone()[0] or 0
+class Store:
+    """The gateway's event store, seen from the test: its last notification id, and its write lock."""
+
+    def __init__(self, home: Path, database_url: str | None) -> None:
+        self.home, self.url = home, database_url
+
+    def max_notification_id(self) -> int:
+        if self.url is None:
+            with sqlite3.connect(self.home / "events.sqlite3", timeout=30) as db:
+                (table,) = db.execute(
+                    "SELECT name FROM sqlite_master WHERE type='table' AND name LIKE '%events'").fetchone()
+                return db.execute(f"SELECT max(rowid) FROM {table}").fetchone()[0] or 0
+        import psycopg
+
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            return conn.execute("SELECT max(notification_id) FROM basis_events").fetchone()[0] or 0
+
+    def hold_write_lock(self):
+        """Take the lock every insert waits for; returns what lets it go."""
+        if self.url is None:
+            db = sqlite3.connect(self.home / "events.sqlite3", timeout=30, isolation_level=None)
+            db.execute("BEGIN IMMEDIATE")
+        else:
+            import psycopg
+
+            db = psycopg.connect(self.url)
+            db.execute("LOCK TABLE basis_events IN EXCLUSIVE MODE")  # inserts take this lock too; reads go on
+
+        def release() -> None:
+            db.rollback()
+            db.close()
+
+        return release
 
 
 def start_serve(home: Path, port: int, log: Path, **extra_env: str) -> subprocess.Popen[bytes]:
@@ -69,15 +99,19 @@ def wait_ready(base: str, proc: subprocess.Popen[bytes], timeout: float = 90) ->
     raise AssertionError("the gateway did not start")
 
 
-def test_sigkilled_gateway_takes_its_processes_and_commits_nothing_after(tmp_path):
+@pytest.mark.parametrize("engine", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_sigkilled_gateway_takes_its_processes_and_commits_nothing_after(tmp_path, request, engine):
     home = tmp_path / "home"
-    ledger = Ledger(Settings(home=home, database_url=None))
+    url = request.getfixturevalue("pg_dsn") if engine == "postgres" else None
+    store = Store(home, url)
+    env = {"BASIS_DATABASE_URL": url} if url else {}
+    ledger = Ledger(Settings(home=home, database_url=url))
     _, key = ledger.create_api_key("load")
     ledger.grant("load", 10**24)
     ledger.close()
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    gateway = start_serve(home, port, tmp_path / "serve.log")
+    gateway = start_serve(home, port, tmp_path / "serve.log", **env)
     try:
         wait_ready(base, gateway)
         helpers = children(gateway.pid)
@@ -107,22 +141,20 @@ def test_sigkilled_gateway_takes_its_processes_and_commits_nothing_after(tmp_pat
 
         # Hold the store's write lock, so the writer is caught mid-commit with a batch in hand (as
         # a slow or contended store catches it) when its gateway dies; the lock goes after the kill.
-        blocker = sqlite3.connect(home / "events.sqlite3", timeout=30, isolation_level=None)
-        blocker.execute("BEGIN IMMEDIATE")
+        release = store.hold_write_lock()
         time.sleep(0.5)
         gateway.send_signal(signal.SIGKILL)
         gateway.wait()
-        at_kill = max_notification_id(home / "events.sqlite3")
+        at_kill = store.max_notification_id()
         killed = time.monotonic()
         time.sleep(0.3)
-        blocker.execute("ROLLBACK")
-        blocker.close()
+        release()
         while any(alive(p) for p in helpers) and time.monotonic() - killed < 5:
             time.sleep(0.02)
         gone_after = time.monotonic() - killed
         survivors = [p for p in helpers if alive(p)]
         time.sleep(2.0)  # a writer that lived on would commit the jobs it had read by now
-        later = max_notification_id(home / "events.sqlite3")
+        later = store.max_notification_id()
         stop.set()
         for t in threads:
             t.join(15)
@@ -131,7 +163,7 @@ def test_sigkilled_gateway_takes_its_processes_and_commits_nothing_after(tmp_pat
         assert served[0] >= 20
         assert later == at_kill, f"{later - at_kill} event(s) committed after the gateway was killed"
 
-        gateway = start_serve(home, port, tmp_path / "serve.log")  # restart resumes on the same home
+        gateway = start_serve(home, port, tmp_path / "serve.log", **env)  # restart resumes on the same home
         wait_ready(base, gateway)
         chat = {"model": "basis-default", "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]}
         r = httpx.post(f"{base}/v1/chat/completions", headers={"Authorization": f"Bearer {key}"}, json=chat,
