@@ -168,7 +168,21 @@ def postgres_env(url: str) -> dict[str, str]:
         "POSTGRES_PORT": str(u.port or 5432),
         "POSTGRES_USER": unquote(u.username or "postgres"),
         "POSTGRES_PASSWORD": unquote(u.password or ""),
-        "POSTGRES_POOL_SIZE": "8",
-        "POSTGRES_MAX_OVERFLOW": "8",
+        # Per process (a gateway runs three: itself, its ledger writer, its projector): connections kept
+        # open, and how many more it may open while busy. docs/deploy.md sizes them against max_connections.
+        "POSTGRES_POOL_SIZE": str(_pool_setting("BASIS_PG_POOL_SIZE", PG_POOL_SIZE, minimum=1)),
+        "POSTGRES_MAX_OVERFLOW": str(_pool_setting("BASIS_PG_MAX_OVERFLOW", PG_MAX_OVERFLOW, minimum=0)),
     }
     return env
+
+
+PG_POOL_SIZE, PG_MAX_OVERFLOW = 2, 8
+
+
+def _pool_setting(name: str, default: int, minimum: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit() or int(raw) < minimum:
+        raise ValueError(f"{name} must be a whole number of connections, at least {minimum} (got {raw!r})")
+    return int(raw)

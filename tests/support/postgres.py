@@ -23,7 +23,7 @@ def _bin(name: str) -> str | None:
 
 
 class ThrowawayPostgres:
-    def __init__(self) -> None:
+    def __init__(self, max_connections: int = 200) -> None:
         initdb, self.pg_ctl = _bin("initdb"), _bin("pg_ctl")
         if not initdb or not self.pg_ctl:
             raise RuntimeError("PostgreSQL server binaries (initdb, pg_ctl) not found; apt-get install postgresql")
@@ -33,7 +33,7 @@ class ThrowawayPostgres:
         if self.as_root:  # initdb refuses to run as root
             shutil.chown(self.dir, "postgres", "postgres")
         self._run([initdb, "-D", str(self.dir / "data"), "-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8"])
-        opts = f"-h 127.0.0.1 -p {self.port} -k {self.dir} -c fsync=off -c max_connections=200"
+        opts = f"-h 127.0.0.1 -p {self.port} -k {self.dir} -c fsync=off -c max_connections={max_connections}"
         self._run([self.pg_ctl, "-D", str(self.dir / "data"), "-o", opts, "-w", "-l", str(self.dir / "log"), "start"])
         self.dsn = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 

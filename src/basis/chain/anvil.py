@@ -20,6 +20,7 @@ from pathlib import Path
 from types import TracebackType
 
 from basis.chain.paths import foundry_binary
+from basis.lifeline import pre_exec_die_with_parent
 
 
 class AnvilError(RuntimeError):
@@ -56,6 +57,7 @@ class Anvil:
     block_time: int | None = None
     extra_args: list[str] = field(default_factory=list)
     startup_timeout: float = 15.0
+    die_with_parent: bool = False  # interrupted (state written) when the starting process exits
 
     process: subprocess.Popen | None = field(default=None, init=False, repr=False)
     keys: list[str] = field(default_factory=list, init=False)
@@ -98,7 +100,9 @@ class Anvil:
             if self.block_time is not None:
                 args += ["--block-time", str(self.block_time)]
             args += self.extra_args
-            proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            pre_exec = pre_exec_die_with_parent(signal.SIGINT) if self.die_with_parent else None
+            proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    preexec_fn=pre_exec)  # only prctl and getppid run there
             self.port = port
             deadline = time.monotonic() + self.startup_timeout
             while time.monotonic() < deadline:

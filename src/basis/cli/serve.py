@@ -56,6 +56,8 @@ def serve(
     _check_port(host, port)
     options = GatewayOptions(engine=engine, n_threads=threads, ledger_writer=ledger_writer, verifier=verifier,
                              engine_models=engine_models.split(",") if engine_models else None)
+    from basis.ledger.postgres_store import ConnectionsRefused
+
     try:
         runtime = GatewayRuntime(Settings(), options)
     except NodeIdInUse as exc:
@@ -63,6 +65,9 @@ def serve(
         raise typer.Exit(2) from None
     except (FileNotFoundError, ValueError) as exc:
         raise typer.BadParameter(str(exc)) from None
+    except ConnectionsRefused as exc:  # names the pool settings, not a traceback
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
     if rpc:
         _enable_chain(runtime, rpc, settle_interval, confirmations)
     uvicorn.run(create_app(runtime), host=host, port=port, log_level="warning", access_log=False,

@@ -20,6 +20,7 @@ from typing import Any
 import typer
 
 from basis.config import Settings
+from basis.lifeline import pre_exec_die_with_parent
 
 DEMO_ACCOUNT = "demo"
 DEMO_DEPOSIT = 10**21  # 1,000 stand-in $BASIS deposited through the vault on the local chain
@@ -61,7 +62,7 @@ def up(
     """Bring up a local Basis network (chain, contracts, gateway, worker); Ctrl-C stops everything."""
     import uvicorn
 
-    from basis.cli.serve import _check_port
+    from basis.cli import up_leftovers
     from basis.domain.signing import ReceiptSigner
     from basis.gateway.app import create_app
     from basis.gateway.runtime import GatewayOptions, GatewayRuntime
@@ -72,8 +73,10 @@ def up(
     home = settings.ensure_home()
     gateway_log = open(home / "gateway.log", "a", buffering=1)  # noqa: SIM115 - open while the network runs
     configure_logging("INFO", stream=gateway_log)  # JSON lines, the job id on each job's lines
-    _check_port(host, port)
-    _check_port("127.0.0.1", chain_port)
+    for what in up_leftovers.stop_leftovers(home):
+        typer.echo(f"stopped a leftover of an earlier `basis up` on this home: {what}")
+    up_leftovers.check_port(host, port, "--port")
+    up_leftovers.check_port("127.0.0.1", chain_port, "--chain-port")
     if fresh:
         typer.echo(f"set the old state aside in {local_chain.set_aside(home)}")
     operator = ReceiptSigner(settings.settlement_key()).address  # the vault operator
@@ -125,7 +128,9 @@ def up(
                 return
             await asyncio.sleep(0.05)
         worker = subprocess.Popen(worker_cmd, stdout=worker_log, stderr=subprocess.STDOUT,
-                                  env={**os.environ, "BASIS_HOME": str(home)})
+                                  env={**os.environ, "BASIS_HOME": str(home)},
+                                  preexec_fn=pre_exec_die_with_parent(signal.SIGTERM))  # started on the main thread
+        up_leftovers.record(home, anvil=chain.anvil.process.pid, worker=worker.pid)
         try:
             deadline = time.monotonic() + 120
             while not runtime.hub.live_models() and time.monotonic() < deadline and worker.poll() is None:
@@ -158,6 +163,7 @@ def up(
             asyncio.run(main())
     finally:
         chain.stop()  # anvil writes its state on a clean exit
+        up_leftovers.forget(home)
     typer.echo("basis up: stopped cleanly")
 
 

@@ -17,11 +17,13 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
+import psycopg
 from eventsourcing.persistence import IntegrityError, InterfaceError, OperationalError, StoredEvent
-from eventsourcing.postgres import PostgresApplicationRecorder, PostgresFactory
+from eventsourcing.postgres import ConnectionPool, PostgresApplicationRecorder, PostgresDatastore, PostgresFactory
 from psycopg.sql import SQL, Identifier
 
 log = logging.getLogger(__name__)
@@ -83,5 +85,73 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder):
         return [rows[k]["notification_id"] for k in keys]
 
 
+# What PostgreSQL says when it has no connection slot left (max_connections, or a role's or database's limit).
+_NO_SLOTS = ("too many clients", "remaining connection slots are reserved", "too many connections")
+REFUSAL_MEMORY_S = 60.0  # a pool that could not get a connection blames a refusal this recent
+POOL_OPEN_TIMEOUT_S = 10.0  # a server that gives a new process no connection in this long is refusing it
+
+
+class ConnectionsRefused(OperationalError):
+    """PostgreSQL refused new connections for lack of slots. Says which settings size the pools."""
+
+
+class _LedgerPool(ConnectionPool):
+    """eventsourcing's pool, remembering the server's last refusal (the pool's own workers connect,
+    and a caller only sees "couldn't get a connection" after its timeout)."""
+
+    refused: str = ""
+    refused_at: float = 0.0
+
+    def _connect(self, timeout: float | None = None) -> Any:
+        try:
+            return super()._connect(timeout=timeout)
+        except psycopg.OperationalError as exc:
+            if any(words in str(exc) for words in _NO_SLOTS):
+                said = str(exc).strip().splitlines()[-1]
+                self.refused, self.refused_at = said.split("FATAL:")[-1].strip(), time.monotonic()
+            raise
+
+
+class _LedgerDatastore(PostgresDatastore):
+    pool: _LedgerPool
+
+    @contextmanager
+    def get_connection(self) -> Iterator[Any]:
+        try:
+            with super().get_connection() as conn:
+                yield conn
+        except ConnectionsRefused:
+            raise
+        except OperationalError as exc:
+            pool = self.pool
+            if pool.refused and time.monotonic() - pool.refused_at < REFUSAL_MEMORY_S and \
+                    any(w in str(exc) for w in (*_NO_SLOTS, "couldn't get a connection", "pool initialization")):
+                raise ConnectionsRefused(refusal_message(pool.refused, pool.min_size, pool.max_size)) from exc
+            raise
+
+
+def refusal_message(detail: str, size: int, largest: int) -> str:
+    return (f"PostgreSQL refused a connection ({detail}): the server's max_connections is used up. Each "
+            f"gateway process keeps BASIS_PG_POOL_SIZE={size} connection(s) open and opens up to "
+            f"BASIS_PG_MAX_OVERFLOW={largest - size} more while busy, and a gateway runs three such processes "
+            "(itself, its ledger writer, its projector): lower them, or raise max_connections (docs/deploy.md)")
+
+
 class LedgerPostgresFactory(PostgresFactory):
     application_recorder_class = LedgerPostgresRecorder
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # eventsourcing builds its own datastore and pool; these subclasses add only the refusal's name.
+        self.datastore.__class__ = _LedgerDatastore
+        self.datastore.pool.__class__ = _LedgerPool
+        # Open now, with the pool's own connections made (once: waiting on every checkout would wait
+        # for all of them to come back): a first query that finds none asks the pool to grow past its
+        # size, and an idle process then holds one connection more than it was sized for.
+        pool = self.datastore.pool
+        try:
+            pool.open(wait=True, timeout=min(pool.timeout, POOL_OPEN_TIMEOUT_S))
+        except psycopg.OperationalError as exc:
+            if pool.refused:
+                raise ConnectionsRefused(refusal_message(pool.refused, pool.min_size, pool.max_size)) from exc
+            raise OperationalError(str(exc)) from exc

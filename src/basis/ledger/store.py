@@ -11,6 +11,7 @@ from eventsourcing.persistence import InternalError, OperationalError
 # Import every aggregate so their explicit topics are registered before any event is read.
 from basis.ledger.accounts import Account, ApiKey, CreditRef
 from basis.ledger.jobs import IdempotencyRecord, Job
+from basis.ledger.postgres_store import ConnectionsRefused
 from basis.ledger.settlement import (
     AccountOwners,
     ChainCursor,
@@ -35,6 +36,8 @@ class LedgerStore(Application):
             try:
                 super().__init__(env=env)
                 return
+            except ConnectionsRefused:
+                raise  # the server has no slot for us: retrying here only hides the setting that says why
             except (InternalError, OperationalError):
                 # Several processes creating the tables at once race in PostgreSQL's catalog
                 # ("tuple concurrently updated"); the tables exist once one of them wins.

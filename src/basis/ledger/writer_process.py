@@ -70,8 +70,12 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
-def _serve(spawn_args: dict[str, Any], commands: Any, replies: Any, log_level: int) -> None:
+def _serve(spawn_args: dict[str, Any], commands: Any, replies: Any, log_level: int, parent_pid: int) -> None:
     """The writer process: read commands, commit each read as one batch, answer."""
+    from basis.lifeline import die_with_parent
+
+    die_with_parent(parent_pid)  # a writer must never outlive its gateway: nobody is left to answer
+
     from basis.ledger.committer import QueuedCommand
     from basis.ledger.service import Ledger
     from basis.observability.logging import configure_logging
@@ -100,6 +104,8 @@ def _serve(spawn_args: dict[str, Any], commands: Any, replies: Any, log_level: i
                 seqs.append(seq)
                 items.append(QueuedCommand(fn, future=False))
             ledger.committed.clear()  # set again by a commit that stored events
+            if os.getppid() != parent_pid:  # the gateway is gone (the kill signal is on its way): commit nothing
+                os._exit(0)
             if items:
                 ledger.writer.commit_batch(items)
             for seq, item in zip(seqs, items, strict=True):
@@ -175,7 +181,7 @@ class LedgerWriterProcess(_JobWriter):
         replies_r, replies_w = self._ctx.Pipe(duplex=False)
         proc = self._ctx.Process(target=_serve, name="basis-ledger-writer", daemon=True,
                                  args=(self._spawn_args, commands_r, replies_w,
-                                       logging.getLogger().getEffectiveLevel()))
+                                       logging.getLogger().getEffectiveLevel(), os.getpid()))
         proc.start()
         commands_r.close()
         replies_w.close()

@@ -25,7 +25,7 @@ from collections import OrderedDict
 from typing import Any
 from uuid import UUID
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
@@ -65,7 +65,8 @@ def _tree(key: str, build) -> StandardMerkleTree:
 
 
 @router.get("/v1/settlement/batches")
-def list_batches(request: Request, limit: int = 20, before: int | None = None) -> Any:
+def list_batches(request: Request, limit: int = 20,
+                 before: int | None = Query(None, ge=-(2**63), le=2**63 - 1)) -> Any:  # the store's int64
     if not 1 <= limit <= 100:
         return error(400, "limit must be between 1 and 100", "invalid_request_error", param="limit")
     rows = _runtime(request).reader().batches(limit=limit + 1, before=before)

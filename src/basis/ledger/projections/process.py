@@ -24,7 +24,11 @@ log = logging.getLogger(__name__)
 
 
 def _project(env: dict[str, str], views_path: str, wakes: Any, interval: Seconds, gather: Seconds,
-             log_level: int) -> None:
+             log_level: int, parent_pid: int) -> None:
+    from basis.lifeline import die_with_parent
+
+    die_with_parent(parent_pid)  # views of a gateway that is gone: another gateway's projector takes over
+
     from basis.ledger.projections.projector import Projector
     from basis.ledger.store import LedgerStore
     from basis.observability.logging import configure_logging
@@ -67,7 +71,7 @@ class ProjectorProcess:
         os.set_blocking(send.fileno(), False)  # a full pipe already holds a wake-up
         proc = self._ctx.Process(target=_project, name="basis-projector", daemon=True,
                                  args=(*self._args, receive, self._interval, self._gather,
-                                       logging.getLogger().getEffectiveLevel()))
+                                       logging.getLogger().getEffectiveLevel(), os.getpid()))
         proc.start()
         receive.close()
         old, self._send, self._proc = self._send, send, proc
@@ -77,9 +81,11 @@ class ProjectorProcess:
     def start(self) -> None:
         self._spawn()
 
-        def watch() -> None:  # a projector that died is started again; it resumes where it was
+        # A projector that died is started again; it resumes where it was. One started here dies
+        # with this thread (parent-death signal), so stop() joins the projector before the thread.
+        def watch() -> None:
             while not self._stopping.wait(1.0):
-                if not self._proc.is_alive():
+                if not self._proc.is_alive() and not self._stopping.is_set():
                     log.warning("the projector process exited (%s); restarting it", self._proc.exitcode)
                     self._spawn()
 
@@ -96,12 +102,16 @@ class ProjectorProcess:
 
     def stop(self) -> None:
         self._stopping.set()
-        if self._watchdog is not None:
-            self._watchdog.join(5)
         if self._proc is not None:
             self._signal(b"q")
             self._proc.join(10)
             if self._proc.is_alive():
                 self._proc.terminate()
                 self._proc.join(5)
+        if self._watchdog is not None:
+            self._watchdog.join(5)
+        if self._proc is not None:
+            if self._proc.is_alive():  # started by the watchdog just before it saw the stop
+                self._signal(b"q")
+                self._proc.join(10)
             self._send.close()
