@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import functools
+import json
 import os
 import random
 import threading
@@ -57,6 +59,18 @@ def _load_llama(path: str, n_ctx: int, n_threads: int):
         return hit
 
 
+@functools.lru_cache(maxsize=64)
+def _grammar(schema_text: str):
+    """llama.cpp's own JSON-schema-to-GBNF converter (llama_cpp.LlamaGrammar.from_json_schema);
+    the gateway admits only the schema keywords it enforces (basis.gateway.chat.structured)."""
+    import llama_cpp
+
+    try:
+        return llama_cpp.LlamaGrammar.from_json_schema(schema_text, verbose=False)
+    except Exception as exc:
+        raise EngineError(f"llama.cpp cannot build a grammar for this schema: {exc}") from exc
+
+
 class _Stop:
     __slots__ = ("reason",)
 
@@ -65,6 +79,8 @@ class _Stop:
 
 
 class LlamaCppEngine:
+    supports_json_schema = True
+
     def __init__(
         self,
         bindings: ModelBinding | Mapping[str, ModelBinding],
@@ -109,6 +125,9 @@ class LlamaCppEngine:
         max_tokens = min(int(request.max_tokens), self.n_ctx - len(prompt))
         stop_ids = set(binding.eos_token_ids) | set(request.stop_ids or ())
         pieces = binding.vocab.pieces
+        grammar = None
+        if request.json_schema is not None:
+            grammar = await asyncio.to_thread(_grammar, json.dumps(request.json_schema, sort_keys=True))
 
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
@@ -140,6 +159,7 @@ class LlamaCppEngine:
                         temp=max(0.0, float(request.temperature)),
                         repeat_penalty=1.0,
                         reset=True,
+                        grammar=grammar,
                     )
                     try:
                         for tok in gen:

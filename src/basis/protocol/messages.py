@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 PROTOCOL_VERSION = 1
 SUPPORTED_VERSIONS = frozenset({1})
 DEFAULT_HEARTBEAT_INTERVAL = 10.0  # seconds; a peer silent for 3 intervals is gone
+FEATURE_JSON_SCHEMA = "json_schema"  # the worker decodes under Job.json_schema
 
 
 class _Msg(BaseModel):
@@ -63,6 +64,10 @@ class Job(_Msg):
     seed: int | None = None
     stop: list[str] | None = None  # hint only: the gateway applies stop sequences itself
     stop_ids: list[int] | None = None
+    # Constrained decoding: the output must be JSON valid against this schema (structured output,
+    # tool calls). Sent only to workers whose hello advertised the "json_schema" feature; the
+    # gateway validates the final text, and output that breaks it fails the job (no reward).
+    json_schema: dict | None = None
 
 
 class Cancel(_Msg):
@@ -86,6 +91,9 @@ class Hello(_Msg):
     signature: str
     models: list[ModelOffer]
     software: str = ""
+    # Optional job features this worker honours (FEATURE_JSON_SCHEMA); a worker that lists none
+    # is never sent a job that needs one.
+    features: list[str] = Field(default_factory=list)
 
 
 class Heartbeat(_Msg):

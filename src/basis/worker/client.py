@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
-from basis.engines.base import Engine, EngineError, GenerateRequest, TokenStep
+from basis.engines.base import Engine, EngineError, GenerateRequest, TokenStep, supports_json_schema
 from basis.protocol import (
     PROTOCOL_VERSION,
     Cancel,
@@ -38,6 +38,7 @@ from basis.protocol import (
     parse_gateway_message,
     sign_challenge,
 )
+from basis.protocol.messages import FEATURE_JSON_SCHEMA
 
 log = logging.getLogger("basis.worker")
 
@@ -100,6 +101,11 @@ class Worker:
         self.jobs_done = 0
 
     @property
+    def features(self) -> list[str]:
+        """The optional job features the engine honours (advertised in hello)."""
+        return [FEATURE_JSON_SCHEMA] if supports_json_schema(self.engine) else []
+
+    @property
     def active_jobs(self) -> int:
         return len(self._jobs)
 
@@ -158,6 +164,7 @@ class Worker:
                     signature=signature,
                     models=self.offers,
                     software=self.software,
+                    features=self.features,
                 )
             )
             reply = parse_gateway_message(await asyncio.wait_for(ws.recv(), timeout=self.open_timeout))
@@ -228,6 +235,11 @@ class Worker:
         if sem is None:
             await send(Error(job_id=job.job_id, message=f"model {job.model!r} not served here"))
             return
+        if job.json_schema is not None and not supports_json_schema(self.engine):
+            # Never serve a constrained job unconstrained: refuse it (the gateway routes such jobs
+            # only to workers that advertise the feature, so this is a gateway's mistake).
+            await send(Error(job_id=job.job_id, message="this worker's engine cannot decode under a JSON schema"))
+            return
         async with sem:
             req = GenerateRequest(
                 prompt_ids=list(job.prompt_ids),
@@ -238,6 +250,7 @@ class Worker:
                 stop_ids=job.stop_ids,
                 model=job.model,
                 request_id=job.job_id,
+                json_schema=job.json_schema,
             )
             count = 0
             gen = self.engine.generate(req)

@@ -54,11 +54,16 @@ def _usage(prompt_tokens: int, output_tokens: int) -> dict[str, int]:
 
 
 def _completion(cid: str, created: int, model: str, text: str, finish_reason: str | None,
-                usage: dict[str, int], receipt: dict[str, Any] | None) -> dict[str, Any]:
+                usage: dict[str, int], receipt: dict[str, Any] | None, plan: Any = None) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None}
+    if _is_tool_call(plan):  # a forced tool call: the output is the call (OpenAI's shape)
+        calls = plan.constraint.tool_calls(text, cid.removeprefix("chatcmpl-"))
+        message = {**message, "content": None, "tool_calls": [{k: v for k, v in c.items() if k != "index"}
+                                                              for c in calls]}
+        finish_reason = _tool_finish(finish_reason)
     body: dict[str, Any] = {
         "id": cid, "object": "chat.completion", "created": created, "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text, "refusal": None},
-                     "logprobs": None, "finish_reason": finish_reason}],
+        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}],
         "usage": usage, "system_fingerprint": None,
     }
     if receipt is not None:
@@ -78,6 +83,31 @@ def _chunk(cid: str, created: int, model: str, delta: dict[str, Any], finish_rea
 def _usage_chunk(cid: str, created: int, model: str, usage: dict[str, int]) -> str:
     return "data: " + _dumps({"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
                               "system_fingerprint": None, "choices": [], "usage": usage}) + "\n\n"
+
+
+def _is_tool_call(plan: Any) -> bool:
+    return plan is not None and plan.constraint is not None and plan.constraint.kind == "tool"
+
+
+def _tool_finish(finish_reason: str | None) -> str | None:
+    return "tool_calls" if finish_reason == "stop" else finish_reason
+
+
+async def _as_tool_call(plan: Any, events: AsyncGenerator[tuple[str, Any], None],
+                        text: Callable[[], str], job_id: str) -> AsyncGenerator[tuple[str, Any], None]:
+    """A forced tool call's events: its text is held back (the gateway validates it first) and
+    sent as one ``tool_calls`` delta once the job ends."""
+    try:
+        async for kind, value in events:
+            if kind == "delta":
+                continue
+            if kind == "end":
+                yield "tool_calls", plan.constraint.tool_calls(text(), job_id)
+                yield "end", _tool_finish(value)
+            else:
+                yield kind, value
+    finally:
+        await events.aclose()
 
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -110,11 +140,14 @@ async def chat_completions(request: Request, account_id: UUID = Depends(bearer_a
     while not run.events.empty():
         events.append(run.events.get_nowait())
     for kind, value in events:
-        if kind == "error":
-            return value.response()
+        if kind == "error":  # the job exists (and may have a receipt): name it
+            failed = value.response()
+            failed.headers.update(headers)
+            return failed
     finish = next((v for k, v in events if k == "end"), None)
     usage = _usage(len(plan.prompt_ids), run.output_tokens)
-    out = _completion(run.completion_id, plan.created, plan.model, "".join(run.text_parts), finish, usage, receipt)
+    out = _completion(run.completion_id, plan.created, plan.model, "".join(run.text_parts), finish, usage, receipt,
+                      plan)
     if receipt is not None:
         headers["basis-receipt-hash"] = receipt["hash"]
     return JSONResponse(out, headers=headers)
@@ -129,6 +162,8 @@ async def _sse(cid: str, created: int, model: str, events: AsyncGenerator[tuple[
         async for kind, value in events:
             if kind == "delta":
                 yield _chunk(cid, created, model, {"content": value})
+            elif kind == "tool_calls":
+                yield _chunk(cid, created, model, {"tool_calls": value})
             elif kind == "end":
                 yield _chunk(cid, created, model, {}, value)
                 if usage is not None:
@@ -155,7 +190,10 @@ async def _live_events(run: JobRun, first: tuple[str, Any]) -> AsyncGenerator[tu
 def _live_stream(run: JobRun, first: tuple[str, Any]) -> AsyncIterator[str]:
     p = run.plan
     usage = (lambda: _usage(len(p.prompt_ids), run.output_tokens)) if p.include_usage else None
-    return _sse(run.completion_id, p.created, p.model, _live_events(run, first), usage)
+    events = _live_events(run, first)
+    if _is_tool_call(p):
+        events = _as_tool_call(p, events, lambda: "".join(run.text_parts), str(p.job_id))
+    return _sse(run.completion_id, p.created, p.model, events, usage)
 
 
 def _replay(runtime: Any, job_id: str, plan: Any) -> Response:
@@ -167,7 +205,7 @@ def _replay(runtime: Any, job_id: str, plan: Any) -> Response:
     usage = _usage(core["prompt_tokens"], core["output_tokens"])
     headers = {"basis-job-id": job_id, "basis-receipt-hash": job.receipt["hash"], "basis-idempotent-replay": "true"}
     if not plan.stream:
-        return JSONResponse(_completion(cid, created, model, text, job.finish_reason, usage, job.receipt),
+        return JSONResponse(_completion(cid, created, model, text, job.finish_reason, usage, job.receipt, plan),
                             headers=headers)
 
     async def recorded() -> AsyncGenerator[tuple[str, Any], None]:
@@ -175,5 +213,8 @@ def _replay(runtime: Any, job_id: str, plan: Any) -> Response:
             yield "delta", text
         yield "end", job.finish_reason
 
-    stream = _sse(cid, created, model, recorded(), (lambda: usage) if plan.include_usage else None)
+    events = recorded()
+    if _is_tool_call(plan):
+        events = _as_tool_call(plan, events, lambda: text, job_id)
+    stream = _sse(cid, created, model, events, (lambda: usage) if plan.include_usage else None)
     return StreamingResponse(stream, media_type="text/event-stream", headers={**SSE_HEADERS, **headers})
