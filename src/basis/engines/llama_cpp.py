@@ -59,14 +59,24 @@ def _load_llama(path: str, n_ctx: int, n_threads: int):
         return hit
 
 
+# A JSON string character as upstream llama.cpp's json-schema-to-grammar defines it. The converter
+# bundled with llama-cpp-python 0.3.x has `char ::= [^"\\] | ...`, which lets the model write raw
+# control characters (a newline) inside a string: not JSON (found by tests/gateway/test_structured_llama.py).
+JSON_CHAR_RULE = r'char ::= [^"\\\x7F\x00-\x1F] | [\\] (["\\/bfnrt] | "u" [0-9a-fA-F]{4})'
+
+
 @functools.lru_cache(maxsize=64)
 def _grammar(schema_text: str):
-    """llama.cpp's own JSON-schema-to-GBNF converter (llama_cpp.LlamaGrammar.from_json_schema);
-    the gateway admits only the schema keywords it enforces (basis.gateway.chat.structured)."""
-    import llama_cpp
+    """llama.cpp's own JSON-schema-to-GBNF converter (llama_cpp.llama_grammar.json_schema_to_gbnf),
+    with its string characters held to JSON's; the gateway admits only the schema keywords it
+    enforces (basis.gateway.chat.structured)."""
+    from llama_cpp import LlamaGrammar
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
 
     try:
-        return llama_cpp.LlamaGrammar.from_json_schema(schema_text, verbose=False)
+        rules = [JSON_CHAR_RULE if line.startswith("char ::= ") else line
+                 for line in json_schema_to_gbnf(schema_text).splitlines()]
+        return LlamaGrammar.from_string("\n".join(rules), verbose=False)
     except Exception as exc:
         raise EngineError(f"llama.cpp cannot build a grammar for this schema: {exc}") from exc
 
