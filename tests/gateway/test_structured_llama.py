@@ -184,3 +184,36 @@ def test_llama_grammar_keeps_control_characters_out_of_strings():
     rules = _grammar(json.dumps({"type": "object"}))._grammar.splitlines()
     (char,) = [r for r in rules if r.startswith("char ::= ")]
     assert "\\x00-\\x1F" in char
+
+
+def test_llama_workers_advertise_constrained_decoding_and_replays_keep_the_call(llama_gateway):
+    assert all("json_schema" in c.features for c in llama_gateway.runtime.hub._conns.values())
+    key = _key(llama_gateway)
+    body = {"model": "basis-default", "messages": ASK, "tools": [WEATHER], "max_tokens": MAX_TOKENS,
+            "temperature": 0, "tool_choice": {"type": "function", "function": {"name": "get_weather"}}}
+    headers = {"Authorization": f"Bearer {key}", "Idempotency-Key": "tool-call-once"}
+    url = f"{llama_gateway.base}/v1/chat/completions"
+    first = httpx.post(url, json=body, headers=headers, timeout=120)
+    again = httpx.post(url, json=body, headers=headers, timeout=120)
+    assert first.status_code == 200 and again.headers["basis-idempotent-replay"] == "true"
+    assert again.json() == first.json() and first.json()["choices"][0]["finish_reason"] == "tool_calls"
+
+
+def test_the_gateways_own_llama_engine_serves_constrained_jobs(tmp_path):
+    from tests.models.support import require_llama
+
+    require_llama()
+    from basis.gateway.runtime import GatewayOptions
+    from tests.gateway.harness import Gateway
+
+    gw = Gateway(tmp_path / "home", GatewayOptions(engine="llama-cpp", engine_models=["basis-default"],
+                                                   heartbeat_interval=1.0))
+    try:
+        _, key = gw.account("structured-gateway", 10**21)
+        c = _parse(_client(gw, key))(model="basis-default", messages=[{"role": "user", "content": "Describe Rome."}],
+                                     response_format=City, max_tokens=MAX_TOKENS, temperature=0)
+        assert isinstance(c.choices[0].message.parsed, City)
+        core = receipt_for(gw, c.id.removeprefix("chatcmpl-"))["core"]
+        assert core["served_by"] == "gateway" and core["outcome"] == "completed"
+    finally:
+        gw.close()

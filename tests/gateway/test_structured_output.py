@@ -175,3 +175,52 @@ def test_a_worker_whose_output_breaks_the_schema_fails_the_job_without_reward(ga
     assert not any(e.get("choices") and e["choices"][0]["finish_reason"] for e in events[:-1])
     tool = post(gateway, key, {**body, "response_format": None, "tools": [WEATHER], "tool_choice": "required"})
     assert_error(tool, 502, "invalid_structured_output")
+
+
+def test_a_worker_whose_engine_cannot_constrain_refuses_such_a_job_before_any_token():
+    """Defence in depth: the gateway never sends it one, but if it did, the worker says so at once."""
+    import asyncio
+
+    from eth_account import Account
+
+    from basis.protocol import Error, ModelOffer
+    from basis.worker import Worker
+
+    class PlainEngine:  # a test double: any engine without supports_json_schema; never asked to generate
+        models = ("basis-default",)
+
+        def generate(self, request):
+            raise AssertionError("a constrained job must not reach an engine that cannot constrain")
+
+        async def aclose(self):
+            return None
+
+    worker = Worker(gateway_url="ws://unused", private_key=Account.create().key.hex(), engine=PlainEngine(),
+                    offers=[ModelOffer(model="basis-default", binding_hash="0x00", capacity=1)])
+    assert worker.features == []
+    sent = []
+
+    async def send(msg):
+        sent.append(msg)
+
+    job = Job(job_id="j1", model="basis-default", prompt_ids=[1, 2], max_tokens=4, json_schema=PERSON)
+    asyncio.run(worker._run_job(job, send))
+    assert len(sent) == 1 and isinstance(sent[0], Error) and "JSON schema" in sent[0].message
+
+
+def test_a_gateway_engine_that_cannot_constrain_does_not_serve_such_jobs(tmp_path):
+    from basis.gateway.runtime import GatewayOptions
+    from tests.gateway.harness import Gateway
+
+    gw = Gateway(tmp_path / "home", GatewayOptions(engine="instant", heartbeat_interval=1.0))
+    try:
+        account_id, key = gw.account("structured-instant", 10**21)
+        body = {"model": "basis-default", "messages": CHAT, "max_tokens": 4}
+        assert post(gw, key, body).status_code == 200  # the instant engine serves plain chat
+        err = assert_error(post(gw, key, {**body, "response_format": {"type": "json_object"}}), 503,
+                           "no_worker_available")
+        assert "structured output" in err["message"]
+        gw.views_caught_up()
+        assert gw.ledger.get(account_id).reserved == 0
+    finally:
+        gw.close()
