@@ -102,6 +102,12 @@ def test_sdk_parse_with_a_pydantic_model_and_a_contributor_receipt(llama_gateway
     core = receipt_for(llama_gateway, c.id.removeprefix("chatcmpl-"))["core"]
     assert core["outcome"] == "completed" and core["served_by"] == "contributor" and core["reward_bps"] > 0
 
+    # The SDK's streaming helper assembles and parses the streamed content.
+    with client.chat.completions.stream(model="basis-default", messages=[{"role": "user", "content": "Describe Oslo."}],
+                                        response_format=City, max_tokens=MAX_TOKENS, temperature=0) as stream:
+        final = stream.get_final_completion()
+    assert isinstance(final.choices[0].message.parsed, City) and final.choices[0].finish_reason == "stop"
+
     obj = client.chat.completions.create(model="basis-default", max_tokens=MAX_TOKENS, temperature=0,
                                          messages=[{"role": "user", "content": "A JSON object about cats."}],
                                          response_format={"type": "json_object"})
