@@ -66,13 +66,21 @@ BAD = [
     ({"tools": [WEATHER], "tool_choice": "required", "response_format": {"type": "json_object"}},
      "response_format", "invalid_value"),
     ({"functions": [{"name": "f"}]}, "functions", "unsupported_parameter"),
+    ({"response_format": schema_format({"type": "object", "properties": {"x": True}})},
+     "response_format.json_schema.schema", "unsupported_schema_keyword"),
+    ({"response_format": schema_format({"enum": []})}, "response_format.json_schema.schema", "invalid_schema"),
+    ({"response_format": schema_format({"$ref": "#/$defs/missing"})}, "response_format.json_schema.schema",
+     "invalid_schema"),
+    ({"response_format": schema_format({"$ref": "#/$defs/a/properties/b", "$defs": {"a": {"type": "object"}}})},
+     "response_format.json_schema.schema", "unsupported_schema_keyword"),
+    ({"tools": [WEATHER], "tool_choice": "required", "stop": ["}"]}, "stop", "invalid_value"),
 ]
 
 
 @pytest.mark.parametrize(("extra", "param", "code"), BAD)
 def test_bad_constraints_are_refused_with_the_parameter_named(extra, param, code):
     with pytest.raises(APIError) as caught:
-        constraint_for(extra, "basis-default")
+        constraint_for(extra, "basis-default", extra.get("stop"))
     err = caught.value.body()["error"]
     assert (caught.value.status, err["param"], err["code"]) == (400, param, code), err
     assert err["message"] and err["type"] == "invalid_request_error"

@@ -113,7 +113,7 @@ async def plan_request(runtime: Any, req: ChatCompletionRequest, body: dict[str,
     if spec is None or binding is None:
         raise APIError(404, f"The model '{req.model}' does not exist.", param="model", code="model_not_found",
                        retry=False)
-    constraint = constraint_for(req.model_extra or {}, req.model)
+    constraint = constraint_for(req.model_extra or {}, req.model, req.stop)
     messages: Any = req.messages
     if needs_history_rendering(req.messages) or (constraint and constraint.instructions()):
         messages = render_history(req.messages, constraint.instructions() if constraint else None)

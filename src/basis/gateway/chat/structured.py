@@ -19,6 +19,7 @@ import jsonschema
 from basis.gateway.errors import APIError
 
 NAME_RE = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+LOCAL_REF_RE = re.compile(r"^#/(\$defs|definitions)/([^/]+)$")
 MAX_SCHEMA_BYTES = 16_384
 MAX_DEPTH = 16
 TYPES = frozenset({"object", "array", "string", "number", "integer", "boolean", "null"})
@@ -46,15 +47,14 @@ def check_schema(schema: Any, param: str) -> dict[str, Any]:
     except jsonschema.SchemaError as exc:
         where = "/".join(str(p) for p in exc.path) or "(root)"
         raise _bad(f"Invalid JSON schema at {where}: {exc.message}", param, "invalid_schema") from None
-    _walk(schema, param, "#", 0)
+    _walk(schema, param, "#", 0, schema)
     return schema
 
 
-def _walk(node: Any, param: str, where: str, depth: int) -> None:
-    if isinstance(node, bool):
-        return
-    if not isinstance(node, dict):
-        raise _bad(f"Invalid JSON schema at {where}: a subschema must be an object.", param, "invalid_schema")
+def _walk(node: Any, param: str, where: str, depth: int, root: dict[str, Any]) -> None:
+    if not isinstance(node, dict):  # true/false subschemas included: the grammar converters take objects only
+        raise _bad(f"The subschema at {where} must be an object (boolean subschemas are not supported).", param,
+                   "unsupported_schema_keyword")
     if depth > MAX_DEPTH:
         raise _bad(f"The schema is nested deeper than {MAX_DEPTH} levels.", param, "invalid_schema")
     for key in node:
@@ -72,24 +72,30 @@ def _walk(node: Any, param: str, where: str, depth: int) -> None:
                    "unsupported_schema_keyword")
     if "additionalProperties" in node and not isinstance(node["additionalProperties"], bool):
         raise _bad(f"additionalProperties (at {where}) must be true or false.", param, "unsupported_schema_keyword")
+    if "enum" in node and not node["enum"]:
+        raise _bad(f"enum (at {where}) must list at least one value.", param, "invalid_schema")
     ref = node.get("$ref")
-    if ref is not None and not (ref.startswith("#/$defs/") or ref.startswith("#/definitions/")):
-        raise _bad(f"Only local references (#/$defs/...) are supported, not '{ref}' (at {where}).", param,
-                   "unsupported_schema_keyword")
+    if ref is not None:
+        m = LOCAL_REF_RE.match(ref)
+        if m is None:
+            raise _bad(f"Only references to the root's definitions (#/$defs/<name>) are supported, not '{ref}' "
+                       f"(at {where}).", param, "unsupported_schema_keyword")
+        if m.group(2) not in root.get(m.group(1), {}):
+            raise _bad(f"The reference '{ref}' (at {where}) points at no definition.", param, "invalid_schema")
     props = node.get("properties", {})
     missing = [r for r in node.get("required", []) if r not in props]
     if missing:
         raise _bad(f"'required' names properties the schema does not define (at {where}): {missing}.", param,
                    "invalid_schema")
     for name, sub in props.items():
-        _walk(sub, param, f"{where}/properties/{name}", depth + 1)
+        _walk(sub, param, f"{where}/properties/{name}", depth + 1, root)
     for defs in ("$defs", "definitions"):
         for name, sub in node.get(defs, {}).items():
-            _walk(sub, param, f"{where}/{defs}/{name}", depth + 1)
+            _walk(sub, param, f"{where}/{defs}/{name}", depth + 1, root)
     for i, sub in enumerate(node.get("anyOf", [])):
-        _walk(sub, param, f"{where}/anyOf/{i}", depth + 1)
+        _walk(sub, param, f"{where}/anyOf/{i}", depth + 1, root)
     if "items" in node:
-        _walk(node["items"], param, f"{where}/items", depth + 1)
+        _walk(node["items"], param, f"{where}/items", depth + 1, root)
 
 
 @dataclass(frozen=True)
@@ -240,7 +246,7 @@ def _choice_schema(tools: tuple[Tool, ...]) -> dict[str, Any]:
     return schema
 
 
-def constraint_for(extra: dict[str, Any], model: str) -> Constraint | None:
+def constraint_for(extra: dict[str, Any], model: str, stop: list[str] | None = None) -> Constraint | None:
     """The request's constraint (from its extra fields), or None; a 400 for anything malformed."""
     for legacy in ("functions", "function_call"):
         if extra.get(legacy) is not None:
@@ -261,6 +267,8 @@ def constraint_for(extra: dict[str, Any], model: str) -> Constraint | None:
         return fmt
     if fmt is not None:
         raise _bad("response_format cannot be combined with a forced tool call.", "response_format")
+    if stop:  # a stop sequence would cut the call's JSON short
+        raise _bad("stop sequences cannot be combined with a forced tool call.", "stop")
     if choice == "required":
         if len(tools) == 1:
             return Constraint("tool", tools[0].parameters, tools, tools[0])
