@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import httpx
 import pytest
 
 from basis.gateway.chat.structured import constraint_for, render_history
@@ -172,7 +173,9 @@ def test_a_worker_whose_output_breaks_the_schema_fails_the_job_without_reward(ga
     r = post(gateway, key, body)
     err = assert_error(r, 502, "invalid_structured_output")
     assert "schema" in err["message"] and err["type"] == "server_error"
-    core = receipt_for(gateway, r.headers["basis-job-id"])["core"]
+    gateway.views_caught_up()
+    (only,) = httpx.get(f"{gateway.base}/v1/receipts").json()["data"]  # this gateway's one job so far
+    core = receipt_for(gateway, only["job_id"])["core"]
     assert core["outcome"] == "failed" and core["served_by"] == "contributor"
     assert core["reward"] == "0" and core["reward_bps"] == 0
     assert gateway.ledger.get(account_id).spent == int(core["charged"])

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from basis.gateway.auth import bearer_account
 from basis.gateway.chat.schemas import ChatCompletionRequest
 from basis.gateway.chat.service import JobRun, plan_request
+from basis.gateway.chat.structured import as_tool_call, is_tool_call, tool_finish
 from basis.gateway.errors import APIError
 from basis.ledger.errors import IdempotentReplay
 
@@ -56,11 +57,11 @@ def _usage(prompt_tokens: int, output_tokens: int) -> dict[str, int]:
 def _completion(cid: str, created: int, model: str, text: str, finish_reason: str | None,
                 usage: dict[str, int], receipt: dict[str, Any] | None, plan: Any = None) -> dict[str, Any]:
     message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None}
-    if _is_tool_call(plan):  # a forced tool call: the output is the call (OpenAI's shape)
+    if is_tool_call(plan):  # a forced tool call: the output is the call (OpenAI's shape)
         calls = plan.constraint.tool_calls(text, cid.removeprefix("chatcmpl-"))
         message = {**message, "content": None, "tool_calls": [{k: v for k, v in c.items() if k != "index"}
                                                               for c in calls]}
-        finish_reason = _tool_finish(finish_reason)
+        finish_reason = tool_finish(finish_reason)
     body: dict[str, Any] = {
         "id": cid, "object": "chat.completion", "created": created, "model": model,
         "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}],
@@ -83,31 +84,6 @@ def _chunk(cid: str, created: int, model: str, delta: dict[str, Any], finish_rea
 def _usage_chunk(cid: str, created: int, model: str, usage: dict[str, int]) -> str:
     return "data: " + _dumps({"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
                               "system_fingerprint": None, "choices": [], "usage": usage}) + "\n\n"
-
-
-def _is_tool_call(plan: Any) -> bool:
-    return plan is not None and plan.constraint is not None and plan.constraint.kind == "tool"
-
-
-def _tool_finish(finish_reason: str | None) -> str | None:
-    return "tool_calls" if finish_reason == "stop" else finish_reason
-
-
-async def _as_tool_call(plan: Any, events: AsyncGenerator[tuple[str, Any], None],
-                        text: Callable[[], str], job_id: str) -> AsyncGenerator[tuple[str, Any], None]:
-    """A forced tool call's events: its text is held back (the gateway validates it first) and
-    sent as one ``tool_calls`` delta once the job ends."""
-    try:
-        async for kind, value in events:
-            if kind == "delta":
-                continue
-            if kind == "end":
-                yield "tool_calls", plan.constraint.tool_calls(text(), job_id)
-                yield "end", _tool_finish(value)
-            else:
-                yield kind, value
-    finally:
-        await events.aclose()
 
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -140,10 +116,8 @@ async def chat_completions(request: Request, account_id: UUID = Depends(bearer_a
     while not run.events.empty():
         events.append(run.events.get_nowait())
     for kind, value in events:
-        if kind == "error":  # the job exists (and may have a receipt): name it
-            failed = value.response()
-            failed.headers.update(headers)
-            return failed
+        if kind == "error":
+            return value.response()
     finish = next((v for k, v in events if k == "end"), None)
     usage = _usage(len(plan.prompt_ids), run.output_tokens)
     out = _completion(run.completion_id, plan.created, plan.model, "".join(run.text_parts), finish, usage, receipt,
@@ -191,8 +165,8 @@ def _live_stream(run: JobRun, first: tuple[str, Any]) -> AsyncIterator[str]:
     p = run.plan
     usage = (lambda: _usage(len(p.prompt_ids), run.output_tokens)) if p.include_usage else None
     events = _live_events(run, first)
-    if _is_tool_call(p):
-        events = _as_tool_call(p, events, lambda: "".join(run.text_parts), str(p.job_id))
+    if is_tool_call(p):
+        events = as_tool_call(p, events, lambda: "".join(run.text_parts), str(p.job_id))
     return _sse(run.completion_id, p.created, p.model, events, usage)
 
 
@@ -214,7 +188,7 @@ def _replay(runtime: Any, job_id: str, plan: Any) -> Response:
         yield "end", job.finish_reason
 
     events = recorded()
-    if _is_tool_call(plan):
-        events = _as_tool_call(plan, events, lambda: text, job_id)
+    if is_tool_call(plan):
+        events = as_tool_call(plan, events, lambda: text, job_id)
     stream = _sse(cid, created, model, events, (lambda: usage) if plan.include_usage else None)
     return StreamingResponse(stream, media_type="text/event-stream", headers={**SSE_HEADERS, **headers})

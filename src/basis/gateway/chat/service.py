@@ -19,11 +19,17 @@ from typing import Any
 
 import rfc8785
 
-from basis.engines.base import EngineError, GenerateRequest, supports_json_schema
+from basis.engines.base import EngineError, GenerateRequest
 from basis.gateway.chat.job_end import record_job_end
 from basis.gateway.chat.schemas import ChatCompletionRequest
 from basis.gateway.chat.stops import StopScanner
-from basis.gateway.chat.structured import Constraint, constraint_for, needs_history_rendering, render_history
+from basis.gateway.chat.structured import (
+    Constraint,
+    constraint_for,
+    engine_can_serve,
+    needs_history_rendering,
+    render_history,
+)
 from basis.gateway.errors import APIError
 from basis.gateway.workers import NoWorkerAvailable, WorkerFailedBeforeFirstToken, WorkerJobError
 from basis.ledger.errors import IdempotencyConflict, IdempotentReplay, InsufficientCredit, LedgerUnavailable
@@ -42,7 +48,7 @@ class JobFailed(Exception):
     """The serving side broke the job after it began (worker died, ids/text disagree)."""
 
 
-class OutputBreaksSchema(JobFailed):
+class OutputBreaksSchema(Exception):
     """The output the serving side finished breaks the job's schema (structured output, tool call)."""
 
 
@@ -133,12 +139,13 @@ async def plan_request(runtime: Any, req: ChatCompletionRequest, body: dict[str,
                        f"{max_tokens} in the completion).", param="messages", code="context_length_exceeded")
     max_tokens = min(max_tokens, room)  # without a limit in the request: up to the model's, within context
     return Plan(
+        constraint=constraint,
         job_id=uuid.uuid4(), model=req.model, binding=binding, prompt_ids=prompt_ids, max_tokens=max_tokens,
         temperature=1.0 if req.temperature is None else req.temperature,
         top_p=1.0 if req.top_p is None else req.top_p, seed=req.seed, stops=req.stop, stream=bool(req.stream),
         include_usage=bool(req.stream_options and req.stream_options.include_usage),
         idempotency_key=idempotency_key,
-        request_hash=request_hash(body) if idempotency_key is not None else None, constraint=constraint,
+        request_hash=request_hash(body) if idempotency_key is not None else None,
     )
 
 
@@ -168,7 +175,7 @@ class JobRun:
         p, runtime = self.plan, self.runtime
         # Route first, so the first assignment commits with the acceptance (one transaction).
         self._gateway_can_serve = (runtime.engine is not None and p.model in runtime.engine_models
-                                   and (p.constraint is None or supports_json_schema(runtime.engine)))
+                                   and engine_can_serve(runtime.engine, p.constraint))
         assignment: tuple[str, str | None] | None = None
         try:
             self._first_worker = runtime.hub.pick(p.model, requires=p.requires)
@@ -344,14 +351,14 @@ class JobRun:
             result = Outcome("cancelled", matcher.accepted, None, reason="the client went away")
         except APIError as exc:
             result, error = Outcome("failed", 0, None, reason=exc.message), exc
-        except OutputBreaksSchema as exc:  # the serving side broke the schema: failed, no reward (worker-protocol.md)
-            result = Outcome("failed", matcher.accepted, None, reason=str(exc))
-            error = APIError(502, f"The serving worker's output does not match the requested schema: {exc}.",
-                             code="invalid_structured_output", type_="server_error")
         except (TextMismatch, JobFailed, WorkerJobError, EngineError) as exc:
             result = Outcome("failed", matcher.accepted, None, reason=str(exc))
             error = APIError(502, f"The serving worker failed mid-stream: {exc}", code="worker_failed",
                              type_="server_error")
+        except OutputBreaksSchema as exc:  # the serving side broke the schema: failed, no reward (worker-protocol.md)
+            result = Outcome("failed", matcher.accepted, None, reason=str(exc))
+            error = APIError(502, f"The serving worker's output does not match the requested schema: {exc}.",
+                             code="invalid_structured_output", type_="server_error")
         except Exception as exc:  # never lose the job's ending
             log.exception("job %s broke", p.job_id)
             result = Outcome("failed", matcher.accepted, None, reason=f"gateway error: {exc}")

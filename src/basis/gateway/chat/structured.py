@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import jsonschema
 
+from basis.engines.base import supports_json_schema
 from basis.gateway.errors import APIError
 
 NAME_RE = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
@@ -316,6 +318,39 @@ def render_history(messages: list[Any], instructions: str | None) -> list[dict[s
     if instructions:
         out.insert(0, {"role": "system", "content": instructions})
     return out
+
+
+# -- the response of a forced tool call ------------------------------------------------------
+
+
+def is_tool_call(plan: Any) -> bool:
+    return plan is not None and plan.constraint is not None and plan.constraint.kind == "tool"
+
+
+def tool_finish(finish_reason: str | None) -> str | None:
+    return "tool_calls" if finish_reason == "stop" else finish_reason
+
+
+async def as_tool_call(plan: Any, events: AsyncGenerator[tuple[str, Any], None],
+                       text: Callable[[], str], job_id: str) -> AsyncGenerator[tuple[str, Any], None]:
+    """A forced tool call's events: its text is held back (the gateway validates it first) and
+    sent as one ``tool_calls`` delta once the job ends."""
+    try:
+        async for kind, value in events:
+            if kind == "delta":
+                continue
+            if kind == "end":
+                yield "tool_calls", plan.constraint.tool_calls(text(), job_id)
+                yield "end", tool_finish(value)
+            else:
+                yield kind, value
+    finally:
+        await events.aclose()
+
+
+def engine_can_serve(engine: Any, constraint: Constraint | None) -> bool:
+    """Whether an engine may serve a job under ``constraint`` (it must decode under the schema)."""
+    return constraint is None or supports_json_schema(engine)
 
 
 def needs_history_rendering(messages: list[Any]) -> bool:

@@ -285,7 +285,9 @@ class WorkerHub:
         best: WorkerConnection | None = None
         best_key: tuple[float, int, float] | None = None
         for key, c in self._conns.items():
-            if not c.alive or key in excluded or c.spare(model) <= 0 or not requires <= c.features:
+            if not c.alive or key in excluded or c.spare(model) <= 0:
+                continue
+            if not requires <= c.features:  # never a job needing a feature the worker did not advertise
                 continue
             cap = c.capacity_total or 1
             k = (c.active_total / cap, c.active_total, c.connected_at)
