@@ -4,6 +4,7 @@ random schemas decode to valid JSON, and the official openai SDK's own helpers p
 from __future__ import annotations
 
 import json
+from typing import Literal
 
 import httpx
 import jsonschema
@@ -78,6 +79,10 @@ def _key(gw) -> str:
     if id(gw) not in _keys:
         _keys[id(gw)] = gw.account("structured-llama", 10**23)[1]
     return _keys[id(gw)]
+
+
+class Answer(BaseModel):
+    answer: Literal["yes", "no"]
 
 
 class City(BaseModel):
@@ -216,9 +221,9 @@ def test_the_gateways_own_llama_engine_serves_constrained_jobs(tmp_path):
                                                    heartbeat_interval=1.0))
     try:
         _, key = gw.account("structured-gateway", 10**21)
-        c = _parse(_client(gw, key))(model="basis-default", messages=[{"role": "user", "content": "Describe Rome."}],
-                                     response_format=City, max_tokens=MAX_TOKENS, temperature=0)
-        assert isinstance(c.choices[0].message.parsed, City)
+        c = _parse(_client(gw, key))(model="basis-default", messages=[{"role": "user", "content": "Is Rome old?"}],
+                                     response_format=Answer, max_tokens=MAX_TOKENS, temperature=0)
+        assert isinstance(c.choices[0].message.parsed, Answer)
         core = receipt_for(gw, c.id.removeprefix("chatcmpl-"))["core"]
         assert core["served_by"] == "gateway" and core["outcome"] == "completed"
     finally:
