@@ -228,3 +228,46 @@ def test_the_gateways_own_llama_engine_serves_constrained_jobs(tmp_path):
         assert core["served_by"] == "gateway" and core["outcome"] == "completed"
     finally:
         gw.close()
+
+
+_NAMES = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), min_size=1, max_size=6)
+_ANY_LEAF = st.one_of(
+    st.sampled_from([{"type": "integer"}, {"type": "number"}, {"type": "string"}, {"type": "boolean"},
+                     {"type": ["string", "null"]}, {}, {"type": "object"}, {"type": "array"}]),
+    st.integers(0, 5).map(lambda n: {"type": "string", "minLength": 0, "maxLength": n}),
+    st.lists(st.one_of(st.text(max_size=4), st.integers(), st.none(), st.booleans()), min_size=1,
+             max_size=4).map(lambda values: {"enum": values}),
+    st.one_of(st.text(max_size=4), st.integers(), st.none()).map(lambda v: {"const": v}),
+)
+_ANY_SCHEMA = st.recursive(_ANY_LEAF, lambda kids: st.one_of(
+    st.dictionaries(_NAMES, kids, min_size=1, max_size=3).flatmap(
+        lambda props: st.sets(st.sampled_from(sorted(props))).map(lambda req: {
+            "type": "object", "properties": props, "required": sorted(req), "additionalProperties": False})),
+    st.tuples(kids, st.integers(0, 2), st.integers(2, 4)).map(
+        lambda t: {"type": "array", "items": t[0], "minItems": t[1], "maxItems": t[2]}),
+    st.lists(kids, min_size=1, max_size=3).map(lambda alts: {"anyOf": alts})), max_leaves=6)
+
+
+@settings(max_examples=200, deadline=None)
+@given(schema=_ANY_SCHEMA)
+def test_every_schema_the_gateway_admits_compiles_to_a_llama_grammar(schema):
+    """No model run: what check_schema accepts must become a grammar llama.cpp's own parser takes
+    (else a worker would fail the job before its first token). Found: an empty `items` schema and
+    strings with backslash escapes break llama-cpp-python's converter; both are now refused (400)."""
+    import llama_cpp
+
+    from basis.engines.llama_cpp import _grammar
+    from basis.gateway.chat.structured import check_schema
+    from basis.gateway.errors import APIError
+    from tests.models.support import default_bindings
+
+    try:
+        check_schema(schema, "schema")
+    except APIError as exc:
+        assert exc.status == 400
+        return
+    vocab = default_bindings()["basis-default"].vocab._vocab_handle()
+    grammar = _grammar(json.dumps(schema, sort_keys=True))._grammar
+    sampler = llama_cpp.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
+    assert sampler, grammar
+    llama_cpp.llama_sampler_free(sampler)

@@ -75,6 +75,12 @@ BAD = [
     ({"response_format": schema_format({"$ref": "#/$defs/a/properties/b", "$defs": {"a": {"type": "object"}}})},
      "response_format.json_schema.schema", "unsupported_schema_keyword"),
     ({"tools": [WEATHER], "tool_choice": "required", "stop": ["}"]}, "stop", "invalid_value"),
+    ({"response_format": schema_format({"type": "array", "items": {}})}, "response_format.json_schema.schema",
+     "unsupported_schema_keyword"),
+    ({"response_format": schema_format({"enum": ['say "hi"']})}, "response_format.json_schema.schema",
+     "unsupported_schema_keyword"),
+    ({"response_format": schema_format({"type": "object", "properties": {"a\\b": {"type": "integer"}}})},
+     "response_format.json_schema.schema", "unsupported_schema_keyword"),
 ]
 
 

@@ -74,6 +74,13 @@ def _walk(node: Any, param: str, where: str, depth: int, root: dict[str, Any]) -
                    "unsupported_schema_keyword")
     if "additionalProperties" in node and not isinstance(node["additionalProperties"], bool):
         raise _bad(f"additionalProperties (at {where}) must be true or false.", param, "unsupported_schema_keyword")
+    for key in ("enum", "const"):
+        if key in node and _has_escapes(node[key]):
+            raise _bad(f"{key} (at {where}) holds a string with '\"', '\\' or a control character, which the "
+                       "grammar converters cannot express.", param, "unsupported_schema_keyword")
+    if _has_escapes(list(node.get("properties", {}))):
+        raise _bad(f"A property name (at {where}) holds '\"', '\\' or a control character, which the grammar "
+                   "converters cannot express.", param, "unsupported_schema_keyword")
     if "enum" in node and not node["enum"]:
         raise _bad(f"enum (at {where}) must list at least one value.", param, "invalid_schema")
     ref = node.get("$ref")
@@ -97,7 +104,22 @@ def _walk(node: Any, param: str, where: str, depth: int, root: dict[str, Any]) -
     for i, sub in enumerate(node.get("anyOf", [])):
         _walk(sub, param, f"{where}/anyOf/{i}", depth + 1, root)
     if "items" in node:
+        if node["items"] == {}:  # llama.cpp's converter reads an empty items schema as a tuple
+            raise _bad(f"items (at {where}) must not be an empty schema: leave items out for any values.", param,
+                       "unsupported_schema_keyword")
         _walk(node["items"], param, f"{where}/items", depth + 1, root)
+
+
+def _has_escapes(value: Any) -> bool:
+    """Whether a JSON value holds a string that JSON writes with a backslash escape (other than
+    \\uXXXX): llama.cpp's converter copies such escapes into grammar literals it cannot parse."""
+    if isinstance(value, str):
+        return any(c in '"\\' or ord(c) < 0x20 for c in value)
+    if isinstance(value, list):
+        return any(_has_escapes(v) for v in value)
+    if isinstance(value, dict):
+        return any(_has_escapes(k) or _has_escapes(v) for k, v in value.items())
+    return False
 
 
 @dataclass(frozen=True)
