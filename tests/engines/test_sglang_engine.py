@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 
@@ -103,6 +104,16 @@ def test_every_sampling_parameter_is_explicit_with_the_bindings_eos(binding):
                   "json_schema": None, "regex": None, "ebnf": None, "structural_tag": None,
                   "stop_token_ids": eos}
     assert len(binding.eos_token_ids) >= 1 and len(binding.control_token_ids) >= 1
+
+
+def test_a_schema_job_sends_sglang_its_json_schema(binding):
+    """Structured output / tool calls: sglang decodes under the schema, sent as JSON text."""
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
+    app = build_app(scripted(binding, "hi there"), eos_id=eot_of(binding), behaviour=Behaviour.for_version("0.5.23"))
+    req = GenerateRequest(prompt_ids=[2, 105], max_tokens=7, request_id="j", json_schema=schema)
+    steps, _ = one_job(app, binding, req)
+    assert steps[-1].final
+    assert json.loads(app.state.requests[0]["sampling_params"]["json_schema"]) == schema
 
 
 def test_preferred_sampling_params_the_adapter_cannot_override_are_refused(binding):

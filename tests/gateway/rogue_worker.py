@@ -2,13 +2,15 @@
 
 Modes: lie-usage (honest tokens, inflated usage report), bad-text (text disagrees with the ids),
 stall-before (accepts the job, never sends a token), stall-after (a few tokens, then hangs),
-slow (honest, 20 ms a token: keeps its slots busy).
+slow (honest, 20 ms a token: keeps its slots busy), break-schema (advertises constrained decoding,
+ignores the schema and ends its canned text as if the output were finished).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 
 from basis.engines.base import GenerateRequest, TokenStep
 from basis.engines.instant import InstantEngine
@@ -21,8 +23,13 @@ class RogueEngine:
         self.mode = mode
         self.inner = InstantEngine(binding)
         self.models = self.inner.models
+        self.supports_json_schema = mode == "break-schema"
 
     async def generate(self, request: GenerateRequest):
+        if self.mode == "break-schema":
+            async for step in self.inner.generate(dataclasses.replace(request, json_schema=None)):
+                yield dataclasses.replace(step, finish_reason="stop") if step.final else step
+            return
         if self.mode == "stall-before":
             await asyncio.Event().wait()
         n = 0

@@ -35,6 +35,9 @@ class GenerateRequest:
     stop_ids: list[int] | None = None
     model: str = ""
     request_id: str = ""  # used as sglang's rid; any unique string
+    # Constrained decoding (structured output, tool calls): the output is JSON valid against this
+    # schema. Only engines with ``supports_json_schema = True`` take it; others raise EngineError.
+    json_schema: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,10 @@ class TokenStep:
     @property
     def final(self) -> bool:
         return self.finish_reason is not None
+
+
+def supports_json_schema(engine: object) -> bool:
+    return bool(getattr(engine, "supports_json_schema", False))
 
 
 @runtime_checkable

@@ -52,6 +52,8 @@ class InstantEngine:
         return b, self._ids[model]
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[TokenStep]:
+        if request.json_schema is not None:
+            raise EngineError("the instant engine cannot decode under a JSON schema")
         binding, canned = self._canned(request.model)
         n = max(0, int(request.max_tokens))
         # Repeat the canned sequence to fill max_tokens: "length", like a base model.

@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import functools
+import json
 import os
 import random
 import threading
@@ -57,6 +59,28 @@ def _load_llama(path: str, n_ctx: int, n_threads: int):
         return hit
 
 
+# A JSON string character as upstream llama.cpp's json-schema-to-grammar defines it. The converter
+# bundled with llama-cpp-python 0.3.x has `char ::= [^"\\] | ...`, which lets the model write raw
+# control characters (a newline) inside a string: not JSON (found by tests/gateway/test_structured_llama.py).
+JSON_CHAR_RULE = r'char ::= [^"\\\x7F\x00-\x1F] | [\\] (["\\/bfnrt] | "u" [0-9a-fA-F]{4})'
+
+
+@functools.lru_cache(maxsize=64)
+def _grammar(schema_text: str):
+    """llama.cpp's own JSON-schema-to-GBNF converter (llama_cpp.llama_grammar.json_schema_to_gbnf),
+    with its string characters held to JSON's; the gateway admits only the schema keywords it
+    enforces (basis.gateway.chat.structured)."""
+    from llama_cpp import LlamaGrammar
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+    try:
+        rules = [JSON_CHAR_RULE if line.startswith("char ::= ") else line
+                 for line in json_schema_to_gbnf(schema_text).splitlines()]
+        return LlamaGrammar.from_string("\n".join(rules), verbose=False)
+    except Exception as exc:
+        raise EngineError(f"llama.cpp cannot build a grammar for this schema: {exc}") from exc
+
+
 class _Stop:
     __slots__ = ("reason",)
 
@@ -65,6 +89,8 @@ class _Stop:
 
 
 class LlamaCppEngine:
+    supports_json_schema = True
+
     def __init__(
         self,
         bindings: ModelBinding | Mapping[str, ModelBinding],
@@ -111,6 +137,9 @@ class LlamaCppEngine:
         # fails the job): an honest engine ends there, as at end-of-sequence.
         stop_ids = set(binding.eos_token_ids) | binding.control_token_ids | set(request.stop_ids or ())
         pieces = binding.vocab.pieces
+        grammar = None
+        if request.json_schema is not None:
+            grammar = await asyncio.to_thread(_grammar, json.dumps(request.json_schema, sort_keys=True))
 
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
@@ -142,6 +171,7 @@ class LlamaCppEngine:
                         temp=max(0.0, float(request.temperature)),
                         repeat_penalty=1.0,
                         reset=True,
+                        grammar=grammar,
                     )
                     try:
                         for tok in gen:

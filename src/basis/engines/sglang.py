@@ -21,6 +21,7 @@ Only the HTTP client lives here: sglang itself (CUDA, torch, triton) is never im
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import subprocess
 import uuid
@@ -72,7 +73,8 @@ def sampling_params(request: GenerateRequest, stop_ids: Iterable[int], *, seed_a
         "ignore_eos": False,
         "stop": None,
         "stop_regex": None,
-        "json_schema": None,
+        # sglang takes the schema as JSON text and constrains decoding to it (xgrammar).
+        "json_schema": json.dumps(request.json_schema) if request.json_schema is not None else None,
         "regex": None,
         "ebnf": None,
         "structural_tag": None,
@@ -84,6 +86,8 @@ def sampling_params(request: GenerateRequest, stop_ids: Iterable[int], *, seed_a
 
 
 class SGLangEngine:
+    supports_json_schema = True
+
     def __init__(
         self,
         base_url: str,

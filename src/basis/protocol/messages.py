@@ -17,6 +17,7 @@ PROTOCOL_VERSION = 2
 SUPPORTED_VERSIONS = frozenset({1, 2})
 RECEIPTS_VERSION = 2  # the first version whose workers receive receipt and verdict frames
 DEFAULT_HEARTBEAT_INTERVAL = 10.0  # seconds; a peer silent for 3 intervals is gone
+FEATURE_JSON_SCHEMA = "json_schema"  # the worker decodes under Job.json_schema
 
 
 class _Msg(BaseModel):
@@ -67,6 +68,10 @@ class Job(_Msg):
     seed: int | None = None
     stop: list[str] | None = None  # hint only: the gateway applies stop sequences itself
     stop_ids: list[int] | None = None
+    # Constrained decoding: the output must be JSON valid against this schema (structured output,
+    # tool calls). Sent only to workers whose hello advertised the "json_schema" feature; the
+    # gateway validates the final text, and output that breaks it fails the job (no reward).
+    json_schema: dict | None = None
 
 
 class Cancel(_Msg):
@@ -125,6 +130,9 @@ class Hello(_Msg):
     signature: str
     models: list[ModelOffer]
     software: str = ""
+    # Optional job features this worker honours (FEATURE_JSON_SCHEMA); a worker that lists none
+    # is never sent a job that needs one.
+    features: list[str] = Field(default_factory=list)
 
 
 class Heartbeat(_Msg):

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
-from basis.engines.base import Engine, EngineError, GenerateRequest, TokenStep
+from basis.engines.base import Engine, EngineError, GenerateRequest, TokenStep, supports_json_schema
 from basis.protocol import (
     PROTOCOL_VERSION,
     Cancel,
@@ -40,6 +40,7 @@ from basis.protocol import (
     parse_gateway_message,
     sign_challenge,
 )
+from basis.protocol.messages import FEATURE_JSON_SCHEMA
 from basis.worker.inbox import ReceiptInbox
 from basis.worker.store import ReceiptStore
 
@@ -107,6 +108,11 @@ class Worker:
         self.inbox = ReceiptInbox(store) if store is not None else None
 
     @property
+    def features(self) -> list[str]:
+        """The optional job features the engine honours (advertised in hello)."""
+        return [FEATURE_JSON_SCHEMA] if supports_json_schema(self.engine) else []
+
+    @property
     def active_jobs(self) -> int:
         return len(self._jobs)
 
@@ -165,6 +171,7 @@ class Worker:
                     signature=signature,
                     models=self.offers,
                     software=self.software,
+                    features=self.features,
                 )
             )
             reply = parse_gateway_message(await asyncio.wait_for(ws.recv(), timeout=self.open_timeout))
@@ -239,6 +246,11 @@ class Worker:
         if sem is None:
             await send(Error(job_id=job.job_id, message=f"model {job.model!r} not served here"))
             return
+        if job.json_schema is not None and not supports_json_schema(self.engine):
+            # Never serve a constrained job unconstrained: refuse it (the gateway routes such jobs
+            # only to workers that advertise the feature, so this is a gateway's mistake).
+            await send(Error(job_id=job.job_id, message="this worker's engine cannot decode under a JSON schema"))
+            return
         async with sem:
             req = GenerateRequest(
                 prompt_ids=list(job.prompt_ids),
@@ -249,6 +261,7 @@ class Worker:
                 stop_ids=job.stop_ids,
                 model=job.model,
                 request_id=job.job_id,
+                json_schema=job.json_schema,
             )
             count = 0
             gen = self.engine.generate(req)

@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from basis.gateway.auth import bearer_account
 from basis.gateway.chat.schemas import ChatCompletionRequest, lone_surrogate_path
 from basis.gateway.chat.service import JobRun, plan_request
+from basis.gateway.chat.structured import as_tool_call, is_tool_call, tool_finish
 from basis.gateway.errors import APIError
 from basis.ledger.errors import IdempotentReplay
 
@@ -59,11 +60,16 @@ def _usage(prompt_tokens: int, output_tokens: int) -> dict[str, int]:
 
 
 def _completion(cid: str, created: int, model: str, text: str, finish_reason: str | None,
-                usage: dict[str, int], receipt: dict[str, Any] | None) -> dict[str, Any]:
+                usage: dict[str, int], receipt: dict[str, Any] | None, plan: Any = None) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None}
+    if is_tool_call(plan):  # a forced tool call: the output is the call (OpenAI's shape)
+        calls = plan.constraint.tool_calls(text, cid.removeprefix("chatcmpl-"))
+        message = {**message, "content": None, "tool_calls": [{k: v for k, v in c.items() if k != "index"}
+                                                              for c in calls]}
+        finish_reason = tool_finish(finish_reason)
     body: dict[str, Any] = {
         "id": cid, "object": "chat.completion", "created": created, "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text, "refusal": None},
-                     "logprobs": None, "finish_reason": finish_reason}],
+        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}],
         "usage": usage, "system_fingerprint": None,
     }
     if receipt is not None:
@@ -135,7 +141,8 @@ async def chat_completions(request: Request, account_id: UUID = Depends(bearer_a
             return value.response(headers)  # the job exists: its id lets the caller look it up
     finish = next((v for k, v in events if k == "end"), None)
     usage = _usage(len(plan.prompt_ids), run.output_tokens)
-    out = _completion(run.completion_id, plan.created, plan.model, "".join(run.text_parts), finish, usage, receipt)
+    out = _completion(run.completion_id, plan.created, plan.model, "".join(run.text_parts), finish, usage, receipt,
+                      plan)
     if receipt is not None:
         headers["basis-receipt-hash"] = receipt["hash"]
     return JSONResponse(out, headers=headers)
@@ -150,6 +157,8 @@ async def _sse(cid: str, created: int, model: str, events: AsyncGenerator[tuple[
         async for kind, value in events:
             if kind == "delta":
                 yield _chunk(cid, created, model, {"content": value})
+            elif kind == "tool_calls":
+                yield _chunk(cid, created, model, {"tool_calls": value})
             elif kind == "end":
                 yield _chunk(cid, created, model, {}, value)
                 if usage is not None:
@@ -176,7 +185,10 @@ async def _live_events(run: JobRun, first: tuple[str, Any]) -> AsyncGenerator[tu
 def _live_stream(run: JobRun, first: tuple[str, Any]) -> AsyncIterator[str]:
     p = run.plan
     usage = (lambda: _usage(len(p.prompt_ids), run.output_tokens)) if p.include_usage else None
-    return _sse(run.completion_id, p.created, p.model, _live_events(run, first), usage)
+    events = _live_events(run, first)
+    if is_tool_call(p):
+        events = as_tool_call(p, events, lambda: "".join(run.text_parts), str(p.job_id))
+    return _sse(run.completion_id, p.created, p.model, events, usage)
 
 
 def _replay(runtime: Any, job_id: str, plan: Any) -> Response:
@@ -188,7 +200,7 @@ def _replay(runtime: Any, job_id: str, plan: Any) -> Response:
     usage = _usage(core["prompt_tokens"], core["output_tokens"])
     headers = {"basis-job-id": job_id, "basis-receipt-hash": job.receipt["hash"], "basis-idempotent-replay": "true"}
     if not plan.stream:
-        return JSONResponse(_completion(cid, created, model, text, job.finish_reason, usage, job.receipt),
+        return JSONResponse(_completion(cid, created, model, text, job.finish_reason, usage, job.receipt, plan),
                             headers=headers)
 
     async def recorded() -> AsyncGenerator[tuple[str, Any], None]:
@@ -196,5 +208,8 @@ def _replay(runtime: Any, job_id: str, plan: Any) -> Response:
             yield "delta", text
         yield "end", job.finish_reason
 
-    stream = _sse(cid, created, model, recorded(), (lambda: usage) if plan.include_usage else None)
+    events = recorded()
+    if is_tool_call(plan):
+        events = as_tool_call(plan, events, lambda: text, job_id)
+    stream = _sse(cid, created, model, events, (lambda: usage) if plan.include_usage else None)
     return StreamingResponse(stream, media_type="text/event-stream", headers={**SSE_HEADERS, **headers})

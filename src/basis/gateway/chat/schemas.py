@@ -39,7 +39,8 @@ class TextPart(BaseModel):
 
 class Message(BaseModel):
     model_config = ConfigDict(extra="allow")
-    role: Literal["system", "developer", "user", "assistant"]
+    # "tool" results and assistant "tool_calls" are rendered by basis.gateway.chat.structured.
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
     name: str | None = None
 
@@ -91,12 +92,7 @@ class ChatCompletionRequest(BaseModel):
         if self.n not in (None, 1):
             return "n", "Only n=1 is supported."
         extra: dict[str, Any] = self.model_extra or {}
-        for name in ("tools", "functions", "tool_choice", "function_call"):
-            if extra.get(name):
-                return name, "Tool and function calling are not supported by Basis models."
         if extra.get("logprobs") or extra.get("top_logprobs"):
             return "logprobs", "logprobs are not supported."
-        fmt = extra.get("response_format")
-        if isinstance(fmt, dict) and fmt.get("type") not in (None, "text"):
-            return "response_format", "Only the 'text' response format is supported."
+        # response_format, tools and tool_choice: basis.gateway.chat.structured.constraint_for
         return None

@@ -25,6 +25,13 @@ from basis.gateway.chat.deadlines import DeadlineMissed, within_deadlines
 from basis.gateway.chat.job_end import record_job_end
 from basis.gateway.chat.schemas import ChatCompletionRequest
 from basis.gateway.chat.stops import StopScanner
+from basis.gateway.chat.structured import (
+    Constraint,
+    constraint_for,
+    engine_can_serve,
+    needs_history_rendering,
+    render_history,
+)
 from basis.gateway.errors import APIError
 from basis.gateway.workers import NoWorkerAvailable, WorkerFailedBeforeFirstToken, WorkerJobError
 from basis.ledger.errors import (
@@ -41,6 +48,7 @@ from basis.observability import metrics
 from basis.observability.logging import job_context
 from basis.protocol import Job as JobMessage
 from basis.protocol import Tokens
+from basis.protocol.messages import FEATURE_JSON_SCHEMA
 
 log = logging.getLogger("basis.gateway.chat")
 _tasks: set[asyncio.Task[Any]] = set()  # keep runner tasks alive until they finish
@@ -48,6 +56,10 @@ _tasks: set[asyncio.Task[Any]] = set()  # keep runner tasks alive until they fin
 
 class JobFailed(Exception):
     """The serving side broke the job after it began (worker died, ids/text disagree)."""
+
+
+class OutputBreaksSchema(Exception):
+    """The output the serving side finished breaks the job's schema (structured output, tool call)."""
 
 
 class _NotAccepted(Exception):
@@ -70,6 +82,16 @@ class Plan:
     idempotency_key: str | None
     request_hash: str | None
     created: int = field(default_factory=lambda: int(time.time()))
+    constraint: Constraint | None = None  # structured output / tool call (chat/structured.py)
+
+    @property
+    def json_schema(self) -> dict[str, Any] | None:
+        return self.constraint.schema if self.constraint is not None else None
+
+    @property
+    def requires(self) -> frozenset[str]:
+        """The worker features the job needs (a worker without them is never sent it)."""
+        return frozenset({FEATURE_JSON_SCHEMA}) if self.constraint is not None else frozenset()
 
 
 @dataclass
@@ -107,8 +129,12 @@ async def plan_request(runtime: Any, req: ChatCompletionRequest, body: dict[str,
     if spec is None or binding is None:
         raise APIError(404, f"The model '{req.model}' does not exist.", param="model", code="model_not_found",
                        retry=False)
+    constraint = constraint_for(req.model_extra or {}, req.model, req.stop)
+    messages: Any = req.messages
+    if needs_history_rendering(req.messages) or (constraint and constraint.instructions()):
+        messages = render_history(req.messages, constraint.instructions() if constraint else None)
     try:
-        prompt_ids = await _prompt_ids(binding, req.messages)
+        prompt_ids = await _prompt_ids(binding, messages)
     except ChatTemplateError as exc:
         raise APIError(400, str(exc), param="messages", code="invalid_messages") from None
     requested = req.max_completion_tokens or req.max_tokens
@@ -123,6 +149,7 @@ async def plan_request(runtime: Any, req: ChatCompletionRequest, body: dict[str,
                        f"{max_tokens} in the completion).", param="messages", code="context_length_exceeded")
     max_tokens = min(max_tokens, room)  # without a limit in the request: up to the model's, within context
     return Plan(
+        constraint=constraint,
         job_id=uuid.uuid4(), model=req.model, binding=binding, prompt_ids=prompt_ids, max_tokens=max_tokens,
         temperature=1.0 if req.temperature is None else req.temperature,
         top_p=1.0 if req.top_p is None else req.top_p, seed=req.seed, stops=req.stop, stream=bool(req.stream),
@@ -177,10 +204,11 @@ class JobRun:
         dispatch. ``accepted()`` tells the response whether the job exists."""
         p, runtime = self.plan, self.runtime
         # Route first, so the first assignment commits with the acceptance (one transaction).
-        self._gateway_can_serve = runtime.engine is not None and p.model in runtime.engine_models
+        self._gateway_can_serve = (runtime.engine is not None and p.model in runtime.engine_models
+                                   and engine_can_serve(runtime.engine, p.constraint))
         assignment: tuple[str, str | None] | None = None
         try:
-            self._first_worker = runtime.hub.pick(p.model)
+            self._first_worker = runtime.hub.pick(p.model, requires=p.requires)
             assignment = ("contributor", self._first_worker.address)
         except NoWorkerAvailable:
             self._first_worker = None
@@ -265,7 +293,8 @@ class JobRun:
         busy = False
         while True:
             msg = JobMessage(job_id=str(p.job_id), model=p.model, prompt_ids=p.prompt_ids, max_tokens=p.max_tokens,
-                             temperature=p.temperature, top_p=p.top_p, seed=p.seed, stop=p.stops)
+                             temperature=p.temperature, top_p=p.top_p, seed=p.seed, stop=p.stops,
+                             json_schema=p.json_schema)
             via, self._first_worker = self._first_worker, None
             try:
                 # Busy workers are waited for only when the gateway has no engine of its own to fall back on.
@@ -295,7 +324,11 @@ class JobRun:
                 log.warning("worker %s failed before its first token; retrying elsewhere", exc.worker_address)
                 tried.add(exc.worker_address)
         engine = self.runtime.engine
-        if engine is None or p.model not in self.runtime.engine_models:
+        if not self._gateway_can_serve:
+            if p.constraint is not None and not busy:
+                raise APIError(503, f"No worker serving '{p.model}' supports structured output or tool calls "
+                               "(constrained decoding) right now; try again later.", code="no_worker_available",
+                               retry=False)
             if busy:
                 raise APIError(503, f"Every worker serving '{p.model}' is busy; retry shortly.",
                                code="workers_busy", retry=True)
@@ -305,7 +338,8 @@ class JobRun:
             await self._assign("gateway", None)
         self.served_by = "gateway"
         req = GenerateRequest(prompt_ids=p.prompt_ids, max_tokens=p.max_tokens, temperature=p.temperature,
-                              top_p=p.top_p, seed=p.seed, model=p.model, request_id=str(p.job_id))
+                              top_p=p.top_p, seed=p.seed, model=p.model, request_id=str(p.job_id),
+                              json_schema=p.json_schema)
         gen = engine.generate(req)
         try:
             async for step in gen:
@@ -342,6 +376,10 @@ class JobRun:
                     tail, _ = stopper.push(decoder.decode(b"", final=True))
                     self._emit(tail + stopper.flush())
                     result = Outcome("completed", matcher.accepted, finish_reason, worker_usage=usage)
+                    if p.constraint is not None and finish_reason == "stop":  # "length": cut short by the client
+                        problem = p.constraint.problem("".join(self.text_parts))
+                        if problem:
+                            raise OutputBreaksSchema(problem)
                     break
                 if counted + len(ids) > p.max_tokens:
                     raise JobFailed("the worker relayed more tokens than the job allows")
@@ -378,6 +416,10 @@ class JobRun:
             result = Outcome("failed", matcher.accepted, None, reason=str(exc))
             error = APIError(502, f"The serving worker failed mid-stream: {exc}", code="worker_failed",
                              type_="server_error")
+        except OutputBreaksSchema as exc:  # the serving side broke the schema: failed, no reward (worker-protocol.md)
+            result = Outcome("failed", matcher.accepted, None, reason=str(exc))
+            error = APIError(502, f"The serving worker's output does not match the requested schema: {exc}.",
+                             code="invalid_structured_output", type_="server_error")
         except Exception as exc:  # never lose the job's ending
             log.exception("job %s broke", p.job_id)
             result = Outcome("failed", matcher.accepted, None, reason=f"gateway error: {exc}")

@@ -59,10 +59,16 @@ from basis.protocol import (
     parse_worker_message,
     recover_signer,
 )
+from basis.protocol.messages import FEATURE_JSON_SCHEMA
 
 log = logging.getLogger("basis.gateway.workers")
 
 Hook = Callable[..., Any | Awaitable[Any]]
+
+
+def job_features(job: Job) -> frozenset[str]:
+    """The optional worker features a job needs (a worker without them never receives it)."""
+    return frozenset({FEATURE_JSON_SCHEMA}) if job.json_schema is not None else frozenset()
 
 
 class NoWorkerAvailable(Exception):
@@ -126,6 +132,7 @@ class WorkerConnection:
     connected_at: float
     last_seen: float
     reported_active: int = 0
+    features: frozenset[str] = frozenset()  # optional job features from its hello (e.g. "json_schema")
     active: dict[str, int] = field(default_factory=dict)
     jobs: dict[str, _JobChannel] = field(default_factory=dict)
     send_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -321,17 +328,22 @@ class WorkerHub:
                 s["active"] += c.active.get(model, 0)
         return out
 
-    def pick(self, model: str, exclude: Collection[str] = ()) -> WorkerConnection:
+    def pick(self, model: str, exclude: Collection[str] = (), requires: frozenset[str] = frozenset()
+             ) -> WorkerConnection:
         """The worker ``dispatch`` would choose now (raises NoWorkerAvailable): lets the caller
         record the assignment with the job's acceptance, then ``dispatch(..., via=it)``."""
-        return self._pick(model, exclude)
+        return self._pick(model, exclude, requires)
 
-    def _pick(self, model: str, exclude: Collection[str]) -> WorkerConnection:
+    def _pick(self, model: str, exclude: Collection[str], requires: frozenset[str] = frozenset()
+              ) -> WorkerConnection:
+        """``requires``: job features the worker must have advertised (never sent to one without)."""
         excluded = {a.lower() for a in exclude}
         best: WorkerConnection | None = None
         best_key: tuple[float, int, float] | None = None
         for key, c in self._conns.items():
             if not c.alive or key in excluded or c.spare(model) <= 0 or key in self.suspended:
+                continue
+            if not requires <= c.features:  # never a job needing a feature the worker did not advertise
                 continue
             cap = c.capacity_total or 1
             k = (c.active_total / cap, c.active_total, c.connected_at)
@@ -357,7 +369,9 @@ class WorkerHub:
         if via is not None and via.alive:
             conn = via
         else:
-            conn = await self._pick_or_wait(job.model, exclude) if wait else self._pick(job.model, exclude)
+            requires = job_features(job)
+            conn = (await self._pick_or_wait(job.model, exclude, requires) if wait
+                    else self._pick(job.model, exclude, requires))
         ch = _JobChannel(job_id=job.job_id, model=job.model)
         conn.jobs[job.job_id] = ch
         conn.active[job.model] = conn.active.get(job.model, 0) + 1
@@ -381,18 +395,19 @@ class WorkerHub:
                     await conn.send(dump(Cancel(job_id=job.job_id)))
             self._release(conn, ch)
 
-    async def _pick_or_wait(self, model: str, exclude: Collection[str]) -> WorkerConnection:
+    async def _pick_or_wait(self, model: str, exclude: Collection[str], requires: frozenset[str] = frozenset()
+                            ) -> WorkerConnection:
         """``_pick``; when live workers serve ``model`` but all are busy, wait up to
         ``slot_wait`` seconds for one of them to free a slot."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.slot_wait
         while True:
             try:
-                return self._pick(model, exclude)
+                return self._pick(model, exclude, requires)
             except NoWorkerAvailable:
                 excluded = {a.lower() for a in exclude}
                 serving = any(c.alive and key not in excluded and c.capacity.get(model, 0) > 0
-                              for key, c in self._conns.items())
+                              and requires <= c.features for key, c in self._conns.items())
                 left = deadline - loop.time()
                 if not serving:
                     raise
@@ -530,6 +545,7 @@ class WorkerHub:
             binding_hashes={o.model: o.binding_hash for o in hello.models},
             software=hello.software,
             protocol_version=hello.protocol_version,
+            features=frozenset(hello.features),
             send_text=ws.send_text,
             close=_close,
             connected_at=now,
