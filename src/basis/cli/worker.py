@@ -46,7 +46,6 @@ def _run(
         key = load_key(key_file)
     except (OSError, ValueError) as exc:
         raise typer.BadParameter(str(exc), param_hint="--key-file") from exc
-    store = _open_store(gateway, key, home)
 
     # The advertised catalog (model ids, limits, backing files) is the one the gateway publishes.
     from basis.domain.pricing import PricingTable
@@ -73,6 +72,9 @@ def _run(
         else:
             raise typer.BadParameter("engine must be llama-cpp, sglang or instant", param_hint="--engine")
         try:  # the engine (and a launched sglang process) stops with the worker, however it ends
+            # After the engine's own checks, so an engine that cannot serve says so at once rather
+            # than after the gateway is reachable.
+            store = await asyncio.to_thread(_open_store, gateway, key, home)
             offers = await asyncio.to_thread(make_offers, served, models, capacity)
             worker = Worker(gateway_url=gateway, private_key=key, engine=eng, offers=offers, store=store)
             typer.echo(f"worker {worker.address} -> {gateway} serving {', '.join(models)} (capacity {capacity})")
