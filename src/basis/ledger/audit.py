@@ -24,6 +24,7 @@ from basis.domain.receipt import receipt_hash, recompute_problems
 from basis.domain.signing import recover_signer
 from basis.ledger.projections import Projector, ViewReader
 from basis.ledger.projections.reader import TABLES
+from basis.ledger.snapshot import LedgerSnapshot
 from basis.ledger.store import LedgerStore
 
 
@@ -36,7 +37,9 @@ class AuditReport:
     open_jobs: int = 0
     charged_total: int = 0
     reward_total: int = 0
+    position: int = 0  # the log position audited: everything up to it, nothing after (a live snapshot)
     problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # worth knowing, not a difference (a batch in flight)
 
     @property
     def ok(self) -> bool:
@@ -47,7 +50,7 @@ class AuditReport:
             "ok": self.ok, "events": self.events, "receipts": self.receipts, "accounts": self.accounts,
             "workers": self.workers, "open_jobs": self.open_jobs, "charged_total": str(self.charged_total),
             "reward_total": str(self.reward_total), "fee_total": str(self.charged_total - self.reward_total),
-            "problems": self.problems,
+            "position": self.position, "problems": self.problems, "notes": self.notes,
         }
 
     def to_json(self) -> str:
@@ -57,20 +60,30 @@ class AuditReport:
 def audit(store: LedgerStore, live_views: str | Path | None, *, signer: str | None = None,
           on_progress: Callable[[int, int], None] | None = None, replay_path: str | Path | None = None) -> AuditReport:
     """``live_views`` None: no live views to compare (an export replayed elsewhere). ``replay_path``:
-    keep the fresh replay's views there (else they are deleted)."""
-    report = AuditReport()
-    total = store.recorder.max_notification_id() or 0
+    keep the fresh replay's views there (else they are deleted).
 
+    Gateways may write while it runs: it audits one snapshot, the log up to one position (the live
+    views' position, read in the same read transaction as every live table), with aggregates read
+    at their versions there (``report.position``)."""
+    report = AuditReport()
+    current = None
     if live_views is not None:
         live = Projector(store, live_views)
         live.catch_up()
         live.stop()
+        current = ViewReader(live_views)
+        current.db.execute("BEGIN")  # one read snapshot of the live views while their projector goes on
+        position = current.position()
+    else:
+        position = store.recorder.max_notification_id() or 0
+    report.position = total = position
+    snapshot = LedgerSnapshot(store, position)
 
     with tempfile.TemporaryDirectory(prefix="basis-audit-") as tmp:
         fresh_path = Path(replay_path) if replay_path is not None else Path(tmp) / "replay.sqlite3"
         fresh = Projector(store, fresh_path)
         done = 0
-        while n := fresh.run_once():
+        while n := fresh.run_once(stop=position):
             done += n
             if on_progress:
                 on_progress(done, total)
@@ -78,12 +91,11 @@ def audit(store: LedgerStore, live_views: str | Path | None, *, signer: str | No
         fresh.stop()
 
         replay = ViewReader(fresh_path)
-        current = ViewReader(live_views) if live_views is not None else None
         try:
             if current is not None:
                 _compare_views(replay, current, report)
             _check_receipts(replay, report, signer)
-            _check_money(replay, store, report)
+            _check_money(replay, snapshot, report)
             counts = replay.counts()
             report.accounts, report.workers = counts["accounts"], counts["workers"]
             report.open_jobs = replay.db.execute(
@@ -135,7 +147,7 @@ def _check_receipts(replay: ViewReader, report: AuditReport, signer: str | None)
         report.reward_total += reward
 
 
-def _check_money(replay: ViewReader, store: LedgerStore, report: AuditReport) -> None:
+def _check_money(replay: ViewReader, snapshot: LedgerSnapshot, report: AuditReport) -> None:
     spent_by_account: dict[str, int] = defaultdict(int)
     reward_by_worker: dict[str, int] = defaultdict(int)
     for r in replay.db.execute("SELECT account_id, worker, charged, reward FROM receipts"):
@@ -155,7 +167,7 @@ def _check_money(replay: ViewReader, store: LedgerStore, report: AuditReport) ->
         if int(acc["spent"]) != spent_by_account.get(aid, 0):
             report.problems.append(
                 f"account {acc['name']}: spent {acc['spent']} != sum of its receipts {spent_by_account.get(aid, 0)}")
-        agg = store.repository.get(UUID(aid))
+        agg = snapshot.get(UUID(aid))
         view = {k: int(acc[k]) for k in ("granted", "deposited", "withdrawn", "spent", "reserved", "available")}
         if agg.snapshot_view() != view:
             report.problems.append(f"account {acc['name']}: aggregate {agg.snapshot_view()} != view {view}")
