@@ -1,14 +1,16 @@
-"""Several writers on one PostgreSQL and one hot account (issue #15 item 1): the write turn makes
-them take turns, so no batch is refused by optimistic concurrency, nothing is overdrawn, and a
+"""Several writers on one PostgreSQL and one hot account (issue #15 item 1): after a conflict the
+write turn makes them take turns, so batches stop being refused, nothing is overdrawn, and a
 writer whose turn connection dies still commits (optimistically) and gets its turn back."""
 
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
 from basis.config import Settings
+from basis.ledger.committer import CONTENDED_S
 from basis.ledger.errors import LedgerBusy, LedgerUnavailable
 from basis.ledger.service import Ledger
 from tests.ledger.test_concurrency import PER_JOB, _hammer
@@ -30,15 +32,19 @@ def test_writers_on_one_hot_account_take_turns_without_conflicts(tmp_path, pg_ds
         results: list = []
         threads = [threading.Thread(target=_hammer, args=(ledger, account_id, 15, results))
                    for ledger in ledgers for _ in range(4)]
+        started = time.monotonic()
         for t in threads:
             t.start()
         for t in threads:
             t.join()
+        windows = (time.monotonic() - started) / CONTENDED_S + 1
         served = [c for kind, c in results if kind == "served"]
         assert len(results) == 180 and len(served) == 150  # refused exactly at the boundary
         acc = ledgers[1].get(account_id)
         assert acc.reserved == 0 and acc.spent == sum(served) <= credit
-        assert sum(ledger.writer.conflicts for ledger in ledgers) == 0
+        # Optimistic until a conflict, then turns for CONTENDED_S: a conflict or two per writer per
+        # window, where without turns every batch fights (153 refused saves in this test without them).
+        assert sum(ledger.writer.conflicts for ledger in ledgers) <= 2 * len(ledgers) * windows
         assert sum(ledger.writer.turn.waits for ledger in ledgers) > 0  # they did meet
     finally:
         for ledger in ledgers:
@@ -50,11 +56,18 @@ def test_a_lost_turn_connection_falls_back_to_optimistic_and_recovers(tmp_path, 
     try:
         account_id = ledger.open_account("turn")
         ledger.grant("turn", PER_JOB * 10)
-        ledger.writer.turn._conn.close()  # the server side is gone as far as this writer knows
+        turn = ledger.writer.turn
+        ledger.writer._contended_until = float("inf")  # every batch takes the turn
         results: list = []
-        _hammer(ledger, account_id, 2, results)
-        assert [k for k, _ in results] == ["served", "served"]
-        assert ledger.writer.turn._conn is not None and not ledger.writer.turn._conn.closed  # reconnected
+        _hammer(ledger, account_id, 1, results)
+        assert turn._conn is not None
+        turn._conn.close()  # lost, as far as this writer knows
+        with turn.held() as got:
+            assert not got  # the batch runs optimistically instead of failing
+        _hammer(ledger, account_id, 2, results)  # and the next batches have their turn again
+        assert [k for k, _ in results] == ["served"] * 3
+        with turn.held() as got:
+            assert got and not turn._conn.closed
     finally:
         ledger.close()
 

@@ -37,6 +37,7 @@ Command = Callable[["UnitOfWork"], Any]
 MAX_BATCH = 2000
 MAX_ATTEMPTS = 50
 STALE_SCAN = 5000  # log rows read per query when looking for other writers' changes
+CONTENDED_S = 30.0  # after a conflict, batches take the write turn this long before trying optimism again
 
 
 class UnitOfWork:
@@ -149,6 +150,7 @@ class GroupCommitter:
         self._seen = store.recorder.max_notification_id() or 0
         self._closed = False
         self.turn = WriterTurn(store.env)  # one writer's batch at a time across processes (PostgreSQL)
+        self._contended_until = 0.0  # monotonic time until which batches take the turn
         self._thread: threading.Thread | None = None
         if threaded:
             self._thread = threading.Thread(target=self._run, name="basis-ledger-writer", daemon=True)
@@ -290,7 +292,18 @@ class GroupCommitter:
             self._seen = ids[1]
 
     def _commit(self, items: list[QueuedCommand]) -> None:
-        with self.turn.held():  # see writer_turn: decide on current versions, save without conflict
+        """Optimistic while no other writer contends; after a conflict, take turns for a while (see
+        writer_turn): the writer that waited decides on current versions and saves without conflict,
+        while writers on different accounts never wait for each other."""
+        if not self.turn.postgres:
+            self._commit_turn(items)
+            return
+        if time.monotonic() >= self._contended_until:
+            self._drop_stale()
+            if self._try_batch([i for i in items if not i.done()]):
+                return
+            self._contended_until = time.monotonic() + CONTENDED_S
+        with self.turn.held():
             self._commit_turn(items)
 
     def _commit_turn(self, items: list[QueuedCommand]) -> None:
