@@ -30,10 +30,13 @@ def _post(gw: Gateway, key: str) -> httpx.Response:
 
 
 @pytest.fixture
-def two_gateways(tmp_path, pg_dsn):
+def two_gateways(tmp_path, pg_dsn, monkeypatch):
+    monkeypatch.setenv("BASIS_NODE_ID", "gateway-a")  # each gateway its own node (its own recovery)
     a = Gateway(tmp_path / "a", database_url=pg_dsn)
+    monkeypatch.setenv("BASIS_NODE_ID", "gateway-b")
     b = Gateway(tmp_path / "b", database_url=pg_dsn)
     try:
+        assert (a.settings.node_id, b.settings.node_id) == ("gateway-a", "gateway-b")
         a.start_worker(capacity=16)
         b.start_worker(capacity=16)
         yield a, b

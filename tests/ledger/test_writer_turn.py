@@ -77,3 +77,21 @@ def test_ledger_busy_is_retryable_and_still_an_integrity_error():
 
     exc = LedgerBusy("too many concurrent writers on one aggregate")
     assert isinstance(exc, LedgerUnavailable) and isinstance(exc, IntegrityError)
+
+
+def test_ledger_busy_anywhere_in_the_api_is_a_retryable_503():
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from basis.gateway.errors import install_error_handlers
+
+    app = FastAPI()
+    install_error_handlers(app)
+
+    @app.get("/busy")
+    def busy() -> None:
+        raise LedgerBusy("too many concurrent writers on one aggregate")
+
+    r = TestClient(app).get("/busy")
+    assert r.status_code == 503 and r.headers["x-should-retry"] == "true"
+    assert r.json()["error"]["code"] == "ledger_busy"

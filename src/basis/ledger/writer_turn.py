@@ -10,8 +10,9 @@ optimistic concurrency refused one of them, it re-read and lost again, and one g
 The turn extends the serialized part over the whole batch: a session advisory lock on a
 connection of its own, taken before the batch drops its stale cache and released after its
 commit. The group committer takes it only once it contends (after a refused save, for
-``CONTENDED_S``): writers on different accounts stay optimistic and never wait for each other. The writer that holds it sees every commit before it (they finished before it was
-released), so its decisions are made on current versions and its save does not conflict. Group
+``CONTENDED_S``): writers on different accounts stay optimistic and never wait for each other.
+The writer that holds it sees every commit before it (they finished before it was released),
+so its decisions are made on current versions and its save does not conflict. Group
 commit keeps the cost small: a gateway that waited for the turn takes everything queued
 meanwhile in its next batch, so more writers mean bigger batches, not more transactions.
 
