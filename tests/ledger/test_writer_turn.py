@@ -95,3 +95,24 @@ def test_ledger_busy_anywhere_in_the_api_is_a_retryable_503():
     r = TestClient(app).get("/busy")
     assert r.status_code == 503 and r.headers["x-should-retry"] == "true"
     assert r.json()["error"]["code"] == "ledger_busy"
+
+
+def test_a_cached_account_changed_by_another_writer_is_caught_up_not_replayed(tmp_path, pg_dsn):
+    a, b = _ledgers(tmp_path, pg_dsn, 2)
+    try:
+        account_id = a.open_account("shared")
+        a.grant("shared", PER_JOB * 3)
+        results: list = []
+        _hammer(a, account_id, 1, results)  # A caches the account
+        cached = a.writer._cache[account_id]
+        b.grant("shared", PER_JOB * 5)  # B changes it behind A's back
+        _hammer(b, account_id, 2, results)
+        _hammer(a, account_id, 5, results)  # A decides on B's changes: 7 fit, not 2
+        assert [k for k, _ in results] == ["served"] * 8
+        assert a.writer._cache[account_id] is cached  # brought forward by B's events, not read afresh
+        fresh = b.get(account_id)
+        assert cached.version == fresh.version and cached.snapshot_view() == fresh.snapshot_view()
+        assert fresh.available == PER_JOB * 8 - sum(c for _, c in results) >= 0
+    finally:
+        a.close()
+        b.close()
