@@ -116,3 +116,34 @@ def test_a_cached_account_changed_by_another_writer_is_caught_up_not_replayed(tm
     finally:
         a.close()
         b.close()
+
+
+def test_the_turn_of_a_sigkilled_writer_is_released_by_the_server(tmp_path, pg_dsn):
+    """Nothing to reclaim by hand: the turn is a session lock, and a killed writer's session ends."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from basis.ledger.writer_turn import WriterTurn
+
+    env = Settings(home=tmp_path / "w", database_url=pg_dsn).event_store_env()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from basis.ledger.writer_turn import WriterTurn; "
+         f"t = WriterTurn({env!r}); cm = t.held(); cm.__enter__(); print('held', flush=True); time.sleep(600)"],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": "src"})
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        turn = WriterTurn(env)
+        turn._conn = turn._connect()
+        assert not turn._conn.execute("SELECT pg_try_advisory_lock(%s)", (turn.key,)).fetchone()[0]
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait(10)
+        started = time.monotonic()
+        with turn.held() as got:  # waits (at most WAIT_S) for the server to notice, then has it
+            assert got
+        assert time.monotonic() - started < 5
+        turn.close()
+    finally:
+        if holder.poll() is None:
+            holder.kill()
