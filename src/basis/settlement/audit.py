@@ -6,7 +6,7 @@
   each batch is also checked by the distributor's own ``verifyReceipt``);
 - every receipt the views call settled belongs to a confirmed batch at its leaf index;
 - the latest confirmed batch's cumulative rewards equal the reward projection (settled per worker)
-  and its rewards root is the distributor's current root;
+  and its rewards root is the distributor's root at that batch's block (later batches may be in flight);
 - at the indexer's cursor block (so indexing lag is not a difference): vault ``totalDeposited``,
   ``totalSettled``, ``totalWithdrawn``, ``totalRewardTopUp`` and token balance equal the ledger's
   deposits, settled deposit-backed spend, redeemed vouchers and top-ups; the distributor's balance
@@ -37,7 +37,7 @@ from basis.ledger.projections import Projector, ViewReader
 from basis.ledger.settlement import SettlementBatch, batch_aggregate_id, cursor_id
 from basis.ledger.snapshot import LedgerSnapshot
 from basis.ledger.store import LedgerStore
-from basis.settlement.chain import ZERO32, Chain, connect, from_hex, hex32, load_manifest
+from basis.settlement.chain import TOPICS, ZERO32, Chain, connect, from_hex, hex32, load_manifest
 
 
 def audit_chain(settings: Settings, report: AuditReport, *, w3: Web3 | None = None,
@@ -165,6 +165,8 @@ class ChainAudit:
         # snapshot, has moved the root on since.
         at = latest.block if latest is not None and latest.block is not None else "latest"
         onchain = hex32(self.chain.contracts.distributor.functions.rewardsRoot().call(block_identifier=at))
+        if at != "latest":
+            self._check_later_posts(at)
         expected = latest.rewards_root if latest else ZERO32
         if onchain != expected:
             self.problem(f"rewards root on chain {onchain} != latest confirmed batch's {expected}")
@@ -176,6 +178,26 @@ class ChainAudit:
             if projected.get(worker, 0) != cumulative.get(worker, 0):
                 self.problem(f"worker {worker}: settled reward in the projection {projected.get(worker, 0)} != "
                              f"cumulative in the rewards root {cumulative.get(worker, 0)}")
+
+    def _check_later_posts(self, after: int) -> None:
+        """Every root posted after the snapshot's latest confirmed batch is a batch this ledger
+        proposed (read at its current state: it may have been proposed after the snapshot)."""
+        if int(self.chain.w3.eth.block_number) <= after:
+            return
+        logs = self.chain.w3.eth.get_logs({"address": self.chain.distributor, "fromBlock": after + 1,
+                                           "toBlock": "latest", "topics": [hex32(TOPICS["RootPosted"])]})
+        for entry in logs:
+            batch_id = hex32(bytes(entry["topics"][1]))
+            try:
+                batch = self.store.repository.get(batch_aggregate_id(batch_id))
+            except AggregateNotFoundError:
+                self.problem(f"a root was posted on chain for batch {batch_id} (block {entry['blockNumber']}), "
+                             "which this ledger never proposed")
+                continue
+            rewards_root = hex32(bytes(entry["data"])[:32])
+            if rewards_root != batch.rewards_root:
+                self.problem(f"batch {batch_id}: rewards root posted on chain {rewards_root} != ledger "
+                             f"{batch.rewards_root}")
 
     # -- balances ------------------------------------------------------------------------------
     def _check_balances(self, batches: list[SettlementBatch]) -> None:
