@@ -70,8 +70,9 @@ def test_hot_account_on_two_gateways_refuses_exactly_and_never_overdraws(two_gat
             assert available < worst, r.text  # refused only when the whole account could not cover it
     acc = a.ledger.get(account_id)
     assert acc.reserved == 0 and acc.spent == worst * served_at_most and acc.available == worst // 2
-    assert {len([r for i, r in enumerate(responses) if i % 2 == side and r.status_code == 200]) for side in (0, 1)} \
-        != {0}  # both gateways served
+    served_by_side = [sum(1 for i, r in enumerate(responses) if i % 2 == side and r.status_code == 200)
+                      for side in (0, 1)]
+    assert min(served_by_side) > 0, served_by_side  # both gateways served the one account
     for gw in (a, b):
         gw.views_caught_up()
         report = audit(gw.ledger.store, gw.settings.views_path, signer=None)
