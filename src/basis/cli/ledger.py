@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 import typer
@@ -262,14 +263,17 @@ def audit_command(
         def on_progress(done: int, total: int) -> None:
             progress.update(task, completed=done, total=total)
 
-        report = audit(store, settings.views_path, signer=signer, on_progress=on_progress)
-    if chain:
-        try:
-            from basis.settlement.audit import audit_chain  # added with on-chain settlement
-        except ModuleNotFoundError:
-            report.problems.append("--chain: this build has no on-chain settlement to verify")
-        else:
-            audit_chain(settings, report)
+        replay = tempfile.TemporaryDirectory(prefix="basis-audit-")
+        replay_path = Path(replay.name) / "replay.sqlite3"  # kept for --chain: the same snapshot
+        report = audit(store, settings.views_path, signer=signer, on_progress=on_progress, replay_path=replay_path)
+    with replay:
+        if chain:
+            try:
+                from basis.settlement.audit import audit_chain  # added with on-chain settlement
+            except ModuleNotFoundError:
+                report.problems.append("--chain: this build has no on-chain settlement to verify")
+            else:
+                audit_chain(settings, report, views=replay_path)
     store.close()
     _print_report(report, as_json)
 
@@ -293,6 +297,8 @@ def _print_report(report, as_json: bool, export: dict | None = None) -> None:
                       f"{export['unanchored']} line(s) after it are not anchored yet")
             if export.get("first_bad_position") is not None:
                 print(f"first bad position: {export['first_bad_position']}")
+        for note in report.notes:
+            print(f"note: {note}")
         for p in report.problems:
             print(f"MISMATCH: {p}")
         print("audit passed" if report.ok else f"audit FAILED: {len(report.problems)} problem(s)")

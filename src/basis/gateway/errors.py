@@ -10,6 +10,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from basis.ledger.errors import LedgerUnavailable
+
 log = logging.getLogger("basis.gateway")
 
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 402: "insufficient_quota",
@@ -48,6 +50,12 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError) -> JSONResponse:
         return exc.response()
+
+    @app.exception_handler(LedgerUnavailable)
+    async def _ledger_unavailable(_: Request, exc: LedgerUnavailable) -> JSONResponse:
+        # Nothing of the command was saved (writer lost, or other writers kept winning its aggregate).
+        return APIError(503, f"The ledger is busy; nothing was recorded. Retry the request. ({exc})",
+                        code=getattr(exc, "code", "ledger_unavailable"), type_="server_error", retry=True).response()
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -26,6 +26,7 @@ from basis.domain.receipt import receipt_hash, recompute_problems
 from basis.domain.signing import recover_signer
 from basis.ledger.projections import Projector, ViewReader
 from basis.ledger.projections.reader import TABLES
+from basis.ledger.snapshot import LedgerSnapshot
 from basis.ledger.store import LedgerStore
 from basis.ledger.verification_audit import check_verification
 
@@ -39,7 +40,9 @@ class AuditReport:
     open_jobs: int = 0
     charged_total: int = 0
     reward_total: int = 0
+    position: int = 0  # the log position audited: everything up to it, nothing after (a live snapshot)
     problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # worth knowing, not a difference (a batch in flight)
 
     @property
     def ok(self) -> bool:
@@ -50,7 +53,7 @@ class AuditReport:
             "ok": self.ok, "events": self.events, "receipts": self.receipts, "accounts": self.accounts,
             "workers": self.workers, "open_jobs": self.open_jobs, "charged_total": str(self.charged_total),
             "reward_total": str(self.reward_total), "fee_total": str(self.charged_total - self.reward_total),
-            "problems": self.problems,
+            "position": self.position, "problems": self.problems, "notes": self.notes,
         }
 
     def to_json(self) -> str:
@@ -60,20 +63,30 @@ class AuditReport:
 def audit(store: LedgerStore, live_views: str | Path | None, *, signer: str | None = None,
           on_progress: Callable[[int, int], None] | None = None, replay_path: str | Path | None = None) -> AuditReport:
     """``live_views`` None: no live views to compare (an export replayed elsewhere). ``replay_path``:
-    keep the fresh replay's views there (else they are deleted)."""
-    report = AuditReport()
-    total = store.recorder.max_notification_id() or 0
+    keep the fresh replay's views there (else they are deleted).
 
+    Gateways may write while it runs: it audits one snapshot, the log up to one position (the live
+    views' position, read in the same read transaction as every live table), with aggregates read
+    at their versions there (``report.position``)."""
+    report = AuditReport()
+    current = None
     if live_views is not None:
         live = Projector(store, live_views)
         live.catch_up()
         live.stop()
+        current = ViewReader(live_views)
+        current.db.execute("BEGIN")  # one read snapshot of the live views while their projector goes on
+        position = current.position()
+    else:
+        position = store.recorder.max_notification_id() or 0
+    report.position = total = position
+    snapshot = LedgerSnapshot(store, position)
 
     with tempfile.TemporaryDirectory(prefix="basis-audit-") as tmp:
         fresh_path = Path(replay_path) if replay_path is not None else Path(tmp) / "replay.sqlite3"
         fresh = Projector(store, fresh_path)
         done = 0
-        while n := fresh.run_once():
+        while n := fresh.run_once(stop=position):
             done += n
             if on_progress:
                 on_progress(done, total)
@@ -81,14 +94,13 @@ def audit(store: LedgerStore, live_views: str | Path | None, *, signer: str | No
         fresh.stop()
 
         replay = ViewReader(fresh_path)
-        current = ViewReader(live_views) if live_views is not None else None
         try:
             if current is not None:
                 _compare_views(replay, current, report)
             _check_receipts(replay, report, signer)
-            _check_money(replay, store, report)
-            check_verification(replay, store, report.problems)
-            _check_key_caps(replay, store, report)
+            _check_money(replay, snapshot, report)
+            check_verification(replay, store, report.problems, upto=snapshot.position)
+            _check_key_caps(replay, snapshot, report)
             counts = replay.counts()
             report.accounts, report.workers = counts["accounts"], counts["workers"]
             report.open_jobs = replay.db.execute(
@@ -140,7 +152,7 @@ def _check_receipts(replay: ViewReader, report: AuditReport, signer: str | None)
         report.reward_total += reward
 
 
-def _check_money(replay: ViewReader, store: LedgerStore, report: AuditReport) -> None:
+def _check_money(replay: ViewReader, snapshot: LedgerSnapshot, report: AuditReport) -> None:
     spent_by_account: dict[str, int] = defaultdict(int)
     reward_by_worker: dict[str, int] = defaultdict(int)
     for r in replay.db.execute("SELECT account_id, worker, charged, reward FROM receipts"):
@@ -161,7 +173,7 @@ def _check_money(replay: ViewReader, store: LedgerStore, report: AuditReport) ->
         if int(acc["spent"]) != spent_by_account.get(aid, 0):
             report.problems.append(
                 f"account {acc['name']}: spent {acc['spent']} != sum of its receipts {spent_by_account.get(aid, 0)}")
-        agg = store.repository.get(UUID(aid))
+        agg = snapshot.get(UUID(aid))
         view = {k: int(acc[k]) for k in ("granted", "deposited", "refunded", "withdrawn", "spent", "reserved",
                                          "available")}
         if agg.snapshot_view() != view:
@@ -183,15 +195,20 @@ def _key_streams(store: LedgerStore) -> list[UUID]:
         start = page[-1].id
 
 
-def _check_key_caps(replay: ViewReader, store: LedgerStore, report: AuditReport) -> None:
-    """Walk each key's own stream: caps are checked when each reservation was made."""
+def _check_key_caps(replay: ViewReader, snapshot: LedgerSnapshot, report: AuditReport) -> None:
+    """Walk each key's own stream, as of the audited snapshot: caps are checked when each
+    reservation was made."""
+    store = snapshot.store
     charged = {r["job_id"]: int(r["charged"]) for r in replay.db.execute("SELECT job_id, charged FROM receipts")}
     for key_id in _key_streams(store):
         name = f"API key {key_id}"
+        version = snapshot.version_of(key_id)
+        if version is None:  # issued after the snapshot
+            continue
         cap: int | None = None
         held: dict[str, int] = {}
         spent = 0
-        for e in store.events.get(key_id):
+        for e in store.events.get(key_id, lte=version):
             kind = type(e).__name__
             if kind == "CapSet":
                 cap = e.cap
@@ -206,7 +223,7 @@ def _check_key_caps(replay: ViewReader, store: LedgerStore, report: AuditReport)
                     report.problems.append(f"{name}: job {e.job_id} spent {e.charged}, "
                                            f"its receipt charged {charged.get(e.job_id, 0)}")
         try:
-            record = store.repository.get(key_id)
+            record = store.repository.get(key_id, version=version)
         except Exception as exc:  # the aggregate's own rules refuse its history
             report.problems.append(f"{name}: its stream does not replay ({type(exc).__name__}: {exc})")
             continue

@@ -26,7 +26,9 @@ from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError
 
+from basis.ledger.errors import LedgerBusy
 from basis.ledger.store import LedgerStore
+from basis.ledger.writer_turn import WriterTurn
 
 log = logging.getLogger(__name__)
 A = TypeVar("A", bound=Aggregate)
@@ -35,6 +37,7 @@ Command = Callable[["UnitOfWork"], Any]
 MAX_BATCH = 2000
 MAX_ATTEMPTS = 50
 STALE_SCAN = 5000  # log rows read per query when looking for other writers' changes
+CONTENDED_S = 30.0  # after a conflict, batches take the write turn this long before trying optimism again
 
 
 class UnitOfWork:
@@ -142,9 +145,12 @@ class GroupCommitter:
         self._on_commit: list[Callable[[], None]] = [on_commit] if on_commit is not None else []
         self.batches = 0
         self.commands = 0
+        self.conflicts = 0  # saves refused by optimistic concurrency (another writer won an aggregate)
         # Everything up to this notification id is reflected in the cache (see _drop_stale).
         self._seen = store.recorder.max_notification_id() or 0
         self._closed = False
+        self.turn = WriterTurn(store.env)  # one writer's batch at a time across processes (PostgreSQL)
+        self._contended_until = 0.0  # monotonic time until which batches take the turn
         self._thread: threading.Thread | None = None
         if threaded:
             self._thread = threading.Thread(target=self._run, name="basis-ledger-writer", daemon=True)
@@ -182,6 +188,7 @@ class GroupCommitter:
             if self._thread is not None:
                 self._queue.put(None)
                 self._thread.join(timeout=30)
+            self.turn.close()
 
     def commit_batch(self, items: list[QueuedCommand]) -> None:
         """Run the commands and save their events in one transaction; every item ends settled."""
@@ -243,10 +250,13 @@ class GroupCommitter:
         while True:
             seen, changes = self.store.changes_since(self._seen, STALE_SCAN)
             self._seen = seen
+            stale = {}
             for agg_id, version in changes:
                 agg = self._cache.get(agg_id)
                 if agg is not None and agg.version < version:
-                    del self._cache[agg_id]
+                    stale[agg_id] = version
+            for agg_id, version in stale.items():
+                self._catch_up(agg_id, version)
             if len(changes) < STALE_SCAN:
                 return
             if len(self._cache) < len(changes):  # far behind: starting afresh is cheaper
@@ -254,6 +264,22 @@ class GroupCommitter:
                 self._cache.clear()
                 self._seen = top
                 return
+
+    def _catch_up(self, agg_id: UUID, version: int) -> None:
+        """Bring a cached aggregate that another writer changed up to ``version`` by applying only
+        the events it missed. Dropping it instead would replay its whole history on its next read:
+        for one account served by several gateways, on every batch, at a cost that grows with it."""
+        agg = self._cache[agg_id]
+        try:
+            for event in self.store.events.get(agg_id, gt=agg.version, lte=version):
+                agg = event.mutate(agg)
+        except Exception:  # anything unexpected: forget it, the next read replays it from the store
+            log.warning("could not catch up cached aggregate %s; dropping it", agg_id, exc_info=True)
+            agg = None
+        if agg is None or agg.version != version:
+            del self._cache[agg_id]
+        else:
+            self._cache[agg_id] = agg
 
     def _saw_own_insert(self, recordings: list[Any]) -> None:
         """If our batch followed straight on what we had seen (nothing of another writer's in
@@ -266,6 +292,21 @@ class GroupCommitter:
             self._seen = ids[1]
 
     def _commit(self, items: list[QueuedCommand]) -> None:
+        """Optimistic while no other writer contends; after a conflict, take turns for a while (see
+        writer_turn): the writer that waited decides on current versions and saves without conflict,
+        while writers on different accounts never wait for each other."""
+        if not self.turn.postgres:
+            self._commit_turn(items)
+            return
+        if time.monotonic() >= self._contended_until:
+            self._drop_stale()
+            if self._try_batch([i for i in items if not i.done()]):
+                return
+            self._contended_until = time.monotonic() + CONTENDED_S
+        with self.turn.held():
+            self._commit_turn(items)
+
+    def _commit_turn(self, items: list[QueuedCommand]) -> None:
         self._drop_stale()
         # Every retry runs only the commands still unanswered: one that raised after changing an
         # aggregate was answered (and taken out of the batch) before the conflict.
@@ -281,7 +322,7 @@ class GroupCommitter:
                 # Another process won the same aggregate: back off with jitter, then re-read.
                 time.sleep(random.uniform(0, 0.002) * min(attempt + 1, 10))
             else:
-                item.settle(False, IntegrityError("too many concurrent writers on one aggregate"))
+                item.settle(False, LedgerBusy("too many concurrent writers on one aggregate"))
 
     def _try_batch(self, items: list[QueuedCommand]) -> bool:
         """Run and save the batch. False after a version conflict (caches dropped, nothing set)."""
@@ -308,6 +349,7 @@ class GroupCommitter:
             try:
                 self._saw_own_insert(self.store.events.put(uow.events))
             except IntegrityError:
+                self.conflicts += 1
                 self._evict(uow.touched)
                 return False
             except Exception as exc:

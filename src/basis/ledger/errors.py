@@ -1,5 +1,7 @@
 """Domain errors of the ledger: each one is a refusal that recorded nothing."""
 
+from eventsourcing.persistence import IntegrityError
+
 
 class LedgerError(Exception):
     code = "ledger_error"
@@ -79,3 +81,10 @@ class LedgerUnavailable(LedgerError):
     """The writer was lost before it answered: nothing of this command is relied on."""
 
     code = "ledger_unavailable"
+
+
+class LedgerBusy(LedgerUnavailable, IntegrityError):
+    """Other writers kept winning the same aggregate until the command gave up: nothing of it was
+    saved and a retry may land (the gateway answers 503 with ``x-should-retry: true``)."""
+
+    code = "ledger_busy"

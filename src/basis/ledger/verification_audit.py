@@ -29,7 +29,7 @@ TOPICS = ("basis:Job.Verified.v1", "basis:Job.RewardForfeited.v1", "basis:Worker
           "basis:Job.Settled.v1")
 
 
-def check_verification(replay: ViewReader, store: LedgerStore, problems: list[str]) -> None:
+def check_verification(replay: ViewReader, store: LedgerStore, problems: list[str], upto: int | None = None) -> None:
     db = replay.db
     receipts = {r["job_id"]: json.loads(r["core"]) for r in db.execute("SELECT job_id, core FROM receipts")}
     refunds = {r["external_id"]: (r["account_id"], int(r["amount"]))
@@ -42,7 +42,7 @@ def check_verification(replay: ViewReader, store: LedgerStore, problems: list[st
     decode = store.mapper.transcoder.decode
     worker_of: dict[str, str] = {r["worker_id"]: r["address"] for r in db.execute(
         "SELECT worker_id, address FROM workers")}
-    for job_id, topic, d in _events(store, decode):
+    for job_id, topic, d in _events(store, decode, upto):
         if topic == "basis:Job.CheckRequested.v1":
             requested.add(job_id)
         elif topic == "basis:Job.Verified.v1":
@@ -103,11 +103,13 @@ def check_verification(replay: ViewReader, store: LedgerStore, problems: list[st
     _check_batches(replay, store, forfeited, receipts, problems)
 
 
-def _events(store: LedgerStore, decode: Any):
-    """(originator id text, topic, decoded state) of the verification events, in log order."""
+def _events(store: LedgerStore, decode: Any, upto: int | None = None):
+    """(originator id text, topic, decoded state) of the verification events, in log order, up to
+    position ``upto`` (the audited snapshot) when given."""
     start = 0
     while True:
-        page = list(store.recorder.select_notifications(start, 5000, inclusive_of_start=False, topics=TOPICS))
+        page = list(store.recorder.select_notifications(start, 5000, stop=upto, inclusive_of_start=False,
+                                                        topics=TOPICS))
         if not page:
             return
         for n in page:

@@ -178,12 +178,14 @@ class Projector:
         row = self.db.execute("SELECT position FROM tracking WHERE view = ?", (VIEW,)).fetchone()
         return row[0] if row else 0
 
-    def run_once(self, limit: int = PAGE) -> int:
-        """Apply the next page of events; returns how many were applied."""
+    def run_once(self, limit: int = PAGE, stop: int | None = None) -> int:
+        """Apply the next page of events (none past position ``stop``); returns how many were applied."""
         self.db.execute("BEGIN IMMEDIATE")  # re-read the position under the write lock
         try:
             start = self.position
             notes = self._select(start, limit)
+            if stop is not None:
+                notes = [n for n in notes if n.id <= stop]
             if not notes:
                 self.db.execute("ROLLBACK")
                 return 0

@@ -1,0 +1,229 @@
+#!/usr/bin/env python
+"""Cluster benchmark: 1 gateway against N gateways on one PostgreSQL (issue #15 item 8).
+
+    PYTHONPATH=src .venv/bin/python scripts/bench_cluster.py [--gateways 1,2] [--concurrency 32] [--seconds 5]
+
+A throwaway PostgreSQL cluster (initdb + pg_ctl, as the tests' ``pg_dsn``), then for each gateway
+count a fresh database, that many real ``basis serve`` processes (one shared operator key, each its
+own node id and home) and one ``instant`` worker each, driven over HTTP by an aiohttp client in this
+process with the same total concurrency spread round-robin over the gateways. Workloads:
+
+- ``many``: every lane its own account (no two lanes write one account);
+- ``hot``: every lane the same account, with ample credit;
+- ``hot-402``: the same account funded for ``--budget-requests`` requests only, so most requests
+  are refused: refusals must stop at exactly that many served, whatever the gateway count.
+
+Prints requests/s, p50/p99 latency (ms), refusals (402) and 5xx side by side, the first gateway
+count as the baseline, and checks after ``hot-402`` that the account was never overdrawn. Bounded:
+each row runs ``--seconds`` (after a one-second warm-up). The client shares the machine's cores
+with the gateways, workers and PostgreSQL; wrk is not used because its per-gateway percentiles
+cannot be merged into one distribution.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+import httpx
+import uvloop
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # tests.support.postgres: the tests' own throwaway cluster
+
+from tests.support.postgres import ThrowawayPostgres  # noqa: E402
+
+from basis.config import Settings  # noqa: E402
+from basis.domain.pricing import worst_case_charge  # noqa: E402
+from basis.ledger.service import Ledger  # noqa: E402
+
+PY = sys.executable
+MESSAGES = [{"role": "user", "content": "Summarize this transaction."}]
+MAX_TOKENS = 16
+
+
+def pct(xs: list[float], p: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, round(p / 100 * (len(xs) - 1)))] if xs else float("nan")
+
+
+class Cluster:
+    """``n`` gateways (and an instant worker each) on one PostgreSQL database."""
+
+    def __init__(self, pg: ThrowawayPostgres, n: int, port: int, capacity: int, root: Path) -> None:
+        import psycopg
+
+        db = f"bench_{n}_{os.getpid()}"
+        with psycopg.connect(pg.dsn, autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {db}")
+        self.dsn = pg.dsn.rsplit("/", 1)[0] + f"/{db}"
+        self.key_file = root / f"operator-{n}.key"
+        self.homes = [root / f"c{n}-gw{i}" for i in range(n)]
+        self.ports = [port + i for i in range(n)]
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.ledger = Ledger(Settings(home=self.homes[0], database_url=self.dsn), env=None,
+                             signer_key=self._operator_key())
+        for i, (home, p) in enumerate(zip(self.homes, self.ports, strict=True)):
+            env = self.env(i)
+            self.procs.append(subprocess.Popen([PY, "-m", "basis.cli.main", "serve", "--port", str(p),
+                                                "--log-level", "error"], env=env))
+            self.procs.append(subprocess.Popen(
+                [PY, "-m", "basis.cli.main", "worker", "run", "--gateway", f"ws://127.0.0.1:{p}/v1/workers/connect",
+                 "--key-file", str(home / "worker.key"), "--new-key", "--engine", "instant", "--capacity",
+                 str(capacity), "--threads", "1", "--log-level", "error"], env=env, stdout=subprocess.DEVNULL))
+        for p in self.ports:
+            self._wait_live(p)
+
+    def _operator_key(self) -> str:
+        if not self.key_file.exists():
+            self.key_file.write_text("0x" + os.urandom(32).hex() + "\n")
+            self.key_file.chmod(0o600)
+        return self.key_file.read_text().strip()
+
+    def env(self, i: int) -> dict[str, str]:
+        self.homes[i].mkdir(parents=True, exist_ok=True)
+        return {**os.environ, "BASIS_HOME": str(self.homes[i]), "BASIS_DATABASE_URL": self.dsn,
+                "BASIS_NODE_ID": f"gateway-{i + 1}", "BASIS_OPERATOR_KEY_FILE": str(self.key_file),
+                "BASIS_LOG_LEVEL": "ERROR", "PYTHONPATH": str(REPO / "src")}
+
+    @staticmethod
+    def _wait_live(port: int) -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                models = httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=2).json()["data"]
+                if any(m["id"] == "basis-default" and m["status"] == "live" for m in models):
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"gateway on port {port} did not come up with a live model")
+
+    def account(self, name: str, credit: int) -> tuple[object, str]:
+        account_id, key = self.ledger.create_api_key(name)
+        self.ledger.grant(name, credit)
+        return account_id, key
+
+    def close(self) -> None:
+        for p in self.procs:
+            p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        self.ledger.close()
+
+
+async def load(bases: list[str], keys: list[str], concurrency: int, seconds: float,
+               warm_keys: list[str] | None = None) -> dict:
+    """``concurrency`` lanes for ``seconds``: lane i posts to gateway i % N with key i % len(keys)
+    (during the warm-up second, with ``warm_keys`` where given)."""
+    lat: list[float] = []
+    statuses: dict[int, int] = {}
+    body = {"model": "basis-default", "messages": MESSAGES, "max_tokens": MAX_TOKENS}
+    conn = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=120)) as session:
+        async def lane(i: int, until: float, record: bool) -> None:
+            url = f"{bases[i % len(bases)]}/v1/chat/completions"
+            use = keys if record or not warm_keys else warm_keys
+            headers = {"Authorization": f"Bearer {use[i % len(use)]}"}
+            while time.perf_counter() < until:
+                t0 = time.perf_counter()
+                async with session.post(url, json=body, headers=headers) as r:
+                    await r.read()
+                    if record:
+                        statuses[r.status] = statuses.get(r.status, 0) + 1
+                        if r.status == 200:
+                            lat.append(time.perf_counter() - t0)
+
+        warm = time.perf_counter() + 1.0
+        await asyncio.gather(*(lane(i, warm, False) for i in range(concurrency)))
+        start = time.perf_counter()
+        await asyncio.gather(*(lane(i, start + seconds, True) for i in range(concurrency)))
+        wall = time.perf_counter() - start
+    return {"rps": statuses.get(200, 0) / wall, "p50": pct(lat, 50) * 1e3, "p99": pct(lat, 99) * 1e3,
+            "refused": statuses.get(402, 0), "5xx": sum(v for s, v in statuses.items() if s >= 500),
+            "other": {s: v for s, v in statuses.items() if s not in (200, 402) and s < 500}, "served": len(lat)}
+
+
+def run_workloads(cluster: Cluster, concurrency: int, seconds: float, budget_requests: int, worst: int) -> dict:
+    bases = [f"http://127.0.0.1:{p}" for p in cluster.ports]
+    out = {}
+    many = [cluster.account(f"many-{i}", 10**27)[1] for i in range(concurrency)]
+    out["many"] = uvloop.run(load(bases, many, concurrency, seconds))
+    _, hot = cluster.account("hot", 10**27)
+    out["hot"] = uvloop.run(load(bases, [hot], concurrency, seconds))
+    # Half a request short of budget + 1: exact refusals serve exactly ``budget_requests``.
+    account_id, tight = cluster.account("hot-402", worst * budget_requests + worst // 2)
+    row = uvloop.run(load(bases, [tight], concurrency, seconds, warm_keys=[hot]))
+    acc = cluster.ledger.get(account_id)
+    row["overdrawn"] = acc.available < 0 or acc.spent > acc.total_credit
+    row["exact"] = (acc.reserved == 0 and acc.spent == worst * budget_requests and acc.available < worst
+                    and row["served"] == budget_requests)
+    out["hot-402"] = row
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--gateways", default="1,2", help="gateway counts; the first is the baseline")
+    ap.add_argument("--concurrency", type=int, default=32, help="requests in flight in total")
+    ap.add_argument("--seconds", type=float, default=5.0, help="per row, after a 1 s warm-up")
+    ap.add_argument("--budget-requests", type=int, default=200, help="what the hot-402 account can pay for")
+    ap.add_argument("--port", type=int, default=8890)
+    a = ap.parse_args()
+    counts = [int(n) for n in a.gateways.split(",")]
+    print(f"# bench_cluster  {time.strftime('%Y-%m-%d %H:%M')}  cores={os.cpu_count()}  concurrency={a.concurrency}"
+          f"  seconds={a.seconds}  max_tokens={MAX_TOKENS}  engine=instant", flush=True)
+    pg = ThrowawayPostgres()
+    results: dict[int, dict] = {}
+    try:
+        with tempfile.TemporaryDirectory(prefix="basis-bench-cluster-") as tmp:
+            for n in counts:
+                cluster = Cluster(pg, n, a.port, capacity=a.concurrency, root=Path(tmp))
+                try:
+                    binding_terms = cluster.ledger.pricing.terms_for("basis-default")
+                    from basis.models import load_bindings
+
+                    binding = load_bindings(list(cluster.ledger.pricing.models.values()))["basis-default"]
+                    worst = worst_case_charge(len(binding.apply_chat_template(MESSAGES)), MAX_TOKENS, binding_terms)
+                    results[n] = run_workloads(cluster, a.concurrency, a.seconds, a.budget_requests, worst)
+                    for name, r in results[n].items():
+                        print(f"  {n} gateway(s) {name:8s} {r['rps']:8.1f} rps p50 {r['p50']:7.1f} "
+                              f"p99 {r['p99']:7.1f} 402 {r['refused']:6d} 5xx {r['5xx']:3d}"
+                              + (f" other {r['other']}" if r['other'] else "")
+                              + (f" exact={r['exact']} overdrawn={r['overdrawn']}" if "exact" in r else ""),
+                              flush=True)
+                finally:
+                    cluster.close()
+                a.port += n
+    finally:
+        pg.stop()
+    base = results[counts[0]]
+    print()
+    print(f"{'workload':9s}" + "".join(f" | {n} gw: rps      p50     p99    402  5xx" for n in counts)
+          + " | vs baseline")
+    for name in base:
+        line = f"{name:9s}"
+        for n in counts:
+            r = results[n][name]
+            line += f" | {r['rps']:12.1f} {r['p50']:7.1f} {r['p99']:7.1f} {r['refused']:6d} {r['5xx']:4d}"
+        ratios = [f"{n}gw rps {results[n][name]['rps'] / base[name]['rps']:.0%} p99 "
+                  f"{results[n][name]['p99'] / base[name]['p99']:.1f}x" for n in counts[1:] if base[name]['rps']]
+        print(line + " | " + ", ".join(ratios))
+    print("\nhot-402: " + "; ".join(f"{n} gw exact={results[n]['hot-402']['exact']} "
+                                     f"overdrawn={results[n]['hot-402']['overdrawn']}" for n in counts))
+    print("legend: rps = served requests/s; p50/p99 ms of served requests; 402 = refusals; 5xx must be 0; "
+          "exact = the account served exactly what it could pay for")
+
+
+if __name__ == "__main__":
+    main()
