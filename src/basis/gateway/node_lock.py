@@ -83,8 +83,19 @@ class NodeLock:
     def _lock_postgres(self, url: str) -> None:
         import psycopg
 
+        from basis.config import PG_MAX_OVERFLOW, PG_POOL_SIZE, _pool_setting
+        from basis.ledger.postgres_store import _NO_SLOTS, ConnectionsRefused, refusal_message
+
         key = advisory_key(self.node_id)
-        conn = psycopg.connect(url, autocommit=True, application_name=f"basis-node {self.node_id}"[:63])
+        try:
+            conn = psycopg.connect(url, autocommit=True, application_name=f"basis-node {self.node_id}"[:63])
+        except psycopg.OperationalError as exc:  # out of slots: name the settings, as the ledger's pools do
+            if not any(words in str(exc) for words in _NO_SLOTS):
+                raise
+            size = _pool_setting("BASIS_PG_POOL_SIZE", PG_POOL_SIZE, minimum=1)
+            overflow = _pool_setting("BASIS_PG_MAX_OVERFLOW", PG_MAX_OVERFLOW, minimum=0)
+            raise ConnectionsRefused(refusal_message(str(exc).strip().splitlines()[-1], size, size + overflow)) \
+                from exc
         try:
             if conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0]:
                 self._pg = conn
