@@ -109,14 +109,20 @@ async def _until_done_or_gone(request: Request, run: JobRun) -> None:
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-@router.post("/v1/chat/completions")
-async def chat_completions(request: Request, account_id: UUID = Depends(bearer_account)) -> Response:
-    runtime = request.app.state.runtime
-    req, body = await _parse(request)
+def idempotency_key(request: Request) -> str | None:
+    """The request's Idempotency-Key header (DESIGN 1.4), checked for length."""
     key = request.headers.get("idempotency-key")
     if key is not None and not (0 < len(key) <= MAX_IDEMPOTENCY_KEY):
         raise APIError(400, f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters.",
                        param="Idempotency-Key", code="invalid_value")
+    return key
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(request: Request, account_id: UUID = Depends(bearer_account)) -> Response:
+    runtime = request.app.state.runtime
+    req, body = await _parse(request)
+    key = idempotency_key(request)
     plan = await plan_request(runtime, req, body, key)
     run = JobRun(runtime, plan, account_id, getattr(request.state, "api_key", None))
     run.begin()

@@ -10,6 +10,18 @@ MAX_MESSAGES = 1024
 MAX_STOP = 4
 
 
+def stop_sequences(v: str | list[str] | None) -> list[str] | None:
+    """``stop`` as chat and completions take it: one string or up to MAX_STOP non-empty ones."""
+    if v is None:
+        return None
+    stops = [v] if isinstance(v, str) else v
+    if len(stops) > MAX_STOP:
+        raise ValueError(f"at most {MAX_STOP} stop sequences")
+    if any(not s for s in stops):
+        raise ValueError("stop sequences must be non-empty")
+    return stops or None
+
+
 def lone_surrogate_path(body: Any) -> str | None:
     """The dotted path (``messages.0.content``) of the first string, key or value, that holds a
     lone UTF-16 surrogate: JSON's ``\\ud800`` escapes decode to one, and it is not valid Unicode
@@ -78,14 +90,7 @@ class ChatCompletionRequest(BaseModel):
     @field_validator("stop")
     @classmethod
     def _stop(cls, v: str | list[str] | None) -> list[str] | None:
-        if v is None:
-            return None
-        stops = [v] if isinstance(v, str) else v
-        if len(stops) > MAX_STOP:
-            raise ValueError(f"at most {MAX_STOP} stop sequences")
-        if any(not s for s in stops):
-            raise ValueError("stop sequences must be non-empty")
-        return stops or None
+        return stop_sequences(v)
 
     def unsupported(self) -> tuple[str, str] | None:
         """(param, message) for a parameter whose effect this server cannot honour."""

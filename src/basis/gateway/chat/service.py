@@ -119,8 +119,8 @@ async def _prompt_ids(binding: ModelBinding, messages: Any) -> list[int]:
     return await asyncio.to_thread(binding.prompt_ids, rendered, hold_gil=False)
 
 
-async def plan_request(runtime: Any, req: ChatCompletionRequest, body: dict[str, Any],
-                       idempotency_key: str | None) -> Plan:
+def supported_model(runtime: Any, req: Any) -> tuple[Any, ModelBinding]:
+    """The request's model (pricing spec, binding), after refusing what the endpoint does not support."""
     unsupported = req.unsupported()
     if unsupported:
         raise APIError(400, unsupported[1], param=unsupported[0], code="unsupported_parameter")
@@ -129,6 +129,12 @@ async def plan_request(runtime: Any, req: ChatCompletionRequest, body: dict[str,
     if spec is None or binding is None:
         raise APIError(404, f"The model '{req.model}' does not exist.", param="model", code="model_not_found",
                        retry=False)
+    return spec, binding
+
+
+async def plan_request(runtime: Any, req: ChatCompletionRequest, body: dict[str, Any],
+                       idempotency_key: str | None) -> Plan:
+    spec, binding = supported_model(runtime, req)
     constraint = constraint_for(req.model_extra or {}, req.model, req.stop)
     messages: Any = req.messages
     if needs_history_rendering(req.messages) or (constraint and constraint.instructions()):

@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 
 from basis.gateway.auth import bearer_account
-from basis.gateway.chat.router import MAX_IDEMPOTENCY_KEY, SSE_HEADERS
+from basis.gateway.chat.router import SSE_HEADERS, idempotency_key
 from basis.gateway.completions import service
 from basis.gateway.completions.schemas import CompletionRequest
 from basis.gateway.errors import APIError
@@ -71,10 +71,7 @@ def _chunk(cid: str, created: int, model: str, index: int, text: str, finish_rea
 async def completions(request: Request, account_id: UUID = Depends(bearer_account)) -> Response:
     runtime = request.app.state.runtime
     req, body = await _parse(request)
-    key = request.headers.get("idempotency-key")
-    if key is not None and not (0 < len(key) <= MAX_IDEMPOTENCY_KEY):
-        raise APIError(400, f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters.",
-                       param="Idempotency-Key", code="invalid_value")
+    key = idempotency_key(request)
     choices = await service.plan_completions(runtime, req, body, key)
     await service.start(runtime, choices, account_id, getattr(request.state, "api_key", None))
     first = choices[0]

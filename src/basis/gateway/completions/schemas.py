@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
 
-from basis.gateway.chat.schemas import MAX_STOP, StreamOptions
+from basis.gateway.chat.schemas import StreamOptions, stop_sequences
 
 MAX_JOBS = 16  # prompts x n in one request: each is a job with its own reservation and receipt
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for this endpoint (chat's is the model's limit)
@@ -38,14 +38,7 @@ class CompletionRequest(BaseModel):
     @field_validator("stop")
     @classmethod
     def _stop(cls, v: str | list[str] | None) -> list[str] | None:
-        if v is None:
-            return None
-        stops = [v] if isinstance(v, str) else v
-        if len(stops) > MAX_STOP:
-            raise ValueError(f"at most {MAX_STOP} stop sequences")
-        if any(not s for s in stops):
-            raise ValueError("stop sequences must be non-empty")
-        return stops or None
+        return stop_sequences(v)
 
     @field_validator("prompt")
     @classmethod

@@ -17,7 +17,7 @@ from typing import Any
 from uuid import UUID
 
 from basis.domain.pricing import worst_case_charge
-from basis.gateway.chat.service import INLINE_TOKENIZE_CHARS, JobRun, Plan, request_hash
+from basis.gateway.chat.service import INLINE_TOKENIZE_CHARS, JobRun, Plan, request_hash, supported_model
 from basis.gateway.completions.schemas import DEFAULT_MAX_TOKENS, MAX_JOBS, CompletionRequest
 from basis.gateway.errors import APIError
 from basis.ledger.errors import IdempotentReplay
@@ -66,14 +66,7 @@ async def _tokenize(binding: ModelBinding, prompt: str | list[int], param: str) 
 async def plan_completions(runtime: Any, req: CompletionRequest, body: dict[str, Any],
                            idempotency_key: str | None) -> list[Choice]:
     """Validate and tokenize; one Plan per job (prompt-major, then ``n``). Nothing is reserved yet."""
-    unsupported = req.unsupported()
-    if unsupported:
-        raise APIError(400, unsupported[1], param=unsupported[0], code="unsupported_parameter")
-    spec = runtime.pricing.models.get(req.model)
-    binding = runtime.bindings.get(req.model)
-    if spec is None or binding is None:
-        raise APIError(404, f"The model '{req.model}' does not exist.", param="model", code="model_not_found",
-                       retry=False)
+    spec, binding = supported_model(runtime, req)
     prompts = req.prompts()
     n = req.n or 1
     if len(prompts) * n > MAX_JOBS:
