@@ -17,8 +17,6 @@ import pytest
 from openai import OpenAI
 from web3 import Web3
 
-from basis.chain.anvil import Anvil
-from basis.chain.deploy import deploy
 from basis.chain.vouchers import Withdrawal, WithdrawalRequest, sign_withdrawal_request
 from basis.domain.account_id import to_bytes32
 from basis.domain.receipt import receipt_hash
@@ -27,6 +25,7 @@ from basis.settlement.chain import from_hex
 from tests.conftest import require_foundry
 from tests.gateway.harness import REPO, Gateway
 from tests.models.support import require_llama
+from tests.support.chain_home import deployed_home
 
 TOKENS = 10**18
 pytestmark = [pytest.mark.chain, pytest.mark.llama]
@@ -36,13 +35,7 @@ pytestmark = [pytest.mark.chain, pytest.mark.llama]
 def network(tmp_path):
     require_foundry()
     require_llama()
-    home = tmp_path / "home"
-    home.mkdir()
-    with Anvil() as anvil:
-        (home / "operator.key").write_text(anvil.keys[1] + "\n")
-        w3 = Web3(Web3.HTTPProvider(anvil.rpc_url))
-        deploy(w3, anvil.keys[0], operator=Web3.to_checksum_address(anvil.addresses[1]),
-               manifest_path=home / "deployment.json", mint_to_deployer=10**6 * TOKENS)
+    with deployed_home(tmp_path) as (home, anvil, w3):
         gw = Gateway(home, GatewayOptions(heartbeat_interval=1.0, engine="llama-cpp", engine_models=["basis-small"],
                                           n_threads=1), rpc_url=anvil.rpc_url)
         try:

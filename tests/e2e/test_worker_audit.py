@@ -11,10 +11,7 @@ import uuid
 import httpx
 import pytest
 from typer.testing import CliRunner
-from web3 import Web3
 
-from basis.chain.anvil import Anvil
-from basis.chain.deploy import deploy
 from basis.chain.inclusion import GatewayData
 from basis.chain.roots import root_history
 from basis.cli.main import app as cli_app
@@ -25,6 +22,7 @@ from basis.worker.audit import audit_worker
 from basis.worker.store import read_records
 from tests.conftest import require_foundry
 from tests.gateway.harness import Gateway
+from tests.support.chain_home import deployed_home
 
 pytestmark = pytest.mark.chain
 TOKENS = 10**18
@@ -43,13 +41,7 @@ def delayed_network(tmp_path):
 
 def _network(tmp_path, delay):
     require_foundry()
-    home = tmp_path / "home"
-    home.mkdir()
-    with Anvil() as anvil:
-        (home / "operator.key").write_text(anvil.keys[1] + "\n")
-        w3 = Web3(Web3.HTTPProvider(anvil.rpc_url))
-        deploy(w3, anvil.keys[0], operator=Web3.to_checksum_address(anvil.addresses[1]),
-               manifest_path=home / "deployment.json", mint_to_deployer=10**6 * TOKENS, root_delay=delay)
+    with deployed_home(tmp_path, root_delay=delay) as (home, anvil, w3):
         gw = Gateway(home, rpc_url=anvil.rpc_url)
         try:
             yield gw, anvil, w3

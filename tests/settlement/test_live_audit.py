@@ -12,14 +12,12 @@ import threading
 
 import httpx
 import pytest
-from web3 import Web3
 
-from basis.chain.anvil import Anvil
-from basis.chain.deploy import deploy
 from basis.domain.account_id import to_bytes32
 from tests.conftest import require_foundry
 from tests.gateway.harness import REPO, Gateway
 from tests.gateway.test_api import CHAT
+from tests.support.chain_home import deployed_home
 
 pytestmark = pytest.mark.chain
 TOKENS = 10**18
@@ -27,13 +25,7 @@ TOKENS = 10**18
 
 def test_audit_chain_passes_while_load_deposits_and_settlement_run(tmp_path):
     require_foundry()
-    home = tmp_path / "home"
-    home.mkdir()
-    with Anvil() as anvil:
-        (home / "operator.key").write_text(anvil.keys[1] + "\n")
-        w3 = Web3(Web3.HTTPProvider(anvil.rpc_url))
-        deploy(w3, anvil.keys[0], operator=Web3.to_checksum_address(anvil.addresses[1]),
-               manifest_path=home / "deployment.json", mint_to_deployer=10**6 * TOKENS)
+    with deployed_home(tmp_path) as (home, anvil, _w3):
         gw = Gateway(home, rpc_url=anvil.rpc_url)
         try:
             runtime = gw.runtime

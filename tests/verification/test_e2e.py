@@ -26,7 +26,6 @@ import pytest
 from web3 import Web3
 
 from basis.chain.anvil import Anvil
-from basis.chain.deploy import deploy
 from basis.domain.account_id import to_bytes32
 from basis.gateway.runtime import GatewayOptions
 from basis.models import load_bindings
@@ -34,6 +33,7 @@ from basis.worker import Worker, load_key, make_offers
 from basis.worker.client import WorkerRejected
 from tests.conftest import require_foundry
 from tests.gateway.harness import REPO, Gateway
+from tests.support.chain_home import deployed_home
 
 TOKENS = 10**18
 pytestmark = [pytest.mark.chain]
@@ -43,13 +43,7 @@ pytestmark = [pytest.mark.chain]
 def network(tmp_path, monkeypatch):
     require_foundry()
     monkeypatch.setenv("BASIS_VERIFIER_SCORER", "tests.verification.doubles:canned")
-    home = tmp_path / "home"
-    home.mkdir()
-    with Anvil() as anvil:
-        (home / "operator.key").write_text(anvil.keys[1] + "\n")
-        w3 = Web3(Web3.HTTPProvider(anvil.rpc_url))
-        deploy(w3, anvil.keys[0], operator=Web3.to_checksum_address(anvil.addresses[1]),
-               manifest_path=home / "deployment.json", mint_to_deployer=10**6 * TOKENS)
+    with deployed_home(tmp_path) as (home, anvil, _w3):
         gw = Gateway(home, GatewayOptions(heartbeat_interval=1.0, verifier="pool"), rpc_url=anvil.rpc_url)
         try:
             yield gw, anvil
