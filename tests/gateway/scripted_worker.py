@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import websockets
@@ -99,3 +100,19 @@ class ScriptedWorker:
         if self._stop is not None:
             self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(10)
+
+
+def gateway_with_scripted_worker(home) -> Iterator[tuple[Any, ScriptedWorker]]:
+    """A test gateway on ``home`` with one ScriptedWorker online for every model (a fixture body:
+    ``yield from``); both are closed afterwards."""
+    from tests.gateway.harness import Gateway
+
+    gw = Gateway(home)
+    b = gw.runtime.bindings
+    worker = ScriptedWorker(gw.ws, {m: b[m].binding_hash for m in b})
+    gw.until(lambda: gw.runtime.hub.workers(), what="the scripted worker")
+    try:
+        yield gw, worker
+    finally:
+        worker.close()
+        gw.close()

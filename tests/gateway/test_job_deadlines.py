@@ -9,8 +9,7 @@ import uuid
 import httpx
 import pytest
 
-from tests.gateway.harness import Gateway
-from tests.gateway.scripted_worker import ScriptedWorker, done, sleep, tokens
+from tests.gateway.scripted_worker import ScriptedWorker, done, gateway_with_scripted_worker, sleep, tokens
 from tests.gateway.test_api import CHAT, assert_error
 
 # short limits (set as an operator would), so a test waits seconds: first token 1.5 s (+1 ms per
@@ -27,13 +26,7 @@ def staller(tmp_path, monkeypatch):
     for name, value in (("FIRST_TOKEN_S", "1.5"), ("PROMPT_TOKENS_PER_S", "1000"), ("STALL_S", "1"),
                         ("OUTPUT_TOKENS_PER_S", "4")):
         monkeypatch.setenv("BASIS_JOB_" + name, value)
-    gw = Gateway(tmp_path / "home")
-    b = gw.runtime.bindings
-    worker = ScriptedWorker(gw.ws, {m: b[m].binding_hash for m in b})
-    gw.until(lambda: gw.runtime.hub.workers(), what="the scripted worker")
-    yield gw, worker
-    worker.close()
-    gw.close()
+    yield from gateway_with_scripted_worker(tmp_path / "home")
 
 
 def _post(gw, key, body, timeout=20.0):

@@ -9,8 +9,7 @@ from importlib import resources
 
 import pytest
 
-from tests.gateway.harness import Gateway
-from tests.gateway.scripted_worker import ScriptedWorker, done, tokens
+from tests.gateway.scripted_worker import done, gateway_with_scripted_worker, tokens
 from tests.gateway.test_api import CHAT, assert_error, post
 from tests.models.support import require_llama
 
@@ -25,13 +24,7 @@ def gemma_gateway(tmp_path, monkeypatch):
     path = tmp_path / "pricing.json"
     path.write_text(json.dumps(table))
     monkeypatch.setenv("BASIS_PRICING_TABLE", str(path))
-    gw = Gateway(tmp_path / "home")
-    b = gw.runtime.bindings
-    worker = ScriptedWorker(gw.ws, {m: b[m].binding_hash for m in b})
-    gw.until(lambda: gw.runtime.hub.workers(), what="the scripted worker")
-    yield gw, worker
-    worker.close()
-    gw.close()
+    yield from gateway_with_scripted_worker(tmp_path / "home")
 
 
 @pytest.mark.parametrize("stream", [False, True])
