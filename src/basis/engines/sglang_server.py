@@ -242,7 +242,7 @@ async def launch_server(
     version = installed_version()
     if version is not None and parse_version(version)[:3] < MIN_VERSION:
         raise EngineError(f"installed sglang {version} is not supported; the minimum is sglang {MIN_VERSION_TEXT}")
-    api_key = secrets.token_urlsafe(24)
+    api_key = secrets.token_hex(24)  # hex: a urlsafe key may begin with "-", which argparse takes for an option
     cmd = launch_command(model_path, port=port, host=host, api_key=api_key, version=version,
                          deterministic=deterministic, extra_args=extra_args, python=python)
     log.info("starting sglang %s: %s", version, " ".join(c if c != api_key else "***" for c in cmd))
