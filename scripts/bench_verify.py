@@ -40,7 +40,7 @@ from pathlib import Path
 from basis.engines.base import GenerateRequest
 from basis.engines.llama_cpp import LlamaCppEngine
 from basis.engines.llama_scoring import LlamaScorer
-from basis.engines.scoring import LOGPROB_FLOOR, ScoreRequest
+from basis.engines.scoring import LOGPROB_FLOOR, ScoreRequest, TokenScore
 from basis.models.binding import ModelBinding
 from basis.verification.policy import VerificationPolicy
 from basis.verification.sequential import WorkerEvidence
@@ -89,12 +89,13 @@ class Lab:
         ordinary = [i for i in range(self.binding.n_vocab) if self.binding.vocab.pieces[i]]
         self.ordinary = [i for i in ordinary if i not in self.binding.eos_token_ids]
 
-    async def generate(self, engine: str, prompt_text: str, temperature: float, top_p: float, seed: int):
+    async def generate(self, engine: str, prompt_text: str, temperature: float, top_p: float, seed: int,
+                       max_tokens: int = 0):
         eng = self.engines[engine]
         b = eng.binding("")
         prompt = b.apply_chat_template([{"role": "user", "content": prompt_text}])
-        req = GenerateRequest(prompt_ids=prompt, max_tokens=self.tokens, temperature=temperature, top_p=top_p,
-                              seed=seed)
+        req = GenerateRequest(prompt_ids=prompt, max_tokens=max_tokens or self.tokens, temperature=temperature,
+                              top_p=top_p, seed=seed)
         t0 = time.process_time()
         ids = [i async for step in eng.generate(req) for i in step.ids]
         return b, ids, time.process_time() - t0
@@ -105,8 +106,9 @@ class Lab:
         scores = await self.scorer.score(ScoreRequest(prompt_ids=prompt, output_ids=ids, temperature=temperature,
                                                       top_p=top_p, model=self.name))
         cpu = time.process_time() - t0
-        stat = job_statistic(scores, temperature)
-        return {"tokens": len(ids), "z": stat.z, "agreement": stat.agreement, "tail": stat.tail, "score_cpu": cpu,
+        stat = job_statistic(scores, temperature, ids)
+        return {"tokens": len(ids), "z": stat.z, "agreement": stat.agreement, "tail": stat.tail,
+                "repeat": stat.repeat, "score_cpu": cpu,
                 "excess": sum(s.logprob - s.expected for s in scores), "var": sum(s.variance for s in scores),
                 "floored": sum(s.logprob <= LOGPROB_FLOOR for s in scores)}
 
@@ -123,6 +125,11 @@ class Lab:
             ids = [rng.choice(self.ordinary[:5000])] * self.tokens
         elif kind == "stuck_any":  # any ordinary id, as a broken engine would
             ids = [rng.choice(self.ordinary)] * self.tokens
+        elif kind == "stuck_first":  # the reference's own most likely first token: the entry costs nothing
+            _, first, _ = await self.generate("honest", text, 0.0, 1.0, 0, max_tokens=1)
+            if not first:
+                return None
+            ids = first[:1] * self.tokens
         elif kind == "double_temperature":
             _, ids, _ = await self.generate("honest", text, 2 * temperature, top_p, 2000 + k)
         elif kind == "greedy":
@@ -149,7 +156,7 @@ def plan(args) -> list[tuple[str, float, float, int]]:
     out = [("honest", 1.0, 1.0, j), ("honest", 0.7, 1.0, j), ("honest", 0.0, 1.0, j)]
     for t in (0.7, 1.0):
         out += [(k, t, 1.0, c) for k in ("random", "stuck", "double_temperature", "greedy", "other_model", "q2k")]
-    out += [("stuck_any", t, 1.0, c) for t in (0.7, 1.0, 1.3)]
+    out += [(k, t, 1.0, c) for t in (0.7, 1.0, 1.3) for k in ("stuck_any", "stuck_first")]
     out += [("honest", 1.3, 1.0, j), ("honest", 0.7, 0.9, j), ("honest", 1.0, 0.9, j), ("honest", 1.3, 0.9, j),
             ("threads", 1.0, 1.0, max(2, j // 2))]
     out += [(k, 1.3, 1.0, c) for k in ("random", "stuck", "double_temperature", "greedy", "other_model", "q2k")]
@@ -179,11 +186,12 @@ async def collect(args, pool: list[dict]) -> None:
 # -- analysis ----------------------------------------------------------------------------------
 def stat_of(rec: dict) -> JobStatistic:
     return JobStatistic(tokens=rec["tokens"], greedy=rec["agreement"] is not None, z=rec["z"],
-                        agreement=rec["agreement"], tail=rec.get("tail"))
+                        agreement=rec["agreement"], tail=rec.get("tail"), repeat=rec.get("repeat"))
 
 
 def evidence(rec: dict, policy: VerificationPolicy) -> tuple[bool, float]:
-    verdict, u = judge_job(stat_of(rec), policy.calibration_for(rec["binding"]), policy.job_threshold)
+    verdict, u = judge_job(stat_of(rec), policy.calibration_for(rec["binding"]), policy.job_threshold,
+                           tail_alpha=policy.tail_alpha, repeat_alpha=policy.repeat_alpha)
     return verdict == "failed", u
 
 
@@ -290,13 +298,63 @@ def analyse(pool: list[dict], args) -> None:
     print("\n### Cost\n")
     for b in args.bindings:
         gen = [r for r in pool if r["binding"] == b and r["gen_tokens"]]
-        sc = [r for r in pool if r["binding"] == b]
+        sc = [r for r in pool if r["binding"] == b and "score_cpu" in r]
         g = sum(r["gen_cpu"] for r in gen) / max(1, sum(r["gen_tokens"] for r in gen))
         s = sum(r["score_cpu"] for r in sc) / max(1, sum(r["tokens"] for r in sc))
         rate = policy.sample_bps / 10_000
         print(f"- {b}: worker {1000 * g:.1f} ms CPU per generated token; verifier {1000 * s:.1f} ms CPU per checked "
               f"token ({s / g:.2f}x); at the {100 * rate:.0f} % sample rate verification costs "
               f"{100 * rate * s / g:.1f} % of the serving CPU (probation jobs aside)")
+
+
+def load_lines(files: list[Path]) -> list[dict]:
+    """Per-position job records (bench_verify_honest.py / bench_verify_stuck.py) as pool records:
+    the statistic recomputed from the stored scores and ids, exactly as the verifier computes it."""
+    out = []
+    for f in files:
+        for line in f.read_text().splitlines():
+            r = json.loads(line)
+            scores = [TokenScore(*p) for p in r["pos"]]
+            stat = job_statistic(scores, r["temperature"], r["ids"])
+            out.append({**{k: v for k, v in r.items() if k not in ("pos", "ids")}, "tokens": stat.tokens, "z": stat.z,
+                        "agreement": stat.agreement, "tail": stat.tail, "repeat": stat.repeat,
+                        "gen_tokens": len(r["ids"]) if r.get("gen_cpu") else 0})
+    return out
+
+
+def analyse_real_honest(recs: list[dict], policy: VerificationPolicy) -> None:
+    """Bulk real honest jobs: every job judged with the published policy, and one worker's CUSUM
+    run over all of a configuration's jobs in the order they were made (no resampling)."""
+    print("\n### Honest workers: real jobs in bulk\n")
+    print("| binding | T | top_p | worker threads / n_batch | real checked jobs | z or agreement: mean (sd) | "
+          "failed (z / tail / repeat) | per-job false fail: observed (95 % upper bound) | "
+          "one worker over all of them: max CUSUM level, suspended |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    groups: dict[tuple, list[dict]] = {}
+    for r in recs:
+        key = (r["binding"], r["temperature"], r["top_p"], r.get("worker_threads", 1), r.get("n_batch", 512))
+        groups.setdefault(key, []).append(r)
+    for (b, t, p, th, nb), rs in sorted(groups.items()):
+        rs = sorted(rs, key=lambda r: r.get("k", 0))
+        cal = policy.calibration_for(b)
+        ev, fails, causes, top = WorkerEvidence(), 0, [0, 0, 0], 0.0
+        for r in rs:
+            stat = stat_of(r)
+            verdict, u = judge_job(stat, cal, policy.job_threshold, tail_alpha=policy.tail_alpha,
+                                   repeat_alpha=policy.repeat_alpha)
+            if verdict == "failed":
+                fails += 1
+                causes[0] += stat.z is not None and abs(standardised(stat, cal)) > policy.job_threshold
+                causes[1] += stat.tail is not None and stat.tail < policy.tail_alpha
+                causes[2] += stat.repeat is not None and stat.repeat < policy.repeat_alpha
+            ev = ev.update(u, failed=verdict == "failed", drift=policy.drift)
+            top = max(top, ev.level)
+        raw = [r["agreement"] if r["agreement"] is not None else r["z"] for r in rs]
+        n = len(rs)
+        upper = 3.0 / n if fails == 0 else (fails + 2 * math.sqrt(fails) + 2) / n  # rule of three / rough Poisson
+        print(f"| {b} | {t} | {p} | {th} / {nb} | {n} | {statistics.fmean(raw):.3f} "
+              f"({statistics.stdev(raw) if n > 1 else 0:.3f}) | {fails} ({causes[0]} / {causes[1]} / {causes[2]}) | "
+              f"{fails / n:.2%} ({upper:.2%}) | {top:.2f}, {'yes' if ev.crossed(policy.worker_threshold) else 'no'} |")
 
 
 def main() -> None:
@@ -312,6 +370,9 @@ def main() -> None:
     ap.add_argument("--pool", default="", help="JSON file of scored jobs: read, extended cell by cell "
                     "(a rerun resumes); several files, comma-separated, with --analyse-only")
     ap.add_argument("--analyse-only", action="store_true", help="only analyse the jobs in --pool")
+    ap.add_argument("--lines", default="", help="JSON-lines files of per-position jobs (bench_verify_honest.py, "
+                    "bench_verify_stuck.py), comma-separated: honest ones are reported as real bulk jobs, stuck "
+                    "ones join the cheats")
     args = ap.parse_args()
     args.bindings = [b for b in args.bindings.split(",") if b]
     files = [Path(f) for f in args.pool.split(",") if f]
@@ -320,8 +381,16 @@ def main() -> None:
         if len(files) > 1:
             ap.error("collecting writes one --pool file")
         asyncio.run(collect(args, pool))  # resumes: cells already in the pool are kept
-    args.bindings = sorted({r["binding"] for r in pool})
+    lines = load_lines([Path(f) for f in args.lines.split(",") if f])
+    for r in lines:
+        if r["kind"] == "stuck":
+            r["kind"] = f"stuck:{r['choice']}"  # one cheat cell per id choice
+    pool += [r for r in lines if r["kind"] != "honest"]
+    args.bindings = sorted({r["binding"] for r in pool} | {r["binding"] for r in lines})
     analyse(pool, args)
+    real = [r for r in lines if r["kind"] == "honest"]
+    if real:
+        analyse_real_honest(real, VerificationPolicy())
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import pytest
 from basis.engines.scoring import TokenScore
 from basis.verification.policy import BINDING_CALIBRATION, VerificationPolicy, sampled
 from basis.verification.sequential import WorkerEvidence
-from basis.verification.stats import TAIL_ALPHA, Calibration, job_statistic, judge_job
+from basis.verification.stats import REPEAT_ALPHA, TAIL_ALPHA, Calibration, job_statistic, judge_job, repeat_pvalue
 
 
 def _honest_job(rng: random.Random, n: int) -> list[TokenScore]:
@@ -90,8 +90,69 @@ def test_policy_publishes_the_calibration_of_each_bound_file():
     pub = policy.public()
     assert pub["calibration"] == {"basis-default": vars(BINDING_CALIBRATION["smollm2-135m-instruct"])}
     assert pub["tail_alpha"] == TAIL_ALPHA and pub["job_threshold"] == policy.job_threshold
+    assert pub["repeat_alpha"] == REPEAT_ALPHA
     assert policy.calibration_for("x") == Calibration()
     assert policy.calibration_for("gemma3-270m") == BINDING_CALIBRATION["gemma3-270m"]
     assert policy.calibration_for("y", gguf="gemma3-270m") == BINDING_CALIBRATION["gemma3-270m"]
     hits = sum(sampled(b"k", f"job-{i}", 500) for i in range(20_000))
     assert 800 < hits < 1200
+
+
+def _sample_sequence(rng: random.Random, n: int, repeat_bias: float) -> tuple[list[int], list[float]]:
+    """Honest sampling from distributions that, like a small model teacher-forced on a loop,
+    predict the previous token with probability ``repeat_bias``; (ids, log q of each)."""
+    ids: list[int] = []
+    logprobs: list[float] = []
+    for _ in range(n):
+        w = [rng.random() ** 3 for _ in range(20)]
+        q = [x / sum(w) * (1 - repeat_bias) for x in w]
+        if ids:
+            q[ids[-1]] += repeat_bias
+        else:
+            q = [x / (1 - repeat_bias) for x in q]
+        t = rng.choices(range(20), weights=q)[0]
+        ids.append(t)
+        logprobs.append(math.log(q[t]))
+    return ids, logprobs
+
+
+def test_repeat_pvalue_is_valid_under_honest_sampling_even_when_the_model_loves_loops():
+    rng = random.Random(12)
+    for bias in (0.0, 0.5, 0.9):
+        ps = [repeat_pvalue(*reversed(_sample_sequence(rng, 24, bias))) for _ in range(2000)]
+        for alpha in (0.01, 0.05, 0.2):  # Ville: P(p <= alpha) <= alpha (plus sampling noise)
+            assert sum(p <= alpha for p in ps) <= alpha * len(ps) + 3 * math.sqrt(alpha * len(ps)) + 1, (bias, alpha)
+
+
+def test_a_stuck_engine_fails_its_first_check_though_the_reference_predicts_the_loop():
+    # Shaped like the measured ones (SmolLM2, " the" repeated at T 1.0): the first repetition costs
+    # ~10 nats, the next few a few more, then the reference, teacher-forced, predicts each further
+    # repetition (q 0.6 .. 0.97): z is positive, n x min tail is no evidence, the repeat test fails it.
+    rng = random.Random(13)
+    honest = _honest_job(rng, 40)
+    qs = [0.3, 4e-5, 0.02, 0.3, 0.6] + [0.9] * 10 + [0.97] * 25
+    stuck = [TokenScore(logprob=math.log(q), expected=math.log(q) - 0.3, variance=1.0, rank=0 if q > 0.5 else 1,
+                        tail=1.0 if q > 0.5 else max(q, 1e-4)) for q in qs]
+    stat = job_statistic(stuck, 1.0, [42] * 40)
+    assert stat.z > 0 and stat.tail > TAIL_ALPHA and stat.repeat < REPEAT_ALPHA
+    verdict, u = judge_job(stat, Calibration(), 5.0)
+    assert verdict == "failed" and u <= -5.0
+    assert job_statistic(stuck, 1.0).repeat is None  # no ids given: no repeat test
+    # the same scores on varied ids: no repetition, no evidence from this test
+    assert job_statistic(stuck, 1.0, list(range(40))).repeat == 1.0
+    assert judge_job(job_statistic(honest, 1.0, [1, 2] * 20), Calibration(), 5.0)[0] == "passed"
+
+
+def test_repeat_pvalue_counts_only_the_final_run_and_its_weights():
+    lp = [-1.0] * 10
+    assert repeat_pvalue(lp, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]) == 1.0
+    # final run of 3 (positions 8..10, 1-based): H_8 (2 nats, weight 1/112) and H_9 (1 nat, weight 1/144)
+    assert math.exp(2) / 112 + math.exp(1) / 144 < 1  # E below 1: p = 1
+    assert repeat_pvalue(lp, [1, 2, 3, 4, 5, 6, 7, 9, 9, 9]) == 1.0
+    assert repeat_pvalue([-9.0] * 10, [1, 2, 3, 4, 5, 6, 7, 9, 9, 9]) == pytest.approx(
+        1 / (math.exp(18) / 112 + math.exp(9) / 144))
+    # stuck from the start: H_1 counts positions 2..10 at weight 1/2
+    p = repeat_pvalue([-5.0] + [-2.0] * 9, [7] * 10)
+    assert 0 < p <= 2 * math.exp(-18) and p == pytest.approx(1 / sum(
+        math.exp(2.0 * (10 - k)) * (0.5 if k == 1 else 1 / (2 * k * (k - 1))) for k in range(1, 10)))
+    assert repeat_pvalue([-1.0], [7]) == 1.0

@@ -99,10 +99,13 @@ def record_verdict(job_id: UUID, ids_sha256: str, statistic: JobStatistic, polic
             return {"verdict": job.verdict["verdict"], "applied": False, "suspended": False}
         calibration = policy.calibration_for(job.model)
         tail_alpha = policy.tail_alpha  # the tail test on the scorer's per-token tails (verification.stats)
-        verdict, u = judge_job(statistic, calibration, policy.job_threshold, tail_alpha=tail_alpha)
+        repeat_alpha = policy.repeat_alpha  # the repeat (stuck engine) test on the worker's ids
+        verdict, u = judge_job(statistic, calibration, policy.job_threshold, tail_alpha=tail_alpha,
+                               repeat_alpha=repeat_alpha)
         job.record_verdict(verdict=verdict, method=policy.method, tokens=statistic.tokens,
                            statistic=statistic.as_dict(), evidence=u, job_threshold=policy.job_threshold,
-                           calibration=asdict(calibration), ids_sha256=ids_sha256, tail_alpha=tail_alpha)
+                           calibration=asdict(calibration), ids_sha256=ids_sha256, tail_alpha=tail_alpha,
+                           repeat_alpha=repeat_alpha)
         if verdict == "failed":
             _refund(uow, job)
             if not job.reward_forfeited:

@@ -120,7 +120,7 @@ def _events(store: LedgerStore, decode: Any, upto: int | None = None):
 def _rejudge(job_id: str, d: dict[str, Any], problems: list[str]) -> None:
     try:
         stat = JobStatistic(**d["statistic"])
-        extra = {} if d.get("tail_alpha") is None else {"tail_alpha": float(d["tail_alpha"])}
+        extra = {k: float(d[k]) for k in ("tail_alpha", "repeat_alpha") if d.get(k) is not None}
         verdict, u = judge_job(stat, Calibration(**d["calibration"]), float(d["job_threshold"]), **extra)
     except (TypeError, ValueError, KeyError, AssertionError) as exc:
         problems.append(f"job {job_id}: verdict cannot be re-decided from its statistic ({exc})")

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from basis.verification.stats import METHOD, TAIL_ALPHA, Calibration
+from basis.verification.stats import METHOD, REPEAT_ALPHA, TAIL_ALPHA, Calibration
 
 # Honest behaviour of each packaged reference model (models/gguf.py short names), measured with
 # scripts/bench_verify.py (docs/verification.md "Calibration"); a binding over another file
@@ -30,6 +30,7 @@ class VerificationPolicy:
     drift: float = 1.0  # CUSUM allowance per job
     calibration: dict[str, Calibration] = field(default_factory=dict)  # advertised model -> honest stats
     tail_alpha: float = TAIL_ALPHA  # a sampled job whose tail p-value is below this fails
+    repeat_alpha: float = REPEAT_ALPHA  # a sampled job whose repeat p-value (stuck engine) is below this fails
 
     def calibration_for(self, model: str, gguf: str | None = None) -> Calibration:
         """The advertised model's calibration; else the measured one of its reference file
@@ -51,6 +52,7 @@ class VerificationPolicy:
         return {"enabled": self.enabled, "method": self.method, "sample_bps": self.sample_bps,
                 "probation_jobs": self.probation_jobs, "job_threshold": self.job_threshold,
                 "worker_threshold": self.worker_threshold, "drift": self.drift, "tail_alpha": self.tail_alpha,
+                "repeat_alpha": self.repeat_alpha,
                 "calibration": {m: vars(c) for m, c in sorted(self.calibration.items())}}
 
 

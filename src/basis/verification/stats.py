@@ -7,8 +7,12 @@ Greedy jobs: the share of tokens that are the reference argmax, against the hone
 Sampled jobs also carry a tail p-value: n x the smallest per-token ``TokenScore.tail`` (the claimed
 distribution's mass on tokens at most as likely as the worker's). Under honest sampling each tail
 is super-uniform, so P(p <= a) <= a whatever the model and text (a union bound, no calibration):
-it catches what the sum averages away, such as the improbable entry into a stuck repetition
-whose later tokens the reference, teacher-forced, finds likely.
+it catches what the sum averages away, such as one absurdly improbable token.
+Sampled jobs also carry a repeat p-value (``repeat_pvalue``): the likelihood ratio of "a stuck
+engine repeating one id" against the claimed sampler, an e-value valid by Ville's inequality
+whatever the output length, so no calibration either. A stuck engine's z can sit near 0: once the
+loop has started, the reference, teacher-forced, predicts each further repetition (induction);
+the likelihood ratio counts the whole repeated run against the claimed distribution instead.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from basis.engines.scoring import TokenScore
 METHOD = "teacher-forced-z/v1"
 GREEDY_TEMPERATURE = 1e-6  # at or below this the job is greedy
 TAIL_ALPHA = 5e-4  # a sampled job fails when its tail p-value is below this (honest false fails <= 0.05 %)
+REPEAT_ALPHA = 2e-4  # a sampled job fails when its repeat p-value is below this (honest false fails <= 0.02 %)
 Verdict = Literal["passed", "failed"]
 
 
@@ -33,6 +38,7 @@ class JobStatistic:
     z: float | None = None  # sampled jobs
     agreement: float | None = None  # greedy jobs: share of argmax tokens
     tail: float | None = None  # sampled jobs: min(1, n * min_i tail_i), a p-value (None: scorer gave no tails)
+    repeat: float | None = None  # sampled jobs: the repeat p-value (None: the ids were not given)
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -47,7 +53,39 @@ class Calibration:
     greedy_agreement: float = 0.97
 
 
-def job_statistic(scores: Sequence[TokenScore], temperature: float) -> JobStatistic:
+def repeat_pvalue(logprobs: Sequence[float], ids: Sequence[int]) -> float:
+    """p-value of "the output ends in one id repeated" against honest sampling from the claimed q.
+
+    Alternative H_k (k >= 1): the first k tokens are sampled honestly, then token k is repeated to
+    the end. Its likelihood ratio against the claimed sampler is E_k = 1 / prod_{i > k} q_i(t_i)
+    when t_k = ... = t_n, else 0. Each E_k, followed token by token, is a non-negative martingale
+    with mean 1 under honest sampling, so the mixture E = sum_k w_k E_k with fixed weights
+    (w_1 = 1/2, w_k = 1 / (2 k (k - 1)) for k >= 2, summing to 1) is one too, and by Ville's
+    inequality P(E >= 1 / alpha at any length) <= alpha: ``min(1, 1 / E)`` is a valid p-value
+    for any stopping rule (end-of-turn or max_tokens). ``logprobs`` are log q_i(t_i) as scored
+    (floored: a floor only lowers E, so the test stays valid)."""
+    n = len(ids)
+    if n < 2 or len(logprobs) != n:
+        return 1.0
+    start = n - 1  # 0-based index of the first token of the final run of one id
+    while start > 0 and ids[start - 1] == ids[n - 1]:
+        start -= 1
+    suffix = 0.0  # -sum of log q over positions after k (0-based positions k .. n-1)
+    terms = []
+    for k in range(n - 1, start, -1):  # 1-based k = start + 1 .. n - 1: positions k .. n - 1 repeat id k
+        suffix -= float(logprobs[k])
+        weight = 0.5 if k == 1 else 1.0 / (2 * k * (k - 1))
+        terms.append(math.log(weight) + suffix)
+    if not terms:
+        return 1.0
+    top = max(terms)
+    log_e = top + math.log(sum(math.exp(t - top) for t in terms))
+    return 1.0 if log_e <= 0 else math.exp(-log_e)
+
+
+def job_statistic(scores: Sequence[TokenScore], temperature: float,
+                  output_ids: Sequence[int] | None = None) -> JobStatistic:
+    """``output_ids`` (the worker's ids, in order) enable the repeat test of sampled jobs."""
     n = len(scores)
     if temperature <= GREEDY_TEMPERATURE:
         agree = sum(1 for s in scores if s.rank == 0) / n if n else 1.0
@@ -57,7 +95,10 @@ def job_statistic(scores: Sequence[TokenScore], temperature: float) -> JobStatis
     z = excess / math.sqrt(var) if var > 0 else 0.0
     tails = [s.tail for s in scores]
     tail = None if not n or any(t is None for t in tails) else min(1.0, n * min(tails))  # type: ignore[type-var]
-    return JobStatistic(tokens=n, greedy=False, z=z, tail=tail)
+    repeat = None
+    if output_ids is not None and len(output_ids) == n:
+        repeat = repeat_pvalue([s.logprob for s in scores], output_ids)
+    return JobStatistic(tokens=n, greedy=False, z=z, tail=tail, repeat=repeat)
 
 
 def standardised(stat: JobStatistic, calibration: Calibration) -> float:
@@ -73,16 +114,18 @@ def standardised(stat: JobStatistic, calibration: Calibration) -> float:
 
 
 def judge_job(stat: JobStatistic, calibration: Calibration, job_threshold: float,
-              tail_alpha: float = TAIL_ALPHA) -> tuple[Verdict, float]:
+              tail_alpha: float = TAIL_ALPHA, repeat_alpha: float = REPEAT_ALPHA) -> tuple[Verdict, float]:
     """(verdict, standardised evidence): a job fails when its evidence is beyond the threshold
     on either side (greedy: only below, and its evidence is capped at 0, since agreeing with the
     reference is never suspicious: an honest CPU worker agrees more often than the calibrated rate),
-    or when its tail p-value is below ``tail_alpha``; such a job counts as evidence of at least
-    ``job_threshold`` against the worker (below: its output was too unlikely)."""
+    or when its tail p-value is below ``tail_alpha`` or its repeat p-value below ``repeat_alpha``;
+    such a job counts as evidence of at least ``job_threshold`` against the worker (below: its
+    output was too unlikely as a whole)."""
     u = standardised(stat, calibration)
     if stat.greedy:  # agreeing with the reference is never evidence against the worker
         u = min(u, 0.0)
     bad = u < -job_threshold if stat.greedy else abs(u) > job_threshold
-    if not stat.greedy and stat.tail is not None and stat.tail < tail_alpha:
+    if not stat.greedy and ((stat.tail is not None and stat.tail < tail_alpha)
+                            or (stat.repeat is not None and stat.repeat < repeat_alpha)):
         bad, u = True, min(u, -job_threshold)
     return ("failed" if bad else "passed"), u

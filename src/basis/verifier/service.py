@@ -107,7 +107,7 @@ class Verifier:
             self._retry[job_id] = time.monotonic() + RETRY_AFTER
             log.warning("job %s could not be checked (%s); it stays held", job_id, exc)
             return False
-        stat = job_statistic(scores, check["temperature"])
+        stat = job_statistic(scores, check["temperature"], req.output_ids)
         assert job.worker is not None
         unsettled = reader.unsettled_of(job.worker)
         out = await asyncio.to_thread(self.ledger.run, record_verdict(job.id, check["ids_sha256"], stat, self.policy,
