@@ -114,3 +114,28 @@ def test_an_edited_suspension_evidence_is_named(settings):
     assert rc != 0
     assert any(p == f"worker {CHEAT}: suspension cites job {honest}, not a checked job of it"
                for p in report["problems"]), report["problems"]
+
+
+def test_an_edited_probation_is_named(settings):
+    """A reinstated worker goes back on probation (Worker.ProbationStarted, right after its
+    Reinstated event, from its checked count then); a start moved in the log is named."""
+    from basis.ledger import ids
+    from basis.ledger.verdicts import reinstate_worker, suspend_worker
+
+    ledger = Ledger(settings, verification=POLICY)
+    account_id = ledger.open_account("cy")
+    ledger.grant("cy", 10**18)
+    job_id, _ = contributor_job(ledger, account_id, HONEST)
+    ledger.run(record_verdict(job_id, ledger.get(job_id).check["ids_sha256"], passing(), POLICY))
+    ledger.run(suspend_worker(HONEST, "abuse report"))
+    ledger.run(reinstate_worker(HONEST, "appeal upheld"))
+    Projector(ledger.store, settings.views_path).catch_up()
+    ledger.close()
+    rc, report = basis_audit(settings.home)
+    assert rc == 0, report["problems"]
+    _edit_event(settings, str(ids.worker_id(HONEST)), "basis:Worker.ProbationStarted.v1",
+                lambda s: s.update(from_checked=7))
+    rc, report = basis_audit(settings.home)
+    assert rc != 0
+    assert f"worker {HONEST}: probation from 7 checked jobs, its verdicts say 1" in report["problems"], \
+        report["problems"]

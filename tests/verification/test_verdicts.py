@@ -187,6 +187,47 @@ def test_the_operator_suspends_and_reinstates_by_hand(ledger, settings):
     assert report.ok, report.problems
 
 
+def test_a_reinstated_worker_is_on_probation_again(ledger, settings):
+    """After reinstatement its next ``probation_jobs`` jobs are all checked (reason probation), as
+    a new worker's are; then it is back to the keyed sample. One ProbationStarted event records it."""
+    account_id = ledger.open_account("ivy")
+    ledger.grant("ivy", 10**18)
+    for _ in range(POLICY.probation_jobs):
+        job_id, _ = contributor_job(ledger, account_id, HONEST)
+        assert ledger.get(job_id).check["reason"] == "probation"
+        judge(ledger, job_id, passing())
+    reasons = []
+    for _ in range(12):  # probation over: 1 job in 2 sampled, some not checked at all
+        job_id, _ = contributor_job(ledger, account_id, HONEST)
+        job = ledger.get(job_id)
+        reasons.append(job.check["reason"] if job.check else None)
+        if job.check:
+            judge(ledger, job_id, passing())
+    assert None in reasons and "probation" not in reasons
+    checked = ledger.get(ids.worker_id(HONEST)).evidence.checked
+    ledger.run(suspend_worker(HONEST, "abuse report 18"))
+    with pytest.raises(InvalidTransition):  # probation only for a worker in service
+        ledger.get(ids.worker_id(HONEST)).start_probation(from_checked=checked, reason="x")
+    ledger.run(reinstate_worker(HONEST, "appeal upheld"))
+    worker = ledger.get(ids.worker_id(HONEST))
+    assert worker.probation_from == checked and worker.on_probation(POLICY.probation_jobs)
+    again = []
+    for _ in range(POLICY.probation_jobs):
+        job_id, _ = contributor_job(ledger, account_id, HONEST)
+        again.append(ledger.get(job_id).check["reason"] if ledger.get(job_id).check else None)
+        judge(ledger, job_id, passing())
+    assert again == ["probation"] * POLICY.probation_jobs
+    assert not ledger.get(ids.worker_id(HONEST)).on_probation(POLICY.probation_jobs)
+    topics = [e.topic for e in ledger.store.recorder.select_events(ids.worker_id(HONEST))]
+    assert topics.count("basis:Worker.ProbationStarted.v1") == 1
+    assert topics.index("basis:Worker.ProbationStarted.v1") == topics.index("basis:Worker.Reinstated.v1") + 1
+    r = views(ledger, settings)
+    assert r.worker_status(HONEST)["probation_from"] == checked and r.worker_status(HONEST)["status"] == "active"
+    r.close()
+    report = audit(ledger.store, settings.views_path, signer=ledger.signer.address)
+    assert report.ok, report.problems
+
+
 def test_verdict_for_other_ids_is_refused(ledger):
     account_id = ledger.open_account("fay")
     ledger.grant("fay", 10**18)

@@ -92,7 +92,8 @@ def workers_reinstate(
     address: str = typer.Argument(..., help="The worker's reward address."),
     reason: str = typer.Option("reinstated by the operator", "--reason", help="Recorded and published."),
 ) -> None:
-    """Reinstate a suspended worker (its accumulated evidence starts again from zero)."""
+    """Reinstate a suspended worker (its accumulated evidence starts again from zero, and it is on
+    probation again: its next probation_jobs jobs are all checked)."""
     from basis.ledger.errors import LedgerError
     from basis.ledger.verdicts import reinstate_worker
 
@@ -104,7 +105,7 @@ def workers_reinstate(
         _fail(str(exc), 1)
     finally:
         ledger.close()
-    print(json.dumps({"worker": address, "status": "active", "reason": reason}))
+    print(json.dumps({"worker": address, "status": "active", "probation": True, "reason": reason}))
 
 
 @verifier.command("run")

@@ -62,7 +62,8 @@ def sampling_secret(home: Path) -> bytes:
 def select_for_check(uow: UnitOfWork, job: Job, check: dict[str, Any], policy: VerificationPolicy,
                      secret: bytes, models: Collection[str] | None = None) -> str | None:
     """Record the job's check request when it is chosen: every job of a worker's probation (its
-    first ``probation_jobs`` checked jobs), else the keyed sample. Returns the reason or None."""
+    first ``probation_jobs`` checked jobs, and as many again after each reinstatement), else the
+    keyed sample. Returns the reason or None."""
     if not policy.enabled or job.receipt is None or job.served_by != "contributor" or job.worker is None:
         return None
     if models is not None and job.model not in models:
@@ -71,7 +72,7 @@ def select_for_check(uow: UnitOfWork, job: Job, check: dict[str, Any], policy: V
     if not output_ids or len(output_ids) != job.output_tokens:
         return None  # nothing to score, or ids the gateway did not count: the receipt stands
     worker = uow.find(Worker, ids.worker_id(job.worker))
-    if worker is None or worker.evidence.checked < policy.probation_jobs:
+    if worker is None or worker.on_probation(policy.probation_jobs):
         reason = "probation"
     elif sampled(secret, str(job.id), policy.sample_bps):
         reason = "sample"
@@ -185,8 +186,13 @@ def suspend_worker(address: str, reason: str, unsettled: Sequence[str] = ()) -> 
 
 
 def reinstate_worker(address: str, reason: str) -> Callable[[UnitOfWork], None]:
+    """Back in service, evidence cleared, and on probation again: a worker that was suspended
+    (for cheating, or by hand) earns its way back to sampling the way a new one does."""
+
     def cmd(uow: UnitOfWork) -> None:
-        _worker(uow, address).reinstate(by=OPERATOR, reason=reason)
+        worker = _worker(uow, address)
+        worker.reinstate(by=OPERATOR, reason=reason)
+        worker.start_probation(from_checked=worker.evidence.checked, reason="reinstated")
 
     return cmd
 

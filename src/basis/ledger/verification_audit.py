@@ -6,6 +6,7 @@
 - a forfeit names the receipt's own reward; one "worker suspended" forfeit needs the worker to
   have been suspended at that point of the log;
 - each worker's checked / failed counts and CUSUM levels refolded from its verdicts;
+- a worker back on probation only right after its reinstatement, from its checked count then;
 - settled batches: no job settled while awaiting its verdict; a forfeited reward carried as 0;
   the rewards view's ``settled`` equals the sum of the settled rewards not forfeited.
 """
@@ -25,7 +26,8 @@ from basis.verification.sequential import WorkerEvidence
 from basis.verification.stats import Calibration, JobStatistic, judge_job
 
 TOPICS = ("basis:Job.Verified.v1", "basis:Job.RewardForfeited.v1", "basis:Worker.Checked.v1",
-          "basis:Worker.Suspended.v1", "basis:Worker.Reinstated.v1", "basis:Job.CheckRequested.v1",
+          "basis:Worker.Suspended.v1", "basis:Worker.Reinstated.v1", "basis:Worker.ProbationStarted.v1",
+          "basis:Job.CheckRequested.v1",
           "basis:Job.Settled.v1")
 
 
@@ -42,7 +44,9 @@ def check_verification(replay: ViewReader, store: LedgerStore, problems: list[st
     decode = store.mapper.transcoder.decode
     worker_of: dict[str, str] = {r["worker_id"]: r["address"] for r in db.execute(
         "SELECT worker_id, address FROM workers")}
+    reinstated_last: str | None = None  # the worker whose reinstatement is the previous event, if any
     for job_id, topic, d in _events(store, decode, upto):
+        just_reinstated, reinstated_last = reinstated_last, None
         if topic == "basis:Job.CheckRequested.v1":
             requested.add(job_id)
         elif topic == "basis:Job.Verified.v1":
@@ -86,6 +90,14 @@ def check_verification(replay: ViewReader, store: LedgerStore, problems: list[st
             suspended.discard(address)
             ev = folded[address]
             folded[address] = WorkerEvidence(checked=ev.checked, failed=ev.failed)
+            reinstated_last = address
+        elif topic == "basis:Worker.ProbationStarted.v1":
+            address = worker_of.get(job_id, job_id)
+            if just_reinstated != address:
+                problems.append(f"worker {address}: put on probation without being reinstated just before")
+            if int(d["from_checked"]) != folded[address].checked:
+                problems.append(f"worker {address}: probation from {d['from_checked']} checked jobs, its verdicts "
+                                f"say {folded[address].checked}")
     for job_id, verdict in sorted(verdicts.items()):
         core = receipts.get(job_id)
         refund = refunds.get(job_id)

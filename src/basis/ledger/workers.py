@@ -29,6 +29,7 @@ class Worker(Aggregate):
         self.evidence = WorkerEvidence()
         self.evidence_jobs: list[str] = []  # checked jobs since the evidence was last at zero
         self.suspended: dict[str, object] | None = None  # {by, reason, evidence} while suspended
+        self.probation_from = 0  # its probation counts checked jobs from this count on (0: since it joined)
 
     @event("Advertised", topic="basis:Worker.Advertised.v1")
     def advertise(self, models: list[str], software: str = "") -> None:
@@ -54,6 +55,22 @@ class Worker(Aggregate):
         if by not in ("verifier", "operator"):
             raise InvalidTransition(f"unknown suspender {by!r}")
         self.suspended = {"by": by, "reason": reason, "evidence": list(evidence)}
+
+    def on_probation(self, probation_jobs: int) -> bool:
+        """Whether every job of it is checked now: its first ``probation_jobs`` checked jobs, and
+        again as many after each reinstatement."""
+        return self.evidence.checked - self.probation_from < probation_jobs
+
+    @event("ProbationStarted", topic="basis:Worker.ProbationStarted.v1")
+    def start_probation(self, from_checked: int, reason: str) -> None:
+        """Back on probation (after a reinstatement): its next ``probation_jobs`` checked jobs,
+        counted from ``from_checked`` (its checked count now), are all checked again."""
+        if self.suspended is not None:
+            raise InvalidTransition(f"worker {self.address} is suspended: reinstate it first")
+        if from_checked != self.evidence.checked:
+            raise InvalidTransition(f"probation of {self.address} must start at its {self.evidence.checked} "
+                                    f"checked jobs, not {from_checked}")
+        self.probation_from = from_checked
 
     @event("Reinstated", topic="basis:Worker.Reinstated.v1")
     def reinstate(self, by: str, reason: str) -> None:

@@ -24,7 +24,7 @@ from typing import Literal
 
 from basis.engines.scoring import TokenScore
 
-METHOD = "teacher-forced-z/v1"
+METHOD = "teacher-forced-z/v2"  # v2: the repeat test beside z and the tail test
 GREEDY_TEMPERATURE = 1e-6  # at or below this the job is greedy
 TAIL_ALPHA = 5e-4  # a sampled job fails when its tail p-value is below this (honest false fails <= 0.05 %)
 REPEAT_ALPHA = 2e-4  # a sampled job fails when its repeat p-value is below this (honest false fails <= 0.02 %)

@@ -56,7 +56,7 @@ def _status_row(p: Projector, n: Any, d: dict[str, Any]) -> dict[str, Any]:
     row = cur.fetchone()
     if row is None:
         return {"address": found[0], "checked": 0, "failed": 0, "upper": 0.0, "lower": 0.0, "status": "active",
-                "suspended_by": None, "reason": None, "evidence": None, "updated_at": _ts(d)}
+                "suspended_by": None, "reason": None, "evidence": None, "updated_at": _ts(d), "probation_from": 0}
     return dict(zip([c[0] for c in cur.description], row, strict=True))
 
 
@@ -88,6 +88,12 @@ def worker_reinstated(p: Projector, b: _Batch, n: Any, d: dict[str, Any]) -> Non
     _put_status(p, row)
 
 
+def worker_probation_started(p: Projector, b: _Batch, n: Any, d: dict[str, Any]) -> None:
+    row = _status_row(p, n, d)
+    row.update(probation_from=int(d["from_checked"]), updated_at=_ts(d))
+    _put_status(p, row)
+
+
 HANDLERS = {
     "basis:Job.CheckRequested.v1": check_requested,
     "basis:Job.Verified.v1": verified,
@@ -95,4 +101,5 @@ HANDLERS = {
     "basis:Worker.Checked.v1": worker_checked,
     "basis:Worker.Suspended.v1": worker_suspended,
     "basis:Worker.Reinstated.v1": worker_reinstated,
+    "basis:Worker.ProbationStarted.v1": worker_probation_started,
 }
