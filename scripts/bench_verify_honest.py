@@ -41,27 +41,28 @@ async def run(args) -> None:
     binding = ModelBinding(model_id=args.binding, gguf=args.binding)
     scorer = LlamaScorer(binding, n_threads=1)
     configs = [tuple(float(x) for x in c.split("/")) for c in args.configs.split(",") if c]
+    engine = LlamaCppEngine(binding, n_ctx=512, n_threads=args.worker_threads)
+    if args.batch != 512:  # another batch size: the engine's own model cache, filled with a smaller n_batch
+        import threading
+
+        import llama_cpp
+
+        from basis.engines import llama_cpp as engine_module
+
+        llm = llama_cpp.Llama(model_path=binding.gguf_path, n_ctx=512, n_threads=args.worker_threads,
+                              n_threads_batch=args.worker_threads, n_batch=args.batch, verbose=False)
+        engine_module._llamas[(binding.gguf_path, 512, args.worker_threads)] = (llm, threading.Lock())
+    b = engine.binding("")
+    t0 = time.time()
     with out.open("a") as fh:
-        for t, p in configs:
-            key = (t, p, args.worker_threads, args.batch)
-            engine = LlamaCppEngine(binding, n_ctx=512, n_threads=args.worker_threads)
-            if args.batch != 512:  # another batch size: the engine's own loader with a smaller n_batch
-                import llama_cpp
-
-                from basis.engines import llama_cpp as mod
-
-                llm = llama_cpp.Llama(model_path=binding.gguf_path, n_ctx=512, n_threads=args.worker_threads,
-                                      n_threads_batch=args.worker_threads, n_batch=args.batch, verbose=False)
-                import threading
-
-                mod._llamas[(binding.gguf_path, 512, args.worker_threads)] = (llm, threading.Lock())
-            t0 = time.time()
-            for k in range(done.get(key, 0), args.jobs):
+        for k in range(args.jobs):  # round robin over the configurations: a run cut short covers them all
+            for t, p in configs:
+                if k < done.get((t, p, args.worker_threads, args.batch), 0):
+                    continue
                 if args.until and time.time() > args.until:
                     print("deadline reached", file=sys.stderr)
                     return
                 text = PROMPTS[k % len(PROMPTS)]
-                b = engine.binding("")
                 prompt = b.apply_chat_template([{"role": "user", "content": text}])
                 req = GenerateRequest(prompt_ids=prompt, max_tokens=args.tokens, temperature=t, top_p=p,
                                       seed=100_000 + k)
@@ -80,8 +81,8 @@ async def run(args) -> None:
                                 None if s.tail is None else float(f"{s.tail:.6g}")] for s in scores]}
                 fh.write(json.dumps(rec) + "\n")
                 fh.flush()
-                if (k + 1) % 100 == 0:
-                    print(f"{args.binding} T={t} top_p={p}: {k + 1} jobs, {time.time() - t0:.0f}s", file=sys.stderr)
+            if (k + 1) % 25 == 0:
+                print(f"{args.binding}: {k + 1} jobs a configuration, {time.time() - t0:.0f}s", file=sys.stderr)
 
 
 def main() -> None:
