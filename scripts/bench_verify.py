@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import math
 import random
@@ -73,11 +74,20 @@ def quantize_q2k(src: str, out_dir: str) -> str:
     return dst
 
 
+def job_seed(*key: object) -> int:
+    """A well-spread seed per job. Not ``base + k``: llama.cpp's sampler streams for consecutive
+    seeds are correlated (measured: SmolLM2 at T 1.0, seeds 1000..1007 over 8 different prompts
+    gave z -0.51 on average, 7 of 8 within -0.58..-1.04; seeds 100000..100007 +0.47), so a cell of
+    consecutive seeds holds far fewer independent jobs than it counts."""
+    return int.from_bytes(hashlib.sha256(repr(key).encode()).digest()[:4], "big") & 0x7FFFFFFF
+
+
 class Lab:
     """Engines and the scorer for one claimed binding."""
 
-    def __init__(self, gguf: str, tokens: int, tmp: str, worker_threads: int) -> None:
+    def __init__(self, gguf: str, tokens: int, tmp: str, worker_threads: int, consecutive_seeds: bool = False) -> None:
         self.name = gguf
+        self.consecutive_seeds = consecutive_seeds
         self.tokens = tokens
         self.binding = ModelBinding(model_id=gguf, gguf=gguf)
         self.other = ModelBinding(model_id=OTHER[gguf], gguf=OTHER[gguf])
@@ -88,6 +98,16 @@ class Lab:
         self.scorer = LlamaScorer(self.binding, n_threads=1)
         ordinary = [i for i in range(self.binding.n_vocab) if self.binding.vocab.pieces[i]]
         self.ordinary = [i for i in ordinary if i not in self.binding.eos_token_ids]
+
+    def seed(self, *key: object) -> int:
+        """A well-spread seed per job (``--seeds spread``), or the earlier ``base + k`` scheme
+        (``--seeds consecutive``: reproduces the jobs of earlier reports). llama.cpp's sampler streams
+        for consecutive seeds are correlated: see job_seed."""
+        if self.consecutive_seeds:
+            base = {"honest": 1000, "threads": 1000, "double_temperature": 2000, "greedy": 3000, "q2k": 4000,
+                    "other_model": 5000}.get(str(key[0]), 0)
+            return base + int(key[-1])  # type: ignore[call-overload]
+        return job_seed(self.name, *key)
 
     async def generate(self, engine: str, prompt_text: str, temperature: float, top_p: float, seed: int,
                        max_tokens: int = 0):
@@ -116,8 +136,9 @@ class Lab:
         rng = random.Random(zlib.crc32(repr((self.name, kind, temperature, top_p, k)).encode()))
         text = PROMPTS[k % len(PROMPTS)]
         gen_cpu, gen_tokens = 0.0, 0
+        seed = self.seed(kind, temperature, top_p, k)
         if kind in ("honest", "threads"):
-            _, ids, gen_cpu = await self.generate(kind, text, temperature, top_p, 1000 + k)
+            _, ids, gen_cpu = await self.generate(kind, text, temperature, top_p, seed)
             gen_tokens = len(ids)
         elif kind == "random":
             ids = [rng.choice(self.ordinary) for _ in range(self.tokens)]
@@ -131,13 +152,13 @@ class Lab:
                 return None
             ids = first[:1] * self.tokens
         elif kind == "double_temperature":
-            _, ids, _ = await self.generate("honest", text, 2 * temperature, top_p, 2000 + k)
+            _, ids, _ = await self.generate("honest", text, 2 * temperature, top_p, seed)
         elif kind == "greedy":
-            _, ids, _ = await self.generate("honest", text, 0.0, 1.0, 3000 + k)
+            _, ids, _ = await self.generate("honest", text, 0.0, 1.0, seed)
         elif kind == "q2k":
-            _, ids, _ = await self.generate("q2k", text, temperature, top_p, 4000 + k)
+            _, ids, _ = await self.generate("q2k", text, temperature, top_p, seed)
         elif kind == "other_model":
-            ob, oids, _ = await self.generate("other", text, temperature, top_p, 5000 + k)
+            ob, oids, _ = await self.generate("other", text, temperature, top_p, seed)
             ids = self.binding.tokenize(ob.detokenize(oids).decode("utf-8", "replace"))[: self.tokens]
         else:
             raise ValueError(kind)
@@ -168,10 +189,11 @@ async def collect(args, pool: list[dict]) -> None:
     done = {(r["binding"], r["kind"], r["temperature"], r["top_p"]) for r in pool}
     with tempfile.TemporaryDirectory(prefix="bench-verify-") as tmp:
         for gguf in args.bindings:
-            todo = [cell for cell in plan(args) if (gguf, *cell[:3]) not in done]
+            todo = [cell for cell in plan(args) if (gguf, *cell[:3]) not in done
+                    and (not args.kinds or cell[0] in args.kinds)]
             if not todo:
                 continue
-            lab = Lab(gguf, args.tokens, tmp, args.worker_threads)
+            lab = Lab(gguf, args.tokens, tmp, args.worker_threads, args.seeds == "consecutive")
             for kind, t, p, n in todo:
                 t0 = time.time()
                 for k in range(n):
@@ -297,8 +319,10 @@ def analyse(pool: list[dict], args) -> None:
 
     print("\n### Cost\n")
     for b in args.bindings:
-        gen = [r for r in pool if r["binding"] == b and r["gen_tokens"]]
-        sc = [r for r in pool if r["binding"] == b and "score_cpu" in r]
+        gen = [r for r in pool + args.real if r["binding"] == b and r.get("gen_tokens")]
+        sc = [r for r in pool + args.real if r["binding"] == b and "score_cpu" in r]
+        if not gen or not sc:
+            continue
         g = sum(r["gen_cpu"] for r in gen) / max(1, sum(r["gen_tokens"] for r in gen))
         s = sum(r["score_cpu"] for r in sc) / max(1, sum(r["tokens"] for r in sc))
         rate = policy.sample_bps / 10_000
@@ -322,14 +346,17 @@ def load_lines(files: list[Path]) -> list[dict]:
     return out
 
 
-def analyse_real_honest(recs: list[dict], policy: VerificationPolicy) -> None:
-    """Bulk real honest jobs: every job judged with the published policy, and one worker's CUSUM
-    run over all of a configuration's jobs in the order they were made (no resampling)."""
+def analyse_real_honest(recs: list[dict], policy: VerificationPolicy, args) -> None:
+    """Bulk real honest jobs: every job judged with the published policy, one worker's CUSUM run
+    over all of a configuration's jobs in the order they were made (real, no resampling), and
+    ``--trials`` workers of ``--honest-checked`` checked jobs drawn with replacement from them
+    (resampled: labelled so)."""
+    rng = random.Random(12)
     print("\n### Honest workers: real jobs in bulk\n")
     print("| binding | T | top_p | worker threads / n_batch | real checked jobs | z or agreement: mean (sd) | "
           "failed (z / tail / repeat) | per-job false fail: observed (95 % upper bound) | "
-          "one worker over all of them: max CUSUM level, suspended |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "one worker over all of them: max CUSUM level, suspended | resampled: suspended workers |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     groups: dict[tuple, list[dict]] = {}
     for r in recs:
         key = (r["binding"], r["temperature"], r["top_p"], r.get("worker_threads", 1), r.get("n_batch", 512))
@@ -337,7 +364,7 @@ def analyse_real_honest(recs: list[dict], policy: VerificationPolicy) -> None:
     for (b, t, p, th, nb), rs in sorted(groups.items()):
         rs = sorted(rs, key=lambda r: r.get("k", 0))
         cal = policy.calibration_for(b)
-        ev, fails, causes, top = WorkerEvidence(), 0, [0, 0, 0], 0.0
+        ev, fails, causes, top, judged = WorkerEvidence(), 0, [0, 0, 0], 0.0, []
         for r in rs:
             stat = stat_of(r)
             verdict, u = judge_job(stat, cal, policy.job_threshold, tail_alpha=policy.tail_alpha,
@@ -349,12 +376,16 @@ def analyse_real_honest(recs: list[dict], policy: VerificationPolicy) -> None:
                 causes[2] += stat.repeat is not None and stat.repeat < policy.repeat_alpha
             ev = ev.update(u, failed=verdict == "failed", drift=policy.drift)
             top = max(top, ev.level)
+            judged.append((verdict == "failed", u))
+        boot = sum(checks_until_suspended(lambda j=judged: rng.choice(j), policy, args.honest_checked) is not None
+                   for _ in range(args.trials))
         raw = [r["agreement"] if r["agreement"] is not None else r["z"] for r in rs]
         n = len(rs)
         upper = 3.0 / n if fails == 0 else (fails + 2 * math.sqrt(fails) + 2) / n  # rule of three / rough Poisson
         print(f"| {b} | {t} | {p} | {th} / {nb} | {n} | {statistics.fmean(raw):.3f} "
               f"({statistics.stdev(raw) if n > 1 else 0:.3f}) | {fails} ({causes[0]} / {causes[1]} / {causes[2]}) | "
-              f"{fails / n:.2%} ({upper:.2%}) | {top:.2f}, {'yes' if ev.crossed(policy.worker_threshold) else 'no'} |")
+              f"{fails / n:.2%} ({upper:.2%}) | {top:.2f}, {'yes' if ev.crossed(policy.worker_threshold) else 'no'} | "
+              f"{boot}/{args.trials} x {args.honest_checked} |")
 
 
 def main() -> None:
@@ -369,12 +400,17 @@ def main() -> None:
     ap.add_argument("--cap", type=int, default=500, help="give up on a cheat's trial after this many checks")
     ap.add_argument("--pool", default="", help="JSON file of scored jobs: read, extended cell by cell "
                     "(a rerun resumes); several files, comma-separated, with --analyse-only")
+    ap.add_argument("--kinds", default="", help="only these workers (honest, threads, random, stuck, ...), "
+                    "comma-separated; default all")
+    ap.add_argument("--seeds", choices=("spread", "consecutive"), default="spread",
+                    help="per-job seeds: hashed (default), or base + k as in the reports before 2026-12-01 evening")
     ap.add_argument("--analyse-only", action="store_true", help="only analyse the jobs in --pool")
     ap.add_argument("--lines", default="", help="JSON-lines files of per-position jobs (bench_verify_honest.py, "
                     "bench_verify_stuck.py), comma-separated: honest ones are reported as real bulk jobs, stuck "
                     "ones join the cheats")
     args = ap.parse_args()
     args.bindings = [b for b in args.bindings.split(",") if b]
+    args.kinds = {k for k in args.kinds.split(",") if k}
     files = [Path(f) for f in args.pool.split(",") if f]
     pool = [rec for f in files if f.exists() for rec in json.loads(f.read_text())]
     if not args.analyse_only:
@@ -387,10 +423,10 @@ def main() -> None:
             r["kind"] = f"stuck:{r['choice']}"  # one cheat cell per id choice
     pool += [r for r in lines if r["kind"] != "honest"]
     args.bindings = sorted({r["binding"] for r in pool} | {r["binding"] for r in lines})
+    real = args.real = [r for r in lines if r["kind"] == "honest"]
     analyse(pool, args)
-    real = [r for r in lines if r["kind"] == "honest"]
     if real:
-        analyse_real_honest(real, VerificationPolicy())
+        analyse_real_honest(real, VerificationPolicy(), args)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ its own sampler and a per-job seed) generates, ``LlamaScorer`` (what the verifie
 scores, exactly the code path of ``basis worker`` and ``basis verifier run`` below the protocol.
 Each job is one JSON line with its ids and per-position scores (logprob, expected, variance, rank,
 tail), so any job statistic can be recomputed from the file without generating again
-(``bench_verify.py --honest-lines`` judges them). A rerun appends: jobs already in ``--out`` are kept.
+(``bench_verify.py --lines`` judges them). A rerun appends: jobs already in ``--out`` are kept.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from basis.engines.llama_cpp import LlamaCppEngine
 from basis.engines.llama_scoring import LlamaScorer
 from basis.engines.scoring import ScoreRequest
 from basis.models.binding import ModelBinding
-from bench_verify import PROMPTS
+from bench_verify import PROMPTS, job_seed
 
 
 async def run(args) -> None:
@@ -65,7 +65,7 @@ async def run(args) -> None:
                 text = PROMPTS[k % len(PROMPTS)]
                 prompt = b.apply_chat_template([{"role": "user", "content": text}])
                 req = GenerateRequest(prompt_ids=prompt, max_tokens=args.tokens, temperature=t, top_p=p,
-                                      seed=100_000 + k)
+                                      seed=job_seed(t, p, args.worker_threads, args.batch, k))
                 g0 = time.process_time()
                 ids = [i async for step in engine.generate(req) for i in step.ids]
                 gen_cpu = time.process_time() - g0
