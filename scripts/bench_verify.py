@@ -20,6 +20,9 @@ defaults: thresholds, CUSUM drift, per-binding calibration) and prints
   stress test of the tails a few jobs cannot show, from a normal with the cell's mean and the
   binding's pooled sd inflated 25 %);
 - the verifier's CPU seconds per checked token against the worker's per generated token.
+With ``--lines``, per-position job files join the analysis: real honest jobs made in bulk by
+``bench_verify_honest.py`` (judged one by one, one worker's CUSUM over them in order, and resampled
+workers) and stuck-engine jobs per id choice from ``bench_verify_stuck.py``.
 The gateway, protocol and ledger path is covered by the end-to-end tests, not here.
 """
 
