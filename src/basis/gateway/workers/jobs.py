@@ -6,12 +6,15 @@ import asyncio
 from dataclasses import dataclass, field
 
 from basis.protocol import Done, Error, Job, Tokens
-from basis.protocol.messages import FEATURE_JSON_SCHEMA
+from basis.protocol.messages import FEATURE_JSON_SCHEMA, FEATURE_LOGPROBS
 
 
 def job_features(job: Job) -> frozenset[str]:
     """The optional worker features a job needs (a worker without them never receives it)."""
-    return frozenset({FEATURE_JSON_SCHEMA}) if job.json_schema is not None else frozenset()
+    needs = {FEATURE_JSON_SCHEMA} if job.json_schema is not None else set()
+    if job.logprobs:
+        needs.add(FEATURE_LOGPROBS)  # protocol v3
+    return frozenset(needs)
 
 
 class NoWorkerAvailable(Exception):

@@ -31,6 +31,7 @@ from basis.protocol import (
     parse_worker_message,
     recover_signer,
 )
+from basis.protocol.messages import FEATURE_LOGPROBS, version_features
 
 log = logging.getLogger("basis.gateway.workers")
 
@@ -129,7 +130,8 @@ class WorkerSessions:
             binding_hashes={o.model: o.binding_hash for o in hello.models},
             software=hello.software,
             protocol_version=hello.protocol_version,
-            features=frozenset(hello.features),
+            # logprobs come with protocol v3, never from a list an older worker might send
+            features=(frozenset(hello.features) - {FEATURE_LOGPROBS}) | version_features(hello.protocol_version),
             send_text=ws.send_text,
             close=_close,
             connected_at=now,
