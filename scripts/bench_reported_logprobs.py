@@ -7,7 +7,10 @@ operations. This script generates with LlamaCppEngine at several thread counts, 
 ids with LlamaScorer at other thread counts / rows per decode, and prints the distribution of
 |reported - reference| per token, per job (max), and the chosen tolerance's margin.
 
-    PYTHONPATH=src .venv/bin/python scripts/bench_reported_logprobs.py [--jobs 6] [--tokens 48]
+    PYTHONPATH=src .venv/bin/python scripts/bench_reported_logprobs.py [--model M] [--jobs 6] [--tokens 48]
+
+It also prints what reporting costs the worker per token (``token_logprob``: one log-softmax over
+the vocabulary, plus the top-k), the only work logprobs add, and only to jobs that ask.
 """
 
 from __future__ import annotations
@@ -15,9 +18,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
+import timeit
+
+import numpy as np
 
 from basis.engines.base import GenerateRequest
-from basis.engines.llama_cpp import LlamaCppEngine
+from basis.engines.llama_cpp import LlamaCppEngine, token_logprob
 from basis.engines.llama_scoring import LlamaScorer
 from basis.engines.scoring import ScoreRequest
 from basis.models import load_bindings
@@ -46,6 +52,10 @@ async def main() -> None:
     ap.add_argument("--tokens", type=int, default=48)
     args = ap.parse_args()
     binding = load_bindings()[args.model]
+    row = np.random.default_rng(0).standard_normal(binding.n_vocab).astype(np.float32) * 3
+    for top in (0, 20):
+        cost = min(timeit.repeat(lambda top=top: token_logprob(row, 5, top), number=50, repeat=3)) / 50
+        print(f"cost per token, vocabulary {binding.n_vocab}, top_logprobs {top}: {cost * 1e3:.3f} ms")
     diffs: list[float] = []
     job_max: list[float] = []
     job_mean: list[float] = []
