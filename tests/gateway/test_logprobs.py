@@ -183,3 +183,22 @@ def test_logprobs_with_a_tool_call_stop_sequences_and_an_idempotent_replay(llama
                                            extra_headers={"Idempotency-Key": "lp-replay"})
     assert first.choices[0].logprobs is not None and again.choices[0].logprobs is None
     assert again.choices[0].message.content == first.choices[0].message.content
+
+
+def test_the_gateways_own_llama_engine_serves_logprobs(tmp_path):
+    from basis.gateway.runtime import GatewayOptions
+    from tests.gateway.harness import Gateway
+
+    gw = Gateway(tmp_path / "home", GatewayOptions(engine="llama-cpp", engine_models=["basis-default"],
+                                                   heartbeat_interval=1.0))
+    try:
+        _, key = gw.account("lp-gateway-engine", 10**21)
+        c = _client(gw, key).chat.completions.create(model="basis-default", messages=MESSAGES, max_tokens=6,
+                                                     temperature=0, logprobs=True, top_logprobs=2)
+        content = c.choices[0].logprobs.content
+        assert len(content) == c.usage.completion_tokens and _joined(content) == c.choices[0].message.content
+        assert all(e.top_logprobs[0].logprob == e.logprob for e in content)
+        r = httpx.get(f"{gw.base}/v1/receipts/{c.id.removeprefix('chatcmpl-')}").json()
+        assert r["core"]["served_by"] == "gateway"
+    finally:
+        gw.close()
