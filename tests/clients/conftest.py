@@ -76,15 +76,24 @@ def run_guarded_python(code: str, *, timeout: float = 240) -> subprocess.Complet
                           text=True, timeout=timeout)
 
 
-def check_usage(live: Live, completion_id: str, prompt_tokens: int, completion_tokens: int,
-                max_tokens: int | None = None) -> dict:
-    """The usage a client reports is the signed receipt's count for the job (the chat id names it)."""
+def check_usage(live: Live, completion_id: str | None, prompt_tokens: int, completion_tokens: int,
+                max_tokens: int | None = None, *, key: str | None = None) -> dict:
+    """The usage a client reports is the signed receipt's count for the job: the one the chat id names,
+    or (a client that drops the id) the newest receipt of ``key``'s account, via GET /v1/account/receipts."""
+    import httpx
+
     from tests.gateway.test_worker_failures import receipt_for
 
     assert prompt_tokens > 0 and completion_tokens > 0
     if max_tokens is not None:
         assert completion_tokens <= max_tokens
-    receipt = receipt_for(live.gateway, completion_id.removeprefix("chatcmpl-"))
+    if completion_id is not None:
+        receipt = receipt_for(live.gateway, completion_id.removeprefix("chatcmpl-"))
+    else:
+        live.gateway.views_caught_up()
+        r = httpx.get(live.base_url + "/account/receipts", params={"limit": 1}, timeout=30,
+                      headers={"Authorization": f"Bearer {key}"})
+        receipt = r.json()["data"][0]
     assert receipt is not None, completion_id
     core = receipt["core"]
     assert (core["prompt_tokens"], core["output_tokens"]) == (prompt_tokens, completion_tokens)
