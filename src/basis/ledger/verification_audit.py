@@ -21,6 +21,7 @@ from eventsourcing.application import AggregateNotFoundError
 
 from basis.ledger.projections import ViewReader
 from basis.ledger.store import LedgerStore
+from basis.verification.reported_logprobs import judge_reported, split_statistic
 from basis.verification.sequential import WorkerEvidence
 from basis.verification.stats import Calibration, JobStatistic, judge_job
 
@@ -119,9 +120,11 @@ def _events(store: LedgerStore, decode: Any, upto: int | None = None):
 
 def _rejudge(job_id: str, d: dict[str, Any], problems: list[str]) -> None:
     try:
-        stat = JobStatistic(**d["statistic"])
+        own, reported = split_statistic(d["statistic"])
+        stat = JobStatistic(**own)
         extra = {} if d.get("tail_alpha") is None else {"tail_alpha": float(d["tail_alpha"])}
         verdict, u = judge_job(stat, Calibration(**d["calibration"]), float(d["job_threshold"]), **extra)
+        verdict, u = judge_reported(verdict, u, reported, float(d["job_threshold"]))
     except (TypeError, ValueError, KeyError, AssertionError) as exc:
         problems.append(f"job {job_id}: verdict cannot be re-decided from its statistic ({exc})")
         return

@@ -25,6 +25,8 @@ from basis.ledger.service import Ledger
 from basis.ledger.verdicts import record_verdict
 from basis.observability import metrics
 from basis.verification.policy import VerificationPolicy
+from basis.verification.reported_logprobs import KEY as REPORTED_KEY
+from basis.verification.reported_logprobs import compare
 from basis.verification.stats import job_statistic
 from basis.verifier.policy import ScorerFactory
 
@@ -95,8 +97,10 @@ class Verifier:
         if job.verdict is not None or job.check is None:
             return False  # judged already (the views are behind)
         check = job.check
+        reported_lps = check.get("reported_logprobs")  # the job carried logprobs: compare them too
         req = ScoreRequest(prompt_ids=check["prompt_ids"], output_ids=check["output_ids"],
-                           temperature=check["temperature"], top_p=check["top_p"], model=job.model)
+                           temperature=check["temperature"], top_p=check["top_p"], model=job.model,
+                           raw_logprobs=reported_lps is not None)
         try:
             scores = await self.scorers(job.model).score(req)
             if len(scores) != len(req.output_ids):
@@ -108,10 +112,11 @@ class Verifier:
             log.warning("job %s could not be checked (%s); it stays held", job_id, exc)
             return False
         stat = job_statistic(scores, check["temperature"])
+        reported = compare(reported_lps, scores) if reported_lps is not None else None
         assert job.worker is not None
         unsettled = reader.unsettled_of(job.worker)
         out = await asyncio.to_thread(self.ledger.run, record_verdict(job.id, check["ids_sha256"], stat, self.policy,
-                                                                      unsettled))
+                                                                      unsettled, reported))
         self._retry.pop(job_id, None)
         if out["applied"]:
             self.judged += 1
@@ -119,7 +124,8 @@ class Verifier:
             if self.on_verdict is not None and job.receipt is not None:
                 self.on_verdict(job.receipt, {
                     "verdict": out["verdict"], "method": self.policy.method, "tokens": stat.tokens,
-                    "statistic": stat.as_dict(), "ids_sha256": check["ids_sha256"],
+                    "statistic": stat.as_dict() | ({REPORTED_KEY: reported.as_dict()} if reported else {}),
+                    "ids_sha256": check["ids_sha256"],
                     "reward_forfeited": out["verdict"] == "failed" or bool(out["suspended"])})
             if out["suspended"]:
                 metrics.SUSPENSIONS.labels("verifier").inc()

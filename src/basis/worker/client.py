@@ -17,9 +17,17 @@ from pydantic import ValidationError
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
-from basis.engines.base import Engine, EngineError, GenerateRequest, TokenStep, supports_json_schema
+from basis.engines.base import (
+    Engine,
+    EngineError,
+    GenerateRequest,
+    TokenStep,
+    supports_json_schema,
+    supports_logprobs,
+)
 from basis.protocol import (
-    PROTOCOL_VERSION,
+    LOGPROBS_VERSION,
+    RECEIPTS_VERSION,
     Cancel,
     Challenge,
     Done,
@@ -31,6 +39,7 @@ from basis.protocol import (
     ModelOffer,
     ReceiptFrame,
     Reject,
+    TokenLogprob,
     Tokens,
     Usage,
     VerdictFrame,
@@ -113,6 +122,14 @@ class Worker:
         return [FEATURE_JSON_SCHEMA] if supports_json_schema(self.engine) else []
 
     @property
+    def protocol_version(self) -> int:
+        """The highest version this worker speaks: v2 needs a receipt store, v3 (logprobs) an
+        engine that reports them as well."""
+        if self.inbox is None:
+            return 1
+        return LOGPROBS_VERSION if supports_logprobs(self.engine) else RECEIPTS_VERSION
+
+    @property
     def active_jobs(self) -> int:
         return len(self._jobs)
 
@@ -155,7 +172,7 @@ class Worker:
             first = parse_gateway_message(await asyncio.wait_for(ws.recv(), timeout=self.open_timeout))
             if not isinstance(first, Challenge):
                 raise GatewayLost(f"expected a challenge, got {first.type}")
-            version = min(PROTOCOL_VERSION if self.inbox else 1, first.protocol_version)
+            version = min(self.protocol_version, first.protocol_version)
             text = challenge_text(
                 gateway_address=first.gateway_address,
                 chain_id=first.chain_id,
@@ -251,6 +268,9 @@ class Worker:
             # only to workers that advertise the feature, so this is a gateway's mistake).
             await send(Error(job_id=job.job_id, message="this worker's engine cannot decode under a JSON schema"))
             return
+        if job.logprobs and not supports_logprobs(self.engine):  # likewise: never a job without its logprobs
+            await send(Error(job_id=job.job_id, message="this worker's engine does not report logprobs"))
+            return
         async with sem:
             req = GenerateRequest(
                 prompt_ids=list(job.prompt_ids),
@@ -262,6 +282,8 @@ class Worker:
                 model=job.model,
                 request_id=job.job_id,
                 json_schema=job.json_schema,
+                logprobs=job.logprobs,
+                top_logprobs=job.top_logprobs if job.logprobs else 0,
             )
             count = 0
             gen = self.engine.generate(req)
@@ -294,7 +316,11 @@ class Worker:
                     text = "".join(st.text for st in body)
                     if ids or text:
                         count += len(ids)
-                        await send(Tokens(job_id=job.job_id, ids=ids, text=text))
+                        logprobs = None
+                        if job.logprobs:
+                            logprobs = [TokenLogprob(logprob=lp.logprob, top=list(lp.top))
+                                        for st in body for lp in (st.logprobs or ())]
+                        await send(Tokens(job_id=job.job_id, ids=ids, text=text, logprobs=logprobs))
                     if isinstance(tail, BaseException):
                         raise tail
                     if tail is None:
