@@ -42,19 +42,23 @@ def test_python_blocks_run_as_written(live, doc_key):
     assert MARK not in proc.stderr, proc.stderr[-4000:]
     out = re.split(r"^--- block \d+\n", proc.stdout, flags=re.M)[1:]
     assert len(out) == len(sources) and all(o.strip() for o in out), proc.stdout
-    openai_py, _async, litellm_py, langchain = out
+    openai_py, _async, litellm_py, langchain, logprobs = out
     assert "400 unsupported_parameter tool_choice" in openai_py and "401 invalid_api_key" in openai_py
     assert "name=" in openai_py and "CompletionUsage(" in openai_py  # the parsed City and the usage
     assert "\n401\n" in litellm_py and "Usage(" in litellm_py
     assert "401 invalid_api_key" in langchain and "'name': 'City'" in langchain
+    *per_token, from_litellm, from_langchain = logprobs.strip().splitlines()
+    assert per_token and float(from_litellm) <= 0 and float(from_langchain) <= 0
 
 
 def test_js_blocks_run_as_written(live, doc_key):
     node = require_node_openai()
-    for i, source in enumerate(blocks("js")):
+    chat_block, logprobs_block = blocks("js")
+    for i, (source, expected) in enumerate([(chat_block, ("401 invalid_api_key", "prompt_tokens")),
+                                            (logprobs_block, ('"token_logprobs":[-', '"top_logprobs":[{'))]):
         # Evaluated as an ES module from the repository root: `import "openai"` resolves to node_modules there.
         proc = subprocess.run([node, "--input-type=module", "-e", source.replace(DOC_BASE_URL, live.base_url)],
                               cwd=REPO, env={**os.environ, "BASIS_API_KEY": doc_key}, capture_output=True, text=True,
                               timeout=300)
         assert proc.returncode == 0, (i, proc.stderr[-4000:])
-        assert "401 invalid_api_key" in proc.stdout and "prompt_tokens" in proc.stdout, proc.stdout
+        assert all(e in proc.stdout for e in expected), (i, proc.stdout)
