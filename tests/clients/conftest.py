@@ -3,6 +3,7 @@ client test in this package; each client is driven as its users drive it, over H
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -66,6 +67,15 @@ def require_node_openai() -> str:
         pytest.skip(reason)
     assert node is not None
     return node
+
+
+def run_node(live: Live, script: str, **env: str) -> dict:
+    """Run tests/clients/node/<script> against the live gateway; its stdout is one JSON object."""
+    node = require_node_openai()
+    proc = subprocess.run([node, str(NODE_DIR / script)], cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "BASIS_BASE_URL": live.base_url, "BASIS_API_KEY": live.api_key, **env})
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout)
 
 
 def run_guarded_python(code: str, *, timeout: float = 240) -> subprocess.CompletedProcess[str]:

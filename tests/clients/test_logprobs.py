@@ -14,8 +14,7 @@ import pytest
 from langchain_openai import ChatOpenAI
 from pydantic import BaseModel
 
-from tests.clients.conftest import Live
-from tests.clients.test_openai_node import run_node
+from tests.clients.conftest import Live, run_node
 
 pytestmark = [pytest.mark.llama,
               pytest.mark.filterwarnings("ignore::UserWarning:pydantic", "ignore::DeprecationWarning:litellm")]

@@ -4,23 +4,13 @@ tests/clients/node/openai_sdk.mjs runs each feature once and prints JSON; each t
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 
 import jsonschema
 import pytest
 
-from tests.clients.conftest import NODE_DIR, REPO, Live, check_usage, require_node_openai
+from tests.clients.conftest import Live, check_usage, run_node
 
 pytestmark = pytest.mark.llama
-
-
-def run_node(live: Live, script: str, **env: str) -> dict:
-    node = require_node_openai()
-    proc = subprocess.run([node, str(NODE_DIR / script)], cwd=REPO, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "BASIS_BASE_URL": live.base_url, "BASIS_API_KEY": live.api_key, **env})
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads(proc.stdout)
 
 
 @pytest.fixture(scope="module")
