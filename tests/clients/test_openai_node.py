@@ -71,6 +71,7 @@ def test_typed_errors_and_nothing_charged(live, report, broke_account):
                 "unknown_model": ("NotFoundError", 404, "model_not_found"),
                 "tool_choice_auto": ("BadRequestError", 400, "unsupported_parameter"),
                 "bad_schema": ("BadRequestError", 400, "unsupported_schema_keyword"),
+                "zod_int": ("BadRequestError", 400, "unsupported_schema_keyword"),
                 # The SDK has no class of its own for 402: its base APIError, with the status and code.
                 "no_credit": ("APIError", 402, "insufficient_credit")}
     for case, (cls, status, code) in expected.items():
@@ -78,4 +79,5 @@ def test_typed_errors_and_nothing_charged(live, report, broke_account):
         assert (err["raised"], err["status"], err["code"]) == (cls, status, code), (case, err)
         assert "APIError" in err["instance_of"] and err["message"]
     assert errors["tool_choice_auto"]["param"] == "tool_choice" and "required" in errors["tool_choice_auto"]["message"]
+    assert "'minimum'" in errors["zod_int"]["message"] or "'maximum'" in errors["zod_int"]["message"]
     assert live.gateway.ledger.get(broke_account[0]).spent == 0

@@ -71,6 +71,9 @@ out.errors = {
   bad_schema: await failure(() => client.chat.completions.create({ model: "basis-default", messages: hi,
     response_format: { type: "json_schema", json_schema: { name: "x", strict: true,
       schema: { type: "string", pattern: "^a+$" } } } })),
+  // zod writes "minimum" and "maximum" for .int(): keywords the engines cannot enforce.
+  zod_int: await failure(() => client.chat.completions.parse({ model: "basis-default", messages: hi,
+    response_format: zodResponseFormat(z.object({ n: z.number().int() }), "count") })),
   no_credit: await failure(() => broke.chat.completions.create({ model: "basis-default", messages: hi,
     max_tokens: 8 })),
 };
