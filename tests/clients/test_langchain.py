@@ -51,13 +51,21 @@ def test_invoke_and_ainvoke(live):
     _check(live, again, 12)
 
 
-def test_streaming_with_usage(live):
+def test_streaming_with_usage_sync_and_async(live):
     key = live.key("langchain-stream")  # streamed chunks carry no chat id: this key's receipt is the one
     chunks = list(_llm(live, key, max_tokens=10, stream_usage=True).stream("Say hi"))
     assert all(isinstance(c, AIMessageChunk) for c in chunks)
     whole = sum(chunks[1:], chunks[0])  # LangChain's own way to join chunks
     assert whole.content and whole.usage_metadata["output_tokens"] <= 10
     assert whole.response_metadata["finish_reason"] in ("stop", "length")
+    usage = whole.usage_metadata
+    check_usage(live, None, usage["input_tokens"], usage["output_tokens"], 10, key=key)
+
+    async def astream() -> list[AIMessageChunk]:
+        return [c async for c in _llm(live, key, max_tokens=10, stream_usage=True).astream("Say hi")]
+
+    chunks = asyncio.run(astream())
+    whole = sum(chunks[1:], chunks[0])
     usage = whole.usage_metadata
     check_usage(live, None, usage["input_tokens"], usage["output_tokens"], 10, key=key)
 
