@@ -58,7 +58,8 @@ def test_async_parse_stream_helper_and_streamed_tool_call(live):
 
 
 def test_typed_errors_and_nothing_charged(live):
-    client = _client(live)
+    key = live.key("py-errors")
+    client = _client(live, key)
     with pytest.raises(openai.AuthenticationError) as e:
         _client(live, "sk-basis-not-a-key").chat.completions.create(model="basis-default", messages=HI)
     assert e.value.code == "invalid_api_key"
@@ -81,7 +82,9 @@ def test_typed_errors_and_nothing_charged(live):
                                        top_logprobs=21)
     assert e.value.param == "top_logprobs"
     # The SDK's own error when output is cut short before the JSON is whole.
-    with pytest.raises(openai.LengthFinishReasonError):
+    ledger = live.gateway.ledger
+    assert ledger.get(ledger.authenticate_key(key).account_id).spent == 0  # no 4xx is charged
+    with pytest.raises(openai.LengthFinishReasonError):  # served (and charged): the SDK raises on the length cut
         client.chat.completions.parse(model="basis-default", messages=HI, response_format=City, max_tokens=3)
 
 
