@@ -146,3 +146,40 @@ def test_a_v2_worker_never_gets_a_logprobs_job_and_the_client_gets_a_clean_503(g
     assert c.usage.completion_tokens == 4 and c.choices[0].logprobs is None
     r = httpx.get(f"{gateway.base}/v1/receipts/{c.id.removeprefix('chatcmpl-')}").json()
     assert r["core"]["served_by"] == "contributor"
+
+
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "The weather in a city.",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 16}},
+                   "required": ["city"], "additionalProperties": False}}}
+
+
+def test_logprobs_with_a_tool_call_stop_sequences_and_an_idempotent_replay(llama_gateway):
+    _, key = llama_gateway.account("lp-misc", 10**21)
+    client = _client(llama_gateway, key)
+    ask = [{"role": "user", "content": "What is the weather in Paris?"}]
+    # a forced tool call: the entries cover the generated call, streamed with its tool_calls chunk too
+    c = client.chat.completions.create(model="basis-default", messages=ask, tools=[WEATHER], temperature=0,
+                                       tool_choice={"type": "function", "function": {"name": "get_weather"}},
+                                       max_tokens=40, logprobs=True, top_logprobs=1)
+    call = c.choices[0].message.tool_calls[0]
+    assert call.function.name == "get_weather"
+    assert _joined(c.choices[0].logprobs.content) == call.function.arguments
+    stream = client.chat.completions.create(model="basis-default", messages=ask, tools=[WEATHER], temperature=0,
+                                            tool_choice={"type": "function", "function": {"name": "get_weather"}},
+                                            max_tokens=40, logprobs=True, top_logprobs=1, stream=True)
+    streamed = [t for ch in stream if ch.choices and ch.choices[0].logprobs for t in ch.choices[0].logprobs.content]
+    assert _joined(streamed) == call.function.arguments
+    # a stop sequence: the tokens that completed it are charged and listed, their text is not returned
+    c = client.chat.completions.create(model="basis-default", messages=MESSAGES, max_tokens=30, temperature=0,
+                                       stop=[" "], logprobs=True)
+    content = c.choices[0].logprobs.content
+    assert c.choices[0].finish_reason == "stop" and len(content) == c.usage.completion_tokens
+    assert " " not in c.choices[0].message.content and " " in _joined(content)
+    # an idempotent repeat replays the recorded text, without logprobs (they are not recorded)
+    first = client.chat.completions.create(model="basis-default", messages=MESSAGES, max_tokens=4, logprobs=True,
+                                           extra_headers={"Idempotency-Key": "lp-replay"})
+    again = client.chat.completions.create(model="basis-default", messages=MESSAGES, max_tokens=4, logprobs=True,
+                                           extra_headers={"Idempotency-Key": "lp-replay"})
+    assert first.choices[0].logprobs is not None and again.choices[0].logprobs is None
+    assert again.choices[0].message.content == first.choices[0].message.content

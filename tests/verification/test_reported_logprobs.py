@@ -41,6 +41,7 @@ def test_compare_tolerates_rounding_and_names_made_up_numbers():
     assert judge_reported("passed", 0.4, near.as_dict(), 6.0) == ("passed", 0.4)
     assert judge_reported("passed", 0.4, one_far.as_dict(), 6.0) == ("failed", -6.0)
     assert judge_reported("passed", 0.4, None, 6.0) == ("passed", 0.4)
+    assert POLICY.public()["logprob_tolerance"] == {"token": TOKEN_TOLERANCE, "mean": MEAN_TOLERANCE}
 
 
 def test_far_off_reports_fail_a_passing_job_refund_it_and_the_audit_agrees(settings):

@@ -112,7 +112,12 @@ class Verifier:
             log.warning("job %s could not be checked (%s); it stays held", job_id, exc)
             return False
         stat = job_statistic(scores, check["temperature"])
-        reported = compare(reported_lps, scores) if reported_lps is not None else None
+        reported = None
+        if reported_lps is not None:
+            if all(s.raw_logprob is not None for s in scores):
+                reported = compare(reported_lps, scores)
+            else:  # a scorer without raw logprobs: the job is judged on its ids alone
+                log.warning("job %s carried logprobs but the scorer gave no raw logprobs to compare", job_id)
         assert job.worker is not None
         unsettled = reader.unsettled_of(job.worker)
         out = await asyncio.to_thread(self.ledger.run, record_verdict(job.id, check["ids_sha256"], stat, self.policy,

@@ -19,7 +19,7 @@ from typing import Any
 
 from basis.engines.base import EngineError, GenerateRequest, supports_logprobs
 from basis.gateway.chat.deadlines import DeadlineMissed, within_deadlines
-from basis.gateway.chat.job_end import record_job_end
+from basis.gateway.chat.job_end import check_input, record_job_end
 from basis.gateway.chat.logprobs import BadLogprobs, TokenLogprobs, checked
 from basis.gateway.chat.planning import (  # re-exported: completions plan with these too
     INLINE_TOKENIZE_CHARS,
@@ -375,16 +375,10 @@ class JobRun:
         metrics.TOKENS.labels(p.model, "output").inc(result.output_tokens)
 
     def _check_input(self, result: Outcome) -> dict[str, Any] | None:
-        """What a verifier needs if the ledger selects this job for a check (DESIGN 1.6)."""
         verification = getattr(self.runtime, "verification", None)
-        if self.served_by != "contributor" or not result.output_tokens or not (verification and verification.enabled):
+        if self.served_by != "contributor" or not (verification and verification.enabled):
             return None
-        p = self.plan
-        check = {"prompt_ids": p.prompt_ids, "output_ids": self.output_ids[: result.output_tokens],
-                 "temperature": p.temperature, "top_p": p.top_p}
-        if p.logprobs and len(self.token_logprobs) >= result.output_tokens:  # the verifier compares them
-            check["reported_logprobs"] = [t.logprob for t in self.token_logprobs[: result.output_tokens]]
-        return check
+        return check_input(self.plan, self.output_ids, self.token_logprobs, result.output_tokens)
 
     async def wait_receipt(self) -> dict[str, Any] | None:
         assert self.task is not None
