@@ -10,7 +10,6 @@ import time
 import pytest
 
 from basis.config import Settings
-from basis.ledger.committer import CONTENDED_S
 from basis.ledger.errors import LedgerBusy, LedgerUnavailable
 from basis.ledger.service import Ledger
 from tests.ledger.test_concurrency import PER_JOB, _hammer
@@ -32,19 +31,23 @@ def test_writers_on_one_hot_account_take_turns_without_conflicts(tmp_path, pg_ds
         results: list = []
         threads = [threading.Thread(target=_hammer, args=(ledger, account_id, 15, results))
                    for ledger in ledgers for _ in range(4)]
-        started = time.monotonic()
         for t in threads:
             t.start()
         for t in threads:
             t.join()
-        windows = (time.monotonic() - started) / CONTENDED_S + 1
         served = [c for kind, c in results if kind == "served"]
         assert len(results) == 180 and len(served) == 150  # refused exactly at the boundary
         acc = ledgers[1].get(account_id)
         assert acc.reserved == 0 and acc.spent == sum(served) <= credit
-        # Optimistic until a conflict, then turns for CONTENDED_S: a conflict or two per writer per
-        # window, where without turns every batch fights (153 refused saves in this test without them).
-        assert sum(ledger.writer.conflicts for ledger in ledgers) <= 2 * len(ledgers) * windows
+        # What the turn guarantees, however the threads are scheduled: a save made while holding it
+        # is refused only when a save made without it (optimistic, before a writer's first conflict
+        # or after its CONTENDED_S) overtook it, and each such save overtakes at most one turn. So
+        # every refused save is one made without the turn or is charged to a distinct one. Without
+        # an exclusive turn, saves made "in turn" refuse each other and the count passes this bound
+        # (115-120 refused saves here against 15-30 made without the turn, where turns give 3-4).
+        conflicts = sum(ledger.writer.conflicts for ledger in ledgers)
+        unturned = sum(ledger.writer.unturned_saves for ledger in ledgers)
+        assert conflicts <= unturned, (conflicts, unturned)
         assert sum(ledger.writer.turn.waits for ledger in ledgers) > 0  # they did meet
     finally:
         for ledger in ledgers:

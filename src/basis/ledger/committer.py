@@ -146,6 +146,11 @@ class GroupCommitter:
         self.batches = 0
         self.commands = 0
         self.conflicts = 0  # saves refused by optimistic concurrency (another writer won an aggregate)
+        # Saves tried without the write turn (optimistic, or the turn unavailable). Every conflict is
+        # one of these or is caused by one: only one turn is held at a time, and its holder reads
+        # after the previous holder's commit, so only a save made without the turn can overtake it.
+        self.unturned_saves = 0
+        self._turn_held = False
         # Everything up to this notification id is reflected in the cache (see _drop_stale).
         self._seen = store.recorder.max_notification_id() or 0
         self._closed = False
@@ -303,8 +308,12 @@ class GroupCommitter:
             if self._try_batch([i for i in items if not i.done()]):
                 return
             self._contended_until = time.monotonic() + CONTENDED_S
-        with self.turn.held():
-            self._commit_turn(items)
+        with self.turn.held() as got:
+            self._turn_held = got
+            try:
+                self._commit_turn(items)
+            finally:
+                self._turn_held = False
 
     def _commit_turn(self, items: list[QueuedCommand]) -> None:
         self._drop_stale()
@@ -346,6 +355,8 @@ class GroupCommitter:
                 results.append((item, True, result))
         dirty = bool(uow.events)
         if dirty:
+            if not self._turn_held:
+                self.unturned_saves += 1
             try:
                 self._saw_own_insert(self.store.events.put(uow.events))
             except IntegrityError:
