@@ -14,8 +14,8 @@ from tests.worker.test_network import MODEL
 
 
 def _waits(bindings, binding, monkeypatch, outcomes: list) -> list[float]:
-    """The back-off waits of a worker whose connections end as ``outcomes`` say (True: welcomed and
-    served, then lost; an exception: refused), with no network and no real sleeping."""
+    """The back-off waits of a worker whose connections end as ``outcomes`` say (True: served and
+    ended; "lost": welcomed, then lost; an exception: refused), with no network and no sleeping."""
     worker = Worker(gateway_url="ws://127.0.0.1:9/v1/workers/connect", private_key=Account.create().key.hex(),
                     engine=InstantEngine(binding), offers=make_offers(bindings, [MODEL], 1),
                     backoff_initial=0.5, backoff_max=30.0)
@@ -25,6 +25,9 @@ def _waits(bindings, binding, monkeypatch, outcomes: list) -> list[float]:
         outcome = left.pop(0)
         if not left:
             worker.stop()
+        if outcome == "lost":  # welcomed, then the gateway died under it (what a SIGKILL looks like)
+            worker.sessions += 1
+            raise ConnectionResetError("the gateway is gone")
         if isinstance(outcome, Exception):
             raise outcome
         return outcome
@@ -44,8 +47,10 @@ def _waits(bindings, binding, monkeypatch, outcomes: list) -> list[float]:
 
 
 def test_after_serving_the_worker_reconnects_within_seconds(bindings, binding, monkeypatch):
-    waits = _waits(bindings, binding, monkeypatch, [True] + [OSError("refused")] * 12)
-    assert max(waits) <= client.RESTART_BACKOFF_MAX_S * 1.5, waits
+    for first in (True, "lost"):
+        waits = _waits(bindings, binding, monkeypatch, [OSError("refused")] * 3 + [first] + [OSError("refused")] * 12)
+        assert waits[3] == 0.5 * 1.5  # back-off starts over after a session
+        assert max(waits[3:]) <= client.RESTART_BACKOFF_MAX_S * 1.5, (first, waits)
 
 
 def test_a_gateway_that_never_welcomed_gets_the_full_back_off(bindings, binding, monkeypatch):

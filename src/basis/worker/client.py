@@ -128,6 +128,7 @@ class Worker:
         last_served = float("-inf")
         while not self._stop.is_set():
             served = False
+            sessions = self.sessions
             try:
                 served = await self.run_once()
             except WorkerRejected as exc:
@@ -138,7 +139,7 @@ class Worker:
                 log.warning("gateway connection failed: %s", exc)
             if self._stop.is_set():
                 break
-            if served:
+            if served or self.sessions > sessions:  # welcomed, then lost (a dead gateway raises)
                 delay = self.backoff_initial
                 last_served = time.monotonic()
             with contextlib.suppress(TimeoutError):
