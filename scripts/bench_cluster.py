@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -40,6 +42,7 @@ sys.path.insert(0, str(REPO))  # tests.support.postgres: the tests' own throwawa
 
 from tests.support.postgres import ThrowawayPostgres  # noqa: E402
 
+from basis.chain.anvil import free_port  # noqa: E402
 from basis.config import Settings  # noqa: E402
 from basis.domain.pricing import worst_case_charge  # noqa: E402
 from basis.ledger.service import Ledger  # noqa: E402
@@ -66,20 +69,24 @@ class Cluster:
         self.dsn = pg.dsn.rsplit("/", 1)[0] + f"/{db}"
         self.key_file = root / f"operator-{n}.key"
         self.homes = [root / f"c{n}-gw{i}" for i in range(n)]
-        self.ports = [port + i for i in range(n)]
+        self.ports = [port + i if port else free_port() for i in range(n)]
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.gateways: list[subprocess.Popen[bytes]] = []
         self.ledger = Ledger(Settings(home=self.homes[0], database_url=self.dsn), env=None,
                              signer_key=self._operator_key())
         for i, (home, p) in enumerate(zip(self.homes, self.ports, strict=True)):
             env = self.env(i)
-            self.procs.append(subprocess.Popen([PY, "-m", "basis.cli.main", "serve", "--port", str(p),
-                                                "--log-level", "error"], env=env))
+            self.gateways.append(self.serve(i))
             self.procs.append(subprocess.Popen(
                 [PY, "-m", "basis.cli.main", "worker", "run", "--gateway", f"ws://127.0.0.1:{p}/v1/workers/connect",
                  "--key-file", str(home / "worker.key"), "--new-key", "--engine", "instant", "--capacity",
                  str(capacity), "--threads", "1", "--log-level", "error"], env=env, stdout=subprocess.DEVNULL))
         for p in self.ports:
             self._wait_live(p)
+
+    def serve(self, i: int) -> subprocess.Popen[bytes]:
+        return subprocess.Popen([PY, "-m", "basis.cli.main", "serve", "--port", str(self.ports[i]),
+                                 "--log-level", "error"], env=self.env(i))
 
     def _operator_key(self) -> str:
         if not self.key_file.exists():
@@ -112,9 +119,9 @@ class Cluster:
         return account_id, key
 
     def close(self) -> None:
-        for p in self.procs:
+        for p in self.gateways + self.procs:
             p.terminate()
-        for p in self.procs:
+        for p in self.gateways + self.procs:
             try:
                 p.wait(30)
             except subprocess.TimeoutExpired:
@@ -154,13 +161,87 @@ async def load(bases: list[str], keys: list[str], concurrency: int, seconds: flo
             "other": {s: v for s, v in statuses.items() if s not in (200, 402) and s < 500}, "served": len(lat)}
 
 
-def run_workloads(cluster: Cluster, concurrency: int, seconds: float, budget_requests: int, worst: int) -> dict:
+async def restart_under_load(cluster: Cluster, key: str, concurrency: int) -> dict:
+    """SIGKILL gateway 0 while ``concurrency`` lanes load every gateway, start it again at once on
+    the same home and port, and time from the kill to its ``/healthz`` and to the first request it
+    serves (its worker has to reconnect too). 5xx are counted on every gateway."""
+    bases = [f"http://127.0.0.1:{p}" for p in cluster.ports]
+    body = {"model": "basis-default", "messages": MESSAGES, "max_tokens": MAX_TOKENS}
+    headers = {"Authorization": f"Bearer {key}"}
+    statuses: dict[int, int] = {}
+    stop = asyncio.Event()
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+        async def lane(i: int) -> None:
+            while not stop.is_set():
+                try:
+                    async with session.post(f"{bases[i % len(bases)]}/v1/chat/completions", json=body,
+                                            headers=headers) as r:
+                        raw = await r.read()
+                        what: int | str = r.status
+                        if r.status >= 500:
+                            with contextlib.suppress(ValueError, KeyError, TypeError):
+                                what = f"{r.status} {json.loads(raw)['error']['code']} (gw {i % len(bases)})"
+                        statuses[what] = statuses.get(what, 0) + 1
+                except (TimeoutError, aiohttp.ClientError):
+                    await asyncio.sleep(0.05)  # the killed gateway: keep knocking
+
+        async def healthz() -> bool:
+            async with session.get(bases[0] + "/healthz") as r:
+                return r.status == 200
+
+        async def worker_back() -> bool:
+            async with session.get(bases[0] + "/v1/models") as r:
+                return any(m["id"] == "basis-default" and m["status"] == "live" for m in (await r.json())["data"])
+
+        async def serves() -> bool:
+            async with session.post(bases[0] + "/v1/chat/completions", json=body, headers=headers) as r:
+                return r.status == 200
+
+        async def first(check, since: float) -> float:
+            while True:
+                if cluster.gateways[0].poll() is not None:
+                    raise RuntimeError(f"the restarted gateway exited ({cluster.gateways[0].returncode})")
+                if time.monotonic() - since > 120:
+                    raise RuntimeError(f"the restarted gateway did not pass {check.__name__} in 120 s")
+                try:
+                    if await check():
+                        return time.monotonic() - since
+                except (TimeoutError, aiohttp.ClientError):
+                    pass
+                await asyncio.sleep(0.02)
+
+        lanes = [asyncio.create_task(lane(i)) for i in range(concurrency)]
+        await asyncio.sleep(2.0)
+        victim = cluster.gateways[0]
+        victim.kill()
+        killed = time.monotonic()
+        await asyncio.to_thread(victim.wait)
+        cluster.gateways[0] = cluster.serve(0)
+        spawned = time.monotonic() - killed
+        healthy, live, serving = await asyncio.gather(first(healthz, killed), first(worker_back, killed),
+                                                      first(serves, killed))
+        await asyncio.sleep(1.0)
+        stop.set()
+        await asyncio.gather(*lanes)
+    return {"spawned": spawned, "healthy": healthy, "live": live, "serving": serving,
+            "5xx": {s: v for s, v in statuses.items() if not isinstance(s, int) or s >= 500},
+            "served": statuses.get(200, 0)}
+
+
+def run_workloads(cluster: Cluster, concurrency: int, seconds: float, budget_requests: int, worst: int,
+                  restarts: int = 0) -> dict:
     bases = [f"http://127.0.0.1:{p}" for p in cluster.ports]
     out = {}
     many = [cluster.account(f"many-{i}", 10**27)[1] for i in range(concurrency)]
     out["many"] = uvloop.run(load(bases, many, concurrency, seconds))
     _, hot = cluster.account("hot", 10**27)
     out["hot"] = uvloop.run(load(bases, [hot], concurrency, seconds))
+    for i in range(restarts):
+        r = uvloop.run(restart_under_load(cluster, hot, concurrency))
+        print(f"  {len(cluster.ports)} gateway(s) restart {i + 1}: SIGKILL -> respawned {r['spawned']:.2f} s, "
+              f"/healthz {r['healthy']:.2f} s, its worker back {r['live']:.2f} s, "
+              f"first request served {r['serving']:.2f} s "
+              f"(target <= 10 s); 5xx {r['5xx'] or 0}", flush=True)
     # Half a request short of budget + 1: exact refusals serve exactly ``budget_requests``.
     account_id, tight = cluster.account("hot-402", worst * budget_requests + worst // 2)
     row = uvloop.run(load(bases, [tight], concurrency, seconds, warm_keys=[hot]))
@@ -178,7 +259,9 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=32, help="requests in flight in total")
     ap.add_argument("--seconds", type=float, default=5.0, help="per row, after a 1 s warm-up")
     ap.add_argument("--budget-requests", type=int, default=200, help="what the hot-402 account can pay for")
-    ap.add_argument("--port", type=int, default=8890)
+    ap.add_argument("--restarts", type=int, default=0,
+                    help="after the hot row, SIGKILL and restart gateway 0 under load this many times")
+    ap.add_argument("--port", type=int, default=0, help="first gateway port (default: free loopback ports)")
     a = ap.parse_args()
     counts = [int(n) for n in a.gateways.split(",")]
     print(f"# bench_cluster  {time.strftime('%Y-%m-%d %H:%M')}  cores={os.cpu_count()}  concurrency={a.concurrency}"
@@ -195,7 +278,8 @@ def main() -> None:
 
                     binding = load_bindings(list(cluster.ledger.pricing.models.values()))["basis-default"]
                     worst = worst_case_charge(len(binding.apply_chat_template(MESSAGES)), MAX_TOKENS, binding_terms)
-                    results[n] = run_workloads(cluster, a.concurrency, a.seconds, a.budget_requests, worst)
+                    results[n] = run_workloads(cluster, a.concurrency, a.seconds, a.budget_requests, worst,
+                                               a.restarts)
                     for name, r in results[n].items():
                         print(f"  {n} gateway(s) {name:8s} {r['rps']:8.1f} rps p50 {r['p50']:7.1f} "
                               f"p99 {r['p99']:7.1f} 402 {r['refused']:6d} 5xx {r['5xx']:3d}"
@@ -204,7 +288,7 @@ def main() -> None:
                               flush=True)
                 finally:
                     cluster.close()
-                a.port += n
+                a.port += n if a.port else 0
     finally:
         pg.stop()
     base = results[counts[0]]
