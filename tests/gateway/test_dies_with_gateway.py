@@ -116,6 +116,8 @@ def test_sigkilled_gateway_takes_its_processes_and_commits_nothing_after(tmp_pat
         wait_ready(base, gateway)
         helpers = children(gateway.pid)
         assert len(helpers) >= 2, f"expected the writer and projector processes, found {helpers}"
+        names = {Path(f"/proc/{p}/comm").read_text().strip() for p in helpers}
+        assert {"basis-writer", "basis-projector"} <= names, names  # named for ps and top
 
         stop = threading.Event()
         served = [0]
