@@ -117,7 +117,8 @@ def pct(xs: list[float], p: float) -> float:
 class Cluster:
     """``n`` gateways (and an instant worker each) on one PostgreSQL database."""
 
-    def __init__(self, pg: ThrowawayPostgres, n: int, port: int, capacity: int, root: Path) -> None:
+    def __init__(self, pg: ThrowawayPostgres, n: int, port: int, capacity: int, root: Path,
+                 verifier: str = "pool") -> None:
         import psycopg
 
         root.mkdir(parents=True, exist_ok=True)
@@ -128,6 +129,7 @@ class Cluster:
         self.key_file = root / f"operator-{n}.key"
         self.homes = [root / f"c{n}-gw{i}" for i in range(n)]
         self.ports = [port + i if port else free_port() for i in range(n)]
+        self.verifier = verifier
         self.procs: list[subprocess.Popen[bytes]] = []
         self.gateways: list[subprocess.Popen[bytes]] = []
         self.ledger = Ledger(Settings(home=self.homes[0], database_url=self.dsn), env=None,
@@ -156,7 +158,7 @@ class Cluster:
         self.homes[i].mkdir(parents=True, exist_ok=True)
         return {**os.environ, "BASIS_HOME": str(self.homes[i]), "BASIS_DATABASE_URL": self.dsn,
                 "BASIS_NODE_ID": f"gateway-{i + 1}", "BASIS_OPERATOR_KEY_FILE": str(self.key_file),
-                "BASIS_LOG_LEVEL": "ERROR", "PYTHONPATH": str(REPO / "src")}
+                "BASIS_LOG_LEVEL": "ERROR", "PYTHONPATH": str(REPO / "src"), "BASIS_VERIFIER": self.verifier}
 
     @staticmethod
     def _wait_live(port: int) -> None:
@@ -327,6 +329,9 @@ def main() -> None:
     ap.add_argument("--budget-requests", type=int, default=200, help="what the hot-402 account can pay for")
     ap.add_argument("--restarts", type=int, default=0,
                     help="after the hot row, SIGKILL and restart gateway 0 under load this many times")
+    ap.add_argument("--verifier", default="pool", choices=("pool", "off"),
+                    help="the gateways' verifier; each fresh worker's first checked jobs (its probation) are all "
+                         "checked, so short rows with new workers are dominated by scoring: off isolates the rest")
     ap.add_argument("--workloads", default="many,hot,hot-402", help="which rows to run")
     ap.add_argument("--rounds", type=int, default=1,
                     help="repeat the gateway counts in turn (1,2,1,2...), for a shared machine's drift")
@@ -334,7 +339,8 @@ def main() -> None:
     a = ap.parse_args()
     counts = [int(n) for n in a.gateways.split(",")]
     print(f"# bench_cluster  {time.strftime('%Y-%m-%d %H:%M')}  cores={os.cpu_count()}  concurrency={a.concurrency}"
-          f"  seconds={a.seconds}  max_tokens={MAX_TOKENS}  engine=instant", flush=True)
+          f"  seconds={a.seconds}  max_tokens={MAX_TOKENS}  engine=instant  verifier={a.verifier}"
+          f"  load={os.getloadavg()[0]:.1f}", flush=True)
     pg = ThrowawayPostgres()
     workloads = tuple(a.workloads.split(","))
     results: list[tuple[int, dict]] = []  # (gateway count, rows), in the order run
@@ -342,7 +348,8 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="basis-bench-cluster-") as tmp:
             for rnd in range(a.rounds):
                 for n in counts:
-                    cluster = Cluster(pg, n, a.port, capacity=a.concurrency, root=Path(tmp) / f"r{rnd}")
+                    cluster = Cluster(pg, n, a.port, capacity=a.concurrency, root=Path(tmp) / f"r{rnd}",
+                                      verifier=a.verifier)
                     try:
                         binding_terms = cluster.ledger.pricing.terms_for("basis-default")
                         from basis.models import load_bindings
