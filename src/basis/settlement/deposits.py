@@ -1,9 +1,10 @@
 """Chain indexer: the vault's Deposited and Withdrawn events and the distributor's Claimed events.
 
 - Reads logs from the block after its cursor up to ``head - confirmations`` (pages of
-  ``max_blocks``), applies them in (block, log index) order, then advances the cursor — a
-  ``ChainCursor`` aggregate in the ledger, so it survives restarts. A crash between applying and
-  advancing re-reads the same blocks, which is harmless: every log is applied exactly once
+  ``max_blocks``), applies them in (block, log index) order and advances the cursor — a
+  ``ChainCursor`` aggregate in the ledger, so it survives restarts — in one ledger command, so a
+  snapshot never holds a page's credits without the cursor's block that covers them. Re-reading
+  blocks (``reindex``, a crash before the commit) is harmless: every log is applied exactly once
   (deposits: a credit of source ``deposit`` whose ``CreditRef`` is ``"<tx hash>:<log index>"``;
   withdrawals: the voucher's reservation can be redeemed once; claims: the worker's cumulative
   claimed amount only grows).
