@@ -28,6 +28,7 @@ from basis.verification.policy import VerificationPolicy
 from basis.verification.reported_logprobs import KEY as REPORTED_KEY
 from basis.verification.reported_logprobs import compare
 from basis.verification.stats import job_statistic
+from basis.verifier.claims import CheckClaims
 from basis.verifier.policy import ScorerFactory
 
 log = logging.getLogger("basis.verifier")
@@ -57,6 +58,7 @@ class Verifier:
         self._retry: dict[str, float] = {}  # job id -> monotonic time before which it is not retried
         self._projector: Projector | None = None
         self._reader: ViewReader | None = None  # kept open: opening one takes the views' write lock
+        self.claims = CheckClaims(ledger.store.env)  # gateways on one store share the checks (claims.py)
 
     def _catch_up(self) -> None:
         if self._projector is None:
@@ -70,6 +72,7 @@ class Verifier:
         if self._reader is not None:
             self._reader.close()
             self._reader = None
+        self.claims.close()
 
     async def run_once(self) -> int:
         """One pass over the pending checks; returns how many verdicts this pass recorded."""
@@ -93,6 +96,14 @@ class Verifier:
         return done
 
     async def _check(self, reader: ViewReader, job_id: str) -> bool:
+        if not await asyncio.to_thread(self.claims.claim, job_id):
+            return False  # another gateway's verifier is checking it
+        try:
+            return await self._check_claimed(reader, job_id)
+        finally:
+            await asyncio.to_thread(self.claims.release, job_id)
+
+    async def _check_claimed(self, reader: ViewReader, job_id: str) -> bool:
         job: Job = await asyncio.to_thread(self.ledger.get, UUID(job_id))
         if job.verdict is not None or job.check is None:
             return False  # judged already (the views are behind)

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from collections.abc import Iterable
 
 from eth_account import Account
@@ -58,6 +59,8 @@ log = logging.getLogger("basis.worker")
 SOFTWARE = "basis-worker/0.1.0"
 # Rejections that a reconnect cannot fix.
 FATAL_REJECTIONS = frozenset({"binding_mismatch", "unknown_model", "unsupported_version", "no_models", "suspended"})
+RESTART_WINDOW_S = 120.0  # after a connection that served, reconnect attempts stay frequent this long
+RESTART_BACKOFF_MAX_S = 2.0
 
 
 class GatewayLost(Exception):
@@ -139,8 +142,10 @@ class Worker:
     async def run(self) -> None:
         """Connect, serve, and reconnect with exponential backoff (with jitter) until stop()."""
         delay = self.backoff_initial
+        last_served = float("-inf")
         while not self._stop.is_set():
             served = False
+            sessions = self.sessions
             try:
                 served = await self.run_once()
             except WorkerRejected as exc:
@@ -151,11 +156,15 @@ class Worker:
                 log.warning("gateway connection failed: %s", exc)
             if self._stop.is_set():
                 break
-            if served:
+            if served or self.sessions > sessions:  # welcomed, then lost (a dead gateway raises)
                 delay = self.backoff_initial
+                last_served = time.monotonic()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), timeout=delay * (0.5 + random.random()))
-            delay = min(self.backoff_max, delay * 2)
+            # A gateway that was serving a moment ago is most likely restarting: knock often, so
+            # the worker is back within a couple of seconds of it (a refused connect costs nothing).
+            recent = time.monotonic() - last_served < RESTART_WINDOW_S
+            delay = min(RESTART_BACKOFF_MAX_S if recent else self.backoff_max, delay * 2)
 
     async def run_once(self) -> bool:
         """One connection: authenticate and serve until it ends. True if it got welcomed."""
