@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,6 +64,9 @@ class ExportReading:
 
     omitted: int = 0
     first_bad_position: int | None = None
+    # Lines out of order or twice: the store holds them in position order, not the file's, so an
+    # export projected as read (``on_page``) is not the store's replay; the caller replays the store.
+    irregular: bool = False
 
     def problem(self, position: int | None, message: str) -> None:
         if position is not None and (self.first_bad_position is None or position < self.first_bad_position):
@@ -111,9 +114,14 @@ def _sqlite(store: LedgerStore) -> SQLiteApplicationRecorder:
     return rec
 
 
-def read_export(files: Iterable[Path], store: LedgerStore) -> tuple[ExportReading, HeadIndex]:
+PageRow = tuple[int, str, str, dict[str, Any], bytes]  # position, stream, topic, state as parsed, state stored
+
+
+def read_export(files: Iterable[Path], store: LedgerStore,
+                on_page: Callable[[list[PageRow]], None] | None = None) -> tuple[ExportReading, HeadIndex]:
     """Verify and import the export ``files`` (read in order, as one chain) into the empty ``store``.
-    The caller closes the returned ``HeadIndex``."""
+    ``on_page`` is handed each page of stored events once stored, in file order (the state dict is
+    the callee's). The caller closes the returned ``HeadIndex``."""
     rec = _sqlite(store)
     db = sqlite3.connect(rec.datastore.pool.db_name, isolation_level=None)
     db.execute("PRAGMA journal_mode=WAL")
@@ -123,6 +131,7 @@ def read_export(files: Iterable[Path], store: LedgerStore) -> tuple[ExportReadin
     insert = (f"INSERT INTO {rec.events_table_name} (rowid, originator_id, originator_version, topic, state) "
               "VALUES (?, ?, ?, ?, ?)")
     events: list[tuple[int, str, int, str, bytes]] = []
+    page: list[PageRow] = []
     head_rows: list[tuple[int, str]] = []
     previous = GENESIS_HEAD
     previous_position = 0
@@ -130,19 +139,26 @@ def read_export(files: Iterable[Path], store: LedgerStore) -> tuple[ExportReadin
 
     def flush() -> None:
         db.execute("BEGIN")
+        stored = page
         try:
             db.executemany(insert, events)
         except sqlite3.IntegrityError:
             db.execute("ROLLBACK")
             db.execute("BEGIN")
-            for row in events:  # one by one, to name the duplicate
+            reading.irregular = True
+            stored = []
+            for row, fed in zip(events, page, strict=True):  # one by one, to name the duplicate
                 try:
                     db.execute(insert, row)
+                    stored.append(fed)
                 except sqlite3.IntegrityError:
                     reading.problem(row[0], f"stream {row[1]} version {row[2]} or this position appears twice")
         heads.add(head_rows)
         db.execute("COMMIT")
+        if on_page is not None and stored:
+            on_page(stored)
         events.clear()
+        page.clear()
         head_rows.clear()
 
     for path in files:
@@ -165,6 +181,7 @@ def read_export(files: Iterable[Path], store: LedgerStore) -> tuple[ExportReadin
                                                   "this line was altered, or a line before it was dropped, "
                                                   "reordered or inserted")
                 if position <= previous_position:
+                    reading.irregular = True
                     reading.problem(position, f"comes after position {previous_position} (lines out of order)")
                 # eventsourcing resolves topics to classes by importing them: a line naming anything
                 # but the ledger's own event and aggregate types is never stored, so never replayed.
@@ -190,7 +207,10 @@ def read_export(files: Iterable[Path], store: LedgerStore) -> tuple[ExportReadin
                 reading.last_position = previous_position
                 reading.head = head
                 if importable:
-                    events.append((position, stream.replace("-", ""), version, topic, state_json.encode()))
+                    stored_state = state_json.encode()
+                    events.append((position, stream.replace("-", ""), version, topic, stored_state))
+                    if on_page is not None:
+                        page.append((position, stream, topic, state, stored_state))
                 head_rows.append((position, head))
                 if len(events) >= PAGE:
                     flush()
