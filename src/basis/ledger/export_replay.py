@@ -29,7 +29,8 @@ def transcoded(value: Any, object_hook: Callable[[dict[str, Any]], Any]) -> Any:
         for k, v in value.items():
             if type(v) is dict or type(v) is list:
                 value[k] = transcoded(v, object_hook)
-        return object_hook(value)
+        # eventsourcing's hook reads only {"_type_": …, "_data_": …}: every other object passes as it is
+        return object_hook(value) if len(value) == 2 else value
     if type(value) is list:
         for i, v in enumerate(value):
             if type(v) is dict or type(v) is list:

@@ -18,6 +18,7 @@ from basis.domain.receipt import receipt_hash, recompute_problems
 from basis.domain.signing import recover_signer
 
 RECEIPT_TOPIC = "basis:Job.ReceiptIssued.v1"
+MAX_IN_FLIGHT = 4  # pages of receipts handed to the second process and not yet checked
 
 
 @dataclass
@@ -105,8 +106,12 @@ class ReceiptChecker:
             return
         if self._pool is None:
             self.tally.merge(check_receipt_states(items, self.decode, self.operator))
-        else:
-            self._pending.append(self._pool.submit(_check_in_worker, items))
+            return
+        self._pending.append(self._pool.submit(_check_in_worker, items))
+        # Merge what is done, in order; and never hold more than a few pages of receipts in flight
+        # (memory stays flat even when the second process falls behind).
+        while self._pending and (self._pending[0].done() or len(self._pending) > MAX_IN_FLIGHT):
+            self.tally.merge(self._pending.pop(0).result())
 
     def result(self) -> ReceiptTally:
         """Everything handed over, checked (waits for the second process)."""

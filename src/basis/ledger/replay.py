@@ -172,7 +172,8 @@ def read_export(files: Iterable[Path], store: LedgerStore,
                 state_json = canonical(state, has_float=has_float)
                 text = body(position, stream, version, topic, state_json)
                 expected = next_head(previous, text)
-                if head != "0x" + expected.hex():
+                own = bytes.fromhex(head[2:])
+                if own != expected:
                     if previous_position == 0 and reading.events == 0:
                         reading.problem(position, "its head does not follow from the genesis head (an export made "
                                                   "with --from? give the earlier parts first)")
@@ -199,7 +200,7 @@ def read_export(files: Iterable[Path], store: LedgerStore,
                 if topic == CLAIM_TOPIC and state.get("anchor_position") is not None:
                     reading.claims.append(Claim(position, stream, state["anchor_position"],
                                                 str(state.get("anchor_head"))))
-                previous = bytes.fromhex(head[2:])  # the next line chains from this line's own head
+                previous = own  # the next line chains from this line's own head
                 previous_position = max(previous_position, position)
                 if reading.first_position is None:
                     reading.first_position = position
