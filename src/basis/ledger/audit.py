@@ -196,7 +196,11 @@ def _check_key_caps(replay: ViewReader, snapshot: LedgerSnapshot, report: AuditR
     """Walk each key's own stream, as of the audited snapshot: caps are checked when each
     reservation was made."""
     store = snapshot.store
-    charged = {r["job_id"]: int(r["charged"]) for r in replay.db.execute("SELECT job_id, charged FROM receipts")}
+
+    def charged(job_id: str) -> int:  # read when needed: memory stays flat however many receipts
+        row = replay.db.execute("SELECT charged FROM receipts WHERE job_id = ?", (job_id,)).fetchone()
+        return int(row[0]) if row else 0
+
     for key_id in _key_streams(store):
         name = f"API key {key_id}"
         version = snapshot.version_of(key_id)
@@ -216,9 +220,8 @@ def _check_key_caps(replay: ViewReader, snapshot: LedgerSnapshot, report: AuditR
             elif kind == "ReservationSettled":
                 held.pop(e.job_id, None)
                 spent += e.charged
-                if e.charged != charged.get(e.job_id, 0):
-                    report.problems.append(f"{name}: job {e.job_id} spent {e.charged}, "
-                                           f"its receipt charged {charged.get(e.job_id, 0)}")
+                if e.charged != (receipted := charged(e.job_id)):
+                    report.problems.append(f"{name}: job {e.job_id} spent {e.charged}, its receipt charged {receipted}")
         try:
             record = store.repository.get(key_id, version=version, projector_func=fold_events)
         except Exception as exc:  # the aggregate's own rules refuse its history
