@@ -10,13 +10,14 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+import rfc8785
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from basis.cli.audit_events import audit_events
 from basis.config import Settings
-from basis.ledger.export import export
+from basis.ledger.export import canonical, export
 from basis.ledger.export_replay import ExportReplay, transcoded
 from basis.ledger.projections import Projector, ViewReader
 from basis.ledger.projections.reader import TABLES
@@ -134,3 +135,19 @@ def test_transcoding_turns_typed_values_into_objects(transcoder):
     state = {"a": {"_type_": "uuid_hex", "_data_": u.hex}, "b": [{"_type_": "datetime_iso", "_data_": t.isoformat()}],
              "c": {"d": {"_type_": "decimal_str", "_data_": "1.5"}}}
     assert transcoded(state, transcoder.decoder.object_hook) == {"a": u, "b": [t], "c": {"d": Decimal("1.5")}}
+
+
+_JCS_VALUE = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-(2**53 - 1), max_value=2**53 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False) | st.text(st.characters(exclude_categories=("Cs",))),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(st.characters(exclude_categories=("Cs",)),
+                                                                        max_size=6), inner, max_size=4),
+    max_leaves=25)
+
+
+@hsettings(max_examples=300, deadline=None)
+@given(value=_JCS_VALUE)
+def test_the_chain_s_canonical_text_is_rfc8785_wherever_rfc8785_is_defined(value):
+    """The export's fast path (sorted-key JSON for ASCII text without floats) and its general path
+    both write RFC 8785's bytes (the chain hashes these bytes, and an outside verifier uses JCS)."""
+    assert canonical(value).encode() == rfc8785.dumps(value)
