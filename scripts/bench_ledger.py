@@ -22,7 +22,10 @@ at exit unless --keep-postgres.
 ``--export-audit`` then times the auditor's path on the SQLite store, each step in a fresh process
 (its peak RSS is its own): ``basis ledger export`` of the whole log to a file, and ``basis audit
 --events`` of that file (chain verified, fresh temporary store, replay and every check); run it on
-stores of two sizes to see memory flat. ``--jobs 0 --export-audit`` benches the existing store.
+stores of two sizes to see memory flat. ``--jobs 0 --export-audit`` benches the existing store;
+``--baseline REV`` runs both steps with git revision REV's code as well, side by side (wall and CPU
+time, the CPU of processes a step starts, load average, peak RSS). ``--ingest-only`` only drives
+the jobs into the store (a large store for ``--export-audit``, built faster).
 """
 
 from __future__ import annotations
