@@ -84,17 +84,18 @@ class ExportReading:
 
 
 class HeadIndex:
-    """Each imported line's head by position, in the temporary events database."""
+    """Each imported line's head by position, in the temporary events database (32 bytes each: half
+    the pages its hex text took)."""
 
     def __init__(self, db: sqlite3.Connection) -> None:
         self.db = db
-        db.execute("CREATE TABLE IF NOT EXISTS export_heads (position INTEGER PRIMARY KEY, head TEXT NOT NULL)")
+        db.execute("CREATE TABLE IF NOT EXISTS export_heads (position INTEGER PRIMARY KEY, head BLOB NOT NULL)")
 
     def head(self, position: int) -> str | None:
         row = self.db.execute("SELECT head FROM export_heads WHERE position = ?", (position,)).fetchone()
-        return row[0] if row else None
+        return "0x" + row[0].hex() if row else None
 
-    def add(self, rows: list[tuple[int, str]]) -> None:
+    def add(self, rows: list[tuple[int, bytes]]) -> None:
         self.db.executemany("INSERT OR REPLACE INTO export_heads VALUES (?, ?)", rows)
 
     def first_after(self, position: int) -> int | None:
@@ -132,7 +133,7 @@ def read_export(files: Iterable[Path], store: LedgerStore,
               "VALUES (?, ?, ?, ?, ?)")
     events: list[tuple[int, str, int, str, bytes]] = []
     page: list[PageRow] = []
-    head_rows: list[tuple[int, str]] = []
+    head_rows: list[tuple[int, bytes]] = []
     previous = GENESIS_HEAD
     previous_position = 0
     unknown_topics: set[str] = set()
@@ -165,7 +166,7 @@ def read_export(files: Iterable[Path], store: LedgerStore,
         with open(path, "rb") as fh:
             for lineno, raw in enumerate(fh, 1):
                 reading.lines += 1
-                parsed = _parse(raw, f"{path.name}:{lineno}", reading)
+                parsed = _parse(raw, path.name, lineno, reading)
                 if parsed is None:
                     continue
                 position, stream, version, topic, state, head, has_float = parsed
@@ -212,7 +213,7 @@ def read_export(files: Iterable[Path], store: LedgerStore,
                     events.append((position, stream.replace("-", ""), version, topic, stored_state))
                     if on_page is not None:
                         page.append((position, stream, topic, state, stored_state))
-                head_rows.append((position, head))
+                head_rows.append((position, own))
                 if len(events) >= PAGE:
                     flush()
     flush()
@@ -225,14 +226,15 @@ def read_export(files: Iterable[Path], store: LedgerStore,
     return reading, heads
 
 
-def _parse(raw: bytes, where: str, reading: ExportReading) -> tuple[int, str, int, str, dict, str, bool] | None:
+def _parse(raw: bytes, name: str, lineno: int,
+           reading: ExportReading) -> tuple[int, str, int, str, dict, str, bool] | None:
     try:
         obj, has_float = decode_json(raw.decode())
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        reading.problem(_guess_position(raw), f"{where} is not a JSON line ({exc})")
+        reading.problem(_guess_position(raw), f"{name}:{lineno} is not a JSON line ({exc})")
         return None
-    if not isinstance(obj, dict) or set(obj) != LINE_KEYS:
-        reading.problem(_guess_position(raw), f"{where} must hold exactly the keys {sorted(LINE_KEYS)}")
+    if not isinstance(obj, dict) or obj.keys() != LINE_KEYS:
+        reading.problem(_guess_position(raw), f"{name}:{lineno} must hold exactly the keys {sorted(LINE_KEYS)}")
         return None
     position, stream, version, topic = obj["position"], obj["stream"], obj["version"], obj["topic"]
     state, head = obj["state"], obj["head"]
@@ -241,7 +243,7 @@ def _parse(raw: bytes, where: str, reading: ExportReading) -> tuple[int, str, in
           and isinstance(state, dict) and isinstance(head, str) and _HEX64.match(head))
     if not ok:
         reading.problem(position if type(position) is int else None,
-                        f"{where}: a field has the wrong type or form (position and version positive integers, "
+                        f"{name}:{lineno}: a field has the wrong type or form (position and version positive integers, "
                         "stream a lowercase UUID, topic a string, state an object, head 0x + 64 lowercase hex)")
         return None
     return position, stream, version, topic, state, head, has_float
