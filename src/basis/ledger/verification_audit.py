@@ -30,9 +30,21 @@ TOPICS = ("basis:Job.Verified.v1", "basis:Job.RewardForfeited.v1", "basis:Worker
           "basis:Job.Settled.v1")
 
 
+class ReceiptCores:
+    """Receipt cores by job id, read from the replayed views when asked (not all held in memory:
+    an audit's memory stays flat however many receipts the ledger holds)."""
+
+    def __init__(self, replay: ViewReader) -> None:
+        self.db = replay.db
+
+    def get(self, job_id: str) -> dict[str, Any] | None:
+        row = self.db.execute("SELECT core FROM receipts WHERE job_id = ?", (job_id,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+
 def check_verification(replay: ViewReader, store: LedgerStore, problems: list[str], upto: int | None = None) -> None:
     db = replay.db
-    receipts = {r["job_id"]: json.loads(r["core"]) for r in db.execute("SELECT job_id, core FROM receipts")}
+    receipts = ReceiptCores(replay)
     refunds = {r["external_id"]: (r["account_id"], int(r["amount"]))
                for r in db.execute("SELECT external_id, account_id, amount FROM credits WHERE source = 'refund'")}
     verdicts: dict[str, str] = {}
@@ -142,7 +154,7 @@ def _check_workers(replay: ViewReader, folded: dict[str, WorkerEvidence], proble
                             f"verdicts say {ev.checked} / {ev.failed}")
 
 
-def _check_batches(replay: ViewReader, store: LedgerStore, forfeited: set[str], receipts: dict[str, Any],
+def _check_batches(replay: ViewReader, store: LedgerStore, forfeited: set[str], receipts: ReceiptCores,
                    problems: list[str]) -> None:
     from basis.ledger.settlement import batch_aggregate_id
 
