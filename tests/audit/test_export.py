@@ -140,6 +140,28 @@ def test_one_byte_flipped_in_a_line_is_named_at_its_position(exported, tmp_path)
     assert summary["first_bad_position"] == position_of(lines[i]) and "not a JSON line" in report.problems[0]
 
 
+def test_a_line_in_another_json_form_passes_but_not_one_chained_over_its_own_bytes(exported, tmp_path):
+    """The chain commits to C(line), not to the line's bytes (docs/audit.md section 3): the same
+    values written another way (spaces, keys reordered) still verify; a line whose head is the hash
+    of its own non-canonical bytes does not, so the audit cannot take the bytes as they are."""
+    path, _, ledger = exported
+    lines = read_lines(path)
+    i = next(i for i, x in enumerate(lines) if '"topic":"basis:Account.Credited.v1"' in x)
+    obj = json.loads(lines[i])
+    respelled = json.dumps(dict(reversed(list(obj.items()))), indent=None)  # ", " and ": ", head last
+    assert respelled != lines[i] and json.loads(respelled) == obj
+    report, summary = _audit(tmp_path, [*lines[:i], respelled, *lines[i + 1:]], signer=ledger.signer.address)
+    assert report.ok and summary["first_bad_position"] is None, report.problems
+    own_bytes = json.dumps({k: v for k, v in obj.items() if k != "head"})  # non-canonical, chained as it is
+    previous = bytes.fromhex(json.loads(lines[i - 1])["head"][2:])
+    head = "0x" + hashlib.sha256(previous + own_bytes.encode()).hexdigest()
+    chained = json.dumps({"head": head, **json.loads(own_bytes)})
+    rest = rechain([*lines[:i], chained, *lines[i + 1:]], i + 1)  # every later line follows from it
+    report, summary = _audit(tmp_path, rest)
+    assert summary["first_bad_position"] == position_of(lines[i])
+    assert report.problems[0].startswith(f"position {position_of(lines[i])}: its head does not follow")
+
+
 def test_a_dropped_line_is_named_at_the_position_where_the_chain_breaks(exported, tmp_path):
     path, _, _ = exported
     lines = read_lines(path)

@@ -138,6 +138,11 @@ def test_a_running_up_on_the_same_home_is_refused(tmp_path, monkeypatch, _restor
     monkeypatch.setenv("BASIS_HOME", str(home))
     other = subprocess.Popen(["sleep", "600"])  # stands in for the `basis up` still running here
     try:
+        # Record it once it has exec'd: before, its command line is still the forking Python's, and the
+        # recorded identity would not match the process that then runs (a loaded machine showed this).
+        deadline = time.monotonic() + 30
+        while lifeline.cmdline(other.pid) != ["sleep", "600"] and time.monotonic() < deadline:
+            time.sleep(0.01)
         (home / "up.pids.json").write_text(json.dumps({"up": lifeline.identity(other.pid)}))
         result = CliRunner().invoke(app, ["up", "--port", str(free_port()), "--chain-port", str(free_port())])
         assert result.exit_code == 2 and f"already running on {home}" in result.output

@@ -11,6 +11,11 @@ It reproduces, from sglang's own source (wheels 0.4.6.post5 to 0.5.23), what a c
   that cuts the stream after a 200 on <= 0.5.2. 0.5.23 answers 400 ``{"error": "unknown field
   ..."}`` to unknown sampling keys. Error frames ``data: {"error": {"message"}}``; abort finish
   reasons ``{"type": "abort", "message", "status_code"}``.
+* ``POST /generate`` with ``stream`` and ``return_logprob`` (``reference`` given): every chunk's
+  ``meta_info`` also holds ``output_token_logprobs`` ([logprob, id, null] for *every* id so far, end
+  of sequence included, in cumulative and incremental streaming alike: sglang's tokenizer manager
+  slices only ``output_ids`` and ``text``) and, with ``top_logprobs_num`` k > 0,
+  ``output_top_logprobs`` (per id so far, k [logprob, id, null], most likely first).
 * ``POST /generate`` without ``stream`` and ``return_logprob``: the scoring answer
   (``meta_info.input_token_logprobs`` / ``input_top_logprobs``) from a scripted reference model.
 * ``GET /health`` (503 for the first ``starting`` polls), ``GET /get_server_info`` (and
@@ -207,10 +212,29 @@ def build_app(script: list[int], *, eos_id: int, behaviour: Behaviour | None = N
         rid = body.get("rid") or "rid-0"
         prompt = list(body.get("input_ids") or [])
         seed_error = b.seed_type_error and "sampling_seed" in sp
+        with_logprobs = bool(body.get("return_logprob")) and reference is not None
+        top_k = int(body.get("top_logprobs_num") or 0)
+        token_lps: list[list] = []  # sglang's state: grows with every id, sent whole in every chunk
+        top_lps: list[list] = []
+
+        def logprob_meta(out: list[int]) -> dict:
+            while len(token_lps) < len(out):
+                pos = len(token_lps)
+                lps = reference(prompt + out[:pos])
+                token_lps.append([lps[out[pos]], out[pos], None])
+                order = sorted(range(len(lps)), key=lambda v: -lps[v])[:top_k]
+                top_lps.append([[lps[v], v, None] for v in order])
+            meta = {"input_token_logprobs": [], "output_token_logprobs": list(token_lps),
+                    "output_token_logprobs_length": len(token_lps)}
+            if top_k > 0:
+                meta |= {"input_top_logprobs": [], "output_top_logprobs": list(top_lps)}
+            return meta
 
         def chunk(out: list[int], sent: int, text: str, text_sent: int, finish, first: bool) -> dict:
             meta = {"id": rid, "finish_reason": finish, "prompt_tokens": len(prompt),
                     "completion_tokens": len(out), "cached_tokens": 0}
+            if with_logprobs:
+                meta |= logprob_meta(out)
             ev: dict = {"text": text[text_sent:] if b.delta_text else text, "meta_info": meta}
             if b.has_output_ids:
                 ids = out[sent:] if b.delta_ids else list(out)

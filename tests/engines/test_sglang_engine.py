@@ -84,6 +84,38 @@ def test_supported_versions_stream_every_id(binding, version, incremental, burst
     assert app.state.aborted == []
 
 
+@pytest.mark.parametrize(("version", "incremental"), [("0.5.6", False), ("0.5.23", True)])
+@pytest.mark.parametrize("burst", [1, 3])
+def test_logprobs_come_from_meta_info_aligned_with_the_ids(binding, version, incremental, burst):
+    from tests.engines.sglang_double import reference_logprobs
+
+    script = scripted(binding, "Bonjour 🙂")
+    ref = reference_logprobs(binding.n_vocab)
+    app = build_app(script, eos_id=eot_of(binding), behaviour=Behaviour.for_version(version, incremental=incremental),
+                    burst=burst, reference=ref, pieces=lambda t: binding.token_bytes(t).decode("utf-8", "replace"))
+    prompt = [2, 105, 2364]
+    req = GenerateRequest(prompt_ids=prompt, max_tokens=50, request_id="lp", logprobs=True, top_logprobs=3)
+    steps, _ = one_job(app, binding, req, original_logprobs=True)
+    ids, _ = check(binding, steps)
+    lps = [lp for s in steps[:-1] for lp in s.logprobs]
+    assert ids == script[:-1] and len(lps) == len(ids)  # the end-of-turn id's entry is dropped with it
+    for pos, (tok, lp) in enumerate(zip(ids, lps, strict=True)):
+        row = ref(prompt + script[:pos])
+        assert lp.logprob == row[tok] and [i for i, _ in lp.top] == sorted(range(len(row)), key=lambda v: -row[v])[:3]
+    sent = app.state.requests[0]
+    assert sent["return_logprob"] is True and sent["top_logprobs_num"] == 3 and sent["logprob_start_len"] == -1
+
+
+def test_logprobs_need_a_server_reporting_them_before_temperature(binding):
+    app = build_app(scripted(binding), eos_id=eot_of(binding))
+    req = GenerateRequest(prompt_ids=[2, 105], max_tokens=5, logprobs=True)
+    assert not SGLangEngine("http://127.0.0.1:9", ["m"]).supports_logprobs
+    with pytest.raises(EngineError, match="SGLANG_RETURN_ORIGINAL_LOGPROB"):
+        one_job(app, binding, req)
+    steps, _ = one_job(app, binding, GenerateRequest(prompt_ids=[2, 105], max_tokens=5), original_logprobs=True)
+    assert all(s.logprobs is None for s in steps) and "return_logprob" not in app.state.requests[-1]
+
+
 def test_every_sampling_parameter_is_explicit_with_the_bindings_eos(binding):
     """top_k/min_p/penalties neutral, the binding's eos and other control ids in stop_token_ids (relaying a
     control id fails the job, so the engine stops there), 0.5.23's strict key check passes,

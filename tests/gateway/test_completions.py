@@ -160,7 +160,8 @@ def test_bad_input_gets_openai_errors_and_charges_nothing(gw):
     ok = {"model": MODEL, "prompt": "hi", "max_tokens": 4}
     n_vocab = gw.runtime.bindings[MODEL].n_vocab
     cases = [
-        ({**ok, "logprobs": 1}, "unsupported_parameter", "logprobs"),
+        ({**ok, "logprobs": 1, "echo": True}, "unsupported_parameter", "echo"),
+        ({**ok, "logprobs": 6}, "invalid_value", "logprobs"),
         ({**ok, "suffix": "end"}, "unsupported_parameter", "suffix"),
         ({**ok, "best_of": 3}, "unsupported_parameter", "best_of"),
         ({**ok, "logit_bias": {"5": 10}}, "unsupported_parameter", "logit_bias"),

@@ -89,8 +89,8 @@ def test_typed_errors(llama_gateway):
     account_id, key = llama_gateway.account("sdk-cmpl-errors", 10**21)
     client = _client(llama_gateway, key)
     with pytest.raises(openai.BadRequestError) as bad:
-        client.completions.create(model="basis-default", prompt="x", logprobs=2)
-    assert bad.value.code == "unsupported_parameter" and bad.value.param == "logprobs"
+        client.completions.create(model="basis-default", prompt="x", logprobs=2, echo=True)
+    assert bad.value.code == "unsupported_parameter" and bad.value.param == "echo"
     with pytest.raises(openai.NotFoundError):
         client.completions.create(model="davinci-002", prompt="x")
     with pytest.raises(openai.AuthenticationError):

@@ -35,6 +35,13 @@ def children(pid: int) -> list[int]:
     return out
 
 
+def comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
 def alive(pid: int) -> bool:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -116,6 +123,11 @@ def test_sigkilled_gateway_takes_its_processes_and_commits_nothing_after(tmp_pat
         wait_ready(base, gateway)
         helpers = children(gateway.pid)
         assert len(helpers) >= 2, f"expected the writer and projector processes, found {helpers}"
+        deadline = time.monotonic() + 60  # each names itself once it has started (spawn imports first)
+        while not {"basis-writer", "basis-projector"} <= (names := set(map(comm, children(gateway.pid)))):
+            assert time.monotonic() < deadline, names  # named for ps and top
+            time.sleep(0.1)
+        helpers = children(gateway.pid)
 
         stop = threading.Event()
         served = [0]

@@ -144,13 +144,17 @@ def test_a_non_streaming_caller_that_leaves_cancels_its_job_at_once(gateway):
         gateway.until(lambda: gateway.runtime.hub.workers(), what="the scripted worker")
         account_id, key = gateway.account("impatient", 10**21)
         worker.scripts[64] = [tokens(_hello(gateway), "Hello")]  # then silence
+        # 2 s: long enough for the job to be accepted on a loaded machine, far short of the minute's deadline.
         for _ in range(3):
             with pytest.raises(httpx.TimeoutException):
-                _post(gateway, key, {"model": "basis-default", "messages": CHAT, "max_tokens": 64}, timeout=0.5)
-        gateway.until(lambda: gateway.ledger.get(account_id).reserved == 0, what="the jobs to be cancelled",
-                      timeout=10)
-        gateway.views_caught_up()
-        rows = gateway.runtime.reader().db.execute("SELECT outcome, output_tokens FROM jobs").fetchall()
+                _post(gateway, key, {"model": "basis-default", "messages": CHAT, "max_tokens": 64}, timeout=2.0)
+        def ended() -> list:
+            gateway.views_caught_up()
+            return gateway.runtime.reader().db.execute(
+                "SELECT outcome, output_tokens FROM jobs WHERE outcome IS NOT NULL").fetchall()
+        gateway.until(lambda: len(ended()) == 3 and gateway.ledger.get(account_id).reserved == 0,
+                      what="the jobs to be cancelled", timeout=30)
+        rows = ended()
         assert [tuple(r) for r in rows] == [("cancelled", 1)] * 3
         gateway.until(lambda: len(worker.cancels()) == 3, what="the worker told to cancel")
     finally:

@@ -32,23 +32,67 @@ def test_writers_on_one_hot_account_take_turns_without_conflicts(tmp_path, pg_ds
         results: list = []
         threads = [threading.Thread(target=_hammer, args=(ledger, account_id, 15, results))
                    for ledger in ledgers for _ in range(4)]
-        started = time.monotonic()
         for t in threads:
             t.start()
         for t in threads:
             t.join()
-        windows = (time.monotonic() - started) / CONTENDED_S + 1
         served = [c for kind, c in results if kind == "served"]
         assert len(results) == 180 and len(served) == 150  # refused exactly at the boundary
         acc = ledgers[1].get(account_id)
         assert acc.reserved == 0 and acc.spent == sum(served) <= credit
-        # Optimistic until a conflict, then turns for CONTENDED_S: a conflict or two per writer per
-        # window, where without turns every batch fights (153 refused saves in this test without them).
-        assert sum(ledger.writer.conflicts for ledger in ledgers) <= 2 * len(ledgers) * windows
+        # What the turn guarantees, however the threads are scheduled: a save made while holding it
+        # is refused only when a save made without it (optimistic, before a writer's first conflict
+        # or after its CONTENDED_S) overtook it, and each such save overtakes at most one turn. So
+        # every refused save is one made without the turn or is charged to a distinct one. Without
+        # an exclusive turn, saves made "in turn" refuse each other and the count passes this bound
+        # (115-120 refused saves here against 15-30 made without the turn, where turns give 3-4).
+        conflicts = sum(ledger.writer.conflicts for ledger in ledgers)
+        unturned = sum(ledger.writer.unturned_saves for ledger in ledgers)
+        assert conflicts <= unturned, (conflicts, unturned)
         assert sum(ledger.writer.turn.waits for ledger in ledgers) > 0  # they did meet
     finally:
         for ledger in ledgers:
             ledger.close()
+
+
+def test_a_writer_that_never_loses_still_gives_the_turn_holder_its_turn(tmp_path, pg_dsn):
+    """A busy writer alone on a hot account never conflicts, so it never took turns by itself: a
+    second writer (a gateway restarting and ending its interrupted jobs) held the turn and lost
+    every save to it, until "too many concurrent writers". Now the busy writer sees the turn held
+    and waits for it: the holder is overtaken at most once, by the busy writer's batch in flight."""
+    busy, holder = _ledgers(tmp_path, pg_dsn, 2)
+    try:
+        account_id = busy.open_account("hot")
+        busy.grant("hot", PER_JOB * 10_000)
+        stop = threading.Event()
+        results: list = []
+
+        def hammer() -> None:
+            while not stop.is_set():
+                _hammer(busy, account_id, 1, results)
+
+        threads = [threading.Thread(target=hammer) for _ in range(4)]
+        for t in threads:
+            t.start()
+        while len(results) < 20:  # the busy writer is well under way, optimistic and unopposed
+            time.sleep(0.01)
+        holder.writer._contended_until = float("inf")  # every batch of this writer takes the turn
+        mine: list = []
+        started = time.monotonic()
+        _hammer(holder, account_id, 20, mine)
+        elapsed = time.monotonic() - started
+        stop.set()
+        for t in threads:
+            t.join()
+        assert [k for k, _ in mine] == ["served"] * 20
+        # One overtaking per window of the busy writer's contention (CONTENDED_S, longer than this
+        # test unless the machine is very loaded).
+        assert holder.writer.conflicts <= 1 + int(elapsed // CONTENDED_S), holder.writer.conflicts
+        acc = holder.get(account_id)
+        assert acc.reserved == 0 and acc.spent == sum(c for _, c in results + mine)
+    finally:
+        busy.close()
+        holder.close()
 
 
 def test_a_lost_turn_connection_falls_back_to_optimistic_and_recovers(tmp_path, pg_dsn):

@@ -1,5 +1,6 @@
 """On PostgreSQL (several gateways, one store): two verifiers with their own ledgers race to judge
-the same jobs; each job takes one verdict and a failed one one refund; the audit agrees."""
+the same jobs; each job is scored once (claims), takes one verdict and a failed one one refund;
+the audit agrees."""
 
 from __future__ import annotations
 
@@ -27,7 +28,20 @@ def test_two_verifiers_on_one_postgres_store_apply_each_verdict_once(pg_dsn, tmp
         jobs = [contributor_job(ledgers[0], account_id, HONEST, output_ids=honest_ids)[0] for _ in range(2)]
         jobs += [contributor_job(ledgers[0], account_id, CHEAT, output_ids=[5] * 10)[0] for _ in range(2)]
         policy = replace(POLICY, worker_threshold=1000.0)  # judge every job without a suspension in between
-        verifiers = [Verifier(led, s.views_path, policy, canned(bindings), project=True)
+        scored: list = []
+
+        def counting(model):
+            scorer = canned(bindings)(model)
+
+            class Counting:
+                async def score(self, request):
+                    scored.append(request.output_ids)
+                    await asyncio.sleep(0.05)  # a real score takes a while: the other verifier comes by
+                    return await scorer.score(request)
+
+            return Counting()
+
+        verifiers = [Verifier(led, s.views_path, policy, counting, project=True)
                      for led, s in zip(ledgers, homes, strict=True)]
 
         async def race():
@@ -35,6 +49,7 @@ def test_two_verifiers_on_one_postgres_store_apply_each_verdict_once(pg_dsn, tmp
 
         done = asyncio.run(race())
         assert sum(done) == 4  # every verdict applied by exactly one of them
+        assert len(scored) == 4, len(scored)  # and every job scored once: claimed, not repeated
         for job_id in jobs:
             job = ledgers[1].get(job_id)
             assert job.verdict is not None

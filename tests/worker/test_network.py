@@ -18,6 +18,7 @@ from basis.gateway.workers import (
     WorkerFailedBeforeFirstToken,
     WorkerHub,
 )
+from basis.gateway.workers.jobs import job_features
 from basis.models import UTF8Matcher
 from basis.protocol import (
     Challenge,
@@ -351,5 +352,39 @@ def test_worker_reconnects_when_the_gateway_comes_back(bindings, binding):
                 assert isinstance([m async for m in stream][-1], Done)
             w.stop()
             await task
+
+    asyncio.run(scenario())
+
+
+def test_logprobs_jobs_go_only_to_protocol_3_connections(bindings):
+    """A version-2 hello that lists "logprobs" among its features is not taken at its word: only a
+    version-3 connection is routed a job asking for logprobs."""
+    hub = make_hub(hashes(bindings))
+
+    async def hold(url, version: int, features: list[str]):
+        key = Account.create()
+        ws = await connect(url)
+        ch = parse_gateway_message(await ws.recv())
+        text = challenge_text(gateway_address=ch.gateway_address, chain_id=ch.chain_id, nonce=ch.nonce,
+                              expires_at=ch.expires_at, protocol_version=version)
+        await ws.send(dump(Hello(protocol_version=version, worker_address=key.address,
+                                 signature=sign_challenge(key.key, text), features=features,
+                                 models=[ModelOffer(model=MODEL, binding_hash=hub.binding_hashes[MODEL],
+                                                    capacity=1)])))
+        assert isinstance(parse_gateway_message(await ws.recv()), Welcome)
+        return ws, key.address.lower()
+
+    async def scenario():
+        async with serve_hub(hub) as url:
+            v2, _ = await hold(url, 2, ["logprobs"])
+            asking = job([2], logprobs=True, top_logprobs=2)
+            with pytest.raises(NoWorkerAvailable):
+                hub.pick(MODEL, requires=job_features(asking))
+            assert hub.pick(MODEL, requires=job_features(job([2]))) is not None  # everything else still goes there
+            v3, address = await hold(url, 3, [])
+            assert hub.pick(MODEL, requires=job_features(asking)).address.lower() == address
+            assert "logprobs" in hub._conns[address].features
+            for ws in (v2, v3):
+                await ws.close()
 
     asyncio.run(scenario())

@@ -1,4 +1,4 @@
-"""Protocol v1 messages and the authentication text (no llama needed)."""
+"""Protocol messages (v1 to v3) and the authentication text (no llama needed)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from basis.protocol import (
     Job,
     ModelOffer,
     Reject,
+    TokenLogprob,
     Tokens,
     Welcome,
     challenge_text,
@@ -38,6 +39,7 @@ GATEWAY_SIDE = [
     HeartbeatAck(active_jobs=2),
     Job(job_id="j1", model="basis-default", prompt_ids=[2, 105], max_tokens=16, temperature=0.0, seed=7),
     Cancel(job_id="j1"),
+    Job(job_id="j2", model="basis-default", prompt_ids=[2], max_tokens=4, logprobs=True, top_logprobs=20),
 ]
 WORKER_SIDE = [
     Hello(
@@ -49,6 +51,8 @@ WORKER_SIDE = [
     ),
     Heartbeat(active_jobs=1),
     Tokens(job_id="j1", ids=[1, 2], text="hé"),
+    Tokens(job_id="j2", ids=[7, 8], text="ab", logprobs=[TokenLogprob(logprob=-0.25, top=[(7, -0.25), (9, -1.5)]),
+                                                        TokenLogprob(logprob=-3.0, top=[(4, -0.1), (5, -2.5)])]),
     Done(job_id="j1", finish_reason="length"),
     Error(job_id="j1", message="oops"),
 ]
@@ -65,6 +69,17 @@ def test_gateway_messages_round_trip(msg):
 def test_worker_messages_round_trip(msg):
     raw = dump(msg)
     assert parse_worker_message(raw) == msg == parse_message(raw)
+
+
+def test_v3_logprobs_fields_and_limits():
+    tokens = parse_worker_message('{"type":"tokens","job_id":"j","ids":[5],"logprobs":[{"logprob":-1.5,'
+                                  '"top":[[5,-1.5],[6,-2]]}]}')
+    assert tokens.logprobs == [TokenLogprob(logprob=-1.5, top=[(5, -1.5), (6, -2.0)])]
+    # a v2 frame has none; a v2 reader ignores the field (unknown fields are ignored)
+    assert parse_worker_message('{"type":"tokens","job_id":"j","ids":[5]}').logprobs is None
+    assert Job(job_id="j", model="m", prompt_ids=[1], max_tokens=1).logprobs is False
+    with pytest.raises(ValidationError):
+        Job(job_id="j", model="m", prompt_ids=[1], max_tokens=1, logprobs=True, top_logprobs=21)
 
 
 def test_unknown_fields_ignored_and_bad_frames_rejected():

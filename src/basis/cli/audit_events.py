@@ -17,6 +17,7 @@ from typing import Any
 
 from basis.config import Settings
 from basis.ledger.audit import AuditReport, audit
+from basis.ledger.export_replay import ExportReplay
 from basis.ledger.projections import ViewReader
 from basis.ledger.replay import ExportReading, HeadIndex, read_export
 from basis.ledger.store import LedgerStore
@@ -41,21 +42,27 @@ def _vault_from_export(reader: ViewReader) -> str | None:
 
 def audit_events(files: list[Path], *, signer: str | None = None, chain: bool = False, rpc: str | None = None,
                  vault: str | None = None, manifest: Path | None = None, from_block: int = 0,
-                 require_anchored: bool = False,
-                 on_progress: Callable[[int, int], None] | None = None) -> tuple[AuditReport, dict[str, Any]]:
+                 require_anchored: bool = False, parallel: bool = True,
+                 on_progress: Callable[[int, int | None], None] | None = None) -> tuple[AuditReport, dict[str, Any]]:
     """(the audit report, the export's summary). Problems about the export come first, each named at
-    its position; ``summary["first_bad_position"]`` is the earliest of them."""
+    its position; ``summary["first_bad_position"]`` is the earliest of them. ``parallel``: check
+    receipt signatures on a second process while the export is read and replayed."""
     named: list[tuple[int | None, str]] = []
     with tempfile.TemporaryDirectory(prefix="basis-audit-events-") as tmp:
         settings = Settings(home=Path(tmp), database_url=None)
         store = LedgerStore(settings.event_store_env())
         heads: HeadIndex | None = None
+        replay_path = Path(tmp) / "replay.sqlite3"
+        replay = ExportReplay(store, replay_path, signer, parallel=parallel, on_progress=on_progress)
         try:
-            reading, heads = read_export(files, store)
+            reading, heads = read_export(files, store, on_page=replay.on_page)
             named.extend(reading.problems)
-            replay_path = Path(tmp) / "replay.sqlite3"
+            replayed = replay.finish(reading.irregular)
             try:
-                report = audit(store, None, signer=signer, on_progress=on_progress, replay_path=replay_path)
+                if replay.error is not None:
+                    raise replay.error
+                report = audit(store, None, signer=signer, on_progress=on_progress, replay_path=replay_path,
+                               replayed=replayed, receipts=replay.receipts.result())
             except Exception as exc:  # a broken export can break the replay itself: say where it stopped
                 report = AuditReport(events=reading.events)
                 report.problems.append(f"the replay of the export failed: {type(exc).__name__}: {exc}")
@@ -64,6 +71,7 @@ def audit_events(files: list[Path], *, signer: str | None = None, chain: bool = 
                 _audit_chain(store, reading, heads, replay_path, report, named, summary, rpc=rpc, vault=vault,
                              manifest=manifest, from_block=from_block, require_anchored=require_anchored)
         finally:
+            replay.close()
             if heads is not None:
                 heads.close()
             store.close()

@@ -32,6 +32,7 @@ def _run(
     sglang_api_key: str | None = None,
     sglang_deterministic: bool = False,
     home: Path | None = None,
+    sglang_original_logprobs: bool = False,
 ) -> None:
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from basis.models import load_bindings
@@ -64,7 +65,8 @@ def _run(
             eng = LlamaCppEngine(served, n_ctx=n_ctx, n_threads=threads)
             await asyncio.to_thread(eng.warm_up)
         elif engine == "sglang":
-            eng = await _sglang_engine(served, sglang_url, launch, sglang_port, sglang_api_key, sglang_deterministic)
+            eng = await _sglang_engine(served, sglang_url, launch, sglang_port, sglang_api_key, sglang_deterministic,
+                                       sglang_original_logprobs)
         elif engine == "instant":
             from basis.engines.instant import InstantEngine
 
@@ -96,7 +98,7 @@ def _run(
         raise typer.Exit(2) from exc
 
 
-async def _sglang_engine(served, sglang_url, launch, port, api_key, deterministic):
+async def _sglang_engine(served, sglang_url, launch, port, api_key, deterministic, original_logprobs=False):
     """An SGLangEngine that has passed its version gate; with ``--launch`` it owns the sglang
     process (started with the flags the adapter needs, stopped with the worker)."""
     from basis.engines.sglang import SGLangEngine
@@ -107,9 +109,10 @@ async def _sglang_engine(served, sglang_url, launch, port, api_key, deterministi
     binding = next(iter(served.values()))
     if launch:
         proc, url, key = await launch_server(launch, port=port, deterministic=deterministic)
-        eng = SGLangEngine.for_binding(url, binding, api_key=key, process=proc)
+        # launched with SGLANG_RETURN_ORIGINAL_LOGPROB=1: its logprobs are the model's own
+        eng = SGLangEngine.for_binding(url, binding, api_key=key, process=proc, original_logprobs=True)
     elif sglang_url:
-        eng = SGLangEngine.for_binding(sglang_url, binding, api_key=api_key)
+        eng = SGLangEngine.for_binding(sglang_url, binding, api_key=api_key, original_logprobs=original_logprobs)
     else:
         raise typer.BadParameter("--engine sglang needs --sglang-url URL or --launch MODEL_PATH")
     try:
@@ -136,6 +139,9 @@ _SKEY = typer.Option(None, "--sglang-api-key", envvar="BASIS_SGLANG_API_KEY",
                      help="API key of the --sglang-url server (its --api-key); --launch makes its own")
 _SDET = typer.Option(False, "--sglang-deterministic",
                      help="With --launch: --enable-deterministic-inference, so job seeds are honoured (slower)")
+_SORIG = typer.Option(False, "--sglang-original-logprobs",
+                      help="The --sglang-url server runs with SGLANG_RETURN_ORIGINAL_LOGPROB=1: serve logprobs jobs "
+                           "(protocol v3). Without it sglang reports logprobs after temperature, and none are served")
 _NCTX = typer.Option(None, "--n-ctx", help="llama.cpp context size (default 4096)")
 _THREADS = typer.Option(None, "--threads", help="llama.cpp threads (default: all cores)")
 _LOG = typer.Option("info", "--log-level")
@@ -192,13 +198,14 @@ def run(
     sglang_api_key: str | None = _SKEY,
     sglang_deterministic: bool = _SDET,
     home: Path | None = _HOME,
+    sglang_original_logprobs: bool = _SORIG,
 ) -> None:
     """Connect to the gateway and serve jobs until interrupted (reconnects with backoff).
 
     Protocol v2: every signed receipt (and verdict) of its jobs is verified against the gateway's
     published signer and appended, fsynced, to the worker's store before it is acknowledged."""
     _run(gateway, key_file, new_key, engine, model or [], capacity, sglang_url, launch, sglang_port, n_ctx,
-         threads, log_level, sglang_api_key, sglang_deterministic, home)
+         threads, log_level, sglang_api_key, sglang_deterministic, home, sglang_original_logprobs)
 
 
 @app.command("claim")

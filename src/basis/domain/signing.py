@@ -7,6 +7,8 @@ the signer with eth-account.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from coincurve import PrivateKey, PublicKey
 from eth_utils import keccak, to_checksum_address
 from sha3 import keccak_256  # safe-pysha3: C Keccak, ten times eth-hash's pycryptodome path
@@ -54,8 +56,15 @@ def recover_signer(receipt_hash: str, signature: str) -> str:
                 and 0 < int.from_bytes(sig[32:64], "big") < _N:
             digest = keccak_256(_PREFIX + hash_bytes(receipt_hash)).digest()
             public = PublicKey.from_signature_and_message(sig[:64] + bytes([sig[64] - 27]), digest, hasher=None)
-            return to_checksum_address(keccak_256(public.format(compressed=False)[1:]).digest()[-20:])
+            return _checksummed(keccak_256(public.format(compressed=False)[1:]).digest()[-20:])
     return recover_signer_eth_account(receipt_hash, signature)
+
+
+@lru_cache(maxsize=1024)
+def _checksummed(address: bytes) -> str:
+    """EIP-55 form of a 20-byte address: eth-utils' checksum costs a third of a recovery, and an
+    audit recovers the same few signers again and again."""
+    return to_checksum_address(address)
 
 
 def recover_signer_eth_account(receipt_hash: str, signature: str) -> str:

@@ -38,12 +38,27 @@ class GenerateRequest:
     # Constrained decoding (structured output, tool calls): the output is JSON valid against this
     # schema. Only engines with ``supports_json_schema = True`` take it; others raise EngineError.
     json_schema: dict | None = None
+    # Log-probabilities (engines with ``supports_logprobs = True``): each step then carries one
+    # TokenLogprob per id, with ``top_logprobs`` alternatives.
+    logprobs: bool = False
+    top_logprobs: int = 0
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """An output token's log-probability under the model's own distribution (the raw logits at
+    its position, log-softmaxed: before temperature, top_p or a grammar act, as OpenAI and vLLM
+    report them), and the most likely alternatives as (id, logprob), most likely first."""
+
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
 
 
 @dataclass(frozen=True)
 class TokenStep:
     ids: list[int] = field(default_factory=list)
     text: str = ""
+    logprobs: list[TokenLogprob] | None = None  # one per id when the request asked for them
     finish_reason: FinishReason | None = None
     # Self-reported usage on the final step (audit only).
     prompt_tokens: int | None = None
@@ -56,6 +71,10 @@ class TokenStep:
 
 def supports_json_schema(engine: object) -> bool:
     return bool(getattr(engine, "supports_json_schema", False))
+
+
+def supports_logprobs(engine: object) -> bool:
+    return bool(getattr(engine, "supports_logprobs", False))
 
 
 @runtime_checkable

@@ -18,7 +18,9 @@ import random
 import threading
 from collections.abc import AsyncIterator, Collection, Mapping
 
-from basis.engines.base import EngineError, GenerateRequest, TokenStep
+import numpy as np
+
+from basis.engines.base import EngineError, GenerateRequest, TokenLogprob, TokenStep
 from basis.models.binding import ModelBinding
 from basis.models.utf8 import IncrementalText
 
@@ -81,6 +83,28 @@ def _grammar(schema_text: str):
         raise EngineError(f"llama.cpp cannot build a grammar for this schema: {exc}") from exc
 
 
+def token_logprob(logits: np.ndarray, token: int, top: int) -> TokenLogprob:
+    """``token``'s log-softmax under raw ``logits`` (one row), and the ``top`` best alternatives.
+    float32 work, float64 normaliser (as the reference scorer computes it)."""
+    m = logits.max()
+    lse = float(m) + float(np.log(np.exp(logits - m).sum(dtype=np.float64)))
+    alternatives: tuple[tuple[int, float], ...] = ()
+    if top > 0:
+        k = min(top, logits.size)
+        best = np.argpartition(logits, logits.size - k)[logits.size - k:]
+        best = best[np.argsort(-logits[best], kind="stable")]
+        alternatives = tuple((int(i), float(logits[i]) - lse) for i in best)
+    return TokenLogprob(logprob=float(logits[token]) - lse, top=alternatives)
+
+
+def _last_logits(llm, n_vocab: int) -> np.ndarray:
+    """The logits llama.cpp sampled the latest token from (its last decoded row; the sampler's
+    temperature, top_p and grammar work on a copy, so these are the model's own)."""
+    import llama_cpp
+
+    return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1), shape=(n_vocab,))
+
+
 class _Stop:
     __slots__ = ("reason",)
 
@@ -90,6 +114,7 @@ class _Stop:
 
 class LlamaCppEngine:
     supports_json_schema = True
+    supports_logprobs = True
 
     def __init__(
         self,
@@ -173,6 +198,7 @@ class LlamaCppEngine:
                         reset=True,
                         grammar=grammar,
                     )
+                    want, top, n_vocab = request.logprobs, int(request.top_logprobs), llm.n_vocab()
                     try:
                         for tok in gen:
                             if cancel.is_set():
@@ -181,7 +207,8 @@ class LlamaCppEngine:
                             if tok in stop_ids:
                                 reason = "stop"
                                 break
-                            put(int(tok))
+                            # only when asked: a log-softmax over the vocabulary per token
+                            put((int(tok), token_logprob(_last_logits(llm, n_vocab), int(tok), top) if want else None))
                             n += 1
                             if n >= max_tokens:
                                 reason = "length"
@@ -199,19 +226,21 @@ class LlamaCppEngine:
         try:
             while True:
                 item = await queue.get()
-                if isinstance(item, int):
+                if isinstance(item, tuple):
                     batch = [item]
                     # Coalesce whatever is already queued into one step.
                     while not queue.empty():
                         nxt = queue.get_nowait()
-                        if isinstance(nxt, int):
+                        if isinstance(nxt, tuple):
                             batch.append(nxt)
                         else:
                             queue.put_nowait(nxt)  # re-queued at the end: it was last anyway
                             break
-                    produced += len(batch)
-                    self.tokens_generated += len(batch)
-                    yield TokenStep(ids=batch, text=text.push(b"".join(pieces[i] for i in batch)))
+                    ids = [tok for tok, _ in batch]
+                    produced += len(ids)
+                    self.tokens_generated += len(ids)
+                    yield TokenStep(ids=ids, text=text.push(b"".join(pieces[i] for i in ids)),
+                                    logprobs=[lp for _, lp in batch] if request.logprobs else None)
                 elif isinstance(item, _Stop):
                     if item.reason == "cancelled":
                         return

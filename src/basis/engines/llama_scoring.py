@@ -139,7 +139,7 @@ def _nucleus_floor(p: np.ndarray, top_p: float) -> float:
 
 
 def position_scores(logits: np.ndarray, tokens: Sequence[int], temperature: float, top_p: float = 1.0, *,
-                    top_p_before_temperature: bool = True) -> list[TokenScore]:
+                    top_p_before_temperature: bool = True, raw: bool = False) -> list[TokenScore]:
     """TokenScores of ``tokens[i]`` under row i of ``logits`` (raw reference logits, shape (n, vocab)).
 
     Greedy (temperature <= GREEDY_TEMPERATURE): the temperature-1 distribution, top_p ignored
@@ -171,7 +171,12 @@ def position_scores(logits: np.ndarray, tokens: Sequence[int], temperature: floa
         lse, expected, variance = _softmax_stats(z)
         tail = 0.0 if outside else _tail(z_tail, zt)
         logprob = LOGPROB_FLOOR if outside else max(LOGPROB_FLOOR, float(zt) - lse)
-        out.append(TokenScore(logprob=logprob, expected=expected, variance=variance, rank=rank, tail=min(1.0, tail)))
+        raw_lp = None
+        if raw:  # the temperature-1 distribution before any nucleus: one more pass over the row
+            raw_lp = lt - (lse if z is row else float(row.max()) + math.log(
+                float(np.exp(row - row.max()).sum(dtype=np.float64))))
+        out.append(TokenScore(logprob=logprob, expected=expected, variance=variance, rank=rank, tail=min(1.0, tail),
+                              raw_logprob=raw_lp))
     return out
 
 
@@ -269,7 +274,8 @@ class LlamaScorer:
                 rows = np.ctypeslib.as_array(llama_cpp.llama_get_logits(ctx.ctx), shape=(len(chunk), n_vocab))
                 targets = ids[pos + 1:end + 1]
                 scores.extend(position_scores(rows, targets, req.temperature, req.top_p,
-                                              top_p_before_temperature=self.top_p_before_temperature))
+                                              top_p_before_temperature=self.top_p_before_temperature,
+                                              raw=req.raw_logprobs))
             pos = end
         return scores
 

@@ -26,6 +26,9 @@ class ScoreRequest:
     temperature: float  # the job's own; 0 means greedy
     top_p: float = 1.0
     model: str = ""  # advertised model id (selects the binding)
+    # Also report each output token's raw log-probability (TokenScore.raw_logprob): what a worker
+    # reports as its logprobs, checked by basis.verification.reported_logprobs.
+    raw_logprobs: bool = False
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,9 @@ class TokenScore:
     # P(tail <= a) <= a at every position, whatever the model, so one absurdly unlikely token (the
     # entry into a stuck loop, a re-tokenisation artefact) is evidence on its own. None: not computed.
     tail: float | None = None
+    # log softmax(raw reference logits)[t_i]: temperature 1, no top_p, not floored (the convention
+    # of reported logprobs). None unless the request asked for it.
+    raw_logprob: float | None = None
 
 
 @runtime_checkable

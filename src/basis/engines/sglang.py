@@ -29,7 +29,7 @@ from collections.abc import AsyncIterator, Callable, Collection, Iterable, Seque
 
 import httpx
 
-from basis.engines.base import EngineError, GenerateRequest, TokenStep
+from basis.engines.base import EngineError, GenerateRequest, TokenLogprob, TokenStep
 from basis.engines.sglang_server import (
     MIN_INCREMENTAL_VERSION,
     MIN_VERSION,
@@ -86,6 +86,11 @@ def sampling_params(request: GenerateRequest, stop_ids: Iterable[int], *, seed_a
 
 
 class SGLangEngine:
+    """``original_logprobs``: the server runs with ``SGLANG_RETURN_ORIGINAL_LOGPROB=1`` (``--launch``
+    sets it), so its logprobs are the model's own, before temperature, as protocol v3 reports them;
+    sglang's default is after temperature, so without it the engine reports none (the worker then
+    speaks v2 and never gets a logprobs job)."""
+
     supports_json_schema = True
 
     def __init__(
@@ -99,8 +104,10 @@ class SGLangEngine:
         timeout: float = 600.0,
         startup_timeout: float = 120.0,
         process: subprocess.Popen | None = None,
+        original_logprobs: bool = False,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.original_logprobs = original_logprobs
         self._models = tuple(models)
         self.eos_ids = frozenset(int(i) for i in eos_ids)
         self.token_pieces = token_pieces
@@ -125,6 +132,10 @@ class SGLangEngine:
     @property
     def models(self) -> Collection[str]:
         return self._models
+
+    @property
+    def supports_logprobs(self) -> bool:
+        return self.original_logprobs
 
     @property
     def seed_applied(self) -> bool:
@@ -153,7 +164,11 @@ class SGLangEngine:
     def _payload(self, request: GenerateRequest, rid: str) -> dict:
         stop = set(self.eos_ids) | set(request.stop_ids or ())
         sp = sampling_params(request, stop, seed_applied=self.seed_applied)
-        return {"input_ids": list(request.prompt_ids), "sampling_params": sp, "stream": True, "rid": rid}
+        payload = {"input_ids": list(request.prompt_ids), "sampling_params": sp, "stream": True, "rid": rid}
+        if request.logprobs:  # output positions only; ids, not text (the binding renders them)
+            payload |= {"return_logprob": True, "logprob_start_len": -1,
+                        "top_logprobs_num": int(request.top_logprobs), "return_text_in_logprobs": False}
+        return payload
 
     async def abort(self, rid: str) -> bool:
         """Ask the server to stop ``rid``. A failure is logged (the job ends anyway): True if it took."""
@@ -176,6 +191,9 @@ class SGLangEngine:
             self.seeds_not_applied += 1
             log.info("job %s: seed %s not applied (sglang %s without --enable-deterministic-inference)",
                      rid, request.seed, info.version)
+        if request.logprobs and not self.original_logprobs:
+            raise EngineError("this sglang server's logprobs are after temperature (run it with "
+                              "SGLANG_RETURN_ORIGINAL_LOGPROB=1): no logprobs job here")
         skip = set(self.eos_ids) | set(request.stop_ids or ())
         dec = IncrementalText()
         reader = StreamReader(info.incremental,
@@ -196,12 +214,16 @@ class SGLangEngine:
                         break
                     chunk = reader.read(event)
                     kept = [i for i in chunk.new_ids if i not in skip]
+                    logprobs: list[TokenLogprob] | None = None
+                    if request.logprobs:
+                        every = reader.logprobs(event, chunk.new_ids, int(request.top_logprobs))
+                        logprobs = [lp for i, lp in zip(chunk.new_ids, every, strict=True) if i not in skip]
                     if self.token_pieces is not None:
                         text = dec.push(b"".join(self.token_pieces(kept))) if kept else ""
                     else:
                         text = chunk.text or ""
                     if kept or text:
-                        yield TokenStep(ids=kept, text=text)
+                        yield TokenStep(ids=kept, text=text, logprobs=logprobs)
                     if chunk.finish_kind:
                         finished = True
                         yield TokenStep(

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 
 import httpx
 
@@ -169,8 +170,10 @@ class SGLangScorer:
             if lp is None or not row:
                 raise ScoringError(f"sglang returned no logprob at output position {j - 1}")
             top = [(float(e[0]), int(e[1])) for e in row]
-            out.append(score_position(top, float(lp), int(request.output_ids[j - 1]),
-                                      request.temperature, request.top_p))
+            score = score_position(top, float(lp), int(request.output_ids[j - 1]), request.temperature,
+                                   request.top_p)
+            # sglang's input logprobs are the raw log_softmax already (module docstring)
+            out.append(replace(score, raw_logprob=float(lp)) if request.raw_logprobs else score)
         return out
 
     async def aclose(self) -> None:

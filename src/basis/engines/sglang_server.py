@@ -246,7 +246,8 @@ async def launch_server(
     cmd = launch_command(model_path, port=port, host=host, api_key=api_key, version=version,
                          deterministic=deterministic, extra_args=extra_args, python=python)
     log.info("starting sglang %s: %s", version, " ".join(c if c != api_key else "***" for c in cmd))
-    proc = subprocess.Popen(cmd, env=dict(os.environ))
+    # logprobs before temperature (the model's own), as protocol v3 reports them (SGLangEngine)
+    proc = subprocess.Popen(cmd, env={**os.environ, "SGLANG_RETURN_ORIGINAL_LOGPROB": "1"})
     url = f"http://{host}:{port}"
     try:
         async with httpx.AsyncClient() as client:

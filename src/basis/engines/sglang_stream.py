@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from basis.engines.base import EngineError
+from basis.engines.base import EngineError, TokenLogprob
 
 
 @dataclass
@@ -94,6 +94,30 @@ class StreamReader:
             self.check_count(completion)
             kind = "length" if kind == "length" else "stop"
         return Chunk(new_ids, text, kind, meta.get("prompt_tokens"), completion)
+
+    def logprobs(self, event: dict, new_ids: list[int], top: int) -> list[TokenLogprob]:
+        """The logprobs of ``new_ids`` (this chunk's ids, just read) from ``meta_info``: sglang sends
+        ``output_token_logprobs`` ([logprob, id, text]) and ``output_top_logprobs`` (per position, k
+        [logprob, id, text]) for every id so far in every chunk, in cumulative and incremental
+        streaming alike (only ids and text are sliced). Checked against the ids: a mismatch fails."""
+        meta = event.get("meta_info") or {}
+        tokens = meta.get("output_token_logprobs")
+        tops = meta.get("output_top_logprobs") if top > 0 else None
+        first = self.received - len(new_ids)
+        if not isinstance(tokens, list) or len(tokens) != self.received or (
+                top > 0 and (not isinstance(tops, list) or len(tops) != self.received)):
+            raise EngineError(f"sglang sent {len(tokens) if isinstance(tokens, list) else 'no'} output logprobs "
+                              f"for {self.received} ids")
+        out = []
+        for k, tok in enumerate(new_ids):
+            entry = tokens[first + k]
+            if int(entry[1]) != tok or entry[0] is None:
+                raise EngineError(f"sglang's logprob entry {entry!r} is not for id {tok}")
+            alternatives: tuple[tuple[int, float], ...] = ()
+            if top > 0:
+                alternatives = tuple((int(e[1]), float(e[0])) for e in (tops[first + k] or ())[:top])  # type: ignore[index]
+            out.append(TokenLogprob(logprob=float(entry[0]), top=alternatives))
+        return out
 
     def check_count(self, completion) -> None:
         """The job's ids must be exactly the ones the server counted (the end-of-job check)."""

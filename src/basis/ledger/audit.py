@@ -22,11 +22,10 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-from basis.domain.receipt import receipt_hash, recompute_problems
-from basis.domain.signing import recover_signer
 from basis.ledger.projections import Projector, ViewReader
 from basis.ledger.projections.reader import TABLES
-from basis.ledger.snapshot import LedgerSnapshot
+from basis.ledger.receipt_audit import ReceiptTally, check_receipt
+from basis.ledger.snapshot import LedgerSnapshot, fold_events
 from basis.ledger.store import LedgerStore
 from basis.ledger.verification_audit import check_verification
 
@@ -61,9 +60,13 @@ class AuditReport:
 
 
 def audit(store: LedgerStore, live_views: str | Path | None, *, signer: str | None = None,
-          on_progress: Callable[[int, int], None] | None = None, replay_path: str | Path | None = None) -> AuditReport:
+          on_progress: Callable[[int, int], None] | None = None, replay_path: str | Path | None = None,
+          replayed: bool = False, receipts: ReceiptTally | None = None) -> AuditReport:
     """``live_views`` None: no live views to compare (an export replayed elsewhere). ``replay_path``:
-    keep the fresh replay's views there (else they are deleted).
+    keep the fresh replay's views there (else they are deleted). ``replayed``: the views at
+    ``replay_path`` already are the fresh replay of the whole store (an export projected as it was
+    read). ``receipts``: the store's receipt events already checked one by one (else the receipts of
+    the replayed views are checked here).
 
     Gateways may write while it runs: it audits one snapshot, the log up to one position (the live
     views' position, read in the same read transaction as every live table), with aggregates read
@@ -84,20 +87,24 @@ def audit(store: LedgerStore, live_views: str | Path | None, *, signer: str | No
 
     with tempfile.TemporaryDirectory(prefix="basis-audit-") as tmp:
         fresh_path = Path(replay_path) if replay_path is not None else Path(tmp) / "replay.sqlite3"
-        fresh = Projector(store, fresh_path)
-        done = 0
-        while n := fresh.run_once(stop=position):
-            done += n
-            if on_progress:
-                on_progress(done, total)
-        report.events = fresh.position
-        fresh.stop()
+        if not replayed:
+            fresh = Projector(store, fresh_path)
+            done = 0
+            while n := fresh.run_once(stop=position):
+                done += n
+                if on_progress:
+                    on_progress(done, total)
+            fresh.stop()
 
         replay = ViewReader(fresh_path)
         try:
+            report.events = replay.position()
             if current is not None:
                 _compare_views(replay, current, report)
-            _check_receipts(replay, report, signer)
+            if receipts is None:
+                _check_receipts(replay, report, signer)
+            else:
+                _add_receipts(report, receipts)
             _check_money(replay, snapshot, report)
             check_verification(replay, store, report.problems, upto=snapshot.position)
             _check_key_caps(replay, snapshot, report)
@@ -128,28 +135,18 @@ def _compare_views(replay: ViewReader, live: ViewReader, report: AuditReport) ->
 
 
 def _check_receipts(replay: ViewReader, report: AuditReport, signer: str | None) -> None:
+    tally = ReceiptTally()
     for row in replay.iter_receipts():
-        report.receipts += 1
-        job = row["job_id"]
-        core = json.loads(row["core"])
-        for p in recompute_problems(core):
-            report.problems.append(f"receipt {job}: {p}")
-        if receipt_hash(core) != row["hash"]:
-            report.problems.append(f"receipt {job}: hash {row['hash']} != recomputed {receipt_hash(core)}")
-        try:
-            recovered = recover_signer(row["hash"], row["signature"])
-        except Exception as exc:  # malformed signature bytes
-            report.problems.append(f"receipt {job}: signature does not recover ({exc})")
-            continue
-        if recovered != row["signer"]:
-            report.problems.append(f"receipt {job}: signature recovers to {recovered}, not {row['signer']}")
-        if signer is not None and recovered.lower() != signer.lower():
-            report.problems.append(f"receipt {job}: signed by {recovered}, not the operator {signer}")
-        charged, reward = int(core["charged"]), int(core["reward"])
-        if reward > charged:
-            report.problems.append(f"receipt {job}: reward exceeds charge (fee negative)")
-        report.charged_total += charged
-        report.reward_total += reward
+        check_receipt(tally, row["job_id"], json.loads(row["core"]), row["hash"], row["signature"], row["signer"],
+                      signer)
+    _add_receipts(report, tally)
+
+
+def _add_receipts(report: AuditReport, tally: ReceiptTally) -> None:
+    report.receipts += tally.receipts
+    report.charged_total += tally.charged_total
+    report.reward_total += tally.reward_total
+    report.problems.extend(tally.problems)
 
 
 def _check_money(replay: ViewReader, snapshot: LedgerSnapshot, report: AuditReport) -> None:
@@ -199,7 +196,11 @@ def _check_key_caps(replay: ViewReader, snapshot: LedgerSnapshot, report: AuditR
     """Walk each key's own stream, as of the audited snapshot: caps are checked when each
     reservation was made."""
     store = snapshot.store
-    charged = {r["job_id"]: int(r["charged"]) for r in replay.db.execute("SELECT job_id, charged FROM receipts")}
+
+    def charged(job_id: str) -> int:  # read when needed: memory stays flat however many receipts
+        row = replay.db.execute("SELECT charged FROM receipts WHERE job_id = ?", (job_id,)).fetchone()
+        return int(row[0]) if row else 0
+
     for key_id in _key_streams(store):
         name = f"API key {key_id}"
         version = snapshot.version_of(key_id)
@@ -219,11 +220,10 @@ def _check_key_caps(replay: ViewReader, snapshot: LedgerSnapshot, report: AuditR
             elif kind == "ReservationSettled":
                 held.pop(e.job_id, None)
                 spent += e.charged
-                if e.charged != charged.get(e.job_id, 0):
-                    report.problems.append(f"{name}: job {e.job_id} spent {e.charged}, "
-                                           f"its receipt charged {charged.get(e.job_id, 0)}")
+                if e.charged != (receipted := charged(e.job_id)):
+                    report.problems.append(f"{name}: job {e.job_id} spent {e.charged}, its receipt charged {receipted}")
         try:
-            record = store.repository.get(key_id, version=version)
+            record = store.repository.get(key_id, version=version, projector_func=fold_events)
         except Exception as exc:  # the aggregate's own rules refuse its history
             report.problems.append(f"{name}: its stream does not replay ({type(exc).__name__}: {exc})")
             continue

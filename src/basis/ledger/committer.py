@@ -146,6 +146,11 @@ class GroupCommitter:
         self.batches = 0
         self.commands = 0
         self.conflicts = 0  # saves refused by optimistic concurrency (another writer won an aggregate)
+        # Saves tried without the write turn (optimistic, or the turn unavailable). Every conflict is
+        # one of these or is caused by one: only one turn is held at a time, and its holder reads
+        # after the previous holder's commit, so only a save made without the turn can overtake it.
+        self.unturned_saves = 0
+        self._turn_held = False
         # Everything up to this notification id is reflected in the cache (see _drop_stale).
         self._seen = store.recorder.max_notification_id() or 0
         self._closed = False
@@ -239,14 +244,20 @@ class GroupCommitter:
             if stop:
                 return
 
-    def _drop_stale(self) -> None:
+    def _drop_stale(self, watch_turn: bool = False) -> bool:
         """Forget cached aggregates that another writer (process or thread) changed since the
         last batch. Optimistic concurrency catches a stale aggregate that a command changes, but
         not one it only reads (a settlement batch reading an account's deposit spend): without
         this, a second writer on the same store could read an old version. Costs one MAX query
-        per batch; the log's new rows are read only when another writer added some."""
-        if self.store.recorder.max_notification_id() == self._seen:
-            return  # nobody wrote since: the common case, one cheap query
+        per batch; the log's new rows are read only when another writer added some. With
+        ``watch_turn`` the same query says whether the write turn is free (the return value)."""
+        probe = getattr(self.store.recorder, "max_notification_id_and_turn", None) if watch_turn else None
+        top, free = probe(self.turn.key) if probe is not None else (self.store.recorder.max_notification_id(), True)
+        if top != self._seen:  # else nobody wrote since: the common case, one cheap query
+            self._catch_up_all()
+        return free
+
+    def _catch_up_all(self) -> None:
         while True:
             seen, changes = self.store.changes_since(self._seen, STALE_SCAN)
             self._seen = seen
@@ -299,12 +310,19 @@ class GroupCommitter:
             self._commit_turn(items)
             return
         if time.monotonic() >= self._contended_until:
-            self._drop_stale()
-            if self._try_batch([i for i in items if not i.done()]):
+            # Another writer holding (or awaiting) the turn means contention too: a writer that
+            # only ever wins would otherwise never take turns, and the turn's holder, refused by
+            # each of its saves, would lose every retry (a gateway restarting next to a busy one
+            # could not end its interrupted jobs on a hot account).
+            if self._drop_stale(watch_turn=True) and self._try_batch([i for i in items if not i.done()]):
                 return
             self._contended_until = time.monotonic() + CONTENDED_S
-        with self.turn.held():
-            self._commit_turn(items)
+        with self.turn.held() as got:
+            self._turn_held = got
+            try:
+                self._commit_turn(items)
+            finally:
+                self._turn_held = False
 
     def _commit_turn(self, items: list[QueuedCommand]) -> None:
         self._drop_stale()
@@ -346,6 +364,8 @@ class GroupCommitter:
                 results.append((item, True, result))
         dirty = bool(uow.events)
         if dirty:
+            if not self._turn_held:
+                self.unturned_saves += 1
             try:
                 self._saw_own_insert(self.store.events.put(uow.events))
             except IntegrityError:

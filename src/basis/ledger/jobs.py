@@ -145,7 +145,7 @@ class Job(Aggregate):
 
     @event("CheckRequested", topic="basis:Job.CheckRequested.v1")
     def request_check(self, reason: str, prompt_ids: list[int], output_ids: list[int], temperature: float,
-                      top_p: float, ids_sha256: str) -> None:
+                      top_p: float, ids_sha256: str, reported_logprobs: list[float] | None = None) -> None:
         """Chosen for verification after it ended. The ids are what the verifier re-scores; they are
         as sensitive as the text, so views and receipts only ever show ``ids_sha256``."""
         if self.receipt is None or self.served_by != "contributor":
@@ -156,6 +156,8 @@ class Job(Aggregate):
             raise InvalidTransition("a settled job is no longer checked")
         self.check = {"reason": reason, "prompt_ids": list(prompt_ids), "output_ids": list(output_ids),
                       "temperature": temperature, "top_p": top_p, "ids_sha256": ids_sha256}
+        if reported_logprobs is not None:  # the worker's logprobs of the output (issue 14), compared on check
+            self.check["reported_logprobs"] = list(reported_logprobs)
 
     @event("Verified", topic="basis:Job.Verified.v1")
     def record_verdict(self, verdict: str, method: str, tokens: int, statistic: dict[str, Any], evidence: float,

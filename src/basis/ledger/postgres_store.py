@@ -42,6 +42,19 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder):
         ).format(schema=Identifier(self.datastore.schema), table=Identifier(self.events_table_name),
                  id_type=Identifier(self.datastore.originator_id_type))
 
+        self._select_max_and_turn = SQL(
+            "SELECT MAX(notification_id) AS max, pg_try_advisory_xact_lock_shared(%s) AS free FROM {schema}.{table}"
+        ).format(schema=Identifier(self.datastore.schema), table=Identifier(self.events_table_name))
+
+    def max_notification_id_and_turn(self, turn_key: int) -> tuple[int | None, bool]:
+        """The log's last notification id, and whether the writers' turn (writer_turn) is free: in
+        the same query, so an optimistic writer learns that another writer holds or awaits the turn
+        at no extra round trip. The shared lock is the transaction's, gone when it ends."""
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute(self._select_max_and_turn, (turn_key,))
+            row = curs.fetchone()
+        return row["max"], bool(row["free"])
+
     def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
         in_doubt = False  # an earlier try lost its connection: it may have committed
         for attempt in range(1, ATTEMPTS + 1):

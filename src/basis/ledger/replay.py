@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,6 +64,9 @@ class ExportReading:
 
     omitted: int = 0
     first_bad_position: int | None = None
+    # Lines out of order or twice: the store holds them in position order, not the file's, so an
+    # export projected as read (``on_page``) is not the store's replay; the caller replays the store.
+    irregular: bool = False
 
     def problem(self, position: int | None, message: str) -> None:
         if position is not None and (self.first_bad_position is None or position < self.first_bad_position):
@@ -81,17 +84,18 @@ class ExportReading:
 
 
 class HeadIndex:
-    """Each imported line's head by position, in the temporary events database."""
+    """Each imported line's head by position, in the temporary events database (32 bytes each: half
+    the pages its hex text took)."""
 
     def __init__(self, db: sqlite3.Connection) -> None:
         self.db = db
-        db.execute("CREATE TABLE IF NOT EXISTS export_heads (position INTEGER PRIMARY KEY, head TEXT NOT NULL)")
+        db.execute("CREATE TABLE IF NOT EXISTS export_heads (position INTEGER PRIMARY KEY, head BLOB NOT NULL)")
 
     def head(self, position: int) -> str | None:
         row = self.db.execute("SELECT head FROM export_heads WHERE position = ?", (position,)).fetchone()
-        return row[0] if row else None
+        return "0x" + row[0].hex() if row else None
 
-    def add(self, rows: list[tuple[int, str]]) -> None:
+    def add(self, rows: list[tuple[int, bytes]]) -> None:
         self.db.executemany("INSERT OR REPLACE INTO export_heads VALUES (?, ?)", rows)
 
     def first_after(self, position: int) -> int | None:
@@ -111,9 +115,14 @@ def _sqlite(store: LedgerStore) -> SQLiteApplicationRecorder:
     return rec
 
 
-def read_export(files: Iterable[Path], store: LedgerStore) -> tuple[ExportReading, HeadIndex]:
+PageRow = tuple[int, str, str, dict[str, Any], bytes]  # position, stream, topic, state as parsed, state stored
+
+
+def read_export(files: Iterable[Path], store: LedgerStore,
+                on_page: Callable[[list[PageRow]], None] | None = None) -> tuple[ExportReading, HeadIndex]:
     """Verify and import the export ``files`` (read in order, as one chain) into the empty ``store``.
-    The caller closes the returned ``HeadIndex``."""
+    ``on_page`` is handed each page of stored events once stored, in file order (the state dict is
+    the callee's). The caller closes the returned ``HeadIndex``."""
     rec = _sqlite(store)
     db = sqlite3.connect(rec.datastore.pool.db_name, isolation_level=None)
     db.execute("PRAGMA journal_mode=WAL")
@@ -123,40 +132,49 @@ def read_export(files: Iterable[Path], store: LedgerStore) -> tuple[ExportReadin
     insert = (f"INSERT INTO {rec.events_table_name} (rowid, originator_id, originator_version, topic, state) "
               "VALUES (?, ?, ?, ?, ?)")
     events: list[tuple[int, str, int, str, bytes]] = []
-    head_rows: list[tuple[int, str]] = []
+    page: list[PageRow] = []
+    head_rows: list[tuple[int, bytes]] = []
     previous = GENESIS_HEAD
     previous_position = 0
     unknown_topics: set[str] = set()
 
     def flush() -> None:
         db.execute("BEGIN")
+        stored = page
         try:
             db.executemany(insert, events)
         except sqlite3.IntegrityError:
             db.execute("ROLLBACK")
             db.execute("BEGIN")
-            for row in events:  # one by one, to name the duplicate
+            reading.irregular = True
+            stored = []
+            for row, fed in zip(events, page, strict=True):  # one by one, to name the duplicate
                 try:
                     db.execute(insert, row)
+                    stored.append(fed)
                 except sqlite3.IntegrityError:
                     reading.problem(row[0], f"stream {row[1]} version {row[2]} or this position appears twice")
         heads.add(head_rows)
         db.execute("COMMIT")
+        if on_page is not None and stored:
+            on_page(stored)
         events.clear()
+        page.clear()
         head_rows.clear()
 
     for path in files:
         with open(path, "rb") as fh:
             for lineno, raw in enumerate(fh, 1):
                 reading.lines += 1
-                parsed = _parse(raw, f"{path.name}:{lineno}", reading)
+                parsed = _parse(raw, path.name, lineno, reading)
                 if parsed is None:
                     continue
                 position, stream, version, topic, state, head, has_float = parsed
                 state_json = canonical(state, has_float=has_float)
                 text = body(position, stream, version, topic, state_json)
                 expected = next_head(previous, text)
-                if head != "0x" + expected.hex():
+                own = bytes.fromhex(head[2:])
+                if own != expected:
                     if previous_position == 0 and reading.events == 0:
                         reading.problem(position, "its head does not follow from the genesis head (an export made "
                                                   "with --from? give the earlier parts first)")
@@ -165,6 +183,7 @@ def read_export(files: Iterable[Path], store: LedgerStore) -> tuple[ExportReadin
                                                   "this line was altered, or a line before it was dropped, "
                                                   "reordered or inserted")
                 if position <= previous_position:
+                    reading.irregular = True
                     reading.problem(position, f"comes after position {previous_position} (lines out of order)")
                 # eventsourcing resolves topics to classes by importing them: a line naming anything
                 # but the ledger's own event and aggregate types is never stored, so never replayed.
@@ -182,7 +201,7 @@ def read_export(files: Iterable[Path], store: LedgerStore) -> tuple[ExportReadin
                 if topic == CLAIM_TOPIC and state.get("anchor_position") is not None:
                     reading.claims.append(Claim(position, stream, state["anchor_position"],
                                                 str(state.get("anchor_head"))))
-                previous = bytes.fromhex(head[2:])  # the next line chains from this line's own head
+                previous = own  # the next line chains from this line's own head
                 previous_position = max(previous_position, position)
                 if reading.first_position is None:
                     reading.first_position = position
@@ -190,8 +209,11 @@ def read_export(files: Iterable[Path], store: LedgerStore) -> tuple[ExportReadin
                 reading.last_position = previous_position
                 reading.head = head
                 if importable:
-                    events.append((position, stream.replace("-", ""), version, topic, state_json.encode()))
-                head_rows.append((position, head))
+                    stored_state = state_json.encode()
+                    events.append((position, stream.replace("-", ""), version, topic, stored_state))
+                    if on_page is not None:
+                        page.append((position, stream, topic, state, stored_state))
+                head_rows.append((position, own))
                 if len(events) >= PAGE:
                     flush()
     flush()
@@ -204,14 +226,15 @@ def read_export(files: Iterable[Path], store: LedgerStore) -> tuple[ExportReadin
     return reading, heads
 
 
-def _parse(raw: bytes, where: str, reading: ExportReading) -> tuple[int, str, int, str, dict, str, bool] | None:
+def _parse(raw: bytes, name: str, lineno: int,
+           reading: ExportReading) -> tuple[int, str, int, str, dict, str, bool] | None:
     try:
         obj, has_float = decode_json(raw.decode())
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        reading.problem(_guess_position(raw), f"{where} is not a JSON line ({exc})")
+        reading.problem(_guess_position(raw), f"{name}:{lineno} is not a JSON line ({exc})")
         return None
-    if not isinstance(obj, dict) or set(obj) != LINE_KEYS:
-        reading.problem(_guess_position(raw), f"{where} must hold exactly the keys {sorted(LINE_KEYS)}")
+    if not isinstance(obj, dict) or obj.keys() != LINE_KEYS:
+        reading.problem(_guess_position(raw), f"{name}:{lineno} must hold exactly the keys {sorted(LINE_KEYS)}")
         return None
     position, stream, version, topic = obj["position"], obj["stream"], obj["version"], obj["topic"]
     state, head = obj["state"], obj["head"]
@@ -220,7 +243,7 @@ def _parse(raw: bytes, where: str, reading: ExportReading) -> tuple[int, str, in
           and isinstance(state, dict) and isinstance(head, str) and _HEX64.match(head))
     if not ok:
         reading.problem(position if type(position) is int else None,
-                        f"{where}: a field has the wrong type or form (position and version positive integers, "
+                        f"{name}:{lineno}: a field has the wrong type or form (position and version positive integers, "
                         "stream a lowercase UUID, topic a string, state an object, head 0x + 64 lowercase hex)")
         return None
     return position, stream, version, topic, state, head, has_float

@@ -27,6 +27,8 @@ from basis.ledger.errors import InvalidTransition, LedgerError, UnknownJob
 from basis.ledger.jobs import Job
 from basis.ledger.workers import Worker
 from basis.verification.policy import VerificationPolicy, sampled
+from basis.verification.reported_logprobs import KEY as REPORTED_KEY
+from basis.verification.reported_logprobs import ReportedComparison, judge_reported
 from basis.verification.stats import JobStatistic, judge_job
 
 SECRET_FILE = "verification.secret"
@@ -80,16 +82,25 @@ def select_for_check(uow: UnitOfWork, job: Job, check: dict[str, Any], policy: V
         return None
     job.request_check(reason=reason, prompt_ids=[int(i) for i in check["prompt_ids"]], output_ids=output_ids,
                       temperature=float(check["temperature"]), top_p=float(check["top_p"]),
-                      ids_sha256=ids_digest(output_ids))
+                      ids_sha256=ids_digest(output_ids), **_reported(check, len(output_ids)))
     return reason
+
+
+def _reported(check: dict[str, Any], n: int) -> dict[str, Any]:
+    """The worker's reported logprobs of the checked ids, when the job carried them."""
+    reported = check.get("reported_logprobs")
+    return {} if reported is None else {"reported_logprobs": [float(x) for x in reported][:n]}
 
 
 # -- verdicts ----------------------------------------------------------------------------------
 def record_verdict(job_id: UUID, ids_sha256: str, statistic: JobStatistic, policy: VerificationPolicy,
-                   unsettled: Sequence[str] = ()) -> Callable[[UnitOfWork], dict[str, Any]]:
+                   unsettled: Sequence[str] = (), reported: ReportedComparison | None = None
+                   ) -> Callable[[UnitOfWork], dict[str, Any]]:
     """Judge the job from its statistic and apply every consequence. ``unsettled``: the worker's
     issued, unsettled receipts as the views know them (forfeited too if this verdict suspends it;
     settlement forfeits any the views had not seen yet while the worker stays suspended).
+    ``reported``: the worker's reported logprobs against the reference (a job that carried them):
+    far off, the job fails (basis.verification.reported_logprobs).
     Returns {verdict, applied (False: it already had one), suspended}."""
 
     def cmd(uow: UnitOfWork) -> dict[str, Any]:
@@ -103,8 +114,12 @@ def record_verdict(job_id: UUID, ids_sha256: str, statistic: JobStatistic, polic
         repeat_alpha = policy.repeat_alpha  # the repeat (stuck engine) test on the worker's ids
         verdict, u = judge_job(statistic, calibration, policy.job_threshold, tail_alpha=tail_alpha,
                                repeat_alpha=repeat_alpha)
+        stat = statistic.as_dict()
+        if reported is not None:
+            stat[REPORTED_KEY] = reported.as_dict()
+            verdict, u = judge_reported(verdict, u, stat[REPORTED_KEY], policy.job_threshold)
         job.record_verdict(verdict=verdict, method=policy.method, tokens=statistic.tokens,
-                           statistic=statistic.as_dict(), evidence=u, job_threshold=policy.job_threshold,
+                           statistic=stat, evidence=u, job_threshold=policy.job_threshold,
                            calibration=asdict(calibration), ids_sha256=ids_sha256, tail_alpha=tail_alpha,
                            repeat_alpha=repeat_alpha)
         if verdict == "failed":

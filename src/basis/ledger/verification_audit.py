@@ -22,6 +22,7 @@ from eventsourcing.application import AggregateNotFoundError
 
 from basis.ledger.projections import ViewReader
 from basis.ledger.store import LedgerStore
+from basis.verification.reported_logprobs import judge_reported, split_statistic
 from basis.verification.sequential import WorkerEvidence
 from basis.verification.stats import Calibration, JobStatistic, judge_job
 
@@ -31,9 +32,21 @@ TOPICS = ("basis:Job.Verified.v1", "basis:Job.RewardForfeited.v1", "basis:Worker
           "basis:Job.Settled.v1")
 
 
+class ReceiptCores:
+    """Receipt cores by job id, read from the replayed views when asked (not all held in memory:
+    an audit's memory stays flat however many receipts the ledger holds)."""
+
+    def __init__(self, replay: ViewReader) -> None:
+        self.db = replay.db
+
+    def get(self, job_id: str) -> dict[str, Any] | None:
+        row = self.db.execute("SELECT core FROM receipts WHERE job_id = ?", (job_id,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+
 def check_verification(replay: ViewReader, store: LedgerStore, problems: list[str], upto: int | None = None) -> None:
     db = replay.db
-    receipts = {r["job_id"]: json.loads(r["core"]) for r in db.execute("SELECT job_id, core FROM receipts")}
+    receipts = ReceiptCores(replay)
     refunds = {r["external_id"]: (r["account_id"], int(r["amount"]))
                for r in db.execute("SELECT external_id, account_id, amount FROM credits WHERE source = 'refund'")}
     verdicts: dict[str, str] = {}
@@ -131,9 +144,11 @@ def _events(store: LedgerStore, decode: Any, upto: int | None = None):
 
 def _rejudge(job_id: str, d: dict[str, Any], problems: list[str]) -> None:
     try:
-        stat = JobStatistic(**d["statistic"])
+        own, reported = split_statistic(d["statistic"])
+        stat = JobStatistic(**own)
         extra = {k: float(d[k]) for k in ("tail_alpha", "repeat_alpha") if d.get(k) is not None}
         verdict, u = judge_job(stat, Calibration(**d["calibration"]), float(d["job_threshold"]), **extra)
+        verdict, u = judge_reported(verdict, u, reported, float(d["job_threshold"]))
     except (TypeError, ValueError, KeyError, AssertionError) as exc:
         problems.append(f"job {job_id}: verdict cannot be re-decided from its statistic ({exc})")
         return
@@ -151,7 +166,7 @@ def _check_workers(replay: ViewReader, folded: dict[str, WorkerEvidence], proble
                             f"verdicts say {ev.checked} / {ev.failed}")
 
 
-def _check_batches(replay: ViewReader, store: LedgerStore, forfeited: set[str], receipts: dict[str, Any],
+def _check_batches(replay: ViewReader, store: LedgerStore, forfeited: set[str], receipts: ReceiptCores,
                    problems: list[str]) -> None:
     from basis.ledger.settlement import batch_aggregate_id
 

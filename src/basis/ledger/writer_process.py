@@ -74,7 +74,8 @@ def _serve(spawn_args: dict[str, Any], commands: Any, replies: Any, log_level: i
     """The writer process: read commands, commit each read as one batch, answer."""
     from basis.lifeline import die_with_parent
 
-    die_with_parent(parent_pid)  # a writer must never outlive its gateway: nobody is left to answer
+    # A writer must never outlive its gateway: nobody is left to answer.
+    die_with_parent(parent_pid, name="basis-writer")
 
     from basis.ledger.committer import QueuedCommand
     from basis.ledger.service import Ledger

@@ -1,4 +1,4 @@
-"""Worker <-> gateway protocol (versions 1 and 2). Shared by gateway and worker; imports neither."""
+"""Worker <-> gateway protocol (versions 1 to 3). Shared by gateway and worker; imports neither."""
 
 from basis.protocol.auth import (
     challenge_text,
@@ -9,6 +9,8 @@ from basis.protocol.auth import (
 )
 from basis.protocol.messages import (
     DEFAULT_HEARTBEAT_INTERVAL,
+    LOGPROBS_VERSION,
+    MAX_TOP_LOGPROBS,
     PROTOCOL_VERSION,
     RECEIPTS_VERSION,
     SUPPORTED_VERSIONS,
@@ -24,6 +26,7 @@ from basis.protocol.messages import (
     ReceiptAck,
     ReceiptFrame,
     Reject,
+    TokenLogprob,
     Tokens,
     Usage,
     VerdictFrame,
@@ -36,6 +39,8 @@ from basis.protocol.messages import (
 
 __all__ = [
     "DEFAULT_HEARTBEAT_INTERVAL",
+    "LOGPROBS_VERSION",
+    "MAX_TOP_LOGPROBS",
     "PROTOCOL_VERSION",
     "RECEIPTS_VERSION",
     "SUPPORTED_VERSIONS",
@@ -51,6 +56,7 @@ __all__ = [
     "ReceiptAck",
     "ReceiptFrame",
     "Reject",
+    "TokenLogprob",
     "Tokens",
     "Usage",
     "VerdictFrame",

@@ -1,7 +1,9 @@
-"""Worker <-> gateway WebSocket protocol, versions 1 and 2 (docs/worker-protocol.md).
+"""Worker <-> gateway WebSocket protocol, versions 1 to 3 (docs/worker-protocol.md).
 
 Version 2 adds the gateway's ``receipt`` and ``verdict`` frames (DESIGN 1.7) and the worker's
-``receipt_ack``; everything else is version 1 unchanged, and a version-1 worker is still served.
+``receipt_ack``; version 3 adds log-probabilities (``Job.logprobs``/``top_logprobs``, answered in
+``Tokens.logprobs``). Everything else is version 1 unchanged, and older workers are still served
+(a job asking for logprobs is only ever sent to a version-3 worker).
 
 Every frame is one JSON object in a WebSocket *text* frame with a ``type`` discriminator.
 This module is shared by the gateway and the contributor worker and imports neither.
@@ -13,11 +15,19 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-PROTOCOL_VERSION = 2
-SUPPORTED_VERSIONS = frozenset({1, 2})
+PROTOCOL_VERSION = 3
+SUPPORTED_VERSIONS = frozenset({1, 2, 3})
 RECEIPTS_VERSION = 2  # the first version whose workers receive receipt and verdict frames
+LOGPROBS_VERSION = 3  # the first version whose workers report log-probabilities
+MAX_TOP_LOGPROBS = 20  # alternatives per token a job may ask for (OpenAI's limit)
 DEFAULT_HEARTBEAT_INTERVAL = 10.0  # seconds; a peer silent for 3 intervals is gone
 FEATURE_JSON_SCHEMA = "json_schema"  # the worker decodes under Job.json_schema
+FEATURE_LOGPROBS = "logprobs"  # implied by protocol version >= LOGPROBS_VERSION (never advertised)
+
+
+def version_features(protocol_version: int) -> frozenset[str]:
+    """The job features a protocol version implies (on top of those its hello lists)."""
+    return frozenset({FEATURE_LOGPROBS}) if protocol_version >= LOGPROBS_VERSION else frozenset()
 
 
 class _Msg(BaseModel):
@@ -72,6 +82,10 @@ class Job(_Msg):
     # tool calls). Sent only to workers whose hello advertised the "json_schema" feature; the
     # gateway validates the final text, and output that breaks it fails the job (no reward).
     json_schema: dict | None = None
+    # v3: report, with every output token, its log-probability and (top_logprobs > 0) that many
+    # most likely alternatives, all under the model's own distribution (module ``TokenLogprob``).
+    logprobs: bool = False
+    top_logprobs: int = Field(default=0, ge=0, le=MAX_TOP_LOGPROBS)
 
 
 class Cancel(_Msg):
@@ -140,11 +154,24 @@ class Heartbeat(_Msg):
     active_jobs: int = 0
 
 
+class TokenLogprob(_Msg):
+    """v3: one output token's log-probability, and the job's ``top_logprobs`` most likely
+    alternatives as ``[id, logprob]`` pairs (most likely first; the chosen token may be among
+    them). The distribution is the model's own: the raw logits at that position, log-softmaxed,
+    before temperature, top_p or a JSON-schema grammar act (OpenAI's and vLLM's convention).
+    These are the worker's report; the verifier compares them with its reference on checked jobs."""
+
+    logprob: float
+    top: list[tuple[int, float]] = Field(default_factory=list)
+
+
 class Tokens(_Msg):
     type: Literal["tokens"] = "tokens"
     job_id: str
     ids: list[int]
     text: str = ""
+    # v3, only for a job with ``logprobs``: one entry per id, in order.
+    logprobs: list[TokenLogprob] | None = None
 
 
 class Usage(_Msg):

@@ -1,9 +1,10 @@
 """Chain indexer: the vault's Deposited and Withdrawn events and the distributor's Claimed events.
 
 - Reads logs from the block after its cursor up to ``head - confirmations`` (pages of
-  ``max_blocks``), applies them in (block, log index) order, then advances the cursor — a
-  ``ChainCursor`` aggregate in the ledger, so it survives restarts. A crash between applying and
-  advancing re-reads the same blocks, which is harmless: every log is applied exactly once
+  ``max_blocks``), applies them in (block, log index) order and advances the cursor — a
+  ``ChainCursor`` aggregate in the ledger, so it survives restarts — in one ledger command, so a
+  snapshot never holds a page's credits without the cursor's block that covers them. Re-reading
+  blocks (``reindex``, a crash before the commit) is harmless: every log is applied exactly once
   (deposits: a credit of source ``deposit`` whose ``CreditRef`` is ``"<tx hash>:<log index>"``;
   withdrawals: the voucher's reservation can be redeemed once; claims: the worker's cumulative
   claimed amount only grows).
@@ -252,11 +253,12 @@ class ChainIndexer:
         if w3.eth.get_block(end)["hash"] != end_block["hash"]:
             raise ChainReorg(f"block {end} changed while it was read (a reorg); the pass is retried")
         result = IndexPass(start, end)
-        for entry in logs:
-            self._apply(entry, result)
         timestamp = int(end_block["timestamp"])
-        self.ledger.run(advance_cursor(self.cursor_name, chain.deploy_block - 1, end, timestamp,
-                                       hex32(end_block["hash"])))
+        # The page's credits and the cursor's move commit together: a snapshot (a live audit) that
+        # saw a deposit of a block beyond its cursor's block compared the chain at that block with
+        # a ledger one deposit ahead of it.
+        self._apply_page(logs, result, advance_cursor(self.cursor_name, chain.deploy_block - 1, end, timestamp,
+                                                      hex32(end_block["hash"])))
         result.released = self.ledger.run(release_expired(chain.chain_id, chain.vault, timestamp))
         return result
 
@@ -273,8 +275,7 @@ class ChainIndexer:
         """Apply the logs of blocks start..end (inclusive) without moving the cursor; re-reading
         blocks already indexed changes nothing (each log lands once; depositors are bound)."""
         result = IndexPass(start, end)
-        for entry in self._logs(start, end):
-            self._apply(entry, result)
+        self._apply_page(self._logs(start, end), result)
         return result
 
     def state(self) -> dict[str, Any]:
@@ -291,7 +292,33 @@ class ChainIndexer:
             passes.append(p)
         return passes
 
-    def _apply(self, entry: Any, result: IndexPass) -> None:
+    def _apply_page(self, logs: list[Any], result: IndexPass, then: Any = None) -> None:
+        """Record the logs (and run ``then``, the cursor's move) in one ledger command: one commit."""
+        steps = [step for entry in logs if (step := self._step(entry)) is not None]
+
+        def page(uow: Any) -> list[Any]:
+            outcomes = [cmd(uow) for _, cmd, _ in steps]
+            if then is not None:
+                then(uow)
+            return outcomes
+
+        for (kind, _, detail), outcome in zip(steps, self.ledger.run(page), strict=True):
+            if kind == "deposit":
+                if outcome == "duplicate":
+                    result.duplicates += 1
+                else:
+                    result.deposits += 1
+                    result.credited.append(detail)
+            elif kind == "withdrawn":
+                if outcome == "foreign":
+                    log.warning("Withdrawn with nonce %s was not issued by this ledger (tx %s)", *detail)
+                if outcome != "seen":
+                    result.withdrawals += 1
+            elif outcome:
+                result.claims += 1
+
+    def _step(self, entry: Any) -> tuple[str, Any, Any] | None:
+        """(kind, ledger command, detail) for one log; None for a log this indexer does not record."""
         chain = self.chain
         assert chain is not None
         topic = bytes(entry["topics"][0])
@@ -300,29 +327,21 @@ class ChainIndexer:
         if topic == bytes(TOPICS["Deposited"]) and entry["address"].lower() == chain.vault.lower():
             args = c.vault.events.Deposited().process_log(entry)["args"]
             account_id = self._account_for(bytes(args["account"]))
-            outcome = self.ledger.run(record_deposit(
+            return "deposit", record_deposit(
                 chain.chain_id, chain.vault, account_id, depositor=args["depositor"], amount=int(args["amount"]),
-                tx_hash=tx_hash, log_index=log_index, block=block))
-            if outcome == "duplicate":
-                result.duplicates += 1
-            else:
-                result.deposits += 1
-                result.credited.append((str(account_id), int(args["amount"])))
-        elif topic == bytes(TOPICS["Withdrawn"]) and entry["address"].lower() == chain.vault.lower():
+                tx_hash=tx_hash, log_index=log_index, block=block), (str(account_id), int(args["amount"]))
+        if topic == bytes(TOPICS["Withdrawn"]) and entry["address"].lower() == chain.vault.lower():
             args = c.vault.events.Withdrawn().process_log(entry)["args"]
-            outcome = self.ledger.run(record_withdrawn(
+            return "withdrawn", record_withdrawn(
                 chain.chain_id, chain.vault, account=hex32(args["account"]), recipient=args["recipient"],
-                amount=int(args["amount"]), nonce=int(args["nonce"]), tx_hash=tx_hash, log_index=log_index))
-            if outcome == "foreign":
-                log.warning("Withdrawn with nonce %s was not issued by this ledger (tx %s)", args["nonce"], tx_hash)
-            if outcome != "seen":
-                result.withdrawals += 1
-        elif topic == bytes(TOPICS["Claimed"]) and entry["address"].lower() == chain.distributor.lower():
+                amount=int(args["amount"]), nonce=int(args["nonce"]), tx_hash=tx_hash,
+                log_index=log_index), (args["nonce"], tx_hash)
+        if topic == bytes(TOPICS["Claimed"]) and entry["address"].lower() == chain.distributor.lower():
             args = c.distributor.events.Claimed().process_log(entry)["args"]
-            if self.ledger.run(record_claimed(chain.chain_id, chain.distributor, worker=args["worker"],
-                                              amount=int(args["amount"]), cumulative=int(args["cumulative"]),
-                                              tx_hash=tx_hash, log_index=log_index, block=block)):
-                result.claims += 1
+            return "claimed", record_claimed(chain.chain_id, chain.distributor, worker=args["worker"],
+                                             amount=int(args["amount"]), cumulative=int(args["cumulative"]),
+                                             tx_hash=tx_hash, log_index=log_index, block=block), None
+        return None
 
     def _account_for(self, raw: bytes) -> UUID:
         try:

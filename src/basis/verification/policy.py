@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from basis.verification.reported_logprobs import MEAN_TOLERANCE, TOKEN_TOLERANCE
 from basis.verification.stats import METHOD, REPEAT_ALPHA, TAIL_ALPHA, Calibration
 
 # Honest behaviour of each packaged reference model (models/gguf.py short names), measured with
@@ -55,6 +56,8 @@ class VerificationPolicy:
                 "probation_jobs": self.probation_jobs, "job_threshold": self.job_threshold,
                 "worker_threshold": self.worker_threshold, "drift": self.drift, "tail_alpha": self.tail_alpha,
                 "repeat_alpha": self.repeat_alpha,
+                # a checked job's reported logprobs vs the reference, in nats (reported_logprobs.py)
+                "logprob_tolerance": {"token": TOKEN_TOLERANCE, "mean": MEAN_TOLERANCE},
                 "calibration": {m: vars(c) for m, c in sorted(self.calibration.items())}}
 
 

@@ -25,7 +25,10 @@ from basis.ledger.service import Ledger
 from basis.ledger.verdicts import record_verdict
 from basis.observability import metrics
 from basis.verification.policy import VerificationPolicy
+from basis.verification.reported_logprobs import KEY as REPORTED_KEY
+from basis.verification.reported_logprobs import compare
 from basis.verification.stats import job_statistic
+from basis.verifier.claims import CheckClaims
 from basis.verifier.policy import ScorerFactory
 
 log = logging.getLogger("basis.verifier")
@@ -55,6 +58,7 @@ class Verifier:
         self._retry: dict[str, float] = {}  # job id -> monotonic time before which it is not retried
         self._projector: Projector | None = None
         self._reader: ViewReader | None = None  # kept open: opening one takes the views' write lock
+        self.claims = CheckClaims(ledger.store.env)  # gateways on one store share the checks (claims.py)
 
     def _catch_up(self) -> None:
         if self._projector is None:
@@ -68,6 +72,7 @@ class Verifier:
         if self._reader is not None:
             self._reader.close()
             self._reader = None
+        self.claims.close()
 
     async def run_once(self) -> int:
         """One pass over the pending checks; returns how many verdicts this pass recorded."""
@@ -91,12 +96,22 @@ class Verifier:
         return done
 
     async def _check(self, reader: ViewReader, job_id: str) -> bool:
+        if not await asyncio.to_thread(self.claims.claim, job_id):
+            return False  # another gateway's verifier is checking it
+        try:
+            return await self._check_claimed(reader, job_id)
+        finally:
+            await asyncio.to_thread(self.claims.release, job_id)
+
+    async def _check_claimed(self, reader: ViewReader, job_id: str) -> bool:
         job: Job = await asyncio.to_thread(self.ledger.get, UUID(job_id))
         if job.verdict is not None or job.check is None:
             return False  # judged already (the views are behind)
         check = job.check
+        reported_lps = check.get("reported_logprobs")  # the job carried logprobs: compare them too
         req = ScoreRequest(prompt_ids=check["prompt_ids"], output_ids=check["output_ids"],
-                           temperature=check["temperature"], top_p=check["top_p"], model=job.model)
+                           temperature=check["temperature"], top_p=check["top_p"], model=job.model,
+                           raw_logprobs=reported_lps is not None)
         try:
             scores = await self.scorers(job.model).score(req)
             if len(scores) != len(req.output_ids):
@@ -108,10 +123,16 @@ class Verifier:
             log.warning("job %s could not be checked (%s); it stays held", job_id, exc)
             return False
         stat = job_statistic(scores, check["temperature"], req.output_ids)
+        reported = None
+        if reported_lps is not None:
+            if all(s.raw_logprob is not None for s in scores):
+                reported = compare(reported_lps, scores)
+            else:  # a scorer without raw logprobs: the job is judged on its ids alone
+                log.warning("job %s carried logprobs but the scorer gave no raw logprobs to compare", job_id)
         assert job.worker is not None
         unsettled = reader.unsettled_of(job.worker)
         out = await asyncio.to_thread(self.ledger.run, record_verdict(job.id, check["ids_sha256"], stat, self.policy,
-                                                                      unsettled))
+                                                                      unsettled, reported))
         self._retry.pop(job_id, None)
         if out["applied"]:
             self.judged += 1
@@ -119,7 +140,8 @@ class Verifier:
             if self.on_verdict is not None and job.receipt is not None:
                 self.on_verdict(job.receipt, {
                     "verdict": out["verdict"], "method": self.policy.method, "tokens": stat.tokens,
-                    "statistic": stat.as_dict(), "ids_sha256": check["ids_sha256"],
+                    "statistic": stat.as_dict() | ({REPORTED_KEY: reported.as_dict()} if reported else {}),
+                    "ids_sha256": check["ids_sha256"],
                     "reward_forfeited": out["verdict"] == "failed" or bool(out["suspended"])})
             if out["suspended"]:
                 metrics.SUSPENSIONS.labels("verifier").inc()

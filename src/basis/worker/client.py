@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from collections.abc import Iterable
 
 from eth_account import Account
@@ -17,9 +18,17 @@ from pydantic import ValidationError
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
-from basis.engines.base import Engine, EngineError, GenerateRequest, TokenStep, supports_json_schema
+from basis.engines.base import (
+    Engine,
+    EngineError,
+    GenerateRequest,
+    TokenStep,
+    supports_json_schema,
+    supports_logprobs,
+)
 from basis.protocol import (
-    PROTOCOL_VERSION,
+    LOGPROBS_VERSION,
+    RECEIPTS_VERSION,
     Cancel,
     Challenge,
     Done,
@@ -31,6 +40,7 @@ from basis.protocol import (
     ModelOffer,
     ReceiptFrame,
     Reject,
+    TokenLogprob,
     Tokens,
     Usage,
     VerdictFrame,
@@ -49,6 +59,8 @@ log = logging.getLogger("basis.worker")
 SOFTWARE = "basis-worker/0.1.0"
 # Rejections that a reconnect cannot fix.
 FATAL_REJECTIONS = frozenset({"binding_mismatch", "unknown_model", "unsupported_version", "no_models", "suspended"})
+RESTART_WINDOW_S = 120.0  # after a connection that served, reconnect attempts stay frequent this long
+RESTART_BACKOFF_MAX_S = 2.0
 
 
 class GatewayLost(Exception):
@@ -113,6 +125,14 @@ class Worker:
         return [FEATURE_JSON_SCHEMA] if supports_json_schema(self.engine) else []
 
     @property
+    def protocol_version(self) -> int:
+        """The highest version this worker speaks: v2 needs a receipt store, v3 (logprobs) an
+        engine that reports them as well."""
+        if self.inbox is None:
+            return 1
+        return LOGPROBS_VERSION if supports_logprobs(self.engine) else RECEIPTS_VERSION
+
+    @property
     def active_jobs(self) -> int:
         return len(self._jobs)
 
@@ -122,8 +142,10 @@ class Worker:
     async def run(self) -> None:
         """Connect, serve, and reconnect with exponential backoff (with jitter) until stop()."""
         delay = self.backoff_initial
+        last_served = float("-inf")
         while not self._stop.is_set():
             served = False
+            sessions = self.sessions
             try:
                 served = await self.run_once()
             except WorkerRejected as exc:
@@ -134,11 +156,15 @@ class Worker:
                 log.warning("gateway connection failed: %s", exc)
             if self._stop.is_set():
                 break
-            if served:
+            if served or self.sessions > sessions:  # welcomed, then lost (a dead gateway raises)
                 delay = self.backoff_initial
+                last_served = time.monotonic()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), timeout=delay * (0.5 + random.random()))
-            delay = min(self.backoff_max, delay * 2)
+            # A gateway that was serving a moment ago is most likely restarting: knock often, so
+            # the worker is back within a couple of seconds of it (a refused connect costs nothing).
+            recent = time.monotonic() - last_served < RESTART_WINDOW_S
+            delay = min(RESTART_BACKOFF_MAX_S if recent else self.backoff_max, delay * 2)
 
     async def run_once(self) -> bool:
         """One connection: authenticate and serve until it ends. True if it got welcomed."""
@@ -155,7 +181,7 @@ class Worker:
             first = parse_gateway_message(await asyncio.wait_for(ws.recv(), timeout=self.open_timeout))
             if not isinstance(first, Challenge):
                 raise GatewayLost(f"expected a challenge, got {first.type}")
-            version = min(PROTOCOL_VERSION if self.inbox else 1, first.protocol_version)
+            version = min(self.protocol_version, first.protocol_version)
             text = challenge_text(
                 gateway_address=first.gateway_address,
                 chain_id=first.chain_id,
@@ -251,6 +277,9 @@ class Worker:
             # only to workers that advertise the feature, so this is a gateway's mistake).
             await send(Error(job_id=job.job_id, message="this worker's engine cannot decode under a JSON schema"))
             return
+        if job.logprobs and not supports_logprobs(self.engine):  # likewise: never a job without its logprobs
+            await send(Error(job_id=job.job_id, message="this worker's engine does not report logprobs"))
+            return
         async with sem:
             req = GenerateRequest(
                 prompt_ids=list(job.prompt_ids),
@@ -262,6 +291,8 @@ class Worker:
                 model=job.model,
                 request_id=job.job_id,
                 json_schema=job.json_schema,
+                logprobs=job.logprobs,
+                top_logprobs=job.top_logprobs if job.logprobs else 0,
             )
             count = 0
             gen = self.engine.generate(req)
@@ -294,7 +325,11 @@ class Worker:
                     text = "".join(st.text for st in body)
                     if ids or text:
                         count += len(ids)
-                        await send(Tokens(job_id=job.job_id, ids=ids, text=text))
+                        logprobs = None
+                        if job.logprobs:
+                            logprobs = [TokenLogprob(logprob=lp.logprob, top=list(lp.top))
+                                        for st in body for lp in (st.logprobs or ())]
+                        await send(Tokens(job_id=job.job_id, ids=ids, text=text, logprobs=logprobs))
                     if isinstance(tail, BaseException):
                         raise tail
                     if tail is None:

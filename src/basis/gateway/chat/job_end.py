@@ -53,3 +53,17 @@ async def record_job_end(writer: Any, end: dict[str, Any]) -> dict[str, Any] | N
         if attempt > 1:
             log.info("the end of job %s was recorded on attempt %d", end["job_id"], attempt)
         return receipt
+
+
+def check_input(plan: Any, output_ids: list[int], token_logprobs: list[Any], output_tokens: int
+                ) -> dict[str, Any] | None:
+    """What a verifier needs if the ledger selects a contributor job for a check (DESIGN 1.6): the
+    ids it was paid for, its sampling parameters and, when the job carried them, the worker's
+    reported logprobs of those ids (basis.verification.reported_logprobs compares them)."""
+    if not output_tokens:
+        return None
+    check = {"prompt_ids": plan.prompt_ids, "output_ids": output_ids[:output_tokens],
+             "temperature": plan.temperature, "top_p": plan.top_p}
+    if plan.logprobs and len(token_logprobs) >= output_tokens:
+        check["reported_logprobs"] = [t.logprob for t in token_logprobs[:output_tokens]]
+    return check

@@ -22,7 +22,7 @@ from basis.gateway.chat.structured import (
 )
 from basis.gateway.errors import APIError
 from basis.models import ChatTemplateError, ModelBinding
-from basis.protocol.messages import FEATURE_JSON_SCHEMA
+from basis.protocol.messages import FEATURE_JSON_SCHEMA, FEATURE_LOGPROBS
 
 
 @dataclass
@@ -42,6 +42,8 @@ class Plan:
     request_hash: str | None
     created: int = field(default_factory=lambda: int(time.time()))
     constraint: Constraint | None = None  # structured output / tool call (chat/structured.py)
+    logprobs: bool = False  # report each output token's logprob (chat/logprobs.py; protocol v3 workers)
+    top_logprobs: int = 0
 
     @property
     def json_schema(self) -> dict[str, Any] | None:
@@ -50,7 +52,10 @@ class Plan:
     @property
     def requires(self) -> frozenset[str]:
         """The worker features the job needs (a worker without them is never sent it)."""
-        return frozenset({FEATURE_JSON_SCHEMA}) if self.constraint is not None else frozenset()
+        needs = {FEATURE_JSON_SCHEMA} if self.constraint is not None else set()
+        if self.logprobs:
+            needs.add(FEATURE_LOGPROBS)
+        return frozenset(needs)
 
 
 def request_hash(body: dict[str, Any]) -> str:
@@ -85,6 +90,9 @@ def supported_model(runtime: Any, req: Any) -> tuple[Any, ModelBinding]:
 async def plan_request(runtime: Any, req: ChatCompletionRequest, body: dict[str, Any],
                        idempotency_key: str | None) -> Plan:
     spec, binding = supported_model(runtime, req)
+    if req.top_logprobs is not None and not req.logprobs:
+        raise APIError(400, "Invalid value for 'top_logprobs': it requires 'logprobs' to be true.",
+                       param="top_logprobs", code="invalid_value")
     constraint = constraint_for(req.model_extra or {}, req.model, req.stop)
     messages: Any = req.messages
     if needs_history_rendering(req.messages) or (constraint and constraint.instructions()):
@@ -112,6 +120,7 @@ async def plan_request(runtime: Any, req: ChatCompletionRequest, body: dict[str,
         include_usage=bool(req.stream_options and req.stream_options.include_usage),
         idempotency_key=idempotency_key,
         request_hash=_idempotency_hash(body, req) if idempotency_key is not None else None,
+        logprobs=bool(req.logprobs), top_logprobs=int(req.top_logprobs or 0) if req.logprobs else 0,
     )
 
 

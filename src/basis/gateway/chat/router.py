@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 
 from basis.gateway.auth import bearer_account
+from basis.gateway.chat.logprobs import TokenLogprobs, chat_content
 from basis.gateway.chat.schemas import ChatCompletionRequest, lone_surrogate_path
 from basis.gateway.chat.service import JobRun, plan_request
 from basis.gateway.chat.structured import as_tool_call, is_tool_call, tool_finish
@@ -59,8 +60,17 @@ def _usage(prompt_tokens: int, output_tokens: int) -> dict[str, int]:
             "total_tokens": prompt_tokens + output_tokens}
 
 
+def _logprobs(plan: Any, tokens: list[TokenLogprobs] | None) -> dict[str, Any] | None:
+    """A choice's ``logprobs`` (OpenAI's shape); None when the request did not ask, or for a
+    replayed job (its logprobs are not recorded)."""
+    if plan is None or not plan.logprobs or tokens is None:
+        return None
+    return {"content": chat_content(plan.binding, tokens), "refusal": None}
+
+
 def _completion(cid: str, created: int, model: str, text: str, finish_reason: str | None,
-                usage: dict[str, int], receipt: dict[str, Any] | None, plan: Any = None) -> dict[str, Any]:
+                usage: dict[str, int], receipt: dict[str, Any] | None, plan: Any = None,
+                logprobs: list[TokenLogprobs] | None = None) -> dict[str, Any]:
     message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None}
     if is_tool_call(plan):  # a forced tool call: the output is the call (OpenAI's shape)
         calls = plan.constraint.tool_calls(text, cid.removeprefix("chatcmpl-"))
@@ -69,7 +79,8 @@ def _completion(cid: str, created: int, model: str, text: str, finish_reason: st
         finish_reason = tool_finish(finish_reason)
     body: dict[str, Any] = {
         "id": cid, "object": "chat.completion", "created": created, "model": model,
-        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}],
+        "choices": [{"index": 0, "message": message, "logprobs": _logprobs(plan, logprobs),
+                     "finish_reason": finish_reason}],
         "usage": usage, "system_fingerprint": None,
     }
     if receipt is not None:
@@ -78,11 +89,12 @@ def _completion(cid: str, created: int, model: str, text: str, finish_reason: st
     return body
 
 
-def _chunk(cid: str, created: int, model: str, delta: dict[str, Any], finish_reason: str | None = None) -> str:
+def _chunk(cid: str, created: int, model: str, delta: dict[str, Any], finish_reason: str | None = None,
+           logprobs: dict[str, Any] | None = None) -> str:
     return "data: " + _dumps({
         "id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
         "system_fingerprint": None,
-        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+        "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}],
     }) + "\n\n"
 
 
@@ -148,24 +160,36 @@ async def chat_completions(request: Request, account_id: UUID = Depends(bearer_a
     finish = next((v for k, v in events if k == "end"), None)
     usage = _usage(len(plan.prompt_ids), run.output_tokens)
     out = _completion(run.completion_id, plan.created, plan.model, "".join(run.text_parts), finish, usage, receipt,
-                      plan)
+                      plan, run.token_logprobs)
     if receipt is not None:
         headers["basis-receipt-hash"] = receipt["hash"]
     return JSONResponse(out, headers=headers)
 
 
 async def _sse(cid: str, created: int, model: str, events: AsyncGenerator[tuple[str, Any], None],
-               usage: Callable[[], dict[str, int]] | None) -> AsyncIterator[str]:
+               usage: Callable[[], dict[str, int]] | None, plan: Any = None) -> AsyncIterator[str]:
     """The chunks of one streamed completion from its events; ``usage`` (called at the end) when
-    the request asked for it."""
+    the request asked for it. Each chunk carries the logprobs of the tokens whose text it holds
+    (text a stop sequence may still claim is held back with its tokens' logprobs)."""
+    pending: list[TokenLogprobs] = []
+
+    def logprobs() -> dict[str, Any] | None:
+        out = _logprobs(plan, pending) if pending else None
+        pending.clear()
+        return out
+
     try:
         yield _chunk(cid, created, model, {"role": "assistant", "content": ""})
         async for kind, value in events:
-            if kind == "delta":
-                yield _chunk(cid, created, model, {"content": value})
+            if kind == "logprobs":
+                pending.extend(value)
+            elif kind == "delta":
+                yield _chunk(cid, created, model, {"content": value}, logprobs=logprobs())
             elif kind == "tool_calls":
-                yield _chunk(cid, created, model, {"tool_calls": value})
+                yield _chunk(cid, created, model, {"tool_calls": value}, logprobs=logprobs())
             elif kind == "end":
+                if pending:  # tokens whose text never showed (a stop sequence's)
+                    yield _chunk(cid, created, model, {"content": ""}, logprobs=logprobs())
                 yield _chunk(cid, created, model, {}, value)
                 if usage is not None:
                     yield _usage_chunk(cid, created, model, usage())
@@ -194,7 +218,7 @@ def _live_stream(run: JobRun, first: tuple[str, Any]) -> AsyncIterator[str]:
     events = _live_events(run, first)
     if is_tool_call(p):
         events = as_tool_call(p, events, lambda: "".join(run.text_parts), str(p.job_id))
-    return _sse(run.completion_id, p.created, p.model, events, usage)
+    return _sse(run.completion_id, p.created, p.model, events, usage, p)
 
 
 def _replay(runtime: Any, job_id: str, plan: Any) -> Response:

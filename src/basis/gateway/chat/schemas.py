@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from basis.protocol import MAX_TOP_LOGPROBS
+
 MAX_MESSAGES = 1024
 MAX_STOP = 4
 
@@ -86,6 +88,8 @@ class ChatCompletionRequest(BaseModel):
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     user: str | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
 
     @field_validator("stop")
     @classmethod
@@ -96,8 +100,5 @@ class ChatCompletionRequest(BaseModel):
         """(param, message) for a parameter whose effect this server cannot honour."""
         if self.n not in (None, 1):
             return "n", "Only n=1 is supported."
-        extra: dict[str, Any] = self.model_extra or {}
-        if extra.get("logprobs") or extra.get("top_logprobs"):
-            return "logprobs", "logprobs are not supported."
         # response_format, tools and tool_choice: basis.gateway.chat.structured.constraint_for
         return None

@@ -17,9 +17,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from basis.engines.base import EngineError, GenerateRequest
+from basis.engines.base import EngineError, GenerateRequest, supports_logprobs
 from basis.gateway.chat.deadlines import DeadlineMissed, within_deadlines
-from basis.gateway.chat.job_end import record_job_end
+from basis.gateway.chat.job_end import check_input, record_job_end
+from basis.gateway.chat.logprobs import BadLogprobs, TokenLogprobs, checked
 from basis.gateway.chat.planning import (  # re-exported: completions plan with these too
     INLINE_TOKENIZE_CHARS,
     Plan,
@@ -72,7 +73,8 @@ class Outcome:
 
 
 class JobRun:
-    """Events for the response: ("delta", text) ... then ("end", finish_reason) or ("error", APIError)."""
+    """Events for the response: ("delta", text) ... then ("end", finish_reason) or ("error", APIError).
+    A job with logprobs also sends ("logprobs", [TokenLogprobs]) before the text of those tokens."""
 
     def __init__(self, runtime: Any, plan: Plan, account_id: uuid.UUID, key: KeyEntry | None = None) -> None:
         self.runtime = runtime
@@ -84,6 +86,7 @@ class JobRun:
         self.output_ids: list[int] = []  # as relayed; the first output_tokens of them were accepted
         self.task: asyncio.Task[None] | None = None
         self.text_parts: list[str] = []
+        self.token_logprobs: list[TokenLogprobs] = []  # of the counted tokens, when the plan asks
         self.served_by = "gateway"
         self.finished = False
 
@@ -99,7 +102,8 @@ class JobRun:
         p, runtime = self.plan, self.runtime
         # Route first, so the first assignment commits with the acceptance (one transaction).
         self._gateway_can_serve = (runtime.engine is not None and p.model in runtime.engine_models
-                                   and engine_can_serve(runtime.engine, p.constraint))
+                                   and engine_can_serve(runtime.engine, p.constraint)
+                                   and (not p.logprobs or supports_logprobs(runtime.engine)))
         assignment: tuple[str, str | None] | None = None
         try:
             self._first_worker = runtime.hub.pick(p.model, requires=p.requires)
@@ -179,8 +183,8 @@ class JobRun:
             self._serving = previous  # refused: the last recorded attempt is still the previous one
             raise
 
-    async def _source(self) -> AsyncIterator[tuple[list[int], str, str | None, dict[str, int] | None]]:
-        """(ids, text, finish_reason, usage) from a contributor, else the gateway's own engine.
+    async def _source(self) -> AsyncIterator[tuple[list[int], str, str | None, dict[str, int] | None, Any]]:
+        """(ids, text, finish_reason, usage, logprobs) from a contributor, else the gateway's own engine.
         A worker that fails before its first token is replaced: still one job."""
         p, hub = self.plan, self.runtime.hub
         tried: set[str] = set()
@@ -188,7 +192,7 @@ class JobRun:
         while True:
             msg = JobMessage(job_id=str(p.job_id), model=p.model, prompt_ids=p.prompt_ids, max_tokens=p.max_tokens,
                              temperature=p.temperature, top_p=p.top_p, seed=p.seed, stop=p.stops,
-                             json_schema=p.json_schema)
+                             json_schema=p.json_schema, logprobs=p.logprobs, top_logprobs=p.top_logprobs)
             via, self._first_worker = self._first_worker, None
             try:
                 # Busy workers are waited for only when the gateway has no engine of its own to fall back on.
@@ -203,9 +207,9 @@ class JobRun:
                         async with contextlib.aclosing(within_deadlines(stream, limits, started=sent_at)) as frames:
                             async for frame in frames:
                                 if isinstance(frame, Tokens):
-                                    yield frame.ids, frame.text, None, None
+                                    yield frame.ids, frame.text, None, None, frame.logprobs
                                 else:
-                                    yield [], frame.text, frame.finish_reason, frame.usage.model_dump()
+                                    yield [], frame.text, frame.finish_reason, frame.usage.model_dump(), None
                     except DeadlineMissed as exc:  # leaving the dispatch sends the worker `cancel`
                         self._deadline_missed(stream.worker_address, exc)
                         raise
@@ -219,6 +223,9 @@ class JobRun:
                 tried.add(exc.worker_address)
         engine = self.runtime.engine
         if not self._gateway_can_serve:
+            if p.logprobs and not busy:
+                raise APIError(503, f"No worker serving '{p.model}' reports logprobs (worker protocol 3) right now; "
+                               "try again later, or ask without logprobs.", code="no_worker_available", retry=False)
             if p.constraint is not None and not busy:
                 raise APIError(503, f"No worker serving '{p.model}' supports structured output or tool calls "
                                "(constrained decoding) right now; try again later.", code="no_worker_available",
@@ -233,7 +240,7 @@ class JobRun:
         self.served_by = "gateway"
         req = GenerateRequest(prompt_ids=p.prompt_ids, max_tokens=p.max_tokens, temperature=p.temperature,
                               top_p=p.top_p, seed=p.seed, model=p.model, request_id=str(p.job_id),
-                              json_schema=p.json_schema)
+                              json_schema=p.json_schema, logprobs=p.logprobs, top_logprobs=p.top_logprobs)
         gen = engine.generate(req)
         try:
             async for step in gen:
@@ -241,7 +248,7 @@ class JobRun:
                 if step.final:
                     usage = {"prompt_tokens": step.prompt_tokens or 0,
                              "completion_tokens": step.completion_tokens or 0}
-                yield step.ids, step.text, step.finish_reason, usage
+                yield step.ids, step.text, step.finish_reason, usage, step.logprobs
         finally:
             await gen.aclose()
 
@@ -264,7 +271,7 @@ class JobRun:
         error: APIError | None = None
         source = self._source()
         try:
-            async for ids, text, finish_reason, usage in source:
+            async for ids, text, finish_reason, usage, reported in source:
                 if finish_reason is not None:
                     matcher.finish(text)
                     tail, _ = stopper.push(decoder.decode(b"", final=True))
@@ -280,16 +287,21 @@ class JobRun:
                 # out-of-vocabulary, end-of-sequence and other control ids (padding) fail the job
                 pieces = p.binding.output_pieces(ids)
                 matcher.feed(pieces, text)
+                logprobs = checked(p.binding, ids, reported, p.top_logprobs) if p.logprobs and ids else None
                 self.output_ids.extend(ids)
                 if counted == 0 and ids:
                     metrics.TTFT.labels(p.model).observe(time.perf_counter() - started)
-                hit = False
+                hit, before, out = False, counted, []
                 for piece in pieces:
                     counted += 1
                     emit, hit = stopper.push(decoder.decode(piece))
-                    self._emit(emit)
+                    out.append(emit)
                     if hit:
                         break
+                if logprobs:  # the counted tokens' logprobs, before their text
+                    self.token_logprobs.extend(logprobs[: counted - before])
+                    self.events.put_nowait(("logprobs", logprobs[: counted - before]))
+                self._emit("".join(out))
                 self.output_tokens = matcher.accepted
                 if hit:  # the token completing a stop sequence counts; its text is not emitted
                     result = Outcome("completed", counted, "stop")
@@ -306,7 +318,7 @@ class JobRun:
             result = Outcome("failed", matcher.accepted, None, reason=f"deadline missed by {exc.worker}: {exc}")
             error = APIError(504, f"The serving worker timed out: {exc}.", code="worker_timeout",
                              type_="server_error")
-        except (TextMismatch, InvalidOutputToken, JobFailed, WorkerJobError, EngineError) as exc:
+        except (TextMismatch, InvalidOutputToken, JobFailed, WorkerJobError, EngineError, BadLogprobs) as exc:
             result = Outcome("failed", matcher.accepted, None, reason=str(exc))
             error = APIError(502, f"The serving worker failed mid-stream: {exc}", code="worker_failed",
                              type_="server_error")
@@ -363,13 +375,10 @@ class JobRun:
         metrics.TOKENS.labels(p.model, "output").inc(result.output_tokens)
 
     def _check_input(self, result: Outcome) -> dict[str, Any] | None:
-        """What a verifier needs if the ledger selects this job for a check (DESIGN 1.6)."""
         verification = getattr(self.runtime, "verification", None)
-        if self.served_by != "contributor" or not result.output_tokens or not (verification and verification.enabled):
+        if self.served_by != "contributor" or not (verification and verification.enabled):
             return None
-        p = self.plan
-        return {"prompt_ids": p.prompt_ids, "output_ids": self.output_ids[: result.output_tokens],
-                "temperature": p.temperature, "top_p": p.top_p}
+        return check_input(self.plan, self.output_ids, self.token_logprobs, result.output_tokens)
 
     async def wait_receipt(self) -> dict[str, Any] | None:
         assert self.task is not None

@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 
 from basis.gateway.auth import bearer_account
+from basis.gateway.chat.logprobs import completion_logprobs
 from basis.gateway.chat.router import SSE_HEADERS, idempotency_key
 from basis.gateway.completions import service
 from basis.gateway.completions.schemas import CompletionRequest
@@ -60,10 +61,11 @@ def _receipt_ref(job_id: str, receipt: dict[str, Any] | None) -> dict[str, Any] 
     return {"hash": receipt["hash"], "url": f"/v1/receipts/{job_id}"} if receipt is not None else None
 
 
-def _chunk(cid: str, created: int, model: str, index: int, text: str, finish_reason: str | None) -> str:
+def _chunk(cid: str, created: int, model: str, index: int, text: str, finish_reason: str | None,
+           logprobs: dict[str, Any] | None = None) -> str:
     return "data: " + _dumps({
         "id": cid, "object": "text_completion", "created": created, "model": model, "system_fingerprint": None,
-        "choices": [{"text": text, "index": index, "logprobs": None, "finish_reason": finish_reason}],
+        "choices": [{"text": text, "index": index, "logprobs": logprobs, "finish_reason": finish_reason}],
     }) + "\n\n"
 
 
@@ -95,7 +97,7 @@ async def completions(request: Request, account_id: UUID = Depends(bearer_accoun
         return failed.response()
     out: dict[str, Any] = {
         "id": cid, "object": "text_completion", "created": created, "model": model,
-        "choices": [{"text": r.text, "index": c.index, "logprobs": None, "finish_reason": r.finish_reason,
+        "choices": [{"text": r.text, "index": c.index, "logprobs": r.logprobs, "finish_reason": r.finish_reason,
                      "receipt": _receipt_ref(c.job_id, r.receipt)} for c, r in zip(choices, results, strict=True)],
         "usage": service.usage(choices), "system_fingerprint": None,
     }
@@ -123,12 +125,27 @@ async def _sse(cid: str, created: int, model: str, choices: list[service.Choice]
 
     pumps = [asyncio.create_task(pump(c, f)) for c, f in zip(choices, firsts, strict=True)]
     open_jobs = len(choices)
+    # per choice: logprobs of tokens whose text is not sent yet, and the text offset reached
+    pending: dict[int, list[Any]] = {c.index: [] for c in choices}
+    offset: dict[int, int] = {c.index: 0 for c in choices}
+
+    def logprobs(index: int) -> dict[str, Any] | None:
+        if not pending[index]:
+            return None
+        out, offset[index] = completion_logprobs(choices[0].plan.binding, pending[index], offset[index])
+        pending[index].clear()
+        return out
+
     try:
         while open_jobs:
             index, kind, value = await queue.get()
-            if kind == "delta":
-                yield _chunk(cid, created, model, index, value, None)
+            if kind == "logprobs":
+                pending[index].extend(value)
+            elif kind == "delta":
+                yield _chunk(cid, created, model, index, value, None, logprobs(index))
             elif kind == "end":
+                if pending[index]:  # tokens whose text never showed (a stop sequence's)
+                    yield _chunk(cid, created, model, index, "", None, logprobs(index))
                 yield _chunk(cid, created, model, index, "", value)
                 open_jobs -= 1
             else:  # a failure after streaming began (DESIGN 1.4): the other jobs are stopped

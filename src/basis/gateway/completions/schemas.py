@@ -60,8 +60,9 @@ class CompletionRequest(BaseModel):
 
     def unsupported(self) -> tuple[str, str] | None:
         """(param, message) for a parameter whose effect this server cannot honour."""
-        if self.logprobs is not None:
-            return "logprobs", "logprobs are not supported yet on /v1/completions."
+        if self.logprobs is not None and self.echo:
+            return "echo", ("echo with logprobs would need the prompt tokens' logprobs, which workers do not report; "
+                            "ask for echo or logprobs, not both.")
         if self.best_of not in (None, 1, self.n or 1):
             return "best_of", "best_of is not supported (use n: each choice is its own job and receipt)."
         if self.suffix:

@@ -17,6 +17,7 @@ from typing import Any
 from uuid import UUID
 
 from basis.domain.pricing import worst_case_charge
+from basis.gateway.chat.logprobs import completion_logprobs
 from basis.gateway.chat.service import INLINE_TOKENIZE_CHARS, JobRun, Plan, request_hash, supported_model
 from basis.gateway.completions.schemas import DEFAULT_MAX_TOKENS, MAX_JOBS, CompletionRequest
 from basis.gateway.errors import APIError
@@ -105,7 +106,8 @@ async def plan_completions(runtime: Any, req: CompletionRequest, body: dict[str,
                 seed=None if req.seed is None else req.seed + j,
                 stops=req.stop, stream=bool(req.stream),
                 include_usage=bool(req.stream_options and req.stream_options.include_usage),
-                idempotency_key=key, request_hash=digest, created=created)
+                idempotency_key=key, request_hash=digest, created=created,
+                logprobs=req.logprobs is not None, top_logprobs=req.logprobs or 0)
             choices.append(Choice(index=index, plan=plan, echo=prompt.text if req.echo else ""))
     return choices
 
@@ -161,6 +163,7 @@ class Result:
     prompt_tokens: int
     output_tokens: int
     receipt: dict[str, Any] | None
+    logprobs: dict[str, Any] | None = None  # OpenAI's legacy shape, when asked (not for a replayed job)
 
 
 async def result(choice: Choice) -> Result | APIError:
@@ -180,8 +183,11 @@ async def result(choice: Choice) -> Result | APIError:
         if kind == "error":
             return value
     finish = next((v for k, v in events if k == "end"), None)
+    logprobs = None
+    if choice.plan.logprobs:  # never with echo (refused): the offsets start at the output
+        logprobs, _ = completion_logprobs(choice.plan.binding, run.token_logprobs, 0)
     return Result(choice.echo + "".join(run.text_parts), finish, len(choice.plan.prompt_ids), run.output_tokens,
-                  receipt)
+                  receipt, logprobs)
 
 
 async def first_event(choice: Choice) -> tuple[str, Any] | None:
@@ -191,7 +197,8 @@ async def first_event(choice: Choice) -> tuple[str, Any] | None:
 
 
 async def events(choice: Choice, first: tuple[str, Any] | None) -> AsyncIterator[tuple[str, Any]]:
-    """(kind, value) of one job as it streams: ("delta", text)... then ("end", finish) or ("error", APIError)."""
+    """(kind, value) of one job as it streams: ("delta", text)... then ("end", finish) or ("error", APIError);
+    with logprobs, ("logprobs", [TokenLogprobs]) before the text of those tokens."""
     if choice.echo:
         yield "delta", choice.echo
     if choice.recorded is not None:
@@ -204,7 +211,7 @@ async def events(choice: Choice, first: tuple[str, Any] | None) -> AsyncIterator
     kind, value = first
     while True:
         yield kind, value
-        if kind != "delta":
+        if kind not in ("delta", "logprobs"):
             return
         kind, value = await run.events.get()
 

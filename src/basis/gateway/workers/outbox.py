@@ -18,6 +18,7 @@ import threading
 from collections import OrderedDict
 from typing import Any
 
+from basis.gateway.workers.connection import WorkerConnection
 from basis.protocol import RECEIPTS_VERSION, ReceiptAck, ReceiptFrame, VerdictFrame, dump
 
 log = logging.getLogger("basis.gateway.workers")
@@ -85,3 +86,44 @@ async def send_quietly(conn: Any, text: str) -> None:
 
 def wants_receipts(conn: Any) -> bool:
     return bool(conn is not None and conn.alive and conn.protocol_version >= RECEIPTS_VERSION)
+
+
+class OwedFrameDelivery:
+    """Part of ``WorkerHub``: queues receipt/verdict frames and sends them to v2 connections."""
+
+    outbox: WorkerOutbox
+    _sends: set[asyncio.Future[None]]
+
+    def notify(self, address: str, frame: ReceiptFrame | VerdictFrame) -> None:
+        """Queue ``frame`` for worker ``address`` until it acknowledges it; sent now if it is
+        connected with v2, else on its next v2 connection. Safe from any thread."""
+        text = self.outbox.put(address, frame)
+        if text is None:
+            return
+        loop = self.outbox.loop
+        if loop is None or loop.is_closed():
+            return  # no connection served yet: sent on connect
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            self._send_owed(address, text)
+        else:
+            loop.call_soon_threadsafe(self._send_owed, address, text)
+
+    def _send_owed(self, address: str, text: str) -> None:
+        conn = self._conns.get(address.lower())
+        if wants_receipts(conn):
+            task = asyncio.ensure_future(send_quietly(conn, text))
+            self._sends.add(task)
+            task.add_done_callback(self._sends.discard)
+
+    async def _deliver_owed(self, conn: WorkerConnection) -> None:
+        if not wants_receipts(conn):
+            if self.outbox.discard(conn.address):
+                log.info("worker %s speaks protocol %d: its receipts stay in the ledger only", conn.address,
+                         conn.protocol_version)
+            return
+        for text in self.outbox.frames(conn.address):
+            await send_quietly(conn, text)

@@ -27,7 +27,8 @@ def _project(env: dict[str, str], views_path: str, wakes: Any, interval: Seconds
              log_level: int, parent_pid: int) -> None:
     from basis.lifeline import die_with_parent
 
-    die_with_parent(parent_pid)  # views of a gateway that is gone: another gateway's projector takes over
+    # Views of a gateway that is gone: another gateway's projector takes over.
+    die_with_parent(parent_pid, name="basis-projector")
 
     from basis.ledger.projections.projector import Projector
     from basis.ledger.store import LedgerStore

@@ -19,7 +19,7 @@ from eventsourcing.persistence import Notification
 from eventsourcing.sqlite import SQLiteApplicationRecorder
 
 from basis.domain.receipt import canonical_json
-from basis.ledger.projections import checks
+from basis.ledger.projections import chain_views, checks
 from basis.ledger.store import LedgerStore
 from basis.units import Seconds
 
@@ -37,7 +37,8 @@ def _views_version() -> str:
     pkg = resources.files("basis.ledger.projections")
     digest = hashlib.sha256(pkg.joinpath("schema.sql").read_bytes())
     digest.update(Path(__file__).read_bytes())
-    digest.update(pkg.joinpath("checks.py").read_bytes())
+    for module in ("checks.py", "chain_views.py"):
+        digest.update(pkg.joinpath(module).read_bytes())
     return digest.hexdigest()[:16]
 
 
@@ -73,7 +74,7 @@ _JOB_COLUMNS = ("job_id", "account_id", "node", "model", "status", "served_by", 
                 "ended_at")
 
 
-class _Note:
+class Note:
     """One event of the log as the views need it (the id as canonical UUID text)."""
 
     __slots__ = ("id", "originator_id", "state", "topic")
@@ -155,21 +156,8 @@ class Projector:
             "basis:Job.Settled.v1": self._job_settled,
             "basis:Worker.Registered.v1": self._worker_registered,
             "basis:Worker.Advertised.v1": self._worker_advertised,
-            "basis:Account.WithdrawalReserved.v1": self._withdrawal_reserved,
-            "basis:Account.WithdrawalRedeemed.v1": self._withdrawal_redeemed,
-            "basis:Account.WithdrawalReleased.v1": self._withdrawal_released,
-            "basis:SettlementBatch.Proposed.v1": self._batch_proposed,
-            "basis:SettlementBatch.Submitted.v1": self._batch_submitted,
-            "basis:SettlementBatch.Confirmed.v1": self._batch_confirmed,
-            "basis:SettlementBatch.Abandoned.v1": self._batch_abandoned,
-            "basis:SettlementBatch.Reposted.v1": self._batch_reposted,
-            "basis:VoucherBook.Allocated.v1": self._voucher_allocated,
-            "basis:VoucherBook.Closed.v1": self._voucher_closed,
-            "basis:VoucherBook.ForeignRedeemed.v1": self._voucher_foreign,
-            "basis:RewardClaims.Claimed.v1": self._reward_claimed,
-            "basis:ChainCursor.Started.v1": self._cursor_started,
-            "basis:ChainCursor.Advanced.v1": self._cursor_advanced,
-            **{topic: (lambda b, n, d, f=f: f(self, b, n, d)) for topic, f in checks.HANDLERS.items()},
+            **{topic: (lambda b, n, d, f=f: f(self, b, n, d))
+               for topic, f in (*checks.HANDLERS.items(), *chain_views.HANDLERS.items())},
         }
 
     # -- driving ----------------------------------------------------------------------------
@@ -189,19 +177,34 @@ class Projector:
             if not notes:
                 self.db.execute("ROLLBACK")
                 return 0
-            batch = _Batch(self.db)
-            for n in notes:
-                handler = self.handlers.get(n.topic)
-                if handler is not None:
-                    handler(batch, n, self._decode(n.state))
-            batch.flush()
-            self.db.execute("INSERT OR REPLACE INTO tracking (view, position) VALUES (?, ?)",
-                            (VIEW, notes[-1].id))
+            self._apply(notes, [self._decode(n.state) for n in notes])
             self.db.execute("COMMIT")
             return len(notes)
         except BaseException:
             self.db.execute("ROLLBACK")
             raise
+
+    def apply(self, notes: list[Any], states: list[dict[str, Any]]) -> None:
+        """Apply events already read and decoded (``states[i]`` is ``notes[i]``'s state, as the
+        store's transcoder decodes it), in one transaction: how an export's lines are projected as
+        they are read, without storing them and reading them back first."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            self._apply(notes, states)
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+
+    def _apply(self, notes: list[Any], states: list[dict[str, Any]]) -> None:
+        batch = _Batch(self.db)
+        handlers = self.handlers
+        for n, d in zip(notes, states, strict=True):
+            handler = handlers.get(n.topic)
+            if handler is not None:
+                handler(batch, n, d)
+        batch.flush()
+        self.db.execute("INSERT OR REPLACE INTO tracking (view, position) VALUES (?, ?)", (VIEW, notes[-1].id))
 
     def _select(self, start: int, limit: int) -> list[Any]:
         """The next page of the log. On SQLite, read it directly: eventsourcing's reader turns every
@@ -212,7 +215,7 @@ class Projector:
         with rec.datastore.transaction(commit=False) as cur:
             cur.execute(f"SELECT rowid, originator_id, topic, state FROM {rec.events_table_name} "
                         "WHERE rowid > ? ORDER BY rowid LIMIT ?", (start, limit))
-            return [_Note(r[0], _uuid_text(r[1]), r[2], r[3]) for r in cur.fetchall()]
+            return [Note(r[0], _uuid_text(r[1]), r[2], r[3]) for r in cur.fetchall()]
 
     def catch_up(self, on_progress: Callable[[int], None] | None = None) -> int:
         total = 0
@@ -366,81 +369,3 @@ class Projector:
     def _worker_advertised(self, b: _Batch, n: Notification, d: dict[str, Any]) -> None:
         self.db.execute("UPDATE workers SET models = ?, software = ?, updated_at = ? WHERE worker_id = ?",
                         (json.dumps(sorted(d["models"])), d.get("software", ""), self._ts(d), str(n.originator_id)))
-
-    # -- withdrawals ------------------------------------------------------------------------------
-    def _withdrawal_reserved(self, b: _Batch, n: Notification, d: dict[str, Any]) -> None:
-        self._account(b, n, d)["reserved"] += d["amount"]
-
-    def _withdrawal_redeemed(self, b: _Batch, n: Notification, d: dict[str, Any]) -> None:
-        row = self._account(b, n, d)
-        row["reserved"] -= d["amount"]
-        row["withdrawn"] += d["amount"]
-
-    def _withdrawal_released(self, b: _Batch, n: Notification, d: dict[str, Any]) -> None:
-        self._account(b, n, d)["reserved"] -= d["amount"]
-
-    def _voucher_allocated(self, b: _Batch, n: Notification, d: dict[str, Any]) -> None:
-        self.db.execute(
-            "INSERT INTO withdrawals VALUES (?, ?, ?, ?, ?, ?, 'reserved', NULL, NULL, ?, NULL)",
-            (str(n.originator_id), d["nonce"], d["account_id"], d["recipient"], str(d["amount"]), d["expiry"],
-             self._ts(d)))
-
-    def _voucher_closed(self, b: _Batch, n: Notification, d: dict[str, Any]) -> None:
-        self.db.execute(
-            "UPDATE withdrawals SET status = ?, tx_hash = ?, chain_time = ?, closed_at = ?"
-            " WHERE book_id = ? AND nonce = ?",
-            (d["outcome"], d.get("tx_hash"), d.get("chain_time"), self._ts(d), str(n.originator_id), d["nonce"]))
-
-    def _voucher_foreign(self, b: _Batch, n: Notification, d: dict[str, Any]) -> None:
-        self.db.execute(
-            "INSERT OR REPLACE INTO withdrawals VALUES (?, ?, NULL, ?, ?, 0, 'foreign', ?, NULL, ?, ?)",
-            (str(n.originator_id), d["nonce"], d["recipient"], str(d["amount"]), d["tx_hash"], self._ts(d),
-             self._ts(d)))
-
-    # -- settlement batches -----------------------------------------------------------------------
-    def _batch_proposed(self, b: _Batch, n: Notification, d: dict[str, Any]) -> None:
-        jobs = d["jobs"]
-        self.db.execute(
-            "INSERT INTO settlement_batches VALUES (?, ?, ?, ?, ?, ?, 'proposed', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,"
-            " NULL, NULL, NULL, NULL, ?, NULL, NULL, NULL, NULL)",
-            (d["batch_id"], str(n.originator_id), d["seq"], d["chain_id"], d["vault"], d["distributor"], len(jobs),
-             d["receipts_root"], d["rewards_root"], str(sum(j["charged"] for j in jobs)),
-             str(sum(j["reward"] for j in jobs)), str(sum(j["from_deposit"] for j in jobs)),
-             str(d["to_distributor"]), str(d["to_treasury"]), str(d["reward_top_up"]),
-             json.dumps([j["hash"] for j in jobs]), json.dumps([[w, str(c)] for w, c in d["rewards"]]),
-             d.get("previous"), self._ts(d)))
-
-    def _batch_submitted(self, b: _Batch, n: Notification, d: dict[str, Any]) -> None:
-        self.db.execute("UPDATE settlement_batches SET status = 'submitted', tx_hash = ?, submitted_at = ?"
-                        " WHERE aggregate_id = ?", (d["tx_hash"], self._ts(d), str(n.originator_id)))
-
-    def _batch_confirmed(self, b: _Batch, n: Notification, d: dict[str, Any]) -> None:
-        self.db.execute("UPDATE settlement_batches SET status = 'confirmed', tx_hash = ?, block = ?, gas_used = ?,"
-                        " closed_at = ?, anchor_position = ?, anchor_head = ? WHERE aggregate_id = ?",
-                        (d["tx_hash"], d["block"], d["gas_used"], self._ts(d), d.get("anchor_position"),
-                         d.get("anchor_head"), str(n.originator_id)))
-
-    def _batch_abandoned(self, b: _Batch, n: Notification, d: dict[str, Any]) -> None:
-        self.db.execute("UPDATE settlement_batches SET status = 'abandoned', reason = ?, closed_at = ?"
-                        " WHERE aggregate_id = ?", (d["reason"], self._ts(d), str(n.originator_id)))
-
-    def _batch_reposted(self, b: _Batch, n: Notification, d: dict[str, Any]) -> None:
-        self.db.execute("UPDATE settlement_batches SET tx_hash = ?, block = ?, gas_used = ? WHERE aggregate_id = ?",
-                        (d["tx_hash"], d["block"], d["gas_used"], str(n.originator_id)))
-
-    # -- claims and cursors -----------------------------------------------------------------------
-    def _reward_claimed(self, b: _Batch, n: Notification, d: dict[str, Any]) -> None:
-        worker = d["worker"].lower()
-        self.db.execute("INSERT INTO claims VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        (d["tx_hash"], d["log_index"], worker, str(d["amount"]), str(d["cumulative"]), d["block"],
-                         self._ts(d)))
-        row = checks.reward_row(b, worker)
-        row["claimed"] += d["amount"]
-
-    def _cursor_started(self, b: _Batch, n: Notification, d: dict[str, Any]) -> None:
-        self.db.execute("INSERT INTO chain_cursors VALUES (?, ?, ?, 0, ?)",
-                        (str(n.originator_id), d["name"], d["block"], self._ts(d)))
-
-    def _cursor_advanced(self, b: _Batch, n: Notification, d: dict[str, Any]) -> None:
-        self.db.execute("UPDATE chain_cursors SET block = ?, chain_time = ?, updated_at = ? WHERE cursor_id = ?",
-                        (d["block"], d["chain_time"], self._ts(d), str(n.originator_id)))
