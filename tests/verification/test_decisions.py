@@ -10,7 +10,15 @@ import pytest
 from basis.engines.scoring import TokenScore
 from basis.verification.policy import BINDING_CALIBRATION, VerificationPolicy, sampled
 from basis.verification.sequential import WorkerEvidence
-from basis.verification.stats import REPEAT_ALPHA, TAIL_ALPHA, Calibration, job_statistic, judge_job, repeat_pvalue
+from basis.verification.stats import (
+    REPEAT_ALPHA,
+    TAIL_ALPHA,
+    Calibration,
+    job_statistic,
+    judge_job,
+    repeat_pvalue,
+    tail_pvalue,
+)
 
 
 def _honest_job(rng: random.Random, n: int) -> list[TokenScore]:
@@ -40,18 +48,30 @@ def test_honest_z_is_roughly_standard_normal_and_tails_are_valid_p_values():
     assert all(judge_job(s, Calibration(), policy.job_threshold)[0] == "passed" for s in stats)
 
 
-def test_a_single_absurd_token_fails_the_job_through_its_tail_even_when_z_is_fine():
+def test_two_absurd_tokens_fail_the_job_through_its_tail_even_when_z_is_fine():
     rng = random.Random(6)
     scores = _honest_job(rng, 40)
-    scores[3] = TokenScore(logprob=-14.0, expected=-2.0, variance=3.0, rank=900, tail=1e-7)
+    absurd = TokenScore(logprob=-14.0, expected=-2.0, variance=3.0, rank=900, tail=1e-7)
+    scores[3] = scores[17] = absurd
     stat = job_statistic(scores, 1.0)
-    assert abs(stat.z) < 6 and stat.tail == pytest.approx(40 * 1e-7)
+    assert abs(stat.z) < 6 and stat.tail == pytest.approx(40 * 39 / 2 * 1e-14)
     verdict, u = judge_job(stat, Calibration(), 6.0)
     assert verdict == "failed" and u <= -6.0
-    assert judge_job(stat, Calibration(), 6.0, tail_alpha=1e-6)[0] == "passed"
+    assert judge_job(stat, Calibration(), 6.0, tail_alpha=1e-12)[0] == "passed"
     no_tails = [TokenScore(s.logprob, s.expected, s.variance, s.rank) for s in scores]  # a scorer without tails
     assert job_statistic(no_tails, 1.0).tail is None
     assert judge_job(job_statistic(no_tails, 1.0), Calibration(), 6.0)[0] == "passed"
+
+
+def test_one_absurd_token_alone_is_an_honest_engine_glitch_not_a_failed_job():
+    """Real honest llama.cpp workers emit a token of tail ~1e-5 about once in 10,000 positions
+    (docs/verification.md): one such token must not fail a job; a one-token job keeps its own tail."""
+    rng = random.Random(6)
+    scores = _honest_job(rng, 40)
+    scores[3] = TokenScore(logprob=-17.9, expected=-2.0, variance=3.3, rank=1226, tail=7.8e-6)
+    assert judge_job(job_statistic(scores, 0.7), Calibration(), 5.0)[0] == "passed"
+    assert tail_pvalue([7.8e-6]) == pytest.approx(7.8e-6)
+    assert tail_pvalue([0.5, 1e-3, 0.2, 1e-3]) == pytest.approx(6 * 1e-6)
 
 
 def test_greedy_jobs_judge_argmax_agreement_and_never_count_agreement_against_the_worker():

@@ -41,8 +41,9 @@ class TokenScore:
     variance: float  # Var_{v~q_i}[log q_i(v)]
     rank: int  # rank of t_i in the raw reference logits, 0 = argmax
     # q_i's mass on tokens at most as likely as t_i (0 outside the nucleus): under honest sampling
-    # P(tail <= a) <= a at every position, whatever the model, so one absurdly unlikely token (the
-    # entry into a stuck loop, a re-tokenisation artefact) is evidence on its own. None: not computed.
+    # P(tail <= a) <= a at every position, whatever the model, so unlikely tokens (re-tokenisation
+    # artefacts, spliced text) are evidence without calibration (verification.stats.tail_pvalue).
+    # None: not computed.
     tail: float | None = None
     # log softmax(raw reference logits)[t_i]: temperature 1, no top_p, not floored (the convention
     # of reported logprobs). None unless the request asked for it.

@@ -4,10 +4,15 @@ Sampled jobs: z = sum_i (log q_i(t_i) - E[log q_i]) / sqrt(sum_i Var[log q_i]), 
 for an honest worker whatever the text; standardised per binding from measured honest runs
 (``Calibration``), two-sided (greedy-when-asked-to-sample shows as z too *high*).
 Greedy jobs: the share of tokens that are the reference argmax, against the honest rate.
-Sampled jobs also carry a tail p-value: n x the smallest per-token ``TokenScore.tail`` (the claimed
-distribution's mass on tokens at most as likely as the worker's). Under honest sampling each tail
-is super-uniform, so P(p <= a) <= a whatever the model and text (a union bound, no calibration):
-it catches what the sum averages away, such as one absurdly improbable token.
+Sampled jobs also carry a tail p-value from the two smallest per-token ``TokenScore.tail`` values
+(the claimed distribution's mass on tokens at most as likely as the worker's): C(n, 2) x t_(2)^2.
+Under honest sampling each tail is super-uniform given the tokens before it, so any two positions
+are both below a with probability <= a^2, and P(p <= a) <= a whatever the model and text (a union
+bound over pairs, no calibration): it catches what the sum averages away, such as improbable tokens
+spliced into plausible text. Two, not one: an honest llama.cpp worker emits a token the reference
+calls absurd (tail ~1e-5) about once in 10,000 positions, more than exact sampling allows
+(float32 sampling and kernel rounding), which failed 2 of 682 honest SmolLM2 jobs on a single
+token; needing two such tokens in one job failed none, and a one-token job keeps n x t_(1).
 Sampled jobs also carry a repeat p-value (``repeat_pvalue``): the likelihood ratio of "a stuck
 engine repeating one id" against the claimed sampler, an e-value valid by Ville's inequality
 whatever the output length, so no calibration either. A stuck engine's z can sit near 0: once the
@@ -24,7 +29,7 @@ from typing import Literal
 
 from basis.engines.scoring import TokenScore
 
-METHOD = "teacher-forced-z/v2"  # v2: the repeat test beside z and the tail test
+METHOD = "teacher-forced-z/v2"  # v2: the repeat test beside z, and the tail test on two tokens
 GREEDY_TEMPERATURE = 1e-6  # at or below this the job is greedy
 TAIL_ALPHA = 5e-4  # a sampled job fails when its tail p-value is below this (honest false fails <= 0.05 %)
 REPEAT_ALPHA = 2e-4  # a sampled job fails when its repeat p-value is below this (honest false fails <= 0.02 %)
@@ -37,7 +42,7 @@ class JobStatistic:
     greedy: bool
     z: float | None = None  # sampled jobs
     agreement: float | None = None  # greedy jobs: share of argmax tokens
-    tail: float | None = None  # sampled jobs: min(1, n * min_i tail_i), a p-value (None: scorer gave no tails)
+    tail: float | None = None  # sampled jobs: tail_pvalue of the per-token tails (None: scorer gave no tails)
     repeat: float | None = None  # sampled jobs: the repeat p-value (None: the ids were not given)
 
     def as_dict(self) -> dict[str, object]:
@@ -83,6 +88,15 @@ def repeat_pvalue(logprobs: Sequence[float], ids: Sequence[int]) -> float:
     return 1.0 if log_e <= 0 else math.exp(-log_e)
 
 
+def tail_pvalue(tails: Sequence[float]) -> float:
+    """C(n, 2) x (second smallest tail)^2, a valid p-value for two improbable tokens (module doc)."""
+    n = len(tails)
+    if n == 1:
+        return min(1.0, tails[0])
+    second = sorted(tails)[1]
+    return min(1.0, n * (n - 1) / 2 * second * second)
+
+
 def job_statistic(scores: Sequence[TokenScore], temperature: float,
                   output_ids: Sequence[int] | None = None) -> JobStatistic:
     """``output_ids`` (the worker's ids, in order) enable the repeat test of sampled jobs."""
@@ -94,7 +108,7 @@ def job_statistic(scores: Sequence[TokenScore], temperature: float,
     var = sum(s.variance for s in scores)
     z = excess / math.sqrt(var) if var > 0 else 0.0
     tails = [s.tail for s in scores]
-    tail = None if not n or any(t is None for t in tails) else min(1.0, n * min(tails))  # type: ignore[type-var]
+    tail = None if not n or any(t is None for t in tails) else tail_pvalue(tails)  # type: ignore[arg-type]
     repeat = None
     if output_ids is not None and len(output_ids) == n:
         repeat = repeat_pvalue([s.logprob for s in scores], output_ids)
