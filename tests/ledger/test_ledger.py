@@ -210,6 +210,7 @@ def test_event_topics_are_pinned():
         "basis:AccountOwners.RequestHonoured.v1",
         "basis:Job.CheckRequested.v1", "basis:Job.Verified.v1", "basis:Job.RewardForfeited.v1",
         "basis:Worker.Checked.v1", "basis:Worker.Suspended.v1", "basis:Worker.Reinstated.v1",
+        "basis:Worker.ProbationStarted.v1",
     ])
     assert ids.account_id("x") == ids.account_id("x") != ids.account_id("y")
 
