@@ -129,20 +129,6 @@ class GatewayRuntime:
                 task.sync()  # credit deposits made while the gateway was down before serving
                 task.start(interval=interval)
             self.background.append(task)
-        threading.Thread(target=self._warm_up, name="basis-warm-up", daemon=True).start()
-
-    def _warm_up(self) -> None:
-        """What start-up no longer loads (the binding hashes come from ``vocab_cache``) is loaded
-        here while serving starts: the worker-auth imports and each model's vocabulary. A restarted
-        gateway's workers reconnect after a back-off, so this usually lands in that idle time instead
-        of in the first worker's handshake and the first request."""
-        try:
-            import eth_account.messages  # noqa: F401 - what basis.protocol.auth imports on first use
-
-            for binding in self.bindings.values():
-                binding.control_token_ids  # noqa: B018 - the vocabulary and its tables
-        except Exception:  # a model that cannot load fails its own requests, as before
-            log.debug("warm-up stopped early", exc_info=True)
 
     async def stop(self) -> None:
         for thing in reversed(self.background):
