@@ -18,6 +18,7 @@ from basis.config import Settings
 from basis.engines.base import Engine
 from basis.gateway.auth import KeyRateLimiter, RateLimiter
 from basis.gateway.chat.deadlines import DeadlinePolicy
+from basis.gateway.interrupted import end_interrupted_jobs
 from basis.gateway.node_lock import NodeLock
 from basis.gateway.workers import WorkerHub
 from basis.gateway.workers.receipts import relay_receipts
@@ -109,7 +110,7 @@ class GatewayRuntime:
         finally:
             reader.close()
         if interrupted:
-            n = self.ledger.end_interrupted([UUID(j) for j in interrupted])
+            n = end_interrupted_jobs(self.ledger, [UUID(j) for j in interrupted])
             log.warning("ended %d job(s) interrupted by the last stop; their reservations are released", n)
         # From here on the views are projected in a process of their own (off this GIL).
         self.projector.db.close()

@@ -165,9 +165,19 @@ class ModelBinding:
     # -- 1.3 -----------------------------------------------------------------------------
     @property
     def binding_hash(self) -> str:
+        """Read back from ``vocab_cache`` when this file was hashed before: a (re)starting gateway
+        publishes every model's hash without loading any vocabulary (~3 s for the two packaged)."""
         if self._hash is None:
-            v = self.vocab
-            self._hash = compute_binding_hash(v.special_pieces, v.chat_template)
+            from basis.models import vocab_cache
+
+            key = vocab_cache.file_key(self.gguf_path)
+            cached = vocab_cache.load(key, "binding")
+            if isinstance(cached, str):
+                self._hash = cached
+            else:
+                v = self.vocab
+                self._hash = compute_binding_hash(v.special_pieces, v.chat_template)
+                vocab_cache.store(key, "binding", self._hash)
         return self._hash
 
     @property

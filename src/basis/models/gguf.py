@@ -1,7 +1,8 @@
 """GGUF tokenizer + chat template, read with llama-cpp-python (vocab only, no weights).
 
 One ``GGUFVocab`` per file per process (``load_vocab`` caches). Loading takes ~0.4 s and ~44 MB
-for the Gemma 3 270M file; building the per-id byte table takes about a second more.
+for the Gemma 3 270M file; building the per-id byte table takes about a second more, once per file
+(``vocab_cache`` keeps it on disk for the next process).
 """
 
 from __future__ import annotations
@@ -114,7 +115,20 @@ class GGUFVocab:
         if self._pieces is None:
             with self._lock:
                 if self._pieces is None:
-                    self._build_tables()
+                    self._load_or_build_tables()
+
+    def _load_or_build_tables(self) -> None:
+        from basis.models import vocab_cache
+
+        key = vocab_cache.file_key(self.path)
+        cached = vocab_cache.load(key, "tables")
+        if cached is not None and len(cached[0]) == self.n_vocab:
+            pieces, special_pieces, eog, control = cached
+            self._pieces, self._special_pieces = pieces, special_pieces
+            self._eog, self._control = frozenset(eog), frozenset(control)
+            return
+        self._build_tables()
+        vocab_cache.store(key, "tables", (self._pieces, self._special_pieces, self._eog, self._control))
 
     # -- public --------------------------------------------------------------------------
     @property

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import secrets
 
-from eth_account import Account
-from eth_account.messages import encode_defunct
-
 CHALLENGE_HEADER = "Basis worker authentication"
 
 
@@ -36,6 +33,9 @@ def challenge_text(
 
 def sign_challenge(private_key: str | bytes, text: str) -> str:
     """EIP-191 personal_sign of ``text``; returns 0x + 130 hex (r || s || v)."""
+    from eth_account import Account  # ~0.5 s of imports (eth-keyfile, py_ecc): not on a gateway's start
+    from eth_account.messages import encode_defunct
+
     signed = Account.sign_message(encode_defunct(text=text), private_key=private_key)
     sig = signed.signature.hex()
     return sig if sig.startswith("0x") else "0x" + sig
@@ -43,6 +43,9 @@ def sign_challenge(private_key: str | bytes, text: str) -> str:
 
 def recover_signer(text: str, signature: str) -> str:
     """Address (checksummed) that signed ``text``; raises ValueError on a malformed signature."""
+    from eth_account import Account
+    from eth_account.messages import encode_defunct
+
     try:
         return Account.recover_message(encode_defunct(text=text), signature=signature)
     except Exception as exc:  # eth-account raises several types for malformed input
