@@ -9,25 +9,11 @@ import openai
 import pytest
 from langchain_core.messages import AIMessage, AIMessageChunk
 from langchain_openai import ChatOpenAI
-from pydantic import BaseModel, Field
 
 from tests.clients.conftest import Live, check_usage
+from tests.clients.schemas import City, GetWeather
 
 pytestmark = pytest.mark.llama
-
-
-class City(BaseModel):
-    """A city and its country."""
-
-    name: str = Field(max_length=16)
-    country: str = Field(max_length=16)
-    capital: bool
-
-
-class GetWeather(BaseModel):
-    """The weather in a city."""
-
-    city: str = Field(max_length=16)
 
 
 def _llm(live: Live, key: str | None = None, **kwargs) -> ChatOpenAI:

@@ -9,21 +9,15 @@ import json
 
 import litellm
 import pytest
-from pydantic import BaseModel, Field
 
 from tests.clients.conftest import Live, check_usage
+from tests.clients.schemas import City
 
 pytestmark = [pytest.mark.llama,  # LiteLLM's own pydantic models warn at first use: not ours to fix
               pytest.mark.filterwarnings("ignore::UserWarning:pydantic", "ignore::DeprecationWarning:litellm")]
 litellm.suppress_debug_info = True  # no "Give Feedback / Get Help" banner on every expected error
 MODEL = "openai/basis-default"
 HI = [{"role": "user", "content": "Say hi"}]
-
-
-class City(BaseModel):
-    name: str = Field(max_length=16)
-    country: str = Field(max_length=16)
-    capital: bool
 
 
 WEATHER = {"type": "function", "function": {

@@ -12,20 +12,11 @@ import pytest
 from pydantic import BaseModel, Field
 
 from tests.clients.conftest import Live, check_usage
+from tests.clients.schemas import City, GetWeather
 
 pytestmark = pytest.mark.llama
 HI = [{"role": "user", "content": "Say hi"}]
 ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
-
-
-class City(BaseModel):
-    name: str = Field(max_length=16)
-    country: str = Field(max_length=16)
-    capital: bool
-
-
-class GetWeather(BaseModel):
-    city: str = Field(max_length=16)
 
 
 def _client(live: Live, key: str | None = None) -> openai.OpenAI:
