@@ -56,6 +56,13 @@ def die_with_parent(parent_pid: int, sig: int = signal.SIGKILL, name: str | None
         os._exit(1)
 
 
+def leave_interrupts_to_parent() -> None:
+    """In a helper process: ignore SIGINT. A terminal's Ctrl-C reaches the whole foreground process
+    group; the parent decides when its helpers stop (a closed pipe, or the parent-death signal), so a
+    commit is never cut halfway and no KeyboardInterrupt traceback is printed for an orderly stop."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def pre_exec_die_with_parent(sig: int = signal.SIGKILL) -> Callable[[], None]:
     """A ``subprocess.Popen(preexec_fn=...)`` that arms ``die_with_parent`` for the calling process."""
     parent = os.getpid()

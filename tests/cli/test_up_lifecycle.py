@@ -21,7 +21,7 @@ from basis.chain.anvil import free_port
 from basis.cli.main import app
 from tests.conftest import require_foundry
 from tests.gateway.harness import REPO
-from tests.gateway.test_dies_with_gateway import alive, children
+from tests.gateway.test_dies_with_gateway import alive, children, comm
 
 pytestmark = pytest.mark.chain
 
@@ -41,7 +41,8 @@ def start_up(home, port: int, chain_port: int, log) -> subprocess.Popen[bytes]:
     with open(log, "ab") as out:
         return subprocess.Popen([sys.executable, "-m", "basis.cli.main", "up", "--port", str(port),
                                  "--chain-port", str(chain_port), "--settle-interval", "0", "--worker-threads", "1"],
-                                stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+                                stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO,
+                                start_new_session=True)  # its own process group, as in a terminal
 
 
 def wait_up(home, port: int, proc: subprocess.Popen[bytes], log) -> dict:
@@ -82,16 +83,25 @@ def test_sigkilled_up_leaves_no_orphan_and_the_next_up_starts(tmp_path):
         second = start_up(home, port, chain_port, log)  # the same ports are free again
         again = wait_up(home, port, second, log)
         assert again["anvil"]["pid"] != recorded["anvil"]["pid"]
+        # The Ctrl-C below is an orderly stop of a running network: the writer and projector have
+        # started (a Ctrl-C while a child is still importing interrupts that import, as for any program).
+        deadline = time.monotonic() + 60
+        while not {"basis-writer", "basis-projector"} <= set(map(comm, descendants(second.pid))):
+            assert time.monotonic() < deadline, "the writer and projector did not start"
+            time.sleep(0.05)
     finally:
+        before_ctrl_c = len(log.read_bytes())
         for proc in (first, second):
             if proc is not None and proc.poll() is None:
-                proc.send_signal(signal.SIGINT)
+                os.killpg(proc.pid, signal.SIGINT)  # a terminal's Ctrl-C reaches the whole process group
                 try:
                     proc.wait(30)
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
-    assert "stopped cleanly" in log.read_text()
+    stop = log.read_bytes()[before_ctrl_c:].decode(errors="replace")
+    assert "stopped cleanly" in stop
+    assert "Traceback" not in stop, stop  # the writer and projector leave Ctrl-C to the gateway
 
 
 @pytest.fixture

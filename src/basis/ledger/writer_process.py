@@ -72,10 +72,11 @@ def _write_all(fd: int, data: bytes) -> None:
 
 def _serve(spawn_args: dict[str, Any], commands: Any, replies: Any, log_level: int, parent_pid: int) -> None:
     """The writer process: read commands, commit each read as one batch, answer."""
-    from basis.lifeline import die_with_parent
+    from basis.lifeline import die_with_parent, leave_interrupts_to_parent
 
     # A writer must never outlive its gateway: nobody is left to answer.
     die_with_parent(parent_pid, name="basis-writer")
+    leave_interrupts_to_parent()
 
     from basis.ledger.committer import QueuedCommand
     from basis.ledger.service import Ledger

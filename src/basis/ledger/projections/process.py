@@ -25,10 +25,11 @@ log = logging.getLogger(__name__)
 
 def _project(env: dict[str, str], views_path: str, wakes: Any, interval: Seconds, gather: Seconds,
              log_level: int, parent_pid: int) -> None:
-    from basis.lifeline import die_with_parent
+    from basis.lifeline import die_with_parent, leave_interrupts_to_parent
 
     # Views of a gateway that is gone: another gateway's projector takes over.
     die_with_parent(parent_pid, name="basis-projector")
+    leave_interrupts_to_parent()
 
     from basis.ledger.projections.projector import Projector
     from basis.ledger.store import LedgerStore
