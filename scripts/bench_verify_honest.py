@@ -11,6 +11,7 @@ scores, exactly the code path of ``basis worker`` and ``basis verifier run`` bel
 Each job is one JSON line with its ids and per-position scores (logprob, expected, variance, rank,
 tail), so any job statistic can be recomputed from the file without generating again
 (``bench_verify.py --lines`` judges them). A rerun appends: jobs already in ``--out`` are kept.
+With ``--no-score`` only the ids are written (``pos: null``), to be scored later.
 """
 
 from __future__ import annotations
@@ -72,13 +73,16 @@ async def run(args) -> None:
                 if not ids:
                     continue
                 s0 = time.process_time()
-                scores = await scorer.score(ScoreRequest(prompt_ids=prompt, output_ids=ids, temperature=t, top_p=p))
+                scores = [] if args.no_score else await scorer.score(
+                    ScoreRequest(prompt_ids=prompt, output_ids=ids, temperature=t, top_p=p))
                 score_cpu = time.process_time() - s0
                 rec = {"binding": args.binding, "kind": "honest", "temperature": t, "top_p": p,
                        "worker_threads": args.worker_threads, "n_batch": args.batch, "k": k, "ids": ids,
                        "gen_cpu": round(gen_cpu, 4), "score_cpu": round(score_cpu, 4),
                        "pos": [[round(s.logprob, 5), round(s.expected, 5), round(s.variance, 5), s.rank,
                                 None if s.tail is None else float(f"{s.tail:.6g}")] for s in scores]}
+                if args.no_score:  # ids only: scored later, once, by the scorer under test
+                    rec["pos"] = None
                 fh.write(json.dumps(rec) + "\n")
                 fh.flush()
             if (k + 1) % 25 == 0:
@@ -94,6 +98,8 @@ def main() -> None:
     ap.add_argument("--worker-threads", type=int, default=1)
     ap.add_argument("--batch", type=int, default=512, help="the worker's n_batch")
     ap.add_argument("--out", required=True)
+    ap.add_argument("--no-score", action="store_true",
+                    help="generate only (pos: null); generation is the expensive part, scoring can follow")
     ap.add_argument("--until", type=float, default=0.0, help="stop at this Unix time")
     asyncio.run(run(ap.parse_args()))
 
