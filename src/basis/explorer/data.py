@@ -154,10 +154,12 @@ def receipt_totals(reader: Any) -> dict[str, Any]:
 REWARD_FIELDS = ("accrued", "settled", "claimed", "jobs", "output_tokens")
 
 
-def worker_rows(reader: Any, online: set[str]) -> list[dict[str, Any]]:
+def worker_rows(reader: Any, online: set[str], probation_jobs: int | None = None) -> list[dict[str, Any]]:
     """Registered workers plus any address that earned rewards without a registration row, online
     first. Addresses are matched lowercase: the workers view may hold a checksummed address while
-    receipts and rewards hold it lowercase, so the rewards are joined here rather than in SQL."""
+    receipts and rewards hold it lowercase, so the rewards are joined here rather than in SQL.
+    With ``probation_jobs`` (verification on), an active worker still in its probation (every job
+    checked: its first N checked jobs, and N again after a reinstatement) gets ``probation_left``."""
     rewards = {r["worker"].lower(): r for r in reader.rewards()}
     empty = {"accrued": "0", "settled": "0", "claimed": "0", "jobs": 0, "output_tokens": 0}
     rows: dict[str, dict[str, Any]] = {}
@@ -172,6 +174,10 @@ def worker_rows(reader: Any, online: set[str]) -> list[dict[str, Any]]:
     out = []
     for addr, w in rows.items():
         w["online"] = addr in online
+        left = None
+        if probation_jobs and w.get("registered") and w.get("status", "active") == "active":
+            left = max(0, int(w.get("probation_from") or 0) + probation_jobs - int(w.get("checked") or 0)) or None
+        w["probation_left"] = left
         out.append(w)
     out.sort(key=lambda w: (not w["online"], w["address"]))
     return out

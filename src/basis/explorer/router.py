@@ -171,7 +171,9 @@ def receipt_page(request: Request, key: str) -> Response:
 def workers_page(request: Request) -> HTMLResponse:
     rt = _runtime(request)
     online = {a.lower() for a in (rt.online_workers() or set())}
-    rows = data.worker_rows(rt.reader(), online)
+    policy = getattr(rt, "verification", None)  # optional: the published verification policy
+    probation = policy.probation_jobs if policy is not None and policy.enabled else None
+    rows = data.worker_rows(rt.reader(), online, probation_jobs=probation)
     return _render(request, "workers.html", active="workers", workers=rows,
                    online=sum(1 for w in rows if w["online"]))
 

@@ -133,7 +133,8 @@ class ViewReader:
             " COALESCE(rw.claimed, '0') AS claimed, COALESCE(rw.jobs, 0) AS jobs,"
             " COALESCE(rw.output_tokens, 0) AS output_tokens, COALESCE(rw.forfeited, '0') AS forfeited,"
             " COALESCE(ws.checked, 0) AS checked, COALESCE(ws.failed, 0) AS failed,"
-            " COALESCE(ws.status, 'active') AS status, ws.suspended_by, ws.reason AS status_reason"
+            " COALESCE(ws.status, 'active') AS status, ws.suspended_by, ws.reason AS status_reason,"
+            " COALESCE(ws.probation_from, 0) AS probation_from"
             " FROM workers w LEFT JOIN rewards rw ON rw.worker = w.address"
             " LEFT JOIN worker_status ws ON ws.address = w.address ORDER BY w.address"
         ):
