@@ -9,11 +9,11 @@ and the replay shows what it changed; a line that cannot be read is skipped.
 
 from __future__ import annotations
 
-import json
 import re
 import sqlite3
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from hashlib import sha256
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +24,9 @@ from basis.ledger.export import (
     GENESIS_HEX,
     LINE_KEYS,
     ExportError,
-    body,
-    canonical,
-    decode_json,
-    next_head,
+    body_bytes,
+    canonical_bytes,
+    decode_line,
 )
 from basis.ledger.store import AGGREGATES, LedgerStore
 
@@ -170,9 +169,8 @@ def read_export(files: Iterable[Path], store: LedgerStore,
                 if parsed is None:
                     continue
                 position, stream, version, topic, state, head, has_float = parsed
-                state_json = canonical(state, has_float=has_float)
-                text = body(position, stream, version, topic, state_json)
-                expected = next_head(previous, text)
+                state_json = canonical_bytes(state, has_float=has_float)
+                expected = sha256(previous + body_bytes(position, stream, version, topic, state_json)).digest()
                 own = bytes.fromhex(head[2:])
                 if own != expected:
                     if previous_position == 0 and reading.events == 0:
@@ -209,10 +207,9 @@ def read_export(files: Iterable[Path], store: LedgerStore,
                 reading.last_position = previous_position
                 reading.head = head
                 if importable:
-                    stored_state = state_json.encode()
-                    events.append((position, stream.replace("-", ""), version, topic, stored_state))
+                    events.append((position, stream.replace("-", ""), version, topic, state_json))
                     if on_page is not None:
-                        page.append((position, stream, topic, state, stored_state))
+                        page.append((position, stream, topic, state, state_json))
                 head_rows.append((position, own))
                 if len(events) >= PAGE:
                     flush()
@@ -229,8 +226,8 @@ def read_export(files: Iterable[Path], store: LedgerStore,
 def _parse(raw: bytes, name: str, lineno: int,
            reading: ExportReading) -> tuple[int, str, int, str, dict, str, bool] | None:
     try:
-        obj, has_float = decode_json(raw.decode())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        obj, has_float = decode_line(raw)
+    except ValueError as exc:  # not UTF-8, not JSON (strict RFC 8259), or a number out of range
         reading.problem(_guess_position(raw), f"{name}:{lineno} is not a JSON line ({exc})")
         return None
     if not isinstance(obj, dict) or obj.keys() != LINE_KEYS:
