@@ -403,10 +403,21 @@ def _export_audit_step(step: str, home: str, path: str, upto: int) -> None:
     else:
         from basis.cli.audit_events import audit_events
         from basis.domain.signing import ReceiptSigner
+        from basis.ledger.export_replay import ExportReplay
 
+        projection: list[float] = []  # the CPU of the projection's own process, where it has one
+        finish = ExportReplay.finish
+
+        def timed_finish(self: ExportReplay, irregular: bool) -> bool:
+            result = finish(self, irregular)
+            if getattr(self, "projection_cpu_seconds", None) is not None:
+                projection.append(self.projection_cpu_seconds)
+            return result
+
+        ExportReplay.finish = timed_finish  # type: ignore[method-assign]
         report, summary = audit_events([Path(path)], signer=ReceiptSigner(settings.operator_key()).address)
         out = {"events": summary["events"], "head": summary["head"], "ok": report.ok, "problems": report.problems[:5],
-               "receipts": report.receipts}
+               "receipts": report.receipts, "projection_cpu_seconds": projection[0] if projection else None}
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     out.update(seconds=time.perf_counter() - t0, cpu_seconds=time.process_time() - c0,
                children_cpu_seconds=children.ru_utime + children.ru_stime,

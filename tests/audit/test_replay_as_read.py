@@ -44,12 +44,15 @@ def _exported(settings: Settings, path: Path) -> str:
         ledger.close()
 
 
-def test_views_projected_as_read_equal_a_replay_of_the_imported_store(settings, tmp_path, monkeypatch):
+@pytest.mark.parametrize("parallel", [False, True], ids=["inline", "own-process"])
+def test_views_projected_as_read_equal_a_replay_of_the_imported_store(settings, tmp_path, monkeypatch, parallel):
+    """Inline, pages are projected from the parsed lines; on a process of its own (where the
+    platform forks), from the temporary store, page by page, while later pages are imported."""
     monkeypatch.setattr("basis.ledger.replay.PAGE", 7)  # many pages: later ones update rows earlier ones wrote
     path = tmp_path / "ledger.jsonl"
     _exported(settings, path)
     store = LedgerStore(Settings(home=tmp_path / "auditor", database_url=None).event_store_env())
-    replay = ExportReplay(store, tmp_path / "as-read.sqlite3", None, parallel=False)
+    replay = ExportReplay(store, tmp_path / "as-read.sqlite3", None, parallel=parallel)
     try:
         reading, heads = read_export([path], store, on_page=replay.on_page)
         heads.close()
@@ -92,6 +95,20 @@ def test_a_forged_receipt_is_named_the_same_on_a_second_process_or_inline(settin
     assert not reports[0].ok
     assert any(p.startswith(f"receipt {job}: charged ") for p in reports[0].problems), reports[0].problems
     assert any(p.startswith(f"receipt {job}: hash ") for p in reports[0].problems), reports[0].problems
+
+
+def test_a_replay_the_export_breaks_is_reported_the_same_on_its_own_process_or_inline(settings, tmp_path):
+    """A forger drops a job's first event and rechains: the replay itself fails (an event for a job
+    never accepted), which the report says, wherever the projection ran."""
+    path = tmp_path / "ledger.jsonl"
+    signer = _exported(settings, path)
+    lines = read_lines(path)
+    i = next(i for i, x in enumerate(lines) if '"topic":"basis:Job.Accepted.v1"' in x)
+    broken = write_lines(tmp_path / "broken.jsonl", rechain([*lines[:i], *lines[i + 1:]], i))
+    reports = [audit_events([broken], signer=signer, parallel=parallel)[0] for parallel in (True, False)]
+    assert reports[0].as_dict() == reports[1].as_dict()
+    assert any(p.startswith("the replay of the export failed: AssertionError: event for unknown job")
+               for p in reports[0].problems), reports[0].problems
 
 
 def test_lines_out_of_order_are_replayed_from_the_store_in_position_order(settings, tmp_path):
