@@ -54,7 +54,7 @@ def test_views_projected_as_read_equal_a_replay_of_the_imported_store(settings, 
     store = LedgerStore(Settings(home=tmp_path / "auditor", database_url=None).event_store_env())
     replay = ExportReplay(store, tmp_path / "as-read.sqlite3", None, parallel=parallel)
     try:
-        reading, heads = read_export([path], store, on_page=replay.on_page)
+        reading, heads = read_export([path], store, on_page=replay.on_page, page_states=replay.needs_states)
         heads.close()
         assert replay.finish(reading.irregular) and replay.error is None
         from_store = Projector(store, tmp_path / "from-store.sqlite3")

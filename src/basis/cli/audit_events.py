@@ -80,7 +80,7 @@ def _audit_events(files: list[Path], *, signer: str | None, chain: bool, rpc: st
         replay_path = Path(tmp) / "replay.sqlite3"
         replay = ExportReplay(store, replay_path, signer, parallel=parallel, on_progress=on_progress)
         try:
-            reading, heads = read_export(files, store, on_page=replay.on_page)
+            reading, heads = read_export(files, store, on_page=replay.on_page, page_states=replay.needs_states)
             named.extend(reading.problems)
             replayed = replay.finish(reading.irregular)
             try:

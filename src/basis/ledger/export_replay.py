@@ -142,6 +142,12 @@ class ExportReplay:
         self.events = 0
         self.on_progress = on_progress
 
+    @property
+    def needs_states(self) -> bool:
+        """Whether ``on_page`` needs each row's parsed state (inline it projects them; its own
+        process reads the page back from the store)."""
+        return self._pool is None
+
     def on_page(self, rows: list[PageRow]) -> None:
         self.receipts.add([(stream, stored) for _, stream, topic, _, stored in rows if topic == RECEIPT_TOPIC])
         if self._pool is not None:
