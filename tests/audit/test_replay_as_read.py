@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from basis.cli.audit_events import audit_events
 from basis.config import Settings
 from basis.ledger.export import canonical, export
-from basis.ledger.export_replay import ExportReplay, transcoded
+from basis.ledger.export_replay import ExportReplay, StoredStateDecoder, transcoded
 from basis.ledger.projections import Projector, ViewReader
 from basis.ledger.projections.reader import TABLES
 from basis.ledger.replay import read_export
@@ -150,6 +150,14 @@ def test_transcoding_parsed_lines_equals_the_store_s_decoding(transcoder, value)
     """The projector is handed states as the store's transcoder would decode them."""
     text = json.dumps(value)
     assert transcoded(json.loads(text), transcoder.decoder.object_hook) == transcoder.decode(text.encode())
+
+
+@hsettings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(value=st.dictionaries(st.text(max_size=6), _JSON, max_size=5), ascii_only=st.booleans())
+def test_a_stored_state_decodes_as_the_store_s_transcoder_decodes_it(transcoder, value, ascii_only):
+    """The projection on its own process reads stored states with msgspec."""
+    data = json.dumps(value, ensure_ascii=ascii_only).encode()
+    assert StoredStateDecoder(transcoder.decoder.object_hook)(data) == transcoder.decode(data)
 
 
 def test_transcoding_turns_typed_values_into_objects(transcoder):
