@@ -169,10 +169,11 @@ def read_export(files: Iterable[Path], store: LedgerStore, on_page: Callable[[li
         head_rows.clear()
 
     for path in files:
+        name = path.name
         with open(path, "rb") as fh:
             for lineno, raw in enumerate(fh, 1):
                 reading.lines += 1
-                parsed = _parse(raw, path.name, lineno, reading)
+                parsed = _parse(raw, name, lineno, reading)
                 if parsed is None:
                     continue
                 position, stream, version, topic, state, head, has_float = parsed
@@ -207,7 +208,8 @@ def read_export(files: Iterable[Path], store: LedgerStore, on_page: Callable[[li
                     reading.claims.append(Claim(position, stream, state["anchor_position"],
                                                 str(state.get("anchor_head"))))
                 previous = own  # the next line chains from this line's own head
-                previous_position = max(previous_position, position)
+                if position > previous_position:
+                    previous_position = position
                 if reading.first_position is None:
                     reading.first_position = position
                 reading.events += 1
