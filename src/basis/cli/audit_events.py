@@ -44,10 +44,9 @@ def _vault_from_export(reader: ViewReader) -> str | None:
 
 @contextmanager
 def _fewer_collections(threshold: int = 20_000) -> Iterator[None]:
-    """Run the cyclic garbage collector less often. Reading an export allocates a few dicts per line
-    and frees them a page later, none in a cycle: at the default threshold (700 allocations) the
-    collector ran thousands of times for nothing (7 % of the audit's CPU). Collections still run,
-    so memory stays bounded."""
+    """Run the cyclic garbage collector less often. Reading an export allocates a few dicts per line,
+    none in a cycle: at the default threshold (700 allocations) the collector ran thousands of times
+    for nothing (7 % of the audit's CPU). Collections still run, so memory stays bounded."""
     saved = gc.get_threshold()
     gc.set_threshold(threshold, 10, 10)
     try:
@@ -61,8 +60,8 @@ def audit_events(files: list[Path], *, signer: str | None = None, chain: bool = 
                  require_anchored: bool = False, parallel: bool = True,
                  on_progress: Callable[[int, int | None], None] | None = None) -> tuple[AuditReport, dict[str, Any]]:
     """(the audit report, the export's summary). Problems about the export come first, each named at
-    its position; ``summary["first_bad_position"]`` is the earliest of them. ``parallel``: check
-    receipt signatures on a second process while the export is read and replayed."""
+    its position; ``summary["first_bad_position"]`` is the earliest of them. ``parallel``: project
+    the views and check receipt signatures on processes of their own while the export is read."""
     with _fewer_collections():
         return _audit_events(files, signer=signer, chain=chain, rpc=rpc, vault=vault, manifest=manifest,
                              from_block=from_block, require_anchored=require_anchored, parallel=parallel,
