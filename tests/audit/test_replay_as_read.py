@@ -55,6 +55,9 @@ def test_views_projected_as_read_equal_a_replay_of_the_imported_store(settings, 
     replay = ExportReplay(store, tmp_path / "as-read.sqlite3", None, parallel=parallel)
     try:
         reading, heads = read_export([path], store, on_page=replay.on_page, page_states=replay.needs_states)
+        # the temporary store's (stream, version) index, built after the import, is there and unique
+        assert heads.db.execute("SELECT sql FROM sqlite_master WHERE name = 'stored_events_stream_version'"
+                                ).fetchone()[0].startswith("CREATE UNIQUE INDEX")
         heads.close()
         assert replay.finish(reading.irregular) and replay.error is None
         from_store = Projector(store, tmp_path / "from-store.sqlite3")

@@ -67,7 +67,7 @@ class ExportReading:
     # export projected as read (``on_page``) is not the store's replay; the caller replays the store.
     irregular: bool = False
     # Lines that repeat a stream's version at another position, removed from the store after the
-    # import (the first of each stays): the receipts handed on page by page included them.
+    # import (the one at the lowest position stays): the receipts handed on page by page included them.
     removed: int = 0
 
     def problem(self, position: int | None, message: str) -> None:
