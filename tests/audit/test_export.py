@@ -229,6 +229,22 @@ def test_duplicated_lines_and_foreign_types_are_named_and_never_replayed(exporte
     assert report.problems[2:] == [] and summary["events"] == len(lines) + 2
 
 
+def test_a_stream_version_repeated_at_another_position_is_named_and_never_counted(exported, tmp_path):
+    """A receipt's line copied to a new position (rechained): the copy is named and neither replayed
+    nor counted, though the receipt checks saw it go by (the import builds the stream index last)."""
+    path, _, ledger = exported
+    lines = read_lines(path)
+    honest, _ = _audit(tmp_path, lines, signer=ledger.signer.address)
+    i = next(i for i, x in enumerate(lines) if '"topic":"basis:Job.ReceiptIssued.v1"' in x)
+    copy = dict(json.loads(lines[i]), position=position_of(lines[-1]) + 1)
+    report, summary = _audit(tmp_path, rechain([*lines, json.dumps(copy)], len(lines)), signer=ledger.signer.address)
+    assert honest.ok and honest.receipts > 0
+    assert summary["first_bad_position"] == copy["position"] and summary["events"] == len(lines) + 1
+    assert report.problems == [f"position {copy['position']}: stream {copy['stream'].replace('-', '')} version "
+                               f"{copy['version']} or this position appears twice"]
+    assert (report.receipts, report.charged_total) == (honest.receipts, honest.charged_total)
+
+
 @pytest.mark.postgres
 def test_an_export_of_a_postgresql_ledger_audits_the_same_way(pg_dsn, tmp_path):
     settings = Settings(home=tmp_path / "pg-home", database_url=pg_dsn)

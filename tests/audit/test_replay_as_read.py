@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from basis.cli.audit_events import audit_events
 from basis.config import Settings
 from basis.ledger.export import canonical, export
-from basis.ledger.export_replay import ExportReplay, transcoded
+from basis.ledger.export_replay import ExportReplay, StoredStateDecoder, transcoded
 from basis.ledger.projections import Projector, ViewReader
 from basis.ledger.projections.reader import TABLES
 from basis.ledger.replay import read_export
@@ -44,14 +44,20 @@ def _exported(settings: Settings, path: Path) -> str:
         ledger.close()
 
 
-def test_views_projected_as_read_equal_a_replay_of_the_imported_store(settings, tmp_path, monkeypatch):
+@pytest.mark.parametrize("parallel", [False, True], ids=["inline", "own-process"])
+def test_views_projected_as_read_equal_a_replay_of_the_imported_store(settings, tmp_path, monkeypatch, parallel):
+    """Inline, pages are projected from the parsed lines; on a process of its own (where the
+    platform forks), from the temporary store, page by page, while later pages are imported."""
     monkeypatch.setattr("basis.ledger.replay.PAGE", 7)  # many pages: later ones update rows earlier ones wrote
     path = tmp_path / "ledger.jsonl"
     _exported(settings, path)
     store = LedgerStore(Settings(home=tmp_path / "auditor", database_url=None).event_store_env())
-    replay = ExportReplay(store, tmp_path / "as-read.sqlite3", None, parallel=False)
+    replay = ExportReplay(store, tmp_path / "as-read.sqlite3", None, parallel=parallel)
     try:
-        reading, heads = read_export([path], store, on_page=replay.on_page)
+        reading, heads = read_export([path], store, on_page=replay.on_page, page_states=replay.needs_states)
+        # the temporary store's (stream, version) index, built after the import, is there and unique
+        assert heads.db.execute("SELECT sql FROM sqlite_master WHERE name = 'stored_events_stream_version'"
+                                ).fetchone()[0].startswith("CREATE UNIQUE INDEX")
         heads.close()
         assert replay.finish(reading.irregular) and replay.error is None
         from_store = Projector(store, tmp_path / "from-store.sqlite3")
@@ -94,6 +100,20 @@ def test_a_forged_receipt_is_named_the_same_on_a_second_process_or_inline(settin
     assert any(p.startswith(f"receipt {job}: hash ") for p in reports[0].problems), reports[0].problems
 
 
+def test_a_replay_the_export_breaks_is_reported_the_same_on_its_own_process_or_inline(settings, tmp_path):
+    """A forger drops a job's first event and rechains: the replay itself fails (an event for a job
+    never accepted), which the report says, wherever the projection ran."""
+    path = tmp_path / "ledger.jsonl"
+    signer = _exported(settings, path)
+    lines = read_lines(path)
+    i = next(i for i, x in enumerate(lines) if '"topic":"basis:Job.Accepted.v1"' in x)
+    broken = write_lines(tmp_path / "broken.jsonl", rechain([*lines[:i], *lines[i + 1:]], i))
+    reports = [audit_events([broken], signer=signer, parallel=parallel)[0] for parallel in (True, False)]
+    assert reports[0].as_dict() == reports[1].as_dict()
+    assert any(p.startswith("the replay of the export failed: AssertionError: event for unknown job")
+               for p in reports[0].problems), reports[0].problems
+
+
 def test_lines_out_of_order_are_replayed_from_the_store_in_position_order(settings, tmp_path):
     """Swapped lines are named; the views projected in file order are dropped and the store (which
     holds them in position order) is replayed, as before."""
@@ -133,6 +153,14 @@ def test_transcoding_parsed_lines_equals_the_store_s_decoding(transcoder, value)
     """The projector is handed states as the store's transcoder would decode them."""
     text = json.dumps(value)
     assert transcoded(json.loads(text), transcoder.decoder.object_hook) == transcoder.decode(text.encode())
+
+
+@hsettings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(value=st.dictionaries(st.text(max_size=6), _JSON, max_size=5), ascii_only=st.booleans())
+def test_a_stored_state_decodes_as_the_store_s_transcoder_decodes_it(transcoder, value, ascii_only):
+    """The projection on its own process reads stored states with msgspec."""
+    data = json.dumps(value, ensure_ascii=ascii_only).encode()
+    assert StoredStateDecoder(transcoder.decoder.object_hook)(data) == transcoder.decode(data)
 
 
 def test_transcoding_turns_typed_values_into_objects(transcoder):

@@ -7,12 +7,12 @@ timestamps) lives beside it and never changes the hash.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import rfc8785
 
 from basis.domain.pricing import OUTCOMES, SERVED_BY, PriceTerms, price, split_charge
@@ -65,6 +65,9 @@ def build_core(*, job_id: uuid.UUID | str, model: str, served_by: str, worker: s
 _MAX_SAFE = 2**53 - 1
 
 
+_sorted_compact = msgspec.json.Encoder(order="sorted").encode  # = json.dumps(sort_keys, no spaces), in C
+
+
 def _flat_ascii(core: dict[str, Any]) -> bool:
     for k, v in core.items():
         if not k.isascii():
@@ -81,12 +84,12 @@ def canonical_json(core: dict[str, Any]) -> bytes:
     """RFC 8785 (JCS) bytes of the core.
 
     A flat object of ASCII strings, safe non-negative integers and nulls (every well-formed core)
-    serialises under JCS exactly as ``json.dumps`` with sorted keys and no spaces does; that is
-    ten times faster than the general ``rfc8785`` path, which everything else takes (a property
-    test holds the two equal).
+    serialises under JCS exactly as sorted-key JSON with no spaces does (msgspec writes it, as
+    ``json.dumps`` would, in a fifth of its time); that is far faster than the general ``rfc8785``
+    path, which everything else takes (a property test holds the two equal).
     """
     if _flat_ascii(core):
-        return json.dumps(core, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+        return _sorted_compact(core)
     return rfc8785.dumps(core)
 
 
