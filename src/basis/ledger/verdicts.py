@@ -29,6 +29,7 @@ from basis.ledger.workers import Worker
 from basis.verification.policy import VerificationPolicy, sampled
 from basis.verification.reported_logprobs import KEY as REPORTED_KEY
 from basis.verification.reported_logprobs import ReportedComparison, judge_reported
+from basis.verification.sequential import e_threshold
 from basis.verification.stats import JobStatistic, judge_job
 
 SECRET_FILE = "verification.secret"
@@ -131,18 +132,37 @@ def record_verdict(job_id: UUID, ids_sha256: str, statistic: JobStatistic, polic
         worker = uow.find(Worker, ids.worker_id(job.worker))
         if worker is None:
             worker = uow.add(Worker(address=job.worker))
-        worker.record_check(job_id=str(job.id), verdict=verdict, evidence=u, drift=policy.drift)
+        worker.record_check(job_id=str(job.id), verdict=verdict, evidence=u, drift=policy.drift,
+                            log_e=statistic.temperature_log_e, worker_e_alpha=policy.worker_e_alpha)
         suspended = False
-        if not worker.is_suspended and worker.evidence.crossed(policy.worker_threshold):
-            level = worker.evidence.level
-            worker.suspend(by="verifier", reason=f"evidence {level:.2f} crossed worker_threshold "
-                                                 f"{policy.worker_threshold}", evidence=worker.evidence_jobs)
+        crossed = _crossed(worker, policy) if not worker.is_suspended else None
+        if crossed is not None:
+            reason, evidence = crossed
+            worker.suspend(by="verifier", reason=reason, evidence=evidence)
             _forfeit_unsettled(uow, unsettled, worker, exclude=job.id)
             suspended = True
         uow.release(job)
         return {"verdict": verdict, "applied": True, "suspended": suspended}
 
     return cmd
+
+
+def _crossed(worker: Worker, policy: VerificationPolicy) -> tuple[str, list[str]] | None:
+    """(reason, evidence job ids) when a per-worker test crossed: the reason names each detector
+    that crossed and at what level; the evidence is the jobs since that detector was last at zero
+    (both crossed: the longer run, which holds the other, since both end at the latest job)."""
+    ev = worker.evidence
+    reasons, runs = [], []
+    if ev.crossed(policy.worker_threshold):
+        reasons.append(f"evidence {ev.level:.2f} crossed worker_threshold {policy.worker_threshold}")
+        runs.append(worker.evidence_jobs)
+    if ev.e_crossed(policy.worker_e_alpha):
+        reasons.append(f"e-detector log E {ev.e_level:.2f} crossed log(1/worker_e_alpha) "
+                       f"{e_threshold(policy.worker_e_alpha):.2f} (worker_e_alpha {policy.worker_e_alpha:g})")
+        runs.append(worker.e_evidence_jobs)
+    if not reasons:
+        return None
+    return "; ".join(reasons), list(max(runs, key=len))
 
 
 def _refund(uow: UnitOfWork, job: Job) -> None:

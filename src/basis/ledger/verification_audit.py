@@ -5,7 +5,9 @@
   reward forfeited; a refund or a forfeit without that cause is named;
 - a forfeit names the receipt's own reward; one "worker suspended" forfeit needs the worker to
   have been suspended at that point of the log;
-- each worker's checked / failed counts and CUSUM levels refolded from its verdicts;
+- each worker's checked / failed counts, CUSUM levels and e-detector level refolded from its verdicts
+  (each check's log E must be its verdict statistic's temperature log E); a suspension by the
+  e-detector needs the refolded level at log(1 / worker_e_alpha), with the alpha its check recorded;
 - a worker back on probation only right after its reinstatement, from its checked count then;
 - settled batches: no job settled while awaiting its verdict; a forfeited reward carried as 0;
   the rewards view's ``settled`` equals the sum of the settled rewards not forfeited.
@@ -54,6 +56,8 @@ def check_verification(replay: ViewReader, store: LedgerStore, problems: list[st
     requested: set[str] = set()
     suspended: set[str] = set()
     folded: dict[str, WorkerEvidence] = defaultdict(WorkerEvidence)
+    log_es: dict[str, float | None] = {}  # the temperature log E of each verdict's statistic
+    e_alpha: dict[str, float | None] = {}  # the worker_e_alpha each worker's latest check recorded
     decode = store.mapper.transcoder.decode
     worker_of: dict[str, str] = {r["worker_id"]: r["address"] for r in db.execute(
         "SELECT worker_id, address FROM workers")}
@@ -64,6 +68,7 @@ def check_verification(replay: ViewReader, store: LedgerStore, problems: list[st
             requested.add(job_id)
         elif topic == "basis:Job.Verified.v1":
             verdicts[job_id] = d["verdict"]
+            log_es[job_id] = (d.get("statistic") or {}).get("temperature_log_e")
             _rejudge(job_id, d, problems)
             if job_id not in requested:
                 problems.append(f"job {job_id}: a verdict without a check request")
@@ -87,8 +92,12 @@ def check_verification(replay: ViewReader, store: LedgerStore, problems: list[st
             if verdicts.get(d["job_id"]) != d["verdict"]:
                 problems.append(f"worker {address}: check of job {d['job_id']} says {d['verdict']}, the job's "
                                 f"verdict is {verdicts.get(d['job_id'])}")
+            if d.get("log_e") != log_es.get(d["job_id"]):
+                problems.append(f"worker {address}: check of job {d['job_id']} carries log E {d.get('log_e')}, the "
+                                f"job's verdict statistic says {log_es.get(d['job_id'])}")
             folded[address] = folded[address].update(d["evidence"], failed=d["verdict"] == "failed",
-                                                     drift=d["drift"])
+                                                     drift=d["drift"], log_e=d.get("log_e"))
+            e_alpha[address] = d.get("worker_e_alpha")
         elif topic == "basis:Worker.Suspended.v1":
             address = worker_of.get(job_id, job_id)
             suspended.add(address)
@@ -96,8 +105,13 @@ def check_verification(replay: ViewReader, store: LedgerStore, problems: list[st
                 for ev_job in d["evidence"]:
                     if ev_job not in verdicts or (receipts.get(ev_job) or {}).get("worker") != address:
                         problems.append(f"worker {address}: suspension cites job {ev_job}, not a checked job of it")
-                if not d["evidence"] or folded[address].level <= 0:
+                ev = folded[address]
+                if not d["evidence"] or max(ev.level, ev.e_level) <= 0:
                     problems.append(f"worker {address}: suspended by the verifier without accumulated evidence")
+                elif "e-detector" in d["reason"] and (e_alpha.get(address) is None
+                                                      or not ev.e_crossed(float(e_alpha[address]))):  # type: ignore[arg-type]
+                    problems.append(f"worker {address}: suspended by the e-detector at log E {ev.e_level:.4f}, below "
+                                    f"log(1/worker_e_alpha) for its recorded alpha {e_alpha.get(address)}")
         elif topic == "basis:Worker.Reinstated.v1":
             address = worker_of.get(job_id, job_id)
             suspended.discard(address)
@@ -151,6 +165,7 @@ def _rejudge(job_id: str, d: dict[str, Any], problems: list[str]) -> None:
         extra = {k: float(d[k]) for k in ("tail_alpha", "repeat_alpha", "temperature_alpha") if d.get(k) is not None}
         verdict, u = judge_job(stat, Calibration(**d["calibration"]), float(d["job_threshold"]), **extra)
         verdict, u = judge_reported(verdict, u, reported, float(d["job_threshold"]))
+        _check_log_e(job_id, stat, problems)
     except (TypeError, ValueError, KeyError, AssertionError) as exc:
         problems.append(f"job {job_id}: verdict cannot be re-decided from its statistic ({exc})")
         return
@@ -160,12 +175,26 @@ def _rejudge(job_id: str, d: dict[str, Any], problems: list[str]) -> None:
         problems.append(f"job {job_id}: recorded evidence {d['evidence']} != recomputed {u}")
 
 
+def _check_log_e(job_id: str, stat: JobStatistic, problems: list[str]) -> None:
+    """The temperature log E (v3's e-detector input) must be the one its p-value came from."""
+    if stat.temperature_log_e is None:
+        return
+    log_e = float(stat.temperature_log_e)
+    p = 1.0 if log_e <= 0 else math.exp(-log_e)
+    if stat.temperature is None or not math.isclose(p, float(stat.temperature), rel_tol=1e-9, abs_tol=1e-300):
+        problems.append(f"job {job_id}: temperature log E {log_e} does not give its temperature p-value "
+                        f"{stat.temperature}")
+
+
 def _check_workers(replay: ViewReader, folded: dict[str, WorkerEvidence], problems: list[str]) -> None:
     for row in replay.db.execute("SELECT * FROM worker_status"):
         ev = folded.get(row["address"], WorkerEvidence())
         if (row["checked"], row["failed"]) != (ev.checked, ev.failed):
             problems.append(f"worker {row['address']}: {row['checked']} checked / {row['failed']} failed, its "
                             f"verdicts say {ev.checked} / {ev.failed}")
+        if not math.isclose(float(row["e_level"]), ev.e_level, rel_tol=1e-9, abs_tol=1e-9):
+            problems.append(f"worker {row['address']}: e-detector level {row['e_level']}, its verdicts say "
+                            f"{ev.e_level}")
 
 
 def _check_batches(replay: ViewReader, store: LedgerStore, forfeited: set[str], receipts: ReceiptCores,

@@ -27,7 +27,8 @@ class Worker(Aggregate):
         self.address = address.lower()
         self.models: list[str] = []
         self.evidence = WorkerEvidence()
-        self.evidence_jobs: list[str] = []  # checked jobs since the evidence was last at zero
+        self.evidence_jobs: list[str] = []  # checked jobs since the CUSUM was last at zero
+        self.e_evidence_jobs: list[str] = []  # checked jobs since the e-detector was last at zero
         self.suspended: dict[str, object] | None = None  # {by, reason, evidence} while suspended
         self.probation_from = 0  # its probation counts checked jobs from this count on (0: since it joined)
 
@@ -40,11 +41,15 @@ class Worker(Aggregate):
         return self.suspended is not None
 
     @event("Checked", topic="basis:Worker.Checked.v1")
-    def record_check(self, job_id: str, verdict: str, evidence: float, drift: float) -> None:
+    def record_check(self, job_id: str, verdict: str, evidence: float, drift: float,
+                     log_e: float | None = None, worker_e_alpha: float | None = None) -> None:
         """One verdict on one of its jobs, folded into the per-worker CUSUM (``drift`` as published
-        when it was judged, so a replay gives the same levels)."""
-        self.evidence = self.evidence.update(evidence, failed=verdict == "failed", drift=drift)
+        when it was judged, so a replay gives the same levels) and into the e-detector (``log_e``:
+        the job's temperature log E, None for a job without it; ``worker_e_alpha``: the level it
+        was judged against, as published then). Events from before the e-detector lack both."""
+        self.evidence = self.evidence.update(evidence, failed=verdict == "failed", drift=drift, log_e=log_e)
         self.evidence_jobs = [*self.evidence_jobs, job_id] if self.evidence.level > 0 else []
+        self.e_evidence_jobs = [*self.e_evidence_jobs, job_id] if self.evidence.e_level > 0 else []
 
     @event("Suspended", topic="basis:Worker.Suspended.v1")
     def suspend(self, by: str, reason: str, evidence: list[str]) -> None:
@@ -80,3 +85,4 @@ class Worker(Aggregate):
         self.suspended = None
         self.evidence = WorkerEvidence(checked=self.evidence.checked, failed=self.evidence.failed)
         self.evidence_jobs = []
+        self.e_evidence_jobs = []

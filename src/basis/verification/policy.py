@@ -10,6 +10,7 @@ from typing import Any
 
 from basis.engines.scoring import TEMPERATURE_PROB_FLOOR, TEMPERATURE_RATIOS
 from basis.verification.reported_logprobs import MEAN_TOLERANCE, TOKEN_TOLERANCE
+from basis.verification.sequential import WORKER_E_ALPHA
 from basis.verification.stats import METHOD, REPEAT_ALPHA, TAIL_ALPHA, TEMPERATURE_ALPHA, Calibration
 
 # Honest behaviour of each packaged reference model (models/gguf.py short names), measured with
@@ -32,6 +33,9 @@ class VerificationPolicy:
     job_threshold: float = 5.0  # |standardised evidence| beyond which one job fails
     worker_threshold: float = 12.0  # CUSUM level that suspends a worker
     drift: float = 1.0  # CUSUM allowance per job
+    # the e-detector over the temperature e-values suspends at log(1 / worker_e_alpha): an honest
+    # worker crosses within n checked jobs with probability <= n * worker_e_alpha (sequential.py)
+    worker_e_alpha: float = WORKER_E_ALPHA
     calibration: dict[str, Calibration] = field(default_factory=dict)  # advertised model -> honest stats
     tail_alpha: float = TAIL_ALPHA  # a sampled job whose tail p-value is below this fails
     repeat_alpha: float = REPEAT_ALPHA  # a sampled job whose repeat p-value (stuck engine) is below this fails
@@ -57,7 +61,8 @@ class VerificationPolicy:
     def public(self) -> dict[str, object]:
         return {"enabled": self.enabled, "method": self.method, "sample_bps": self.sample_bps,
                 "probation_jobs": self.probation_jobs, "job_threshold": self.job_threshold,
-                "worker_threshold": self.worker_threshold, "drift": self.drift, "tail_alpha": self.tail_alpha,
+                "worker_threshold": self.worker_threshold, "drift": self.drift,
+                "worker_e_alpha": self.worker_e_alpha, "tail_alpha": self.tail_alpha,
                 "repeat_alpha": self.repeat_alpha, "temperature_alpha": self.temperature_alpha,
                 # the temperature test's alternatives (claimed T times each ratio) and its probability floor
                 "temperature_ratios": list(TEMPERATURE_RATIOS), "temperature_prob_floor": TEMPERATURE_PROB_FLOOR,

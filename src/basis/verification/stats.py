@@ -40,6 +40,7 @@ TAIL_ALPHA = 5e-4  # a sampled job fails when its tail p-value is below this (ho
 REPEAT_ALPHA = 2e-4  # a sampled job fails when its repeat p-value is below this (honest false fails <= 0.02 %)
 # a sampled job fails when its temperature p-value is below this (honest false fails <= 0.02 %)
 TEMPERATURE_ALPHA = 2e-4
+LOG_E_FLOOR = -1e6  # a temperature log E of -inf (every alternative impossible) is recorded as this
 Verdict = Literal["passed", "failed"]
 
 
@@ -56,6 +57,9 @@ class JobStatistic:
     # the ratio s of TEMPERATURE_RATIOS whose alternative explains the output best (largest
     # likelihood ratio): s < 1 a colder sampler (output too likely), s > 1 a hotter one
     temperature_ratio: float | None = None
+    # sampled jobs: log E of the temperature test, unclipped (temperature = min(1, exp(-log E)));
+    # E < 1 is evidence *for* the worker, which the per-worker e-detector counts (sequential.py)
+    temperature_log_e: float | None = None
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -108,8 +112,15 @@ def _logsumexp(xs: Sequence[float]) -> float:
 
 
 def temperature_evidence(lrs: Sequence[Sequence[float]]) -> tuple[float, float]:
-    """(p-value, best ratio) of the temperature test from the per-position log factors
-    (``TokenScore.temperature_lr``, one entry per ratio of TEMPERATURE_RATIOS).
+    """(p-value, best ratio) of the temperature test (``temperature_test``)."""
+    log_e, best = temperature_test(lrs)
+    return (1.0 if log_e <= 0 else math.exp(-log_e)), best
+
+
+def temperature_test(lrs: Sequence[Sequence[float]]) -> tuple[float, float]:
+    """(log E, best ratio) of the temperature test from the per-position log factors
+    (``TokenScore.temperature_lr``, one entry per ratio of TEMPERATURE_RATIOS); log E is not
+    clipped at 0 (-inf: every alternative got factor 0).
 
     Alternative s: the worker sampled from q^(s), proportional to q^(1/s) on the claimed support.
     Its factor at a position, q^(s)(t) / max(q(t), F), has mean sum_j q_j q^(s)_j / max(q_j, F) <= 1
@@ -119,11 +130,11 @@ def temperature_evidence(lrs: Sequence[Sequence[float]]) -> tuple[float, float]:
     ``min(1, 1 / E)`` is a valid p-value for any stopping rule, with no calibration."""
     k = len(TEMPERATURE_RATIOS)
     if not lrs:
-        return 1.0, 1.0
+        return 0.0, 1.0
     sums = [math.fsum(float(lr[j]) for lr in lrs) for j in range(k)]  # -inf: that ratio got factor 0
     log_e = _logsumexp(sums) - math.log(k)
     best = TEMPERATURE_RATIOS[max(range(k), key=lambda j: sums[j])]
-    return (1.0 if log_e <= 0 else math.exp(-log_e)), best
+    return log_e, best
 
 
 def temperature_pvalue(lrs: Sequence[Sequence[float]]) -> float:
@@ -155,12 +166,14 @@ def job_statistic(scores: Sequence[TokenScore], temperature: float,
     repeat = None
     if output_ids is not None and len(output_ids) == n:
         repeat = repeat_pvalue([s.logprob for s in scores], output_ids)
-    temperature = ratio = None
+    temperature = ratio = log_e = None
     lrs = [s.temperature_lr for s in scores]
     if n and all(lr is not None and len(lr) == len(TEMPERATURE_RATIOS) for lr in lrs):
-        temperature, ratio = temperature_evidence(lrs)  # type: ignore[arg-type]
+        log_e, ratio = temperature_test(lrs)  # type: ignore[arg-type]
+        log_e = max(log_e, LOG_E_FLOOR)  # finite for JSON; any value this low resets the e-detector alike
+        temperature = 1.0 if log_e <= 0 else math.exp(-log_e)
     return JobStatistic(tokens=n, greedy=False, z=z, tail=tail, repeat=repeat, temperature=temperature,
-                        temperature_ratio=ratio)
+                        temperature_ratio=ratio, temperature_log_e=log_e)
 
 
 def standardised(stat: JobStatistic, calibration: Calibration) -> float:
