@@ -48,38 +48,38 @@ def _judge(ledger: Ledger, settings, job_id, stat: JobStatistic) -> dict:
 @pytest.fixture
 def e_suspended(settings):
     """A cheat whose checked jobs pass one by one: one honest-looking job (log E -2) first, then
-    log E 4 each; M = 4k crosses log(1e6) = 13.8 on the 4th such job."""
+    log E 4 each; M = 4k crosses log(1e8) = 18.4 on the 5th such job."""
     ledger = Ledger(settings, verification=POLICY)
     account_id = ledger.open_account("eve")
     ledger.grant("eve", 10**18)
     jobs = [contributor_job(ledger, account_id, CHEAT)[0] for _ in range(24)]
     checked = [j for j in jobs if ledger.get(j).check]
-    assert len(checked) >= 6
+    assert len(checked) >= 7
     out = [_judge(ledger, settings, checked[0], _greedyish(-2.0))]
-    out += [_judge(ledger, settings, j, _greedyish()) for j in checked[1:5]]
+    out += [_judge(ledger, settings, j, _greedyish()) for j in checked[1:6]]
     return ledger, jobs, checked, out
 
 
 def test_the_e_detector_suspends_after_the_expected_checks_and_forfeits(e_suspended, settings):
     ledger, jobs, checked, out = e_suspended
-    assert [o["verdict"] for o in out] == ["passed"] * 5  # no job fails alone
-    assert [o["suspended"] for o in out] == [False, False, False, False, True]  # 16 >= 13.8 at the 4th
+    assert [o["verdict"] for o in out] == ["passed"] * 6  # no job fails alone
+    assert [o["suspended"] for o in out] == [False] * 5 + [True]  # 20 >= 18.4 at the 5th
     worker = ledger.get(ids.worker_id(CHEAT))
-    assert worker.evidence.level == 0.0 and worker.evidence.e_level == pytest.approx(4 * LOG_E)
+    assert worker.evidence.level == 0.0 and worker.evidence.e_level == pytest.approx(5 * LOG_E)
     assert worker.suspended["by"] == "verifier"
-    assert worker.suspended["reason"] == ("e-detector log E 16.00 crossed log(1/worker_e_alpha) 13.82 "
-                                          "(worker_e_alpha 1e-06)")
+    assert worker.suspended["reason"] == ("e-detector log E 20.00 crossed log(1/worker_e_alpha) 18.42 "
+                                          "(worker_e_alpha 1e-08)")
     # the jobs since M was last at zero (the -2 job left it at 0), not the CUSUM's (empty)
-    assert worker.suspended["evidence"] == [str(j) for j in checked[1:5]]
+    assert worker.suspended["evidence"] == [str(j) for j in checked[1:6]]
     # every unsettled reward of it is forfeited, passed jobs included, citing the e-detector's jobs
     # (the suspending job's own is left to settlement, which forfeits it while it stays suspended)
     for j in jobs:
-        if j != checked[4]:
-            assert ledger.get(j).forfeit == {"reason": "worker suspended", "evidence": [str(x) for x in checked[1:5]],
+        if j != checked[5]:
+            assert ledger.get(j).forfeit == {"reason": "worker suspended", "evidence": [str(x) for x in checked[1:6]],
                                              "amount": int(ledger.get(j).receipt["core"]["reward"])}
     r = _views(ledger, settings)
     status = r.worker_status(CHEAT)
-    assert status["status"] == "suspended" and status["e_level"] == pytest.approx(16.0)
+    assert status["status"] == "suspended" and status["e_level"] == pytest.approx(20.0)
     assert status["reason"].startswith("e-detector")
     r.close()
     report = audit(ledger.store, settings.views_path, signer=ledger.signer.address)
@@ -87,7 +87,7 @@ def test_the_e_detector_suspends_after_the_expected_checks_and_forfeits(e_suspen
     # reinstated: M cleared in the aggregate and the views, and the audit agrees
     ledger.run(reinstate_worker(CHEAT, "appeal upheld"))
     worker = ledger.get(ids.worker_id(CHEAT))
-    assert worker.evidence.e_level == 0.0 and worker.e_evidence_jobs == [] and worker.evidence.checked == 5
+    assert worker.evidence.e_level == 0.0 and worker.e_evidence_jobs == [] and worker.evidence.checked == 6
     r = _views(ledger, settings)
     assert r.worker_status(CHEAT)["e_level"] == 0.0
     r.close()
@@ -124,13 +124,13 @@ def test_tampered_log_e_and_alpha_are_named(e_suspended, settings):
                for p in problems), problems
     assert any(p == f"worker {CHEAT}: check of job {target} carries log E {LOG_E}, the job's verdict statistic "
                f"says 9.0" for p in problems), problems
-    # the worker's alpha lowered in its checks: M 16 no longer reaches log(1/alpha)
+    # the worker's alpha lowered in its checks: M 20 no longer reaches log(1/alpha)
     _edit_events(settings, target, "basis:Job.Verified.v1", lambda s: s["statistic"].update(temperature_log_e=LOG_E))
     assert _edit_events(settings, str(ids.worker_id(CHEAT)), "basis:Worker.Checked.v1",
-                        lambda s: s.update(worker_e_alpha=1e-12)) == 5
+                        lambda s: s.update(worker_e_alpha=1e-12)) == 6
     rc, report = basis_audit(settings.home)
     assert rc != 0
-    assert any(p.startswith(f"worker {CHEAT}: suspended by the e-detector at log E 16.0000, below")
+    assert any(p.startswith(f"worker {CHEAT}: suspended by the e-detector at log E 20.0000, below")
                for p in report["problems"]), report["problems"]
 
 

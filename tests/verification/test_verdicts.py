@@ -293,7 +293,7 @@ def test_network_publishes_the_policy_and_disabled_when_off(tmp_path):
         assert published["method"] == "teacher-forced-z/v3" and published["temperature_alpha"] == 2e-4
         assert published["temperature_ratios"] == [0.25, 0.5, 1.5, 2.0]
         assert published["temperature_prob_floor"] == 1e-6
-        assert published["worker_e_alpha"] == 1e-6  # the e-detector's level, beside worker_threshold
+        assert published["worker_e_alpha"] == 1e-8  # the e-detector's level, beside worker_threshold
     finally:
         gw.close()
     with pytest.raises(ValueError, match="unknown verifier mode"):

@@ -18,8 +18,9 @@ import math
 from dataclasses import dataclass, replace
 
 # the e-detector's published alpha: an honest worker is suspended by it within its first 2,000
-# checked jobs with probability <= 0.2 %, and after >= 10^6 checked jobs on average
-WORKER_E_ALPHA = 1e-6
+# checked jobs with probability <= 2e-5, and after >= 10^8 checked jobs on average
+# (docs/verification.md: 1e-6 would save one checked job against Gemma greedy, for 100x the bound)
+WORKER_E_ALPHA = 1e-8
 
 
 @dataclass(frozen=True)
