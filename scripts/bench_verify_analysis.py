@@ -1,0 +1,139 @@
+"""The analysis phase of the verification benchmark (``bench_verify.py``): every pooled job judged
+with the published policy; honest cells, cheats and cost printed as Markdown tables.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import statistics
+
+from basis.verification.policy import VerificationPolicy
+from basis.verification.sequential import WorkerEvidence
+from basis.verification.stats import JobStatistic, judge_job, standardised
+
+HONEST_KINDS = ("honest", "threads")
+
+def stat_of(rec: dict) -> JobStatistic:
+    return JobStatistic(tokens=rec["tokens"], greedy=rec["agreement"] is not None, z=rec["z"],
+                        agreement=rec["agreement"], tail=rec.get("tail"), repeat=rec.get("repeat"))
+
+
+def evidence(rec: dict, policy: VerificationPolicy) -> tuple[bool, float]:
+    verdict, u = judge_job(stat_of(rec), policy.calibration_for(rec["binding"]), policy.job_threshold,
+                           tail_alpha=policy.tail_alpha, repeat_alpha=policy.repeat_alpha)
+    return verdict == "failed", u
+
+
+def checks_until_suspended(draw, policy: VerificationPolicy, cap: int) -> int | None:
+    ev = WorkerEvidence()
+    for n in range(1, cap + 1):
+        failed, u = draw()
+        ev = ev.update(u, failed=failed, drift=policy.drift)
+        if ev.crossed(policy.worker_threshold):
+            return n
+    return None
+
+
+def normal_tail(mu: float, sd: float, thr: float) -> float:
+    phi = lambda x: 0.5 * math.erfc(-x / math.sqrt(2))  # noqa: E731
+    return phi((-thr - mu) / sd) + 1 - phi((thr - mu) / sd)
+
+
+def analyse(pool: list[dict], args) -> None:
+    policy = VerificationPolicy()
+    rng = random.Random(11)
+    print(f"policy: job_threshold {policy.job_threshold}, worker_threshold {policy.worker_threshold}, "
+          f"drift {policy.drift}; calibration "
+          + "; ".join(f"{m}: {vars(policy.calibration_for(m))}" for m in args.bindings))
+    groups: dict[tuple, list[dict]] = {}
+    for rec in pool:
+        groups.setdefault((rec["binding"], rec["kind"], rec["temperature"], rec["top_p"]), []).append(rec)
+
+    print("\n### Honest workers\n")
+    pooled_sd = {}
+    for b in args.bindings:
+        us = [standardised(stat_of(r), policy.calibration_for(b)) for r in pool
+              if r["binding"] == b and r["kind"] in HONEST_KINDS and r["agreement"] is None]
+        if len(us) > 1:
+            pooled_sd[b] = statistics.stdev(us)
+    for b in args.bindings:
+        hz = [r["z"] for r in pool if r["binding"] == b and r["kind"] in HONEST_KINDS and r["agreement"] is None]
+        ga = [r["agreement"] for r in pool if r["binding"] == b and r["kind"] in HONEST_KINDS
+              and r["agreement"] is not None]
+        tails = [r["tail"] for r in pool if r["binding"] == b and r["kind"] in HONEST_KINDS and r["tail"] is not None]
+        if len(hz) > 1:
+            print(f"- {b}: pooled honest sampled jobs {len(hz)}: z mean {statistics.fmean(hz):.3f}, "
+                  f"sd {statistics.stdev(hz):.3f}, min {min(hz):.2f}, max {max(hz):.2f}; tail p-value < 0.05 in "
+                  f"{sum(t < 0.05 for t in tails)}, < 0.01 in {sum(t < 0.01 for t in tails)} (super-uniform: "
+                  f"at most {0.05 * len(tails):.1f} and {0.01 * len(tails):.1f} expected)"
+                  + (f"; greedy agreement mean {statistics.fmean(ga):.3f}, min {min(ga):.3f} over {len(ga)} jobs"
+                     if ga else ""))
+    print()
+    print("| binding | worker | T | top_p | jobs | z or agreement: mean (sd; min..max) | u min..max | "
+          "false fails seen | est. false-fail rate | suspended (bootstrap) | suspended (stress) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for key, recs in sorted(groups.items()):
+        b, kind, t, p = key
+        if kind not in HONEST_KINDS:
+            continue
+        ev = [evidence(r, policy) for r in recs]
+        us = [u for _, u in ev]
+        raw = [r["agreement"] if r["agreement"] is not None else r["z"] for r in recs]
+        greedy = recs[0]["agreement"] is not None
+        # the normal fit uses the uncapped deviates (greedy evidence is capped at 0 when judged)
+        raw_u = [standardised(stat_of(r), policy.calibration_for(b)) for r in recs]
+        mu = statistics.fmean(raw_u)
+        sd = max(statistics.stdev(raw_u) if len(raw_u) > 1 else 1.0, 0.25)
+        if not greedy:  # the stress test: the cell's mean, the binding's pooled sd (+25 % below)
+            sd = pooled_sd.get(b, sd)
+        thr = policy.job_threshold
+        est = normal_tail(mu, sd, thr) if not greedy else 0.5 * math.erfc((thr + mu) / (sd * math.sqrt(2)))
+        boot = sum(checks_until_suspended(lambda ev=ev: rng.choice(ev), policy, args.honest_checked) is not None
+                   for _ in range(args.trials))
+
+        def normal_draw(mu=mu, sd=sd, greedy=greedy, thr=thr):
+            u = rng.gauss(mu, 1.25 * sd)
+            if greedy:
+                return u < -thr, min(u, 0.0)
+            return abs(u) > thr, u
+
+        par = sum(checks_until_suspended(normal_draw, policy, args.honest_checked) is not None
+                  for _ in range(args.trials))
+        print(f"| {b} | {kind} | {t} | {p} | {len(recs)} | {statistics.fmean(raw):.3f} "
+              f"({statistics.stdev(raw) if len(raw) > 1 else 0:.3f}; {min(raw):.2f}..{max(raw):.2f}) | "
+              f"{min(us):.2f}..{max(us):.2f} | {sum(f for f, _ in ev)}/{len(ev)} | {est:.1e} | "
+              f"{boot}/{args.trials} x {args.honest_checked} | {par}/{args.trials} x {args.honest_checked} |")
+
+    print("\n### Cheats\n")
+    print("| binding | cheat | claimed T | jobs | z mean (min..max) | caught on first checked job | "
+          "checked jobs to suspension: median | worst | suspended within 5 / 20 |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for key, recs in sorted(groups.items()):
+        b, kind, t, _ = key
+        if kind in HONEST_KINDS:
+            continue
+        ev = [evidence(r, policy) for r in recs]
+        runs = [checks_until_suspended(lambda ev=ev: rng.choice(ev), policy, args.cap) for _ in range(args.trials)]
+        done = sorted(n for n in runs if n is not None)
+        never = len(runs) - len(done)
+        med = statistics.median([n if n is not None else math.inf for n in runs])
+        worst = f">{args.cap}" if never else str(max(done))
+        zs = [r["z"] for r in recs]
+        print(f"| {b} | {kind} | {t} | {len(recs)} | {statistics.fmean(zs):.2f} ({min(zs):.2f}..{max(zs):.2f}) | "
+              f"{100 * sum(f for f, _ in ev) / len(ev):.0f} % | {med if med != math.inf else f'>{args.cap}'} | "
+              f"{worst} | {100 * sum(n <= 5 for n in done) / len(runs):.0f} % / "
+              f"{100 * sum(n <= 20 for n in done) / len(runs):.0f} % |")
+
+    print("\n### Cost\n")
+    for b in args.bindings:
+        gen = [r for r in pool + args.real if r["binding"] == b and r.get("gen_tokens")]
+        sc = [r for r in pool + args.real if r["binding"] == b and "score_cpu" in r]
+        if not gen or not sc:
+            continue
+        g = sum(r["gen_cpu"] for r in gen) / max(1, sum(r["gen_tokens"] for r in gen))
+        s = sum(r["score_cpu"] for r in sc) / max(1, sum(r["tokens"] for r in sc))
+        rate = policy.sample_bps / 10_000
+        print(f"- {b}: worker {1000 * g:.1f} ms CPU per generated token; verifier {1000 * s:.1f} ms CPU per checked "
+              f"token ({s / g:.2f}x); at the {100 * rate:.0f} % sample rate verification costs "
+              f"{100 * rate * s / g:.1f} % of the serving CPU (probation jobs aside)")
