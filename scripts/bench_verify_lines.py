@@ -1,6 +1,6 @@
 """Per-position job files in the verification benchmark (``bench_verify.py --lines``): real honest
 jobs in bulk (``bench_verify_honest.py``) and stuck-engine jobs (``bench_verify_stuck.py``), one
-JSON line a job with its ids and per-position scores.
+JSON line a job with its ids and per-position scores (``pos``: one row a position, see ``pos_row``).
 """
 
 from __future__ import annotations
@@ -18,6 +18,22 @@ from basis.verification.stats import job_statistic, judge_job, standardised
 from bench_verify_analysis import checks_until_suspended, stat_of
 
 
+def pos_row(s: TokenScore) -> list:
+    """One output position as stored: logprob, expected, variance, rank, tail, and (method v3) the
+    per-ratio temperature log likelihood ratios (None where the scorer gave none)."""
+    lrs = getattr(s, "temperature_lr", None)
+    return [round(s.logprob, 5), round(s.expected, 5), round(s.variance, 5), s.rank,
+            None if s.tail is None else float(f"{s.tail:.6g}"),
+            None if lrs is None else [round(x, 6) for x in lrs]]
+
+
+def token_score(row: list) -> TokenScore:
+    """A stored row back as the scorer's TokenScore (rows of five columns: files before v3)."""
+    logprob, expected, variance, rank, tail = row[:5]
+    extra = {"temperature_lr": tuple(row[5])} if len(row) > 5 and row[5] is not None else {}
+    return TokenScore(logprob=logprob, expected=expected, variance=variance, rank=rank, tail=tail, **extra)
+
+
 def load_lines(files: list[Path]) -> list[dict]:
     """Per-position job records (bench_verify_honest.py / bench_verify_stuck.py) as pool records:
     the statistic recomputed from the stored scores and ids, exactly as the verifier computes it."""
@@ -25,7 +41,9 @@ def load_lines(files: list[Path]) -> list[dict]:
     for f in files:
         for line in f.read_text().splitlines():
             r = json.loads(line)
-            scores = [TokenScore(*p) for p in r["pos"]]
+            if r.get("pos") is None:
+                continue  # generated with --no-score: not scored yet (bench_verify_honest.py --rescore)
+            scores = [token_score(p) for p in r["pos"]]
             stat = job_statistic(scores, r["temperature"], r["ids"])
             out.append({**{k: v for k, v in r.items() if k not in ("pos", "ids")}, "tokens": stat.tokens, "z": stat.z,
                         "agreement": stat.agreement, "tail": stat.tail, "repeat": stat.repeat,
