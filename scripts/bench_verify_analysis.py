@@ -14,15 +14,67 @@ from basis.verification.stats import JobStatistic, judge_job, standardised
 
 HONEST_KINDS = ("honest", "threads")
 
+TESTS = ("z", "tail", "repeat", "temperature")  # the job tests of the published method, in report order
+
+
+def temperature_p(rec: dict) -> float | None:
+    """The job's temperature p-value (method v3): recomputed from its per-position likelihood ratios
+    when the record has them (so a later fix of the statistic applies to stored jobs), else as stored."""
+    lrs = rec.get("temperature_lr")
+    if lrs and all(x is not None for x in lrs) and rec.get("agreement") is None:
+        from basis.verification.stats import temperature_pvalue
+
+        return temperature_pvalue([tuple(x) for x in lrs])
+    return rec.get("temperature_p")
+
+
 def stat_of(rec: dict) -> JobStatistic:
+    extra = {}
+    p = temperature_p(rec)
+    if p is not None:
+        extra["temperature"] = p
     return JobStatistic(tokens=rec["tokens"], greedy=rec["agreement"] is not None, z=rec["z"],
-                        agreement=rec["agreement"], tail=rec.get("tail"), repeat=rec.get("repeat"))
+                        agreement=rec["agreement"], tail=rec.get("tail"), repeat=rec.get("repeat"), **extra)
+
+
+def judge(stat: JobStatistic, binding: str, policy: VerificationPolicy) -> tuple[bool, float]:
+    """(failed, evidence) under the published policy, every job test included."""
+    alphas = {"tail_alpha": policy.tail_alpha, "repeat_alpha": policy.repeat_alpha}
+    if hasattr(policy, "temperature_alpha"):
+        alphas["temperature_alpha"] = policy.temperature_alpha
+    verdict, u = judge_job(stat, policy.calibration_for(binding), policy.job_threshold, **alphas)
+    return verdict == "failed", u
+
+
+def failed_tests(stat: JobStatistic, binding: str, policy: VerificationPolicy) -> set[str]:
+    """Which of the job tests (TESTS) the job fails on its own."""
+    cal, out = policy.calibration_for(binding), set()
+    u = standardised(stat, cal)
+    if (u < -policy.job_threshold) if stat.greedy else (stat.z is not None and abs(u) > policy.job_threshold):
+        out.add("z")
+    if stat.tail is not None and stat.tail < policy.tail_alpha:
+        out.add("tail")
+    if stat.repeat is not None and stat.repeat < policy.repeat_alpha:
+        out.add("repeat")
+    t = getattr(stat, "temperature", None)
+    if t is not None and t < getattr(policy, "temperature_alpha", 0.0):
+        out.add("temperature")
+    return out
+
+
+def caught_by(stats: list[JobStatistic], binding: str, policy: VerificationPolicy) -> str:
+    """Failed jobs per test, "z / tail / repeat / temperature" (a job can fail several)."""
+    fails = [failed_tests(s, binding, policy) for s in stats]
+    return " / ".join(str(sum(t in f for f in fails)) for t in TESTS)
+
+
+def log_p(p: float) -> str:
+    """A p-value as a power of ten, e.g. 1e-4.5 (1 stays 1)."""
+    return "1" if p >= 1 else "0" if p <= 0 else f"1e{math.log10(p):.1f}"
 
 
 def evidence(rec: dict, policy: VerificationPolicy) -> tuple[bool, float]:
-    verdict, u = judge_job(stat_of(rec), policy.calibration_for(rec["binding"]), policy.job_threshold,
-                           tail_alpha=policy.tail_alpha, repeat_alpha=policy.repeat_alpha)
-    return verdict == "failed", u
+    return judge(stat_of(rec), rec["binding"], policy)
 
 
 def checks_until_suspended(draw, policy: VerificationPolicy, cap: int) -> int | None:
@@ -107,8 +159,9 @@ def analyse(pool: list[dict], args) -> None:
 
     print("\n### Cheats\n")
     print("| binding | cheat | claimed T | jobs | z mean (min..max) | caught on first checked job | "
+          "failed by z / tail / repeat / temperature | p_temperature: largest (median) | "
           "checked jobs to suspension: median | worst | suspended within 5 / 20 |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for key, recs in sorted(groups.items()):
         b, kind, t, _ = key
         if kind in HONEST_KINDS:
@@ -120,8 +173,11 @@ def analyse(pool: list[dict], args) -> None:
         med = statistics.median([n if n is not None else math.inf for n in runs])
         worst = f">{args.cap}" if never else str(max(done))
         zs = [r["z"] for r in recs]
+        tps = [p for p in map(temperature_p, recs) if p is not None]
+        tp = f"{log_p(max(tps))} ({log_p(statistics.median(tps))})" if tps else "-"
         print(f"| {b} | {kind} | {t} | {len(recs)} | {statistics.fmean(zs):.2f} ({min(zs):.2f}..{max(zs):.2f}) | "
-              f"{100 * sum(f for f, _ in ev) / len(ev):.0f} % | {med if med != math.inf else f'>{args.cap}'} | "
+              f"{100 * sum(f for f, _ in ev) / len(ev):.0f} % | {caught_by([stat_of(r) for r in recs], b, policy)} | "
+              f"{tp} | {med if med != math.inf else f'>{args.cap}'} | "
               f"{worst} | {100 * sum(n <= 5 for n in done) / len(runs):.0f} % / "
               f"{100 * sum(n <= 20 for n in done) / len(runs):.0f} % |")
 

@@ -60,16 +60,18 @@ def job_seed(*key: object) -> int:
 class Lab:
     """Engines and the scorer for one claimed binding."""
 
-    def __init__(self, gguf: str, tokens: int, tmp: str, worker_threads: int, consecutive_seeds: bool = False) -> None:
+    def __init__(self, gguf: str, tokens: int, tmp: str, worker_threads: int, consecutive_seeds: bool = False,
+                 q2k: bool = True) -> None:
         self.name = gguf
         self.consecutive_seeds = consecutive_seeds
         self.tokens = tokens
         self.binding = ModelBinding(model_id=gguf, gguf=gguf)
         self.other = ModelBinding(model_id=OTHER[gguf], gguf=OTHER[gguf])
-        self.q2k = ModelBinding(model_id=gguf, gguf=quantize_q2k(self.binding.gguf_path, tmp))
         self.engines = {k: LlamaCppEngine(b, n_ctx=512, n_threads=t) for k, b, t in (
-            ("honest", self.binding, 1), ("threads", self.binding, worker_threads), ("other", self.other, 1),
-            ("q2k", self.q2k, 1))}
+            ("honest", self.binding, 1), ("threads", self.binding, worker_threads), ("other", self.other, 1))}
+        if q2k:  # quantizing costs CPU: only when a q2k cell is to run
+            self.q2k = ModelBinding(model_id=gguf, gguf=quantize_q2k(self.binding.gguf_path, tmp))
+            self.engines["q2k"] = LlamaCppEngine(self.q2k, n_ctx=512, n_threads=1)
         self.scorer = LlamaScorer(self.binding, n_threads=1)
         ordinary = [i for i in range(self.binding.n_vocab) if self.binding.vocab.pieces[i]]
         self.ordinary = [i for i in ordinary if i not in self.binding.eos_token_ids]
@@ -102,8 +104,11 @@ class Lab:
                                                       top_p=top_p, model=self.name))
         cpu = time.process_time() - t0
         stat = job_statistic(scores, temperature, ids)
+        lrs = [getattr(s, "temperature_lr", None) for s in scores]
         return {"tokens": len(ids), "z": stat.z, "agreement": stat.agreement, "tail": stat.tail,
-                "repeat": stat.repeat, "score_cpu": cpu,
+                "repeat": stat.repeat, "score_cpu": cpu, "temperature_p": getattr(stat, "temperature", None),
+                # per position, per ratio (method v3): the p-value can be recomputed from the pool
+                "temperature_lr": None if None in lrs else [[round(x, 6) for x in lr] for lr in lrs],
                 "excess": sum(s.logprob - s.expected for s in scores), "var": sum(s.variance for s in scores),
                 "floored": sum(s.logprob <= LOGPROB_FLOOR for s in scores)}
 
@@ -168,7 +173,8 @@ async def collect(args, pool: list[dict]) -> None:
                     and (not args.kinds or cell[0] in args.kinds)]
             if not todo:
                 continue
-            lab = Lab(gguf, args.tokens, tmp, args.worker_threads, args.seeds == "consecutive")
+            lab = Lab(gguf, args.tokens, tmp, args.worker_threads, args.seeds == "consecutive",
+                      q2k=any(cell[0] == "q2k" for cell in todo))
             for kind, t, p, n in todo:
                 t0 = time.time()
                 for k in range(n):

@@ -14,8 +14,8 @@ from pathlib import Path
 from basis.engines.scoring import TokenScore
 from basis.verification.policy import VerificationPolicy
 from basis.verification.sequential import WorkerEvidence
-from basis.verification.stats import job_statistic, judge_job, standardised
-from bench_verify_analysis import checks_until_suspended, stat_of
+from basis.verification.stats import job_statistic
+from bench_verify_analysis import caught_by, checks_until_suspended, judge, log_p, stat_of, temperature_p
 
 
 def pos_row(s: TokenScore) -> list:
@@ -47,47 +47,45 @@ def load_lines(files: list[Path]) -> list[dict]:
             stat = job_statistic(scores, r["temperature"], r["ids"])
             out.append({**{k: v for k, v in r.items() if k not in ("pos", "ids")}, "tokens": stat.tokens, "z": stat.z,
                         "agreement": stat.agreement, "tail": stat.tail, "repeat": stat.repeat,
+                        "temperature_p": getattr(stat, "temperature", None),
                         "gen_tokens": len(r["ids"]) if r.get("gen_cpu") else 0})
     return out
 
 
 def analyse_real_honest(recs: list[dict], policy: VerificationPolicy, args) -> None:
-    """Bulk real honest jobs: every job judged with the published policy, one worker's CUSUM run
-    over all of a configuration's jobs in the order they were made (real, no resampling), and
-    ``--trials`` workers of ``--honest-checked`` checked jobs drawn with replacement from them
-    (resampled: labelled so)."""
+    """Bulk real honest jobs: every job judged with the published policy (each test's failures
+    counted too), one worker's CUSUM run over all of a configuration's jobs in the order they were
+    made (real, no resampling), and ``--trials`` workers of ``--honest-checked`` checked jobs drawn
+    with replacement from them (resampled: labelled so)."""
     rng = random.Random(12)
     print("\n### Honest workers: real jobs in bulk\n")
     print("| binding | T | top_p | worker threads / n_batch | real checked jobs | z or agreement: mean (sd) | "
-          "failed (z / tail / repeat) | per-job false fail: observed (95 % upper bound) | "
+          "failed: any (z / tail / repeat / temperature) | smallest p_temperature | "
+          "per-job false fail: observed (95 % upper bound) | "
           "one worker over all of them: max CUSUM level, suspended | resampled: suspended workers |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     groups: dict[tuple, list[dict]] = {}
     for r in recs:
         key = (r["binding"], r["temperature"], r["top_p"], r.get("worker_threads", 1), r.get("n_batch", 512))
         groups.setdefault(key, []).append(r)
     for (b, t, p, th, nb), rs in sorted(groups.items()):
         rs = sorted(rs, key=lambda r: r.get("k", 0))
-        cal = policy.calibration_for(b)
-        ev, fails, causes, top, judged = WorkerEvidence(), 0, [0, 0, 0], 0.0, []
-        for r in rs:
-            stat = stat_of(r)
-            verdict, u = judge_job(stat, cal, policy.job_threshold, tail_alpha=policy.tail_alpha,
-                                   repeat_alpha=policy.repeat_alpha)
-            if verdict == "failed":
-                fails += 1
-                causes[0] += stat.z is not None and abs(standardised(stat, cal)) > policy.job_threshold
-                causes[1] += stat.tail is not None and stat.tail < policy.tail_alpha
-                causes[2] += stat.repeat is not None and stat.repeat < policy.repeat_alpha
-            ev = ev.update(u, failed=verdict == "failed", drift=policy.drift)
+        ev, top, judged = WorkerEvidence(), 0.0, []
+        stats = [stat_of(r) for r in rs]
+        for stat in stats:
+            failed, u = judge(stat, b, policy)
+            ev = ev.update(u, failed=failed, drift=policy.drift)
             top = max(top, ev.level)
-            judged.append((verdict == "failed", u))
+            judged.append((failed, u))
+        fails = sum(f for f, _ in judged)
         boot = sum(checks_until_suspended(lambda j=judged: rng.choice(j), policy, args.honest_checked) is not None
                    for _ in range(args.trials))
         raw = [r["agreement"] if r["agreement"] is not None else r["z"] for r in rs]
+        tps = [p for p in map(temperature_p, rs) if p is not None]
         n = len(rs)
-        upper = 3.0 / n if fails == 0 else (fails + 2 * math.sqrt(fails) + 2) / n  # rule of three / rough Poisson
+        upper = min(1.0, 3.0 / n if fails == 0 else (fails + 2 * math.sqrt(fails) + 2) / n)  # rule of three / Poisson
         print(f"| {b} | {t} | {p} | {th} / {nb} | {n} | {statistics.fmean(raw):.3f} "
-              f"({statistics.stdev(raw) if n > 1 else 0:.3f}) | {fails} ({causes[0]} / {causes[1]} / {causes[2]}) | "
+              f"({statistics.stdev(raw) if n > 1 else 0:.3f}) | {fails} ({caught_by(stats, b, policy)}) | "
+              f"{log_p(min(tps)) if tps else '-'} | "
               f"{fails / n:.2%} ({upper:.2%}) | {top:.2f}, {'yes' if ev.crossed(policy.worker_threshold) else 'no'} | "
               f"{boot}/{args.trials} x {args.honest_checked} |")
