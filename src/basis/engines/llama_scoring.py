@@ -29,7 +29,14 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from basis.engines.scoring import LOGPROB_FLOOR, ScoreRequest, ScoringError, TokenScore
+from basis.engines.scoring import (
+    LOGPROB_FLOOR,
+    TEMPERATURE_RATIOS,
+    ScoreRequest,
+    ScoringError,
+    TokenScore,
+    temperature_log_factors,
+)
 from basis.models.binding import ModelBinding
 
 GREEDY_TEMPERATURE = 1e-6  # same rule as basis.verification.stats: at or below, the job is greedy
@@ -118,6 +125,15 @@ def _softmax_stats(z: np.ndarray) -> tuple[float, float, float]:
     return lse, expected, max(float(np.dot(q, dev * dev)), 0.0)
 
 
+def _temperature_log_norms(z: np.ndarray, lse: float) -> list[float]:
+    """log sum_j q_j^(1/s) per ratio s, q = softmax(z) (lse its log-normaliser): one exp over z a
+    ratio, float32 work, float64 sums."""
+    m = float(z.max())
+    d = z - np.float32(m)
+    return [m / s + math.log(float(np.exp(d * np.float32(1.0 / s)).sum(dtype=np.float64))) - lse / s
+            for s in TEMPERATURE_RATIOS]
+
+
 def _tail(z: np.ndarray, zt: np.float32) -> float:
     """softmax(z)'s mass on the entries with z <= zt."""
     e = np.exp(z - z.max())
@@ -156,6 +172,7 @@ def position_scores(logits: np.ndarray, tokens: Sequence[int], temperature: floa
         z = row if temp == 1.0 else row / np.float32(temp)
         zt = z[tok]
         outside = False
+        strict_out = False  # outside the strict nucleus (the tolerance band or beyond): the temperature test
         z_tail = z
         if nucleus:
             base = row if top_p_before_temperature else z
@@ -166,17 +183,22 @@ def position_scores(logits: np.ndarray, tokens: Sequence[int], temperature: floa
             wide = top_p + NUCLEUS_TOLERANCE
             kept_tol = p >= _nucleus_floor(p, wide) if wide < 1.0 else np.ones(p.shape, dtype=bool)
             outside = not kept_tol[tok]
+            strict_out = not keep[tok]
             z_tail = z[kept_tol]
             z = z[keep]
         lse, expected, variance = _softmax_stats(z)
         tail = 0.0 if outside else _tail(z_tail, zt)
         logprob = LOGPROB_FLOOR if outside else max(LOGPROB_FLOOR, float(zt) - lse)
+        temp_lr = None
+        if not greedy:  # the temperature test's factors (basis.engines.scoring.temperature_log_factors)
+            edge = float(z.min()) - lse if strict_out else None
+            temp_lr = temperature_log_factors(float(zt) - lse, _temperature_log_norms(z, lse), edge)
         raw_lp = None
         if raw:  # the temperature-1 distribution before any nucleus: one more pass over the row
             raw_lp = lt - (lse if z is row else float(row.max()) + math.log(
                 float(np.exp(row - row.max()).sum(dtype=np.float64))))
         out.append(TokenScore(logprob=logprob, expected=expected, variance=variance, rank=rank, tail=min(1.0, tail),
-                              raw_logprob=raw_lp))
+                              raw_logprob=raw_lp, temperature_lr=temp_lr))
     return out
 
 

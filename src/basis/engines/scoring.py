@@ -8,11 +8,22 @@ Engines implement it next to generation: llama.cpp on the CPU, sglang on GPUs.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 # log q_i(t_i) of a token outside the claimed nucleus is -inf; the statistic needs a floor.
 LOGPROB_FLOOR = -30.0
+# The temperature test (verification.stats.temperature_pvalue): the alternatives "the worker sampled
+# from q^(s)", q^(s) proportional to q^(1/s) on q's support (the same nucleus at temperature T * s),
+# one per ratio s. s < 1: colder (greedy is s -> 0); s > 1: hotter.
+TEMPERATURE_RATIOS: tuple[float, ...] = (0.25, 0.5, 1.5, 2.0)
+# The test's per-position factor is q^(s)(t) / max(q(t), TEMPERATURE_PROB_FLOOR): flooring the
+# denominator only lowers the factor (the test stays valid), and bounds what one absurd token can add
+# (at most TEMPERATURE_PROB_FLOOR ** (1/s - 1) for s > 1: a factor 100 at s = 2).
+TEMPERATURE_PROB_FLOOR = 1e-4
+_LOG_PROB_FLOOR = math.log(TEMPERATURE_PROB_FLOOR)
 
 
 class ScoringError(RuntimeError):
@@ -48,6 +59,46 @@ class TokenScore:
     # log softmax(raw reference logits)[t_i]: temperature 1, no top_p, not floored (the convention
     # of reported logprobs). None unless the request asked for it.
     raw_logprob: float | None = None
+    # Per ratio s of TEMPERATURE_RATIOS, in order: the log of the temperature test's factor at this
+    # position, log q^(s)(t_i) - log max(q_i(t_i), TEMPERATURE_PROB_FLOOR) (``temperature_log_factors``).
+    # Under honest sampling each factor has mean <= 1 given the tokens before it. None: not computed
+    # (greedy jobs). An entry of -inf: the scorer could not bound that ratio's factor here, so it
+    # counts as 0 (always a valid lower bound; that alternative gets no evidence from the job).
+    temperature_lr: tuple[float, ...] | None = None
+
+
+def temperature_log_factors(logq: float, log_norms: Sequence[float | None], edge: float | None = None
+                            ) -> tuple[float, ...]:
+    """The temperature test's log factor per ratio at one position.
+
+    ``logq``: log q(t) of the worker's token under the claimed distribution, NOT floored at
+    LOGPROB_FLOOR (below F the factor grows with q: raising q to a floor would raise it);
+    ``log_norms[k]``: log Z_s = log sum_{j in the nucleus} q_j^(1/s) for
+    s = TEMPERATURE_RATIOS[k] (an upper bound is fine: it only lowers the factor; None: not bounded,
+    the factor is 0).
+    Then log q^(s)(t) = logq / s - log Z_s, and the factor is q^(s)(t) / max(q(t), F).
+
+    ``edge``: the token lies outside the strict nucleus (the NUCLEUS_TOLERANCE band, or floored), so
+    q^(s) gives it no mass; ``edge`` is log q of the nucleus' least likely token. The factor is then
+    the smaller of its own (computed from ``logq`` as if it were inside) and the edge token's: never
+    larger than the factor of a token inside the nucleus (for s < 1 the factor grows with q, for
+    s > 1 it shrinks with q down to F), so a cheat gains nothing by leaving the nucleus, and an
+    honest worker's drift past the edge cannot add evidence beyond an edge token's.
+    """
+
+    def factor(lq: float, log_norm: float, s: float) -> float:
+        return lq / s - log_norm - max(lq, _LOG_PROB_FLOOR)
+
+    out: list[float] = []
+    for s, log_norm in zip(TEMPERATURE_RATIOS, log_norms, strict=True):
+        if log_norm is None:
+            out.append(-math.inf)
+            continue
+        f = factor(logq, log_norm, s)
+        if edge is not None:
+            f = min(f, factor(edge, log_norm, s))
+        out.append(f)
+    return tuple(out)
 
 
 @runtime_checkable

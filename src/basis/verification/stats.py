@@ -18,6 +18,10 @@ engine repeating one id" against the claimed sampler, an e-value valid by Ville'
 whatever the output length, so no calibration either. A stuck engine's z can sit near 0: once the
 loop has started, the reference, teacher-forced, predicts each further repetition (induction);
 the likelihood ratio counts the whole repeated run against the claimed distribution instead.
+Sampled jobs also carry a temperature p-value (``temperature_pvalue``, new in v3): the likelihood
+ratio of "the worker sampled at another temperature", T * s for s in TEMPERATURE_RATIOS (greedy is
+s -> 0), against the claimed sampler, again an e-value valid by Ville's inequality. It catches what
+z only leans towards: greedy-when-asked-to-sample (z ~ +1.8 a job) and a doubled temperature.
 """
 
 from __future__ import annotations
@@ -27,12 +31,15 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Literal
 
-from basis.engines.scoring import TokenScore
+from basis.engines.scoring import TEMPERATURE_RATIOS, TokenScore
 
-METHOD = "teacher-forced-z/v2"  # v2: the repeat test beside z, and the tail test on two tokens
+# v2: the repeat test beside z, and the tail test on two tokens; v3: the temperature test
+METHOD = "teacher-forced-z/v3"
 GREEDY_TEMPERATURE = 1e-6  # at or below this the job is greedy
 TAIL_ALPHA = 5e-4  # a sampled job fails when its tail p-value is below this (honest false fails <= 0.05 %)
 REPEAT_ALPHA = 2e-4  # a sampled job fails when its repeat p-value is below this (honest false fails <= 0.02 %)
+# a sampled job fails when its temperature p-value is below this (honest false fails <= 0.02 %)
+TEMPERATURE_ALPHA = 2e-4
 Verdict = Literal["passed", "failed"]
 
 
@@ -44,6 +51,11 @@ class JobStatistic:
     agreement: float | None = None  # greedy jobs: share of argmax tokens
     tail: float | None = None  # sampled jobs: tail_pvalue of the per-token tails (None: scorer gave no tails)
     repeat: float | None = None  # sampled jobs: the repeat p-value (None: the ids were not given)
+    # sampled jobs: the temperature p-value (None: the scorer gave no temperature factors)
+    temperature: float | None = None
+    # the ratio s of TEMPERATURE_RATIOS whose alternative explains the output best (largest
+    # likelihood ratio): s < 1 a colder sampler (output too likely), s > 1 a hotter one
+    temperature_ratio: float | None = None
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -88,6 +100,37 @@ def repeat_pvalue(logprobs: Sequence[float], ids: Sequence[int]) -> float:
     return 1.0 if log_e <= 0 else math.exp(-log_e)
 
 
+def _logsumexp(xs: Sequence[float]) -> float:
+    top = max(xs)
+    if top == -math.inf:
+        return -math.inf
+    return top + math.log(sum(math.exp(x - top) for x in xs))
+
+
+def temperature_evidence(lrs: Sequence[Sequence[float]]) -> tuple[float, float]:
+    """(p-value, best ratio) of the temperature test from the per-position log factors
+    (``TokenScore.temperature_lr``, one entry per ratio of TEMPERATURE_RATIOS).
+
+    Alternative s: the worker sampled from q^(s), proportional to q^(1/s) on the claimed support.
+    Its factor at a position, q^(s)(t) / max(q(t), F), has mean sum_j q_j q^(s)_j / max(q_j, F) <= 1
+    under honest sampling given the tokens before it (the floor F only lowers it), so the product
+    over positions is a non-negative supermartingale of initial value 1, and so is the mixture
+    E = sum_s prod_i factor_{i,s} / |S|. By Ville's inequality P(E >= 1/a at any length) <= a:
+    ``min(1, 1 / E)`` is a valid p-value for any stopping rule, with no calibration."""
+    k = len(TEMPERATURE_RATIOS)
+    if not lrs:
+        return 1.0, 1.0
+    sums = [math.fsum(float(lr[j]) for lr in lrs) for j in range(k)]  # -inf: that ratio got factor 0
+    log_e = _logsumexp(sums) - math.log(k)
+    best = TEMPERATURE_RATIOS[max(range(k), key=lambda j: sums[j])]
+    return (1.0 if log_e <= 0 else math.exp(-log_e)), best
+
+
+def temperature_pvalue(lrs: Sequence[Sequence[float]]) -> float:
+    """The temperature test's p-value (``temperature_evidence``)."""
+    return temperature_evidence(lrs)[0]
+
+
 def tail_pvalue(tails: Sequence[float]) -> float:
     """C(n, 2) x (second smallest tail)^2, a valid p-value for two improbable tokens (module doc)."""
     n = len(tails)
@@ -112,7 +155,12 @@ def job_statistic(scores: Sequence[TokenScore], temperature: float,
     repeat = None
     if output_ids is not None and len(output_ids) == n:
         repeat = repeat_pvalue([s.logprob for s in scores], output_ids)
-    return JobStatistic(tokens=n, greedy=False, z=z, tail=tail, repeat=repeat)
+    temperature = ratio = None
+    lrs = [s.temperature_lr for s in scores]
+    if n and all(lr is not None and len(lr) == len(TEMPERATURE_RATIOS) for lr in lrs):
+        temperature, ratio = temperature_evidence(lrs)  # type: ignore[arg-type]
+    return JobStatistic(tokens=n, greedy=False, z=z, tail=tail, repeat=repeat, temperature=temperature,
+                        temperature_ratio=ratio)
 
 
 def standardised(stat: JobStatistic, calibration: Calibration) -> float:
@@ -128,13 +176,18 @@ def standardised(stat: JobStatistic, calibration: Calibration) -> float:
 
 
 def judge_job(stat: JobStatistic, calibration: Calibration, job_threshold: float,
-              tail_alpha: float = TAIL_ALPHA, repeat_alpha: float = REPEAT_ALPHA) -> tuple[Verdict, float]:
+              tail_alpha: float = TAIL_ALPHA, repeat_alpha: float = REPEAT_ALPHA,
+              temperature_alpha: float = TEMPERATURE_ALPHA) -> tuple[Verdict, float]:
     """(verdict, standardised evidence): a job fails when its evidence is beyond the threshold
     on either side (greedy: only below, and its evidence is capped at 0, since agreeing with the
     reference is never suspicious: an honest CPU worker agrees more often than the calibrated rate),
     or when its tail p-value is below ``tail_alpha`` or its repeat p-value below ``repeat_alpha``;
     such a job counts as evidence of at least ``job_threshold`` against the worker (below: its
-    output was too unlikely as a whole)."""
+    output was too unlikely as a whole). Else a temperature p-value below ``temperature_alpha``
+    fails it with evidence of at least ``job_threshold`` on the side of the ratio that won: above
+    for a colder sampler (s < 1, output too likely: the CUSUM's upper side), below for a hotter one
+    (a statistic without the ratio: the sign of z). A statistic without a temperature p-value (v2
+    and older verdicts) is judged exactly as before."""
     u = standardised(stat, calibration)
     if stat.greedy:  # agreeing with the reference is never evidence against the worker
         u = min(u, 0.0)
@@ -142,4 +195,7 @@ def judge_job(stat: JobStatistic, calibration: Calibration, job_threshold: float
     if not stat.greedy and ((stat.tail is not None and stat.tail < tail_alpha)
                             or (stat.repeat is not None and stat.repeat < repeat_alpha)):
         bad, u = True, min(u, -job_threshold)
+    elif not stat.greedy and stat.temperature is not None and stat.temperature < temperature_alpha:
+        colder = stat.temperature_ratio < 1 if stat.temperature_ratio is not None else (stat.z or 0.0) > 0
+        bad, u = True, (max(u, job_threshold) if colder else min(u, -job_threshold))
     return ("failed" if bad else "passed"), u
