@@ -10,40 +10,44 @@ import statistics
 
 from basis.verification.policy import VerificationPolicy
 from basis.verification.sequential import WorkerEvidence
-from basis.verification.stats import JobStatistic, judge_job, standardised
+from basis.verification.stats import TEMPERATURE_ALPHA, JobStatistic, judge_job, standardised, temperature_evidence
 
 HONEST_KINDS = ("honest", "threads")
 
 TESTS = ("z", "tail", "repeat", "temperature")  # the job tests of the published method, in report order
 
 
-def temperature_p(rec: dict) -> float | None:
-    """The job's temperature p-value (method v3): recomputed from its per-position likelihood ratios
-    when the record has them (so a later fix of the statistic applies to stored jobs), else as stored."""
+def temperature_evidence_of(rec: dict) -> tuple[float | None, float | None]:
+    """The job's temperature p-value and winning ratio (method v3): recomputed from its per-position
+    likelihood ratios when the record has them (so a later fix of the statistic applies to stored
+    jobs), else as stored; (None, None) for jobs scored before v3."""
     lrs = rec.get("temperature_lr")
-    if lrs and all(x is not None for x in lrs) and rec.get("agreement") is None:
-        from basis.verification.stats import temperature_pvalue
+    if lrs and rec.get("agreement") is None:
+        return temperature_evidence(lrs)
+    return rec.get("temperature_p"), rec.get("temperature_ratio")
 
-        return temperature_pvalue([tuple(x) for x in lrs])
-    return rec.get("temperature_p")
+
+def temperature_p(rec: dict) -> float | None:
+    return temperature_evidence_of(rec)[0]
 
 
 def stat_of(rec: dict) -> JobStatistic:
-    extra = {}
-    p = temperature_p(rec)
-    if p is not None:
-        extra["temperature"] = p
+    p, ratio = temperature_evidence_of(rec)
     return JobStatistic(tokens=rec["tokens"], greedy=rec["agreement"] is not None, z=rec["z"],
-                        agreement=rec["agreement"], tail=rec.get("tail"), repeat=rec.get("repeat"), **extra)
+                        agreement=rec["agreement"], tail=rec.get("tail"), repeat=rec.get("repeat"),
+                        temperature=p, temperature_ratio=ratio)
 
 
 def judge(stat: JobStatistic, binding: str, policy: VerificationPolicy) -> tuple[bool, float]:
     """(failed, evidence) under the published policy, every job test included."""
-    alphas = {"tail_alpha": policy.tail_alpha, "repeat_alpha": policy.repeat_alpha}
-    if hasattr(policy, "temperature_alpha"):
-        alphas["temperature_alpha"] = policy.temperature_alpha
-    verdict, u = judge_job(stat, policy.calibration_for(binding), policy.job_threshold, **alphas)
+    verdict, u = judge_job(stat, policy.calibration_for(binding), policy.job_threshold, tail_alpha=policy.tail_alpha,
+                           repeat_alpha=policy.repeat_alpha, temperature_alpha=temperature_alpha(policy))
     return verdict == "failed", u
+
+
+def temperature_alpha(policy: VerificationPolicy) -> float:
+    # the published policy field, where this branch has it; else the method's constant (the same default)
+    return getattr(policy, "temperature_alpha", TEMPERATURE_ALPHA)
 
 
 def failed_tests(stat: JobStatistic, binding: str, policy: VerificationPolicy) -> set[str]:
@@ -56,8 +60,7 @@ def failed_tests(stat: JobStatistic, binding: str, policy: VerificationPolicy) -
         out.add("tail")
     if stat.repeat is not None and stat.repeat < policy.repeat_alpha:
         out.add("repeat")
-    t = getattr(stat, "temperature", None)
-    if t is not None and t < getattr(policy, "temperature_alpha", 0.0):
+    if stat.temperature is not None and stat.temperature < temperature_alpha(policy):
         out.add("temperature")
     return out
 

@@ -104,9 +104,10 @@ class Lab:
                                                       top_p=top_p, model=self.name))
         cpu = time.process_time() - t0
         stat = job_statistic(scores, temperature, ids)
-        lrs = [getattr(s, "temperature_lr", None) for s in scores]
+        lrs = [s.temperature_lr for s in scores]
         return {"tokens": len(ids), "z": stat.z, "agreement": stat.agreement, "tail": stat.tail,
-                "repeat": stat.repeat, "score_cpu": cpu, "temperature_p": getattr(stat, "temperature", None),
+                "repeat": stat.repeat, "score_cpu": cpu, "temperature_p": stat.temperature,
+                "temperature_ratio": stat.temperature_ratio,
                 # per position, per ratio (method v3): the p-value can be recomputed from the pool
                 "temperature_lr": None if None in lrs else [[round(x, 6) for x in lr] for lr in lrs],
                 "excess": sum(s.logprob - s.expected for s in scores), "var": sum(s.variance for s in scores),

@@ -21,7 +21,7 @@ from bench_verify_analysis import caught_by, checks_until_suspended, judge, log_
 def pos_row(s: TokenScore) -> list:
     """One output position as stored: logprob, expected, variance, rank, tail, and (method v3) the
     per-ratio temperature log likelihood ratios (None where the scorer gave none)."""
-    lrs = getattr(s, "temperature_lr", None)
+    lrs = s.temperature_lr
     return [round(s.logprob, 5), round(s.expected, 5), round(s.variance, 5), s.rank,
             None if s.tail is None else float(f"{s.tail:.6g}"),
             None if lrs is None else [round(x, 6) for x in lrs]]
@@ -29,9 +29,8 @@ def pos_row(s: TokenScore) -> list:
 
 def token_score(row: list) -> TokenScore:
     """A stored row back as the scorer's TokenScore (rows of five columns: files before v3)."""
-    logprob, expected, variance, rank, tail = row[:5]
-    extra = {"temperature_lr": tuple(row[5])} if len(row) > 5 and row[5] is not None else {}
-    return TokenScore(logprob=logprob, expected=expected, variance=variance, rank=rank, tail=tail, **extra)
+    lrs = tuple(row[5]) if len(row) > 5 and row[5] is not None else None
+    return TokenScore(logprob=row[0], expected=row[1], variance=row[2], rank=row[3], tail=row[4], temperature_lr=lrs)
 
 
 def load_lines(files: list[Path]) -> list[dict]:
@@ -47,7 +46,7 @@ def load_lines(files: list[Path]) -> list[dict]:
             stat = job_statistic(scores, r["temperature"], r["ids"])
             out.append({**{k: v for k, v in r.items() if k not in ("pos", "ids")}, "tokens": stat.tokens, "z": stat.z,
                         "agreement": stat.agreement, "tail": stat.tail, "repeat": stat.repeat,
-                        "temperature_p": getattr(stat, "temperature", None),
+                        "temperature_p": stat.temperature, "temperature_ratio": stat.temperature_ratio,
                         "gen_tokens": len(r["ids"]) if r.get("gen_cpu") else 0})
     return out
 
