@@ -99,12 +99,21 @@ def analyse(pool: list[dict], args) -> None:
     policy = VerificationPolicy()
     rng = random.Random(11)
     print(f"policy: job_threshold {policy.job_threshold}, worker_threshold {policy.worker_threshold}, "
-          f"drift {policy.drift}; calibration "
+          f"drift {policy.drift}, tail_alpha {policy.tail_alpha}, repeat_alpha {policy.repeat_alpha}, "
+          f"temperature_alpha {temperature_alpha(policy)}; calibration "
           + "; ".join(f"{m}: {vars(policy.calibration_for(m))}" for m in args.bindings))
     groups: dict[tuple, list[dict]] = {}
     for rec in pool:
         groups.setdefault((rec["binding"], rec["kind"], rec["temperature"], rec["top_p"]), []).append(rec)
+    if any(kind in HONEST_KINDS for _, kind, _, _ in groups):
+        analyse_honest_cells(pool, groups, policy, rng, args)
+    if any(kind not in HONEST_KINDS for _, kind, _, _ in groups):
+        analyse_cheats(groups, policy, rng, args)
+    print_cost(pool + args.real, policy, args)
 
+
+def analyse_honest_cells(pool: list[dict], groups: dict[tuple, list[dict]], policy: VerificationPolicy,
+                         rng: random.Random, args) -> None:
     print("\n### Honest workers\n")
     pooled_sd = {}
     for b in args.bindings:
@@ -160,6 +169,8 @@ def analyse(pool: list[dict], args) -> None:
               f"{min(us):.2f}..{max(us):.2f} | {sum(f for f, _ in ev)}/{len(ev)} | {est:.1e} | "
               f"{boot}/{args.trials} x {args.honest_checked} | {par}/{args.trials} x {args.honest_checked} |")
 
+
+def analyse_cheats(groups: dict[tuple, list[dict]], policy: VerificationPolicy, rng: random.Random, args) -> None:
     print("\n### Cheats\n")
     print("| binding | cheat | claimed T | jobs | z mean (min..max) | caught on first checked job | "
           "failed by z / tail / repeat / temperature | p_temperature: largest (median) | "
@@ -184,10 +195,12 @@ def analyse(pool: list[dict], args) -> None:
               f"{worst} | {100 * sum(n <= 5 for n in done) / len(runs):.0f} % / "
               f"{100 * sum(n <= 20 for n in done) / len(runs):.0f} % |")
 
+
+def print_cost(recs: list[dict], policy: VerificationPolicy, args) -> None:
     print("\n### Cost\n")
     for b in args.bindings:
-        gen = [r for r in pool + args.real if r["binding"] == b and r.get("gen_tokens")]
-        sc = [r for r in pool + args.real if r["binding"] == b and "score_cpu" in r]
+        gen = [r for r in recs if r["binding"] == b and r.get("gen_tokens")]
+        sc = [r for r in recs if r["binding"] == b and "score_cpu" in r]
         if not gen or not sc:
             continue
         g = sum(r["gen_cpu"] for r in gen) / max(1, sum(r["gen_tokens"] for r in gen))
