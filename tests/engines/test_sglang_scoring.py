@@ -150,3 +150,38 @@ def test_score_position_edge_cases():
 def test_unsupported_server_cannot_score():
     with pytest.raises(ScoringError, match=r"sglang 0\.5\.1 cannot score: the minimum is sglang 0\.5\.6"):
         score(ScoreRequest([1, 2], [3], 1.0), top_k=4, behaviour=Behaviour.for_version("0.5.1"))
+
+
+def test_temperature_factors_from_the_top_k_never_exceed_the_exact_ones():
+    """The temperature test's factor from the top-k alone is a lower bound of the exact one (the
+    definition over the whole vocabulary, computed by the llama.cpp scorer's code in sglang's order:
+    temperature, then top_p), whatever the token, and close to it when the top-k covers the mass."""
+    from basis.engines.llama_scoring import position_scores
+
+    rng = np.random.default_rng(11)
+    vocab = 300
+    checked = finite = 0
+    for _ in range(120):
+        raw = rng.standard_normal(vocab) * rng.choice([1.0, 2.5, 4.0])
+        lp = raw - np.logaddexp.reduce(raw)
+        order = np.argsort(-lp, kind="stable")
+        temperature = float(rng.choice([0.5, 0.7, 1.0, 1.3, 2.0]))
+        top_p = float(rng.choice([1.0, 0.95, 0.9, 0.7]))
+        k = int(rng.choice([5, 20, 64, vocab]))
+        top = [(float(lp[j]), int(j)) for j in order[:k]]
+        picks = (0, 3, k // 2, min(k + 2, vocab - 1))  # the argmax, inside, mid top-k, past it; and any
+        for token in {*(int(order[j]) for j in picks), int(rng.integers(vocab))}:
+            exact = position_scores(lp[None, :], [token], temperature, top_p, top_p_before_temperature=False)[0]
+            got = score_position(top, float(lp[token]), token, temperature, top_p, n_vocab=vocab)
+            assert got.temperature_lr is not None and exact.temperature_lr is not None
+            for g, x in zip(got.temperature_lr, exact.temperature_lr, strict=True):
+                assert g <= x + 1e-5, (k, temperature, top_p, token, got.temperature_lr, exact.temperature_lr)
+                checked += 1
+                finite += math.isfinite(g)
+            if k == vocab and top_p == 1.0:  # the whole distribution: the bound is the exact factor (up to the slack)
+                assert got.temperature_lr == pytest.approx(exact.temperature_lr, abs=1e-2)
+    assert finite > checked // 2  # mostly a real bound, not the trivial factor 0
+    no_vocab = score_position([(math.log(0.5), 1), (math.log(0.3), 2)], math.log(0.5), 1, 1.0, 1.0)
+    assert no_vocab.temperature_lr is not None
+    assert no_vocab.temperature_lr[2] == no_vocab.temperature_lr[3] == -math.inf  # hotter: unbounded without n_vocab
+    assert all(math.isfinite(x) for x in no_vocab.temperature_lr[:2])  # colder: bounded by the k-th probability

@@ -13,6 +13,7 @@ import pytest
 from basis.ledger.projections import Projector
 from basis.ledger.service import Ledger
 from basis.ledger.verdicts import record_verdict
+from basis.verification.stats import JobStatistic
 from tests.ledger.test_audit import basis_audit
 from tests.verification.helpers import CHEAT, HONEST, POLICY, contributor_job, failing, passing
 
@@ -139,3 +140,66 @@ def test_an_edited_probation_is_named(settings):
     assert rc != 0
     assert f"worker {HONEST}: probation from 7 checked jobs, its verdicts say 1" in report["problems"], \
         report["problems"]
+
+
+@pytest.fixture
+def judged_by_temperature(settings):
+    """A job failed by its temperature test alone (z unremarkable, p below temperature_alpha, a colder
+    ratio won), one passed with a temperature p-value, and one judged the v2 way (no temperature)."""
+    ledger = Ledger(settings, verification=POLICY)
+    account_id = ledger.open_account("dee")
+    ledger.grant("dee", 10**18)
+    jobs = {}
+    stats = {"greedy": JobStatistic(tokens=8, greedy=False, z=1.8, temperature=1e-6, temperature_ratio=0.25),
+             "passed": JobStatistic(tokens=8, greedy=False, z=0.3, temperature=0.4, temperature_ratio=1.5),
+             "v2": passing()}
+    for name, stat in stats.items():
+        job_id, _ = contributor_job(ledger, account_id, CHEAT if name == "greedy" else HONEST)
+        out = ledger.run(record_verdict(job_id, ledger.get(job_id).check["ids_sha256"], stat, POLICY))
+        assert out["verdict"] == ("failed" if name == "greedy" else "passed")
+        jobs[name] = str(job_id)
+    Projector(ledger.store, settings.views_path).catch_up()
+    ledger.close()
+    rc, report = basis_audit(settings.home)
+    assert rc == 0 and report["ok"], report["problems"]
+    return settings, jobs
+
+
+def test_a_verdict_of_the_old_shape_still_re_decides_equal(judged_by_temperature):
+    """A v2 verdict event: no temperature in its statistic and no temperature_alpha beside it."""
+    settings, jobs = judged_by_temperature
+
+    def to_v2(state):
+        state.pop("temperature_alpha")
+        for key in ("temperature", "temperature_ratio"):
+            state["statistic"].pop(key)
+        state["method"] = "teacher-forced-z/v2"
+
+    _edit_event(settings, jobs["v2"], "basis:Job.Verified.v1", to_v2)
+    _drop_views(settings)
+    rc, report = basis_audit(settings.home)
+    assert rc == 0 and report["ok"], report["problems"]
+
+
+def test_a_tampered_temperature_p_value_is_named(judged_by_temperature):
+    settings, jobs = judged_by_temperature
+    _edit_event(settings, jobs["passed"], "basis:Job.Verified.v1", lambda s: s["statistic"].update(temperature=1e-9))
+    _edit_event(settings, jobs["greedy"], "basis:Job.Verified.v1", lambda s: s["statistic"].update(temperature=0.3))
+    rc, report = basis_audit(settings.home)
+    problems = report["problems"]
+    assert rc != 0
+    assert any(p.startswith(f"job {jobs['passed']}: verdict 'passed' but its statistic decides 'failed'")
+               for p in problems), problems
+    assert any(p.startswith(f"job {jobs['greedy']}: verdict 'failed' but its statistic decides 'passed'")
+               for p in problems), problems
+
+
+def test_the_audit_re_decides_with_the_recorded_temperature_alpha(judged_by_temperature):
+    """The alpha travels with the verdict: lowered in the event below the job's p-value, the
+    recorded failure no longer follows from it."""
+    settings, jobs = judged_by_temperature
+    _edit_event(settings, jobs["greedy"], "basis:Job.Verified.v1", lambda s: s.update(temperature_alpha=1e-9))
+    rc, report = basis_audit(settings.home)
+    assert rc != 0
+    assert any(p.startswith(f"job {jobs['greedy']}: verdict 'failed' but its statistic decides 'passed'")
+               for p in report["problems"]), report["problems"]

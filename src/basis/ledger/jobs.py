@@ -162,7 +162,8 @@ class Job(Aggregate):
     @event("Verified", topic="basis:Job.Verified.v1")
     def record_verdict(self, verdict: str, method: str, tokens: int, statistic: dict[str, Any], evidence: float,
                        job_threshold: float, calibration: dict[str, float], ids_sha256: str,
-                       tail_alpha: float | None = None, repeat_alpha: float | None = None) -> None:
+                       tail_alpha: float | None = None, repeat_alpha: float | None = None,
+                       temperature_alpha: float | None = None) -> None:
         """The verifier's verdict, with everything needed to re-decide it (audit): the statistic,
         the threshold and the binding's calibration it was judged against."""
         if self.check is None:
@@ -176,7 +177,7 @@ class Job(Aggregate):
         self.verdict = {"verdict": verdict, "method": method, "tokens": tokens, "statistic": dict(statistic),
                         "evidence": evidence, "job_threshold": job_threshold, "calibration": dict(calibration),
                         "ids_sha256": ids_sha256, "tail_alpha": tail_alpha,
-                        "repeat_alpha": repeat_alpha}
+                        "repeat_alpha": repeat_alpha, "temperature_alpha": temperature_alpha}
 
     @event("RewardForfeited", topic="basis:Job.RewardForfeited.v1")
     def forfeit_reward(self, reason: str, evidence: list[str], amount: int) -> None:

@@ -112,8 +112,9 @@ def record_verdict(job_id: UUID, ids_sha256: str, statistic: JobStatistic, polic
         calibration = policy.calibration_for(job.model)
         tail_alpha = policy.tail_alpha  # the tail test on the scorer's per-token tails (verification.stats)
         repeat_alpha = policy.repeat_alpha  # the repeat (stuck engine) test on the worker's ids
+        temperature_alpha = policy.temperature_alpha  # the temperature test (another T, greedy included)
         verdict, u = judge_job(statistic, calibration, policy.job_threshold, tail_alpha=tail_alpha,
-                               repeat_alpha=repeat_alpha)
+                               repeat_alpha=repeat_alpha, temperature_alpha=temperature_alpha)
         stat = statistic.as_dict()
         if reported is not None:
             stat[REPORTED_KEY] = reported.as_dict()
@@ -121,7 +122,7 @@ def record_verdict(job_id: UUID, ids_sha256: str, statistic: JobStatistic, polic
         job.record_verdict(verdict=verdict, method=policy.method, tokens=statistic.tokens,
                            statistic=stat, evidence=u, job_threshold=policy.job_threshold,
                            calibration=asdict(calibration), ids_sha256=ids_sha256, tail_alpha=tail_alpha,
-                           repeat_alpha=repeat_alpha)
+                           repeat_alpha=repeat_alpha, temperature_alpha=temperature_alpha)
         if verdict == "failed":
             _refund(uow, job)
             if not job.reward_forfeited:

@@ -146,7 +146,9 @@ def _rejudge(job_id: str, d: dict[str, Any], problems: list[str]) -> None:
     try:
         own, reported = split_statistic(d["statistic"])
         stat = JobStatistic(**own)
-        extra = {k: float(d[k]) for k in ("tail_alpha", "repeat_alpha") if d.get(k) is not None}
+        # the alphas the verdict was judged with (recorded from v2 / v3 on; older verdicts: the defaults,
+        # and a statistic without a temperature p-value is judged as before whatever its alpha)
+        extra = {k: float(d[k]) for k in ("tail_alpha", "repeat_alpha", "temperature_alpha") if d.get(k) is not None}
         verdict, u = judge_job(stat, Calibration(**d["calibration"]), float(d["job_threshold"]), **extra)
         verdict, u = judge_reported(verdict, u, reported, float(d["job_threshold"]))
     except (TypeError, ValueError, KeyError, AssertionError) as exc:

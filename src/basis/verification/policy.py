@@ -8,8 +8,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from basis.engines.scoring import TEMPERATURE_PROB_FLOOR, TEMPERATURE_RATIOS
 from basis.verification.reported_logprobs import MEAN_TOLERANCE, TOKEN_TOLERANCE
-from basis.verification.stats import METHOD, REPEAT_ALPHA, TAIL_ALPHA, Calibration
+from basis.verification.stats import METHOD, REPEAT_ALPHA, TAIL_ALPHA, TEMPERATURE_ALPHA, Calibration
 
 # Honest behaviour of each packaged reference model (models/gguf.py short names), measured with
 # scripts/bench_verify_honest.py (docs/verification.md "Calibration"); a binding over another file
@@ -34,6 +35,8 @@ class VerificationPolicy:
     calibration: dict[str, Calibration] = field(default_factory=dict)  # advertised model -> honest stats
     tail_alpha: float = TAIL_ALPHA  # a sampled job whose tail p-value is below this fails
     repeat_alpha: float = REPEAT_ALPHA  # a sampled job whose repeat p-value (stuck engine) is below this fails
+    # a sampled job whose temperature p-value (sampled at another temperature, greedy included) is below this fails
+    temperature_alpha: float = TEMPERATURE_ALPHA
 
     def calibration_for(self, model: str, gguf: str | None = None) -> Calibration:
         """The advertised model's calibration; else the measured one of its reference file
@@ -55,7 +58,9 @@ class VerificationPolicy:
         return {"enabled": self.enabled, "method": self.method, "sample_bps": self.sample_bps,
                 "probation_jobs": self.probation_jobs, "job_threshold": self.job_threshold,
                 "worker_threshold": self.worker_threshold, "drift": self.drift, "tail_alpha": self.tail_alpha,
-                "repeat_alpha": self.repeat_alpha,
+                "repeat_alpha": self.repeat_alpha, "temperature_alpha": self.temperature_alpha,
+                # the temperature test's alternatives (claimed T times each ratio) and its probability floor
+                "temperature_ratios": list(TEMPERATURE_RATIOS), "temperature_prob_floor": TEMPERATURE_PROB_FLOOR,
                 # a checked job's reported logprobs vs the reference, in nats (reported_logprobs.py)
                 "logprob_tolerance": {"token": TOKEN_TOLERANCE, "mean": MEAN_TOLERANCE},
                 "calibration": {m: vars(c) for m, c in sorted(self.calibration.items())}}
