@@ -10,7 +10,7 @@ import statistics
 
 from basis.verification.policy import VerificationPolicy
 from basis.verification.sequential import WorkerEvidence
-from basis.verification.stats import TEMPERATURE_ALPHA, JobStatistic, judge_job, standardised, temperature_evidence
+from basis.verification.stats import JobStatistic, judge_job, standardised, temperature_evidence
 
 HONEST_KINDS = ("honest", "threads")
 
@@ -41,13 +41,8 @@ def stat_of(rec: dict) -> JobStatistic:
 def judge(stat: JobStatistic, binding: str, policy: VerificationPolicy) -> tuple[bool, float]:
     """(failed, evidence) under the published policy, every job test included."""
     verdict, u = judge_job(stat, policy.calibration_for(binding), policy.job_threshold, tail_alpha=policy.tail_alpha,
-                           repeat_alpha=policy.repeat_alpha, temperature_alpha=temperature_alpha(policy))
+                           repeat_alpha=policy.repeat_alpha, temperature_alpha=policy.temperature_alpha)
     return verdict == "failed", u
-
-
-def temperature_alpha(policy: VerificationPolicy) -> float:
-    # the published policy field, where this branch has it; else the method's constant (the same default)
-    return getattr(policy, "temperature_alpha", TEMPERATURE_ALPHA)
 
 
 def failed_tests(stat: JobStatistic, binding: str, policy: VerificationPolicy) -> set[str]:
@@ -60,7 +55,7 @@ def failed_tests(stat: JobStatistic, binding: str, policy: VerificationPolicy) -
         out.add("tail")
     if stat.repeat is not None and stat.repeat < policy.repeat_alpha:
         out.add("repeat")
-    if stat.temperature is not None and stat.temperature < temperature_alpha(policy):
+    if stat.temperature is not None and stat.temperature < policy.temperature_alpha:
         out.add("temperature")
     return out
 
@@ -100,7 +95,7 @@ def analyse(pool: list[dict], args) -> None:
     rng = random.Random(11)
     print(f"policy: job_threshold {policy.job_threshold}, worker_threshold {policy.worker_threshold}, "
           f"drift {policy.drift}, tail_alpha {policy.tail_alpha}, repeat_alpha {policy.repeat_alpha}, "
-          f"temperature_alpha {temperature_alpha(policy)}; calibration "
+          f"temperature_alpha {policy.temperature_alpha}; calibration "
           + "; ".join(f"{m}: {vars(policy.calibration_for(m))}" for m in args.bindings))
     groups: dict[tuple, list[dict]] = {}
     for rec in pool:
