@@ -38,7 +38,8 @@ def load_lines(files: list[Path]) -> list[dict]:
     the statistic recomputed from the stored scores and ids, exactly as the verifier computes it."""
     out = []
     for f in files:
-        for line in f.read_text().splitlines():
+        text = f.read_text()
+        for line in text[: text.rfind("\n") + 1].splitlines():  # a last line still being written: left out
             r = json.loads(line)
             if r.get("pos") is None:
                 continue  # generated with --no-score: not scored yet (bench_verify_honest.py --rescore)

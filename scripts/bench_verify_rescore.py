@@ -86,7 +86,10 @@ async def rescore_file(src: Path, out: Path, follow: bool = False, until: float 
     """Scores every job of ``src`` not yet in ``out`` (appending to it); returns how many it scored."""
     done = set()
     if out.exists():
-        done = {job_key(json.loads(line)) for line in out.read_text().splitlines() if line.strip()}
+        lines, whole = complete_lines(out, 0)
+        with out.open("r+b") as fh:  # a line cut short by a kill mid-write: dropped, its job scored again
+            fh.truncate(whole)
+        done = {job_key(json.loads(line)) for line in lines}
     rescorer, n, t0 = Rescorer(), 0, time.time()
     with out.open("a") as fh:
         for r in job_lines(src, follow, until):
