@@ -179,6 +179,10 @@ def test_a_verdict_of_the_old_shape_still_re_decides_equal(judged_by_temperature
     _drop_views(settings)
     rc, report = basis_audit(settings.home)
     assert rc == 0 and report["ok"], report["problems"]
+    ledger = Ledger(settings, verification=POLICY)  # the job replays from the old-shape event
+    verdict = ledger.get(uuid.UUID(jobs["v2"])).verdict
+    ledger.close()
+    assert verdict["temperature_alpha"] is None and "temperature" not in verdict["statistic"]
 
 
 def test_a_tampered_temperature_p_value_is_named(judged_by_temperature):

@@ -168,6 +168,8 @@ def test_temperature_pvalue_is_the_mixture_e_value_and_the_verdict_side_follows_
     no_ratio = JobStatistic(tokens=40, greedy=False, z=-0.4, temperature=1e-5)  # the sign of z decides
     assert judge_job(no_ratio, Calibration(), 5.0) == ("failed", -5.0)
     assert judge_job(hotter, Calibration(), 5.0, temperature_alpha=1e-6)[0] == "passed"
+    z_failed = JobStatistic(tokens=40, greedy=False, z=-8.0, temperature=1e-5, temperature_ratio=0.25)
+    assert judge_job(z_failed, Calibration(), 5.0) == ("failed", -8.0)  # z's evidence stands
     v2 = JobStatistic(tokens=40, greedy=False, z=0.4)  # a v2 statistic: no temperature test at all
     assert judge_job(v2, Calibration(), 5.0, temperature_alpha=1.0) == ("passed", 0.4)
     partial = [TokenScore(logprob=-1.0, expected=-1.2, variance=1.0, rank=0), *scores[1:]]

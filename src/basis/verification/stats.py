@@ -184,9 +184,10 @@ def judge_job(stat: JobStatistic, calibration: Calibration, job_threshold: float
     or when its tail p-value is below ``tail_alpha`` or its repeat p-value below ``repeat_alpha``;
     such a job counts as evidence of at least ``job_threshold`` against the worker (below: its
     output was too unlikely as a whole). Else a temperature p-value below ``temperature_alpha``
-    fails it with evidence of at least ``job_threshold`` on the side of the ratio that won: above
-    for a colder sampler (s < 1, output too likely: the CUSUM's upper side), below for a hotter one
-    (a statistic without the ratio: the sign of z). A statistic without a temperature p-value (v2
+    fails it; unless z failed it already (its evidence stands), its evidence is ``job_threshold``
+    on the side of the ratio that won: +job_threshold for a colder sampler (s < 1, output too likely:
+    the CUSUM's upper side), -job_threshold for a hotter one (a statistic without the ratio: the
+    sign of z). A statistic without a temperature p-value (v2
     and older verdicts) is judged exactly as before."""
     u = standardised(stat, calibration)
     if stat.greedy:  # agreeing with the reference is never evidence against the worker
@@ -196,6 +197,8 @@ def judge_job(stat: JobStatistic, calibration: Calibration, job_threshold: float
                             or (stat.repeat is not None and stat.repeat < repeat_alpha)):
         bad, u = True, min(u, -job_threshold)
     elif not stat.greedy and stat.temperature is not None and stat.temperature < temperature_alpha:
-        colder = stat.temperature_ratio < 1 if stat.temperature_ratio is not None else (stat.z or 0.0) > 0
-        bad, u = True, (max(u, job_threshold) if colder else min(u, -job_threshold))
+        if not bad:  # a job z failed already keeps z's evidence (its side and size)
+            colder = stat.temperature_ratio < 1 if stat.temperature_ratio is not None else (stat.z or 0.0) > 0
+            u = job_threshold if colder else -job_threshold
+        bad = True
     return ("failed" if bad else "passed"), u
