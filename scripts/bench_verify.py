@@ -57,6 +57,8 @@ def main() -> None:
                     "(a rerun resumes); several files, comma-separated, with --analyse-only")
     ap.add_argument("--kinds", default="", help="only these workers (honest, threads, random, stuck, ...), "
                     "comma-separated; default all")
+    ap.add_argument("--temperatures", default="", help="only cells at these claimed temperatures, "
+                    "comma-separated; default all")
     ap.add_argument("--seeds", choices=("spread", "consecutive"), default="spread",
                     help="per-job seeds: hashed (default), or base + k as in the reports before 2026-12-01 evening")
     ap.add_argument("--analyse-only", action="store_true", help="only analyse the jobs in --pool")
@@ -66,6 +68,7 @@ def main() -> None:
     args = ap.parse_args()
     args.bindings = [b for b in args.bindings.split(",") if b]
     args.kinds = {k for k in args.kinds.split(",") if k}
+    args.temperatures = {float(t) for t in args.temperatures.split(",") if t}
     files = [Path(f) for f in args.pool.split(",") if f]
     pool = [rec for f in files if f.exists() for rec in json.loads(f.read_text())]
     if not args.analyse_only:

@@ -66,6 +66,15 @@ def caught_by(stats: list[JobStatistic], binding: str, policy: VerificationPolic
     return " / ".join(str(sum(t in f for f in fails)) for t in TESTS)
 
 
+def share(n: int, of: int) -> str:
+    """n of ``of`` as a percentage; "100 %" and "0 %" only when exact (999 of 1,000 is 99.9 %)."""
+    pct = 100 * n / of
+    text = f"{pct:.0f}"
+    if (text == "100" and n < of) or (text == "0" and n > 0):
+        text = f"{pct:.1f}" if 0.1 <= pct <= 99.9 else f"{pct:.2f}"
+    return f"{text} %"
+
+
 def log_p(p: float) -> str:
     """A p-value as a power of ten, e.g. 1e-4.5 (1 stays 1)."""
     return "1" if p >= 1 else "0" if p <= 0 else f"1e{math.log10(p):.1f}"
@@ -187,12 +196,12 @@ def analyse_cheats(groups: dict[tuple, list[dict]], policy: VerificationPolicy, 
         print(f"| {b} | {kind} | {t} | {len(recs)} | {statistics.fmean(zs):.2f} ({min(zs):.2f}..{max(zs):.2f}) | "
               f"{100 * sum(f for f, _ in ev) / len(ev):.0f} % | {caught_by([stat_of(r) for r in recs], b, policy)} | "
               f"{tp} | {med if med != math.inf else f'>{args.cap}'} | "
-              f"{worst} | {100 * sum(n <= 5 for n in done) / len(runs):.0f} % / "
-              f"{100 * sum(n <= 20 for n in done) / len(runs):.0f} % |")
+              f"{worst} | {share(sum(n <= 5 for n in done), len(runs))} / "
+              f"{share(sum(n <= 20 for n in done), len(runs))} |")
 
 
 def print_cost(recs: list[dict], policy: VerificationPolicy, args) -> None:
-    print("\n### Cost\n")
+    header = "\n### Cost\n"
     for b in args.bindings:
         gen = [r for r in recs if r["binding"] == b and r.get("gen_tokens")]
         sc = [r for r in recs if r["binding"] == b and "score_cpu" in r]
@@ -201,6 +210,9 @@ def print_cost(recs: list[dict], policy: VerificationPolicy, args) -> None:
         g = sum(r["gen_cpu"] for r in gen) / max(1, sum(r["gen_tokens"] for r in gen))
         s = sum(r["score_cpu"] for r in sc) / max(1, sum(r["tokens"] for r in sc))
         rate = policy.sample_bps / 10_000
+        if header:
+            print(header)
+            header = ""
         print(f"- {b}: worker {1000 * g:.1f} ms CPU per generated token; verifier {1000 * s:.1f} ms CPU per checked "
               f"token ({s / g:.2f}x); at the {100 * rate:.0f} % sample rate verification costs "
               f"{100 * rate * s / g:.1f} % of the serving CPU (probation jobs aside)")

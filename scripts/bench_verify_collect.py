@@ -171,7 +171,8 @@ async def collect(args, pool: list[dict]) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-verify-") as tmp:
         for gguf in args.bindings:
             todo = [cell for cell in plan(args) if (gguf, *cell[:3]) not in done
-                    and (not args.kinds or cell[0] in args.kinds)]
+                    and (not args.kinds or cell[0] in args.kinds)
+                    and (not args.temperatures or cell[1] in args.temperatures)]
             if not todo:
                 continue
             lab = Lab(gguf, args.tokens, tmp, args.worker_threads, args.seeds == "consecutive",
