@@ -76,10 +76,10 @@ def share(n: int, of: int) -> str:
 
 
 def log_p(p: float) -> str:
-    """A p-value as a power of ten, e.g. 1e-4.5 (1 stays 1, and from 0.01 up: plain, 0.42)."""
+    """A p-value as a power of ten, e.g. 1e-4.5 (1 stays 1, and from 0.01 up: plain, 0.042)."""
     if p >= 1 or p <= 0:
         return "1" if p >= 1 else "0"
-    return f"{p:.2f}" if p >= 0.01 else f"1e{math.log10(p):.1f}"
+    return f"{p:.2g}" if p >= 0.01 else f"1e{math.log10(p):.1f}"
 
 
 def evidence(rec: dict, policy: VerificationPolicy) -> tuple[bool, float]:
