@@ -82,30 +82,32 @@ def test_honest_p_values_are_valid_and_greedy_or_double_temperature_fail(scale, 
 
 def test_one_absurd_token_cannot_fail_an_honest_job_alone():
     """Honest llama.cpp workers emit a token the reference calls absurd about once in 10,000
-    positions: outside the nucleus, floored, or of probability 1e-6; the floor F bounds its factor."""
+    positions (q of 1e-8 or less, or outside the nucleus); the floor F bounds its factor (at most
+    F^(1/s - 1) for s > 1; below 1 for s < 1 at so unlikely a token), so it fails no job, not even alone."""
     rng = np.random.default_rng(3)
     for top_p in (1.0, 0.9):
         for _ in range(40):
             logits = (rng.standard_normal((40, VOCAB)) * 2.0).astype(np.float32)
             ids = [int(rng.choice(VOCAB, p=_sampler(row, 0.7, top_p))) for row in logits]
             base = position_scores(logits, ids, 0.7, top_p)
-            for absurd in (int(logits[5].argmin()), "1e-6"):
+            for absurd in ("argmin", 1e-6, 1e-8):
                 rows = logits.copy()
-                if absurd == "1e-6":  # make the worker's token at position 5 have q = 1e-6 exactly
+                if absurd == "argmin":  # the reference's least likely token (floored outside a nucleus)
+                    tok = int(rows[5].argmin())
+                else:  # give the worker's token at position 5 exactly this q
                     q = _sampler(rows[5], 0.7, 1.0)
                     tok = int(q.argmin())
                     others = np.delete(np.arange(VOCAB), tok)
-                    rows[5, tok] = 0.7 * (math.log(1e-6 / (1 - 1e-6)) + np.logaddexp.reduce(rows[5, others] / 0.7))
-                else:
-                    tok = absurd
+                    rows[5, tok] = 0.7 * (math.log(absurd / (1 - absurd)) + np.logaddexp.reduce(rows[5, others] / 0.7))
                 scores = list(base)
                 scores[5] = position_scores(rows[5:6], [tok], 0.7, top_p)[0]
                 stat = job_statistic(scores, 0.7, [*ids[:5], tok, *ids[6:]])
                 assert stat.temperature > TEMPERATURE_ALPHA * 10, (top_p, absurd, stat)
-                # its factor is at most F^(1/s - 1) (s > 1) or 1/F-free small (s < 1): bounded
+                alone = job_statistic(scores[5:6], 0.7, [tok])  # a one-token job of it
+                assert alone.temperature > TEMPERATURE_ALPHA * 10, (top_p, absurd, alone)
                 lr = scores[5].temperature_lr
-                assert all(x <= (1 / s - 1) * math.log(TEMPERATURE_PROB_FLOOR) + 1e-9
-                           for s, x in zip(TEMPERATURE_RATIOS, lr, strict=True) if s > 1)
+                for s, x in zip(TEMPERATURE_RATIOS, lr, strict=True):
+                    assert x <= ((1 / s - 1) * math.log(TEMPERATURE_PROB_FLOOR) if s > 1 else 0.0) + 1e-9
 
 
 def _direct_factors(row: np.ndarray, token: int, temperature: float, top_p: float,

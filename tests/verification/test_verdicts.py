@@ -292,7 +292,7 @@ def test_network_publishes_the_policy_and_disabled_when_off(tmp_path):
         # v3: the temperature test's alpha, alternatives and floor (fields beyond §1.6's)
         assert published["method"] == "teacher-forced-z/v3" and published["temperature_alpha"] == 2e-4
         assert published["temperature_ratios"] == [0.25, 0.5, 1.5, 2.0]
-        assert published["temperature_prob_floor"] == 1e-4
+        assert published["temperature_prob_floor"] == 1e-6
     finally:
         gw.close()
     with pytest.raises(ValueError, match="unknown verifier mode"):
