@@ -146,7 +146,7 @@ class Lab:
         if len(ids) < 4:
             return None  # the model ended at once: nothing to judge
         rec = {"binding": self.name, "kind": kind, "temperature": temperature, "top_p": top_p,
-               "gen_cpu": gen_cpu, "gen_tokens": gen_tokens}
+               "gen_cpu": gen_cpu, "gen_tokens": gen_tokens, "ids": ids}  # ids: the job can be rescored
         rec.update(await self.score(text, ids, temperature, top_p))
         return rec
 
