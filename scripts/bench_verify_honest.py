@@ -11,7 +11,14 @@ scores, exactly the code path of ``basis worker`` and ``basis verifier run`` bel
 Each job is one JSON line with its ids and per-position scores (logprob, expected, variance, rank,
 tail), so any job statistic can be recomputed from the file without generating again
 (``bench_verify.py --lines`` judges them). A rerun appends: jobs already in ``--out`` are kept.
-With ``--no-score`` only the ids are written (``pos: null``), to be scored later.
+With ``--no-score`` only the ids are written (``pos: null``), to be scored later, once, with the
+scorer under test:
+
+    PYTHONPATH=src nice -n 19 .venv/bin/python scripts/bench_verify_honest.py --rescore honest.jsonl \
+        --out scored.jsonl [--follow --until UNIX_TIME]
+
+scores every job line of ``--rescore`` not yet in ``--out`` (bench_verify_rescore.py); ``--follow``
+keeps scoring the lines a running generator appends, until ``--until``.
 """
 
 from __future__ import annotations
@@ -29,6 +36,8 @@ from basis.engines.llama_scoring import LlamaScorer
 from basis.engines.scoring import ScoreRequest
 from basis.models.binding import ModelBinding
 from bench_verify import PROMPTS, job_seed
+from bench_verify_lines import pos_row
+from bench_verify_rescore import main_rescore
 
 
 async def run(args) -> None:
@@ -79,8 +88,7 @@ async def run(args) -> None:
                 rec = {"binding": args.binding, "kind": "honest", "temperature": t, "top_p": p,
                        "worker_threads": args.worker_threads, "n_batch": args.batch, "k": k, "ids": ids,
                        "gen_cpu": round(gen_cpu, 4), "score_cpu": round(score_cpu, 4),
-                       "pos": [[round(s.logprob, 5), round(s.expected, 5), round(s.variance, 5), s.rank,
-                                None if s.tail is None else float(f"{s.tail:.6g}")] for s in scores]}
+                       "pos": [pos_row(s) for s in scores]}
                 if args.no_score:  # ids only: scored later, once, by the scorer under test
                     rec["pos"] = None
                 fh.write(json.dumps(rec) + "\n")
@@ -101,7 +109,16 @@ def main() -> None:
     ap.add_argument("--no-score", action="store_true",
                     help="generate only (pos: null); generation is the expensive part, scoring can follow")
     ap.add_argument("--until", type=float, default=0.0, help="stop at this Unix time")
-    asyncio.run(run(ap.parse_args()))
+    ap.add_argument("--rescore", default="", metavar="IN",
+                    help="score the job lines of IN (ids, k, configuration, binding) with the current scorer "
+                    "into --out instead of generating; resumes")
+    ap.add_argument("--follow", action="store_true", help="with --rescore: keep reading lines appended to IN "
+                    "until --until")
+    args = ap.parse_args()
+    if args.rescore:
+        main_rescore(args.rescore, args.out, args.follow, args.until)
+    else:
+        asyncio.run(run(args))
 
 
 if __name__ == "__main__":

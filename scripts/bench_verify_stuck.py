@@ -27,6 +27,7 @@ from basis.engines.llama_scoring import LlamaScorer
 from basis.engines.scoring import ScoreRequest
 from basis.models.binding import ModelBinding
 from bench_verify import PROMPTS
+from bench_verify_lines import pos_row
 
 COMMON = {"the": " the", "space": " ", "newline": "\n"}
 
@@ -60,8 +61,7 @@ async def run(args) -> None:
                         scores = await scorer.score(ScoreRequest(prompt_ids=prompt, output_ids=ids, temperature=t))
                         rec = {"binding": gguf, "kind": "stuck", "choice": name, "temperature": t, "top_p": 1.0,
                                "k": k, "ids": ids,
-                               "pos": [[round(s.logprob, 5), round(s.expected, 5), round(s.variance, 5), s.rank,
-                                        None if s.tail is None else float(f"{s.tail:.6g}")] for s in scores]}
+                               "pos": [pos_row(s) for s in scores]}
                         fh.write(json.dumps(rec) + "\n")
                 fh.flush()
                 print(f"{gguf} prompt {k} done", flush=True)
