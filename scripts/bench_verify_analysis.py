@@ -10,7 +10,7 @@ import statistics
 
 from basis.verification.policy import VerificationPolicy
 from basis.verification.sequential import WorkerEvidence
-from basis.verification.stats import JobStatistic, judge_job, standardised, temperature_evidence
+from basis.verification.stats import JobStatistic, judge_job, standardised, temperature_evidence, temperature_test
 
 HONEST_KINDS = ("honest", "threads")
 
@@ -31,11 +31,17 @@ def temperature_p(rec: dict) -> float | None:
     return temperature_evidence_of(rec)[0]
 
 
+def temperature_log_e_of(rec: dict) -> float | None:
+    """The job's temperature log E, unclipped (the e-detector's input); None without per-position ratios."""
+    lrs = rec.get("temperature_lr")
+    return temperature_test(lrs)[0] if lrs and rec.get("agreement") is None else None
+
+
 def stat_of(rec: dict) -> JobStatistic:
     p, ratio = temperature_evidence_of(rec)
     return JobStatistic(tokens=rec["tokens"], greedy=rec["agreement"] is not None, z=rec["z"],
                         agreement=rec["agreement"], tail=rec.get("tail"), repeat=rec.get("repeat"),
-                        temperature=p, temperature_ratio=ratio)
+                        temperature=p, temperature_ratio=ratio, temperature_log_e=temperature_log_e_of(rec))
 
 
 def judge(stat: JobStatistic, binding: str, policy: VerificationPolicy) -> tuple[bool, float]:
@@ -82,16 +88,24 @@ def log_p(p: float) -> str:
     return f"{p:.2g}" if p >= 0.01 else f"1e{math.log10(p):.1f}"
 
 
-def evidence(rec: dict, policy: VerificationPolicy) -> tuple[bool, float]:
-    return judge(stat_of(rec), rec["binding"], policy)
+def evidence(rec: dict, policy: VerificationPolicy) -> tuple[bool, float, float | None]:
+    """(failed, CUSUM evidence u, temperature log E for the e-detector) of one pooled job."""
+    stat = stat_of(rec)
+    return (*judge(stat, rec["binding"], policy), stat.temperature_log_e)
+
+
+def suspended(ev: WorkerEvidence, policy: VerificationPolicy) -> bool:
+    """Either published worker rule: the CUSUM, or the e-detector over the temperature e-values."""
+    return ev.crossed(policy.worker_threshold) or ev.e_crossed(policy.worker_e_alpha)
 
 
 def checks_until_suspended(draw, policy: VerificationPolicy, cap: int) -> int | None:
+    """``draw()`` gives (failed, u) or (failed, u, log E) for each checked job."""
     ev = WorkerEvidence()
     for n in range(1, cap + 1):
-        failed, u = draw()
-        ev = ev.update(u, failed=failed, drift=policy.drift)
-        if ev.crossed(policy.worker_threshold):
+        failed, u, *rest = draw()
+        ev = ev.update(u, failed=failed, drift=policy.drift, log_e=rest[0] if rest else None)
+        if suspended(ev, policy):
             return n
     return None
 
@@ -106,7 +120,7 @@ def analyse(pool: list[dict], args) -> None:
     rng = random.Random(11)
     print(f"policy: job_threshold {policy.job_threshold}, worker_threshold {policy.worker_threshold}, "
           f"drift {policy.drift}, tail_alpha {policy.tail_alpha}, repeat_alpha {policy.repeat_alpha}, "
-          f"temperature_alpha {policy.temperature_alpha}; calibration "
+          f"temperature_alpha {policy.temperature_alpha}, worker_e_alpha {policy.worker_e_alpha}; calibration "
           + "; ".join(f"{m}: {vars(policy.calibration_for(m))}" for m in args.bindings))
     groups: dict[tuple, list[dict]] = {}
     for rec in pool:
@@ -148,7 +162,7 @@ def analyse_honest_cells(pool: list[dict], groups: dict[tuple, list[dict]], poli
         if kind not in HONEST_KINDS:
             continue
         ev = [evidence(r, policy) for r in recs]
-        us = [u for _, u in ev]
+        us = [e[1] for e in ev]
         raw = [r["agreement"] if r["agreement"] is not None else r["z"] for r in recs]
         greedy = recs[0]["agreement"] is not None
         # the normal fit uses the uncapped deviates (greedy evidence is capped at 0 when judged)
@@ -172,7 +186,7 @@ def analyse_honest_cells(pool: list[dict], groups: dict[tuple, list[dict]], poli
                   for _ in range(args.trials))
         print(f"| {b} | {kind} | {t} | {p} | {len(recs)} | {statistics.fmean(raw):.3f} "
               f"({statistics.stdev(raw) if len(raw) > 1 else 0:.3f}; {min(raw):.2f}..{max(raw):.2f}) | "
-              f"{min(us):.2f}..{max(us):.2f} | {sum(f for f, _ in ev)}/{len(ev)} | {est:.1e} | "
+              f"{min(us):.2f}..{max(us):.2f} | {sum(e[0] for e in ev)}/{len(ev)} | {est:.1e} | "
               f"{boot}/{args.trials} x {args.honest_checked} | {par}/{args.trials} x {args.honest_checked} |")
 
 
@@ -196,7 +210,7 @@ def analyse_cheats(groups: dict[tuple, list[dict]], policy: VerificationPolicy, 
         tps = [p for p in map(temperature_p, recs) if p is not None]
         tp = f"{log_p(max(tps))} ({log_p(statistics.median(tps))})" if tps else "-"
         print(f"| {b} | {kind} | {t} | {len(recs)} | {statistics.fmean(zs):.2f} ({min(zs):.2f}..{max(zs):.2f}) | "
-              f"{100 * sum(f for f, _ in ev) / len(ev):.0f} % | {caught_by([stat_of(r) for r in recs], b, policy)} | "
+              f"{100 * sum(e[0] for e in ev) / len(ev):.0f} % | {caught_by([stat_of(r) for r in recs], b, policy)} | "
               f"{tp} | {med if med != math.inf else f'>{args.cap}'} | "
               f"{worst} | {share(sum(n <= 5 for n in done), len(runs))} / "
               f"{share(sum(n <= 20 for n in done), len(runs))} |")

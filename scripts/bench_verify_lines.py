@@ -15,7 +15,7 @@ from basis.engines.scoring import TokenScore
 from basis.verification.policy import VerificationPolicy
 from basis.verification.sequential import WorkerEvidence
 from basis.verification.stats import job_statistic
-from bench_verify_analysis import caught_by, checks_until_suspended, judge, log_p, stat_of, temperature_p
+from bench_verify_analysis import caught_by, checks_until_suspended, judge, log_p, stat_of, suspended, temperature_p
 
 
 def pos_row(s: TokenScore) -> list:
@@ -62,7 +62,7 @@ def analyse_real_honest(recs: list[dict], policy: VerificationPolicy, args) -> N
     print("| binding | T | top_p | worker threads / n_batch | real checked jobs | z or agreement: mean (sd) | "
           "failed: any (z / tail / repeat / temperature) | smallest p_temperature | "
           "per-job false fail: observed (95 % upper bound) | "
-          "one worker over all of them: max CUSUM level, suspended | resampled: suspended workers |")
+          "one worker over all of them: max CUSUM / e-detector level, suspended | resampled: suspended workers |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     groups: dict[tuple, list[dict]] = {}
     for r in recs:
@@ -70,14 +70,14 @@ def analyse_real_honest(recs: list[dict], policy: VerificationPolicy, args) -> N
         groups.setdefault(key, []).append(r)
     for (b, t, p, th, nb), rs in sorted(groups.items()):
         rs = sorted(rs, key=lambda r: r.get("k", 0))
-        ev, top, judged = WorkerEvidence(), 0.0, []
+        ev, top, top_e, judged = WorkerEvidence(), 0.0, 0.0, []
         stats = [stat_of(r) for r in rs]
         for stat in stats:
             failed, u = judge(stat, b, policy)
-            ev = ev.update(u, failed=failed, drift=policy.drift)
-            top = max(top, ev.level)
-            judged.append((failed, u))
-        fails = sum(f for f, _ in judged)
+            ev = ev.update(u, failed=failed, drift=policy.drift, log_e=stat.temperature_log_e)
+            top, top_e = max(top, ev.level), max(top_e, ev.e_level)
+            judged.append((failed, u, stat.temperature_log_e))
+        fails = sum(j[0] for j in judged)
         boot = sum(checks_until_suspended(lambda j=judged: rng.choice(j), policy, args.honest_checked) is not None
                    for _ in range(args.trials))
         raw = [r["agreement"] if r["agreement"] is not None else r["z"] for r in rs]
@@ -87,5 +87,5 @@ def analyse_real_honest(recs: list[dict], policy: VerificationPolicy, args) -> N
         print(f"| {b} | {t} | {p} | {th} / {nb} | {n} | {statistics.fmean(raw):.3f} "
               f"({statistics.stdev(raw) if n > 1 else 0:.3f}) | {fails} ({caught_by(stats, b, policy)}) | "
               f"{log_p(min(tps)) if tps else '-'} | "
-              f"{fails / n:.2%} ({upper:.2%}) | {top:.2f}, {'yes' if ev.crossed(policy.worker_threshold) else 'no'} | "
+              f"{fails / n:.2%} ({upper:.2%}) | {top:.2f} / {top_e:.2f}, {'yes' if suspended(ev, policy) else 'no'} | "
               f"{boot}/{args.trials} x {args.honest_checked} |")
