@@ -22,18 +22,21 @@ from eventsourcing.sqlite import SQLiteApplicationRecorder
 from basis.ledger.export import (
     GENESIS_HEAD,
     GENESIS_HEX,
+    HEX64,
     LINE_KEYS,
+    UUID_TEXT,
     ExportError,
     body_bytes,
     canonical_bytes,
     decode_line,
+    decode_line_fields,
 )
 from basis.ledger.store import AGGREGATES, LedgerStore
 
 PAGE = 5000
 MAX_PROBLEMS = 1000
-_HEX64 = re.compile(r"0x[0-9a-f]{64}\Z")
-_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
+_HEX64 = re.compile(HEX64)
+_UUID = re.compile(UUID_TEXT)
 _POSITION = re.compile(rb'"position"\s*:\s*(\d+)')
 KNOWN_TOPICS = frozenset(
     v.TOPIC for agg in AGGREGATES for v in vars(agg).values() if isinstance(v, type) and getattr(v, "TOPIC", None))
@@ -279,6 +282,10 @@ def _index_streams(db: sqlite3.Connection, table: str, reading: ExportReading) -
 
 def _parse(raw: bytes, name: str, lineno: int,
            reading: ExportReading) -> tuple[int, str, int, str, dict, str, bool] | None:
+    fields = decode_line_fields(raw)  # a well-formed line, checked in C
+    if fields is not None:
+        line, has_float = fields
+        return line.position, line.stream, line.version, line.topic, line.state, line.head, has_float
     try:
         obj, has_float = decode_line(raw)
     except ValueError as exc:  # not UTF-8, not JSON (strict RFC 8259), or a number out of range
