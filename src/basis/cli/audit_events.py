@@ -57,13 +57,14 @@ def _decode_with_msgspec(store: LedgerStore) -> None:
 
 
 def account_views_ahead(store: LedgerStore, snapshot: LedgerSnapshot,
-                        limit: int = ACCOUNTS_AHEAD) -> dict[str, dict[str, int]]:
+                        limit: int | None = None) -> dict[str, dict[str, int]]:
     """The ``snapshot_view()`` of the store's first ``limit`` account aggregates, rebuilt from their
     streams now, by account id: the money checks compare them with the views once the projection
     is done. Rebuilt here, while the projection's process finishes, they were most of the checks
     run after it (0.4 of 0.5 CPU-s per 120,008 events), which ran alone on one core. At most
     ``limit`` are held (memory stays bounded); the rest, and any whose stream does not replay, are
     rebuilt by the checks themselves, which then report what they always did."""
+    limit = ACCOUNTS_AHEAD if limit is None else limit
     views: dict[str, dict[str, int]] = {}
     start = 0
     try:
