@@ -214,6 +214,32 @@ def test_an_account_stream_its_aggregate_refuses_is_named_either_way(exported, t
                for p in report.problems), report.problems
 
 
+def test_accounts_folded_as_the_pages_go_by_equal_their_rebuild_from_the_store(exported, tmp_path, monkeypatch):
+    """The receipts' process folds the account aggregates page by page (``AccountFold``); the money
+    checks compare these with the views. They are each account rebuilt by the repository."""
+    import basis.cli.audit_events as audit_module
+    import basis.ledger.audit as audit_checks
+    from basis.ledger.export_replay import ExportReplay
+
+    folded, rebuilt = [], []
+    account_views, check_money = ExportReplay.account_views, audit_checks._check_money
+
+    def keep_folded(self):
+        folded.append(account_views(self))
+        return folded[-1]
+
+    def rebuild_too(replay, snapshot, report, views):
+        rebuilt.append(audit_module.account_views_ahead(snapshot.store, snapshot))
+        return check_money(replay, snapshot, report, views)
+
+    monkeypatch.setattr(ExportReplay, "account_views", keep_folded)
+    monkeypatch.setattr(audit_checks, "_check_money", rebuild_too)
+    path, _, ledger = exported
+    report, _ = audit_events([path], signer=ledger.signer.address)
+    assert report.ok, report.problems
+    assert folded[0] and folded[0] == rebuilt[0]  # every account folded, each as the repository rebuilds it
+
+
 def test_canonical_form_is_jcs_with_exact_integers():
     cases = [{"b": 1, "a": [True, None, "x\u2028y\n\"\\"]}, {"é": "ü", "e": "\U0001f600", "\ue000": 1, "\U0001f600": 2},
              {"f": [0.1, 1e21, 1e-7, -0.0, 123.0, 5e-324, 1.7976931348623157e308]}, "\x7f\x1f", 2**53 - 1]

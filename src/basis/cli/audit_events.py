@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from basis.config import Settings
+from basis.ledger.account_fold import AccountFold
 from basis.ledger.audit import AuditReport, audit
 from basis.ledger.export_replay import ExportReplay, StoredStateDecoder
 from basis.ledger.projections import ViewReader
@@ -120,12 +121,17 @@ def _audit_events(files: list[Path], *, signer: str | None, chain: bool, rpc: st
         _decode_with_msgspec(store)
         heads: HeadIndex | None = None
         replay_path = Path(tmp) / "replay.sqlite3"
-        replay = ExportReplay(store, replay_path, signer, parallel=parallel, on_progress=on_progress)
+        replay = ExportReplay(store, replay_path, signer, parallel=parallel, on_progress=on_progress,
+                              accounts=ACCOUNTS_AHEAD)
         try:
             reading, heads = read_export(files, store, on_page=replay.on_page, page_states=replay.needs_states)
             named.extend(reading.problems)
             snapshot = LedgerSnapshot(store)
-            account_views = account_views_ahead(store, snapshot)  # while the projection's process finishes
+            account_views = replay.account_views()  # folded on the receipts' process as the pages went by
+            rec = store.recorder
+            if account_views is None or reading.problems or reading.irregular or reading.removed or \
+                    not AccountFold.pure(rec.datastore.pool.db_name, rec.events_table_name):  # type: ignore[attr-defined]
+                account_views = account_views_ahead(store, snapshot)  # while the projection's process finishes
             replayed = replay.finish(reading.irregular)
             try:
                 if replay.error is not None:
