@@ -240,6 +240,21 @@ def test_accounts_folded_as_the_pages_go_by_equal_their_rebuild_from_the_store(e
     assert folded[0] and folded[0] == rebuilt[0]  # every account folded, each as the repository rebuilds it
 
 
+def test_an_account_fold_that_cannot_read_a_page_gives_nothing_and_never_raises(settings, tmp_path):
+    """The fold runs beside the receipt checks on their process: a page it cannot read must not
+    fail them, and then nothing it folded is used (the checks rebuild every account)."""
+    from basis.ledger.account_fold import AccountFold
+    from basis.ledger.store import LedgerStore
+
+    store = LedgerStore(settings.event_store_env())
+    try:
+        fold = AccountFold(store, str(tmp_path / "missing" / "events.sqlite3"), "stored_events", 10)
+        fold.page(1, 5000)
+        assert fold.failed and fold.result() is None
+    finally:
+        store.close()
+
+
 def test_canonical_form_is_jcs_with_exact_integers():
     cases = [{"b": 1, "a": [True, None, "x\u2028y\n\"\\"]}, {"é": "ü", "e": "\U0001f600", "\ue000": 1, "\U0001f600": 2},
              {"f": [0.1, 1e21, 1e-7, -0.0, 123.0, 5e-324, 1.7976931348623157e308]}, "\x7f\x1f", 2**53 - 1]

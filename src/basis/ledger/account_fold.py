@@ -31,9 +31,19 @@ class AccountFold:
         self.limit = limit
         self.aggregates: dict[UUID, Any] = {}
         self.db: sqlite3.Connection | None = None
+        self.failed = False  # a page could not be read: nothing folded is used (the checks rebuild all)
 
     def page(self, first: int, last: int) -> None:
-        """Fold the account events stored at positions ``first``..``last`` (stored and committed)."""
+        """Fold the account events stored at positions ``first``..``last`` (stored and committed).
+        Never raises: it runs beside the receipt checks, whose results must not depend on it."""
+        if self.failed:
+            return
+        try:
+            self._page(first, last)
+        except Exception:
+            self.failed = True
+
+    def _page(self, first: int, last: int) -> None:
         if self.db is None:  # opened here, on the process that folds (a connection never crosses a fork)
             self.db = sqlite3.connect(self.events_db, isolation_level=None)
         aggregates = self.aggregates
@@ -52,11 +62,13 @@ class AccountFold:
             except Exception:  # the checks rebuild it from the store and name what refused it
                 aggregates[stream] = _REFUSED
 
-    def result(self) -> dict[str, dict[str, int]]:
-        """Each account folded, by id: its ``snapshot_view()``."""
+    def result(self) -> dict[str, dict[str, int]] | None:
+        """Each account folded, by id: its ``snapshot_view()``; None when a page could not be read."""
         if self.db is not None:
             self.db.close()
             self.db = None
+        if self.failed:
+            return None
         return {str(stream): agg.snapshot_view() for stream, agg in self.aggregates.items()
                 if agg is not _REFUSED and agg is not None}
 
