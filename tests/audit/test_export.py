@@ -196,6 +196,65 @@ def test_a_history_rewritten_and_rechained_passes_alone_but_not_against_its_anch
     assert report.ok, report.problems
 
 
+@pytest.mark.parametrize("ahead", [10_000, 0], ids=["rebuilt-ahead", "rebuilt-in-the-checks"])
+def test_an_account_stream_its_aggregate_refuses_is_named_either_way(exported, tmp_path, monkeypatch, ahead):
+    """The account aggregates are rebuilt while the projection finishes (at most ACCOUNTS_AHEAD of
+    them), the rest by the money checks: either way a clean export passes, and a stream whose
+    aggregate refuses its own history (a credit from a source the ledger does not have) fails the
+    audit with the aggregate's own words."""
+    monkeypatch.setattr("basis.cli.audit_events.ACCOUNTS_AHEAD", ahead)
+    path, _, ledger = exported
+    lines = read_lines(path)
+    report, _ = _audit(tmp_path, lines, signer=ledger.signer.address)
+    assert report.ok, report.problems
+    i = next(i for i, x in enumerate(lines) if '"topic":"basis:Account.Credited.v1"' in x)
+    forged = [*lines[:i], lines[i].replace('"source":"grant"', '"source":"gift"', 1), *lines[i + 1:]]
+    report, _ = _audit(tmp_path, rechain(forged, i), signer=ledger.signer.address)
+    assert any(p.startswith("the replay of the export failed") and "credit source must be one of" in p
+               for p in report.problems), report.problems
+
+
+def test_accounts_folded_as_the_pages_go_by_equal_their_rebuild_from_the_store(exported, tmp_path, monkeypatch):
+    """The receipts' process folds the account aggregates page by page (``AccountFold``); the money
+    checks compare these with the views. They are each account rebuilt by the repository."""
+    import basis.cli.audit_events as audit_module
+    import basis.ledger.audit as audit_checks
+    from basis.ledger.export_replay import ExportReplay
+
+    folded, rebuilt = [], []
+    account_views, check_money = ExportReplay.account_views, audit_checks._check_money
+
+    def keep_folded(self):
+        folded.append(account_views(self))
+        return folded[-1]
+
+    def rebuild_too(replay, snapshot, report, views):
+        rebuilt.append(audit_module.account_views_ahead(snapshot.store, snapshot))
+        return check_money(replay, snapshot, report, views)
+
+    monkeypatch.setattr(ExportReplay, "account_views", keep_folded)
+    monkeypatch.setattr(audit_checks, "_check_money", rebuild_too)
+    path, _, ledger = exported
+    report, _ = audit_events([path], signer=ledger.signer.address)
+    assert report.ok, report.problems
+    assert folded[0] and folded[0] == rebuilt[0]  # every account folded, each as the repository rebuilds it
+
+
+def test_an_account_fold_that_cannot_read_a_page_gives_nothing_and_never_raises(settings, tmp_path):
+    """The fold runs beside the receipt checks on their process: a page it cannot read must not
+    fail them, and then nothing it folded is used (the checks rebuild every account)."""
+    from basis.ledger.account_fold import AccountFold
+    from basis.ledger.store import LedgerStore
+
+    store = LedgerStore(settings.event_store_env())
+    try:
+        fold = AccountFold(store, str(tmp_path / "missing" / "events.sqlite3"), "stored_events", 10)
+        fold.page(1, 5000)
+        assert fold.failed and fold.result() is None
+    finally:
+        store.close()
+
+
 def test_canonical_form_is_jcs_with_exact_integers():
     cases = [{"b": 1, "a": [True, None, "x\u2028y\n\"\\"]}, {"é": "ü", "e": "\U0001f600", "\ue000": 1, "\U0001f600": 2},
              {"f": [0.1, 1e21, 1e-7, -0.0, 123.0, 5e-324, 1.7976931348623157e308]}, "\x7f\x1f", 2**53 - 1]

@@ -21,6 +21,7 @@ from basis.config import Settings
 from basis.ledger.export import canonical, export
 from basis.ledger.export_replay import ExportReplay, StoredStateDecoder, transcoded
 from basis.ledger.projections import Projector, ViewReader
+from basis.ledger.projections.projector import _sorted_json
 from basis.ledger.projections.reader import TABLES
 from basis.ledger.replay import read_export
 from basis.ledger.service import Ledger
@@ -161,6 +162,17 @@ def test_a_stored_state_decodes_as_the_store_s_transcoder_decodes_it(transcoder,
     """The projection on its own process reads stored states with msgspec."""
     data = json.dumps(value, ensure_ascii=ascii_only).encode()
     assert StoredStateDecoder(transcoder.decoder.object_hook)(data) == transcoder.decode(data)
+
+
+@hsettings(max_examples=200, deadline=None)
+@given(value=st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-10**40, max_value=10**40) | st.floats() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+    max_leaves=20))
+def test_the_views_sorted_json_is_json_dumps_with_sorted_keys(value):
+    """A job's usage and a settlement are stored as ``json.dumps(..., sort_keys=True)`` wrote them
+    (the projector's encoder skips only its per-call set-up)."""
+    assert _sorted_json(value) == json.dumps(value, sort_keys=True)
 
 
 def test_transcoding_turns_typed_values_into_objects(transcoder):

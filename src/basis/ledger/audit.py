@@ -61,12 +61,15 @@ class AuditReport:
 
 def audit(store: LedgerStore, live_views: str | Path | None, *, signer: str | None = None,
           on_progress: Callable[[int, int], None] | None = None, replay_path: str | Path | None = None,
-          replayed: bool = False, receipts: ReceiptTally | None = None) -> AuditReport:
+          replayed: bool = False, receipts: ReceiptTally | None = None, snapshot: LedgerSnapshot | None = None,
+          account_views: dict[str, dict[str, int]] | None = None) -> AuditReport:
     """``live_views`` None: no live views to compare (an export replayed elsewhere). ``replay_path``:
     keep the fresh replay's views there (else they are deleted). ``replayed``: the views at
     ``replay_path`` already are the fresh replay of the whole store (an export projected as it was
     read). ``receipts``: the store's receipt events already checked one by one (else the receipts of
-    the replayed views are checked here).
+    the replayed views are checked here). ``snapshot`` (with no live views): the store as of its
+    position, and ``account_views`` some of its account aggregates' ``snapshot_view()`` already
+    rebuilt there, by account id (the others are rebuilt here).
 
     Gateways may write while it runs: it audits one snapshot, the log up to one position (the live
     views' position, read in the same read transaction as every live table), with aggregates read
@@ -80,10 +83,13 @@ def audit(store: LedgerStore, live_views: str | Path | None, *, signer: str | No
         current = ViewReader(live_views)
         current.db.execute("BEGIN")  # one read snapshot of the live views while their projector goes on
         position = current.position()
+    elif snapshot is not None:
+        position = snapshot.position
     else:
         position = store.recorder.max_notification_id() or 0
     report.position = total = position
-    snapshot = LedgerSnapshot(store, position)
+    if snapshot is None or snapshot.position != position:
+        snapshot, account_views = LedgerSnapshot(store, position), None
 
     with tempfile.TemporaryDirectory(prefix="basis-audit-") as tmp:
         fresh_path = Path(replay_path) if replay_path is not None else Path(tmp) / "replay.sqlite3"
@@ -105,7 +111,7 @@ def audit(store: LedgerStore, live_views: str | Path | None, *, signer: str | No
                 _check_receipts(replay, report, signer)
             else:
                 _add_receipts(report, receipts)
-            _check_money(replay, snapshot, report)
+            _check_money(replay, snapshot, report, account_views or {})
             check_verification(replay, store, report.problems, upto=snapshot.position)
             _check_key_caps(replay, snapshot, report)
             counts = replay.counts()
@@ -149,7 +155,8 @@ def _add_receipts(report: AuditReport, tally: ReceiptTally) -> None:
     report.problems.extend(tally.problems)
 
 
-def _check_money(replay: ViewReader, snapshot: LedgerSnapshot, report: AuditReport) -> None:
+def _check_money(replay: ViewReader, snapshot: LedgerSnapshot, report: AuditReport,
+                 account_views: dict[str, dict[str, int]]) -> None:
     spent_by_account: dict[str, int] = defaultdict(int)
     reward_by_worker: dict[str, int] = defaultdict(int)
     for r in replay.db.execute("SELECT account_id, worker, charged, reward FROM receipts"):
@@ -170,11 +177,13 @@ def _check_money(replay: ViewReader, snapshot: LedgerSnapshot, report: AuditRepo
         if int(acc["spent"]) != spent_by_account.get(aid, 0):
             report.problems.append(
                 f"account {acc['name']}: spent {acc['spent']} != sum of its receipts {spent_by_account.get(aid, 0)}")
-        agg = snapshot.get(UUID(aid))
+        aggregate = account_views.get(aid)
+        if aggregate is None:
+            aggregate = snapshot.get(UUID(aid)).snapshot_view()
         view = {k: int(acc[k]) for k in ("granted", "deposited", "refunded", "withdrawn", "spent", "reserved",
                                          "available")}
-        if agg.snapshot_view() != view:
-            report.problems.append(f"account {acc['name']}: aggregate {agg.snapshot_view()} != view {view}")
+        if aggregate != view:
+            report.problems.append(f"account {acc['name']}: aggregate {aggregate} != view {view}")
     for row in replay.rewards():
         if int(row["accrued"]) != reward_by_worker.get(row["worker"], 0):
             report.problems.append(f"worker {row['worker']}: accrued reward != sum of its receipts' rewards")

@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from json.encoder import c_encode_basestring, c_make_encoder  # type: ignore[attr-defined]
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Annotated, Any, TextIO
 
 import msgspec
 import rfc8785
@@ -137,6 +137,34 @@ class _FiniteFloatSeen(_FloatSeen):
 
 _line_float_seen = _FiniteFloatSeen()
 _line_decode = msgspec.json.Decoder(float_hook=_line_float_seen).decode
+
+HEX64 = r"0x[0-9a-f]{64}\Z"  # a head
+UUID_TEXT = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z"  # a stream
+
+
+class LineFields(msgspec.Struct, forbid_unknown_fields=True):
+    """A well-formed line, as msgspec reads it straight into fields (exactly the line's keys;
+    positions and versions positive integers; a pattern is searched, so each is anchored)."""
+
+    head: Annotated[str, msgspec.Meta(pattern="^" + HEX64)]
+    position: Annotated[int, msgspec.Meta(gt=0)]
+    state: dict[str, Any]
+    stream: Annotated[str, msgspec.Meta(pattern="^" + UUID_TEXT)]
+    topic: str
+    version: Annotated[int, msgspec.Meta(gt=0)]
+
+
+_line_fields_decode = msgspec.json.Decoder(LineFields, float_hook=_line_float_seen).decode
+
+
+def decode_line_fields(data: bytes) -> tuple[LineFields, bool] | None:
+    """(the line's fields, whether its state holds a float) of a well-formed line; None for
+    anything else, whose problem ``decode_line`` and the caller's checks then name."""
+    _line_float_seen.seen = False
+    try:
+        return _line_fields_decode(data), _line_float_seen.seen
+    except ValueError:  # msgspec.DecodeError and ValidationError, or a float out of range
+        return None
 _sorted_encode = msgspec.json.Encoder(order="sorted").encode
 
 

@@ -20,6 +20,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from basis.ledger.account_fold import AccountFold
 from basis.ledger.export import decode_line
 from basis.ledger.projections import Projector
 from basis.ledger.projections.projector import Note, _uuid_text
@@ -132,7 +133,9 @@ class ExportReplay:
     """``on_page`` for ``read_export``: projects into ``path`` and checks receipts as pages arrive."""
 
     def __init__(self, store: LedgerStore, path: Path, operator: str | None, *, parallel: bool = True,
-                 on_progress: Callable[[int, int | None], None] | None = None) -> None:
+                 on_progress: Callable[[int, int | None], None] | None = None, accounts: int = 0) -> None:
+        """``accounts``: how many account aggregates the receipts' process folds as the pages go by
+        (``account_views``), at most."""
         transcoder = store.mapper.transcoder
         self.path = path
         self.projector: Projector | None = None
@@ -149,7 +152,11 @@ class ExportReplay:
             self.projector = Projector(store, path)
             self.deferred_indexes = defer_indexes(self.projector.db)
         self.object_hook = transcoder.decoder.object_hook
-        self.receipts = ReceiptChecker(transcoder.decode, operator, parallel=parallel)
+        fold = None
+        if self._pool is not None:  # the receipts' process also folds the account aggregates
+            rec = store.recorder
+            fold = AccountFold(store, rec.datastore.pool.db_name, rec.events_table_name, accounts)  # type: ignore[attr-defined]
+        self.receipts = ReceiptChecker(transcoder.decode, operator, parallel=parallel, fold=fold)
         self.error: Exception | None = None  # the projection failed here: report it as a failed replay
         self.events = 0
         self.on_progress = on_progress
@@ -161,7 +168,8 @@ class ExportReplay:
         return self._pool is None
 
     def on_page(self, rows: list[PageRow]) -> None:
-        self.receipts.add([(stream, stored) for _, stream, topic, _, stored in rows if topic == RECEIPT_TOPIC])
+        self.receipts.add([(stream, stored) for _, stream, topic, _, stored in rows if topic == RECEIPT_TOPIC],
+                          (rows[0][0], rows[-1][0]))
         if self._pool is not None:
             # stored and committed: the projection reads the page back (lines in file order are in
             # position order, else the views are dropped anyway: see ``finish``)
@@ -183,6 +191,14 @@ class ExportReplay:
         self.events += len(rows)
         if self.on_progress:
             self.on_progress(self.events, None)
+
+    def account_views(self) -> dict[str, dict[str, int]] | None:
+        """The account aggregates folded as the pages went by (``AccountFold``), by id; None where
+        nothing folded them, or the fold failed."""
+        try:
+            return self.receipts.folded()
+        except Exception:  # the checks rebuild them from the store
+            return None
 
     def finish(self, irregular: bool) -> bool:
         """Close the views; True when they are the store's replay (else they are deleted)."""

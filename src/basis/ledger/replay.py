@@ -22,18 +22,21 @@ from eventsourcing.sqlite import SQLiteApplicationRecorder
 from basis.ledger.export import (
     GENESIS_HEAD,
     GENESIS_HEX,
+    HEX64,
     LINE_KEYS,
+    UUID_TEXT,
     ExportError,
     body_bytes,
     canonical_bytes,
     decode_line,
+    decode_line_fields,
 )
 from basis.ledger.store import AGGREGATES, LedgerStore
 
 PAGE = 5000
 MAX_PROBLEMS = 1000
-_HEX64 = re.compile(r"0x[0-9a-f]{64}\Z")
-_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
+_HEX64 = re.compile(HEX64)
+_UUID = re.compile(UUID_TEXT)
 _POSITION = re.compile(rb'"position"\s*:\s*(\d+)')
 KNOWN_TOPICS = frozenset(
     v.TOPIC for agg in AGGREGATES for v in vars(agg).values() if isinstance(v, type) and getattr(v, "TOPIC", None))
@@ -87,24 +90,55 @@ class ExportReading:
 
 class HeadIndex:
     """Each imported line's head by position, in the temporary events database (32 bytes each: half
-    the pages its hex text took)."""
+    the pages its hex text took). A page of lines at consecutive positions, all above every position
+    held before it (an export read in order), is held as one row: its first and last positions and
+    their heads end to end (a row per line was 0.2 of the reading's 1.46 CPU-s per 120,008 lines).
+    Any other page is held a row per line, and a line's row is always later than the page it falls
+    in: where both hold a position, the line's row is the latest line there."""
 
     def __init__(self, db: sqlite3.Connection) -> None:
         self.db = db
         db.execute("CREATE TABLE IF NOT EXISTS export_heads (position INTEGER PRIMARY KEY, head BLOB NOT NULL)")
+        db.execute("CREATE TABLE IF NOT EXISTS export_head_pages (first INTEGER PRIMARY KEY, last INTEGER NOT NULL, "
+                   "heads BLOB NOT NULL)")
+        self.top = 0  # the highest position held
 
     def head(self, position: int) -> str | None:
         row = self.db.execute("SELECT head FROM export_heads WHERE position = ?", (position,)).fetchone()
+        if row is None:
+            row = self.db.execute(
+                "SELECT substr(heads, (? - first) * 32 + 1, 32) FROM export_head_pages WHERE first = "
+                "(SELECT MAX(first) FROM export_head_pages WHERE first <= ?) AND last >= ?",
+                (position, position, position)).fetchone()
         return "0x" + row[0].hex() if row else None
 
     def add(self, rows: list[tuple[int, bytes]]) -> None:
-        self.db.executemany("INSERT OR REPLACE INTO export_heads VALUES (?, ?)", rows)
+        if not rows:
+            return
+        first, last = rows[0][0], rows[-1][0]
+        if first > self.top and last - first + 1 == len(rows) and all(
+                p == first + i for i, (p, _) in enumerate(rows)):
+            self.db.execute("INSERT INTO export_head_pages VALUES (?, ?, ?)",
+                            (first, last, b"".join(head for _, head in rows)))
+        else:
+            self.db.executemany("INSERT OR REPLACE INTO export_heads VALUES (?, ?)", rows)
+        self.top = max(self.top, max(p for p, _ in rows))
 
     def first_after(self, position: int) -> int | None:
-        return self.db.execute("SELECT MIN(position) FROM export_heads WHERE position > ?", (position,)).fetchone()[0]
+        line = self.db.execute("SELECT MIN(position) FROM export_heads WHERE position > ?", (position,)).fetchone()[0]
+        page = self.db.execute("SELECT MIN(max(first, ? + 1)) FROM export_head_pages WHERE last > ?",
+                               (position, position)).fetchone()[0]
+        return min(x for x in (line, page) if x is not None) if line is not None or page is not None else None
 
     def count_after(self, position: int) -> int:
-        return self.db.execute("SELECT COUNT(*) FROM export_heads WHERE position > ?", (position,)).fetchone()[0]
+        """How many positions after ``position`` hold a head."""
+        in_pages = self.db.execute("SELECT COALESCE(SUM(last - max(first, ? + 1) + 1), 0) FROM export_head_pages "
+                                   "WHERE last > ?", (position, position)).fetchone()[0]
+        lines = self.db.execute(
+            "SELECT COUNT(*) FROM export_heads h WHERE position > ? AND NOT EXISTS ("
+            "SELECT 1 FROM export_head_pages g WHERE g.first <= h.position AND g.last >= h.position)",
+            (position,)).fetchone()[0]
+        return in_pages + lines
 
     def close(self) -> None:
         self.db.close()
@@ -279,6 +313,10 @@ def _index_streams(db: sqlite3.Connection, table: str, reading: ExportReading) -
 
 def _parse(raw: bytes, name: str, lineno: int,
            reading: ExportReading) -> tuple[int, str, int, str, dict, str, bool] | None:
+    fields = decode_line_fields(raw)  # a well-formed line, checked in C
+    if fields is not None:
+        line, has_float = fields
+        return line.position, line.stream, line.version, line.topic, line.state, line.head, has_float
     try:
         obj, has_float = decode_line(raw)
     except ValueError as exc:  # not UTF-8, not JSON (strict RFC 8259), or a number out of range

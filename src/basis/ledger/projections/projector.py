@@ -11,6 +11,7 @@ import sqlite3
 import threading
 from collections.abc import Callable
 from importlib import resources
+from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -74,6 +75,20 @@ _JOB_COLUMNS = ("job_id", "account_id", "node", "model", "status", "served_by", 
                 "ended_at")
 
 
+def _not_serializable(value: Any) -> Any:
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+# json.dumps(value, sort_keys=True), minus the encoder JSONEncoder.encode builds on every call (three
+# quarters of its time on a job's small usage object); the same text. No circular-reference
+# markers: what is encoded came from decoding JSON, a tree.
+_sorted_encode = c_make_encoder(None, _not_serializable, encode_basestring_ascii, None, ": ", ", ", True, False, True)
+
+
+def _sorted_json(value: Any) -> str:
+    return "".join(_sorted_encode(value, 0))
+
+
 class Note:
     """One event of the log as the views need it (the id as canonical UUID text)."""
 
@@ -91,6 +106,9 @@ def _uuid_text(raw: str) -> str:
     if len(raw) == 32:
         return f"{raw[:8]}-{raw[8:12]}-{raw[12:16]}-{raw[16:20]}-{raw[20:]}"
     return str(UUID(raw))
+
+
+_UPSERTS: dict[tuple[str, tuple[str, ...]], str] = {}  # a batch's INSERT OR REPLACE, by table and columns
 
 
 class _Batch:
@@ -118,12 +136,24 @@ class _Batch:
         self.rows[(table, key)] = row
 
     def flush(self) -> None:
+        """Each row written back; its statement built once per table and set of columns (building
+        it, and a copy of the row with amounts as text, per row: 0.11 CPU-s per 120,008 events)."""
+        execute = self.db.execute
         for (table, _key), row in self.rows.items():
-            amounts = AMOUNT_COLUMNS.get(table, ())
-            out = {k: (str(v) if k in amounts else v) for k, v in row.items()}
-            cols = ", ".join(out)
-            marks = ", ".join("?" for _ in out)
-            self.db.execute(f"INSERT OR REPLACE INTO {table} ({cols}) VALUES ({marks})", tuple(out.values()))
+            columns = tuple(row)
+            statement = _UPSERTS.get((table, columns))
+            if statement is None:
+                marks = ", ".join("?" * len(columns))
+                statement = f"INSERT OR REPLACE INTO {table} ({', '.join(columns)}) VALUES ({marks})"
+                if len(_UPSERTS) < 64:
+                    _UPSERTS[(table, columns)] = statement
+            amounts = AMOUNT_COLUMNS.get(table)
+            if amounts:  # amounts are stored as decimal text
+                row = row.copy()
+                for col in amounts:
+                    if col in row:
+                        row[col] = str(row[col])
+            execute(statement, tuple(row.values()))
         self.rows.clear()
 
 
@@ -309,7 +339,7 @@ class Projector:
         row["attempts"] += 1
 
     def _job_ended(self, b: _Batch, n: Notification, d: dict[str, Any]) -> None:
-        usage = json.dumps(d["worker_usage"], sort_keys=True) if d.get("worker_usage") is not None else None
+        usage = _sorted_json(d["worker_usage"]) if d.get("worker_usage") is not None else None
         self._job(b, n).update(status=d["outcome"], outcome=d["outcome"], output_tokens=d["output_tokens"],
                                finish_reason=d.get("finish_reason"), reason=d.get("reason"), worker_usage=usage,
                                ended_at=self._ts(d))
@@ -353,7 +383,7 @@ class Projector:
         settlement = {k: d[k] for k in ("batch_id", "leaf_index", "tx_hash", "chain_id")}
         job_id = str(n.originator_id)
         self.db.execute("UPDATE receipts SET status = 'settled', settlement = ?, settled_at = ? WHERE job_id = ?",
-                        (json.dumps(settlement, sort_keys=True), self._ts(d), job_id))
+                        (_sorted_json(settlement), self._ts(d), job_id))
         self._job(b, n)["status"] = "settled"
         found = self.db.execute("SELECT worker, reward FROM receipts WHERE job_id = ?", (job_id,)).fetchone()
         if found and found[0]:

@@ -1,0 +1,86 @@
+"""The account aggregates of an export, folded page by page as it is imported (``basis audit
+--events``), on the receipt checker's process: that process has the slack (its receipts are about a
+quarter of the audit's CPU), and rebuilt after the import on the first process they kept it busy
+after everything else was done. What results equals each account rebuilt from its stream by the
+repository (``LedgerSnapshot.get``), or is not used: the caller takes it only for an export read
+without a problem and whose account streams hold account events only (``pure``); an account whose
+stream its aggregate refuses is left out, and rebuilt, and named, by the checks."""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.persistence import StoredEvent
+
+from basis.ledger.store import LedgerStore
+
+ACCOUNT_TOPICS = "basis:Account."  # every event of the Account aggregate: basis:Account.<Name>.v1
+OPENED = "basis:Account.Opened.v1"
+_REFUSED = object()  # an account whose stream its aggregate refused
+
+
+class AccountFold:
+    def __init__(self, store: LedgerStore, events_db: str, events_table: str, limit: int) -> None:
+        self.mapper = store.mapper
+        self.convert_id = store.recorder.convert_originator_id  # type: ignore[attr-defined]
+        self.events_db = events_db
+        self.select = (f"SELECT originator_id, originator_version, topic, state FROM {events_table} "
+                       f"WHERE rowid BETWEEN ? AND ? AND substr(topic, 1, {len(ACCOUNT_TOPICS)}) = ? ORDER BY rowid")
+        self.limit = limit
+        self.aggregates: dict[UUID, Any] = {}
+        self.db: sqlite3.Connection | None = None
+        self.failed = False  # a page could not be read: nothing folded is used (the checks rebuild all)
+
+    def page(self, first: int, last: int) -> None:
+        """Fold the account events stored at positions ``first``..``last`` (stored and committed).
+        Never raises: it runs beside the receipt checks, whose results must not depend on it."""
+        if self.failed:
+            return
+        try:
+            self._page(first, last)
+        except Exception:
+            self.failed = True
+
+    def _page(self, first: int, last: int) -> None:
+        if self.db is None:  # opened here, on the process that folds (a connection never crosses a fork)
+            self.db = sqlite3.connect(self.events_db, isolation_level=None)
+        aggregates = self.aggregates
+        for raw_id, version, topic, state in self.db.execute(self.select, (first, last, ACCOUNT_TOPICS)):
+            stream = self.convert_id(raw_id)
+            aggregate = aggregates.get(stream)
+            if aggregate is None:
+                if version != 1 or topic != OPENED or len(aggregates) >= self.limit:
+                    continue  # not followed: the checks rebuild it
+            elif aggregate is _REFUSED:
+                continue
+            try:
+                event = self.mapper.to_domain_event(StoredEvent(originator_id=stream, originator_version=version,
+                                                                topic=topic, state=state))
+                aggregates[stream] = event.mutate(aggregate)
+            except Exception:  # the checks rebuild it from the store and name what refused it
+                aggregates[stream] = _REFUSED
+
+    def result(self) -> dict[str, dict[str, int]] | None:
+        """Each account folded, by id: its ``snapshot_view()``; None when a page could not be read."""
+        if self.db is not None:
+            self.db.close()
+            self.db = None
+        if self.failed:
+            return None
+        return {str(stream): agg.snapshot_view() for stream, agg in self.aggregates.items()
+                if agg is not _REFUSED and agg is not None}
+
+    @staticmethod
+    def pure(events_db: str, events_table: str) -> bool:
+        """Whether every stream that opens as an account holds account events only (else the fold,
+        which reads account events only, could differ from the repository's rebuild)."""
+        db = sqlite3.connect(events_db)
+        try:
+            return db.execute(
+                f"SELECT 1 FROM {events_table} WHERE originator_id IN (SELECT originator_id FROM {events_table} "
+                f"WHERE topic = ? AND originator_version = 1) AND substr(topic, 1, {len(ACCOUNT_TOPICS)}) != ? "
+                "LIMIT 1", (OPENED, ACCOUNT_TOPICS)).fetchone() is None
+        finally:
+            db.close()
