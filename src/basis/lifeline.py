@@ -38,6 +38,18 @@ def _load_prctl() -> Callable[..., int] | None:
 _PRCTL = _load_prctl()  # loaded before any fork: a pre-exec hook must not load libraries
 
 
+def _load_libc_signal() -> Callable[..., object] | None:
+    try:
+        fn = ctypes.CDLL(None).signal
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes, fn.restype = [ctypes.c_int, ctypes.c_void_p], ctypes.c_void_p
+    return fn
+
+
+_LIBC_SIGNAL = _load_libc_signal()  # libc's, not Python's: a pre-exec hook may run off the main thread
+
+
 def die_with_parent(parent_pid: int, sig: int = signal.SIGKILL, name: str | None = None) -> None:
     """In the child: receive ``sig`` when ``parent_pid`` exits; exit at once if it already has.
     ``name`` (at most 15 bytes) becomes the process's name in ps and top, where it has one."""
@@ -64,10 +76,15 @@ def leave_interrupts_to_parent() -> None:
 
 
 def pre_exec_die_with_parent(sig: int = signal.SIGKILL) -> Callable[[], None]:
-    """A ``subprocess.Popen(preexec_fn=...)`` that arms ``die_with_parent`` for the calling process."""
+    """A ``subprocess.Popen(preexec_fn=...)`` that arms ``die_with_parent`` for the calling process.
+    ``sig`` is also put back to its default action: a process started as a shell's background job
+    (`basis up &`) has SIGINT ignored, its children inherit that through exec, and an anvil ignoring
+    SIGINT would neither stop when asked nor die with its parent."""
     parent = os.getpid()
 
     def arm() -> None:
+        if _LIBC_SIGNAL is not None:
+            _LIBC_SIGNAL(int(sig), None)  # SIG_DFL
         if _PRCTL is not None:
             _PRCTL(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
         if os.getppid() != parent:

@@ -119,8 +119,11 @@ def test_leftovers_are_stopped_and_a_held_port_is_named(tmp_path, monkeypatch, _
     home = tmp_path / "home"
     home.mkdir()
     monkeypatch.setenv("BASIS_HOME", str(home))
-    leftover = subprocess.Popen(["sleep", "600"])  # stands in for an anvil an older `basis up` left behind
-    stranger = subprocess.Popen(["sleep", "600"])  # same command, not recorded: never touched
+    # Stand-ins with SIGINT at its default: a shell's background job (`cmd &`) starts with SIGINT
+    # ignored, and a child inherits that, so without this the test would read the SIGKILL fallback.
+    default_sigint = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
+    leftover = subprocess.Popen(["sleep", "600"], preexec_fn=default_sigint)  # an anvil an older `basis up` left
+    stranger = subprocess.Popen(["sleep", "600"], preexec_fn=default_sigint)  # same command, not recorded: untouched
     try:
         (home / "up.pids.json").write_text(json.dumps({"anvil": lifeline.identity(leftover.pid)}))
         with socket.socket() as held:
