@@ -30,6 +30,8 @@ class AccountFold:
                        f"WHERE rowid BETWEEN ? AND ? AND substr(topic, 1, {len(ACCOUNT_TOPICS)}) = ? ORDER BY rowid")
         self.limit = limit
         self.aggregates: dict[UUID, Any] = {}
+        # each stream's id as stored -> its UUID: converted once, not per event (at most ``limit``)
+        self.streams: dict[Any, UUID] = {}
         self.db: sqlite3.Connection | None = None
         self.failed = False  # a page could not be read: nothing folded is used (the checks rebuild all)
 
@@ -46,9 +48,13 @@ class AccountFold:
     def _page(self, first: int, last: int) -> None:
         if self.db is None:  # opened here, on the process that folds (a connection never crosses a fork)
             self.db = sqlite3.connect(self.events_db, isolation_level=None)
-        aggregates = self.aggregates
+        aggregates, streams = self.aggregates, self.streams
         for raw_id, version, topic, state in self.db.execute(self.select, (first, last, ACCOUNT_TOPICS)):
-            stream = self.convert_id(raw_id)
+            stream = streams.get(raw_id)
+            if stream is None:
+                stream = self.convert_id(raw_id)
+                if len(streams) < self.limit:
+                    streams[raw_id] = stream
             aggregate = aggregates.get(stream)
             if aggregate is None:
                 if version != 1 or topic != OPENED or len(aggregates) >= self.limit:

@@ -35,7 +35,12 @@ def transcoded(value: Any, object_hook: Callable[[dict[str, Any]], Any]) -> Any:
     and arrays are rewritten in place."""
     if type(value) is dict:
         for k, v in value.items():
-            if type(v) is dict or type(v) is list:
+            if type(v) is dict:
+                # a typed value ({"_type_": "…", "_data_": "…"}) holds nothing to decode first:
+                # the hook straight away, without a call per value (a tenth of the walk)
+                value[k] = object_hook(v) if len(v) == 2 and type(v.get("_data_")) is str \
+                    and type(v.get("_type_")) is str else transcoded(v, object_hook)
+            elif type(v) is list:
                 value[k] = transcoded(v, object_hook)
         # eventsourcing's hook reads only {"_type_": …, "_data_": …}: every other object passes as it is
         return object_hook(value) if len(value) == 2 else value
