@@ -34,7 +34,9 @@ def temperature_p(rec: dict) -> float | None:
 def temperature_log_e_of(rec: dict) -> float | None:
     """The job's temperature log E, unclipped (the e-detector's input); None without per-position ratios."""
     lrs = rec.get("temperature_lr")
-    return temperature_test(lrs)[0] if lrs and rec.get("agreement") is None else None
+    if lrs and rec.get("agreement") is None:
+        return temperature_test(lrs)[0]
+    return rec.get("temperature_log_e")  # per-position files: computed by the verifier's own job_statistic
 
 
 def stat_of(rec: dict) -> JobStatistic:

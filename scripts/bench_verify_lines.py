@@ -48,6 +48,7 @@ def load_lines(files: list[Path]) -> list[dict]:
             out.append({**{k: v for k, v in r.items() if k not in ("pos", "ids")}, "tokens": stat.tokens, "z": stat.z,
                         "agreement": stat.agreement, "tail": stat.tail, "repeat": stat.repeat,
                         "temperature_p": stat.temperature, "temperature_ratio": stat.temperature_ratio,
+                        "temperature_log_e": stat.temperature_log_e,
                         "gen_tokens": len(r["ids"]) if r.get("gen_cpu") else 0})
     return out
 
