@@ -26,7 +26,6 @@ import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from json.encoder import c_encode_basestring, c_make_encoder  # type: ignore[attr-defined]
 from pathlib import Path
 from typing import Annotated, Any, TextIO
 
@@ -76,31 +75,9 @@ _float_seen = _FloatSeen()
 _decode = json.JSONDecoder(parse_float=_float_seen).decode
 
 
-def _not_json(value: Any) -> Any:
-    raise TypeError(f"not a JSON value: {type(value).__name__}")
-
-
-# json.dumps(sort_keys=True, separators=(",", ":"), ensure_ascii=False), minus JSONEncoder.encode's
-# per-call set-up (it builds a C encoder every call: a quarter of the time on a ledger state). No
-# circular-reference markers: what is encoded here was parsed from JSON, a tree.
-_c_encode = c_make_encoder(None, _not_json, c_encode_basestring, None, ":", ",", True, False, False)
-
-
-def _fast(value: Any) -> str:
-    return "".join(_c_encode(value, 0))
-
-
 def canonical(value: Any, *, has_float: bool | None = None) -> str:
-    """JCS text of ``value`` (exact integers of any size). ``json.dumps`` with sorted keys already is
-    JCS for ASCII text without floats (the common case); anything else takes the general path.
-    ``has_float``: whether ``value`` holds a float, when the caller knows (else it is looked for)."""
-    if has_float is None:
-        has_float = _has_float(value)
-    if not has_float:
-        text = _fast(value)
-        if text.isascii():
-            return text
-    return _slow(value)
+    """JCS text of ``value`` (exact integers of any size): ``canonical_bytes`` as text."""
+    return canonical_bytes(value, has_float=has_float).decode()
 
 
 def _has_float(value: Any) -> bool:
@@ -176,7 +153,10 @@ def decode_line(data: bytes) -> tuple[Any, bool]:
 
 
 def canonical_bytes(value: Any, *, has_float: bool | None = None) -> bytes:
-    """``canonical(value)`` as UTF-8 bytes."""
+    """JCS of ``value`` as UTF-8 bytes. msgspec's sorted compact output already is JCS for ASCII text
+    without floats (the common case: keys then sort the same by code point and by UTF-16 unit);
+    anything else takes the general path. ``has_float``: whether ``value`` holds a float, when the
+    caller knows (else it is looked for)."""
     if has_float is None:
         has_float = _has_float(value)
     if not has_float:
