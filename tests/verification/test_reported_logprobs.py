@@ -14,14 +14,12 @@ import httpx
 import pytest
 
 from basis.engines.scoring import TokenScore
-from basis.gateway.runtime import GatewayOptions
 from basis.ledger.service import Ledger
 from basis.ledger.verdicts import record_verdict
 from basis.verification.reported_logprobs import KEY, MEAN_TOLERANCE, TOKEN_TOLERANCE, compare, judge_reported
 from tests.gateway.harness import REPO, Gateway
 from tests.ledger.test_audit import basis_audit
 from tests.verification.helpers import CHEAT, POLICY, passing
-from tests.verification.test_reference import require_reference_scorer
 
 
 def _scores(raw: list[float]) -> list[TokenScore]:
@@ -85,42 +83,36 @@ def _start_fabricator(gw: Gateway) -> str:
 
 
 @pytest.mark.llama
-def test_fabricated_logprobs_fail_verification_and_honest_ones_pass(tmp_path, monkeypatch):
-    require_reference_scorer()
-    monkeypatch.delenv("BASIS_VERIFIER_SCORER", raising=False)
-    monkeypatch.setenv("BASIS_VERIFIER_THREADS", "1")
-    gw = Gateway(tmp_path / "home", GatewayOptions(heartbeat_interval=1.0, verifier="pool"))
-    try:
-        runtime = gw.runtime
-        _, key = gw.account("client", 10**18)
+def test_fabricated_logprobs_fail_verification_and_honest_ones_pass(reference_gateway):
+    gw = reference_gateway
+    runtime = gw.runtime
+    _, key = gw.account("client", 10**18)
 
-        def ask(i: int) -> str:
-            r = httpx.post(f"{gw.base}/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
-                           timeout=300, json={"model": "basis-default", "max_tokens": 10, "temperature": 0.8,
-                                              "logprobs": True, "top_logprobs": 2,
-                                              "messages": [{"role": "user", "content": f"Tell me a fact, {i}."}]})
-            assert r.status_code == 200, r.text
-            return r.json()["id"].removeprefix("chatcmpl-")
+    def ask(i: int) -> str:
+        r = httpx.post(f"{gw.base}/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                       timeout=300, json={"model": "basis-default", "max_tokens": 10, "temperature": 0.8,
+                                          "logprobs": True, "top_logprobs": 2,
+                                          "messages": [{"role": "user", "content": f"Tell me a fact, {i}."}]})
+        assert r.status_code == 200, r.text
+        return r.json()["id"].removeprefix("chatcmpl-")
 
-        gw.start_worker(engine="llama-cpp", capacity=1)
-        honest = [ask(i) for i in range(2)]  # probation: every job is checked
-        gw.kill_workers()
-        fabricator = _start_fabricator(gw)
-        fabricated = [ask(i) for i in range(2)]
-        gw.views_caught_up()
-        gw.until(lambda: not runtime.reader().pending_checks(), what="every checked job judged", timeout=600)
-        gw.views_caught_up()
-        reader = runtime.reader()
-        for job_id in honest:
-            v = reader.receipt(job_id)["verification"]
-            assert v["verdict"] == "passed" and v["statistic"][KEY]["far"] == 0, v
-        for job_id in fabricated:
-            r = reader.receipt(job_id)
-            assert r["core"]["worker"] == fabricator
-            v = r["verification"]
-            # its tokens are honest llama.cpp output; its reported numbers are what fails it
-            assert v["verdict"] == "failed" and v["statistic"][KEY]["far"] > 0, v
-            assert abs(v["statistic"]["z"]) < runtime.verification.job_threshold
-            assert r["reward_forfeited"]
-    finally:
-        gw.close()
+    gw.start_worker(engine="llama-cpp", capacity=1)
+    honest = [ask(i) for i in range(2)]  # probation: every job is checked
+    gw.kill_workers()
+    fabricator = _start_fabricator(gw)
+    fabricated = [ask(i) for i in range(2)]
+    gw.views_caught_up()
+    gw.until(lambda: not runtime.reader().pending_checks(), what="every checked job judged", timeout=600)
+    gw.views_caught_up()
+    reader = runtime.reader()
+    for job_id in honest:
+        v = reader.receipt(job_id)["verification"]
+        assert v["verdict"] == "passed" and v["statistic"][KEY]["far"] == 0, v
+    for job_id in fabricated:
+        r = reader.receipt(job_id)
+        assert r["core"]["worker"] == fabricator
+        v = r["verification"]
+        # its tokens are honest llama.cpp output; its reported numbers are what fails it
+        assert v["verdict"] == "failed" and v["statistic"][KEY]["far"] > 0, v
+        assert abs(v["statistic"]["z"]) < runtime.verification.job_threshold
+        assert r["reward_forfeited"]

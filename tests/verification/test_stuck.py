@@ -14,13 +14,13 @@ from basis.engines.scoring import ScoreRequest
 from basis.models.binding import ModelBinding
 from basis.verification.policy import BINDING_CALIBRATION, VerificationPolicy
 from basis.verification.stats import job_statistic, judge_job
-from tests.verification.test_reference import require_reference_scorer
+from tests.models.support import require_llama
 
 pytestmark = [pytest.mark.llama]
 
 
 def test_a_stuck_engine_fails_on_its_first_check_and_an_honest_one_passes():
-    require_reference_scorer()
+    require_llama()
     from basis.engines.llama_scoring import LlamaScorer
 
     binding = ModelBinding(model_id="smollm2-135m-instruct", gguf="smollm2-135m-instruct")

@@ -198,9 +198,9 @@ def test_real_reference_fails_greedy_claimed_at_t07_and_passes_honest_samples():
     from basis.engines.scoring import ScoreRequest
     from basis.models.binding import ModelBinding
     from basis.verification.policy import BINDING_CALIBRATION
-    from tests.verification.test_reference import require_reference_scorer
+    from tests.models.support import require_llama
 
-    require_reference_scorer()
+    require_llama()
     binding = ModelBinding(model_id="smollm2-135m-instruct", gguf="smollm2-135m-instruct")
     scorer = LlamaScorer(binding, n_threads=1)
     engine = LlamaCppEngine(binding, n_ctx=512, n_threads=1)
