@@ -72,3 +72,19 @@ def test_a_chain_behind_its_ledger_is_refused(home, settings):
     finally:
         ledger.close()
         chain.stop()
+
+
+def test_the_chain_log_lives_in_the_home_and_the_previous_one_is_kept(home):
+    """A chain of `basis up` keeps its log beside its state (the operator can read it; a SIGKILLed
+    `basis up` leaves no temporary folder behind), and a restart keeps the previous run's log once."""
+    operator = Account.create().address
+    first = local_chain.start_local_chain(home, operator, free_port())
+    first.stop()
+    log = (home / "anvil.log").read_text()
+    assert "eth_chainId" in log and "Listening on" in log
+    again = local_chain.start_local_chain(home, operator, free_port())
+    try:
+        assert (home / "anvil.log.1").read_text() == log
+        assert "eth_chainId" in (home / "anvil.log").read_text()
+    finally:
+        again.stop()

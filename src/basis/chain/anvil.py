@@ -58,6 +58,10 @@ class Anvil:
     extra_args: list[str] = field(default_factory=list)
     startup_timeout: float = 15.0
     die_with_parent: bool = False  # interrupted (state written) when the starting process exits
+    # Where anvil.log and anvil.json go. None: a temporary folder, removed on stop. A long-lived chain
+    # (`basis up`) keeps them in its home: the operator can read the log, and a SIGKILLed parent
+    # leaves nothing behind in /tmp.
+    log_dir: Path | None = None
 
     process: subprocess.Popen | None = field(default=None, init=False, repr=False)
     keys: list[str] = field(default_factory=list, init=False)
@@ -72,9 +76,17 @@ class Anvil:
         if self.process is not None:
             raise AnvilError("already started")
         binary = foundry_binary("anvil")
-        self._tmp = tempfile.TemporaryDirectory(prefix="basis-anvil-")
-        config_out = Path(self._tmp.name) / "anvil.json"
-        log = open(Path(self._tmp.name) / "anvil.log", "wb")  # noqa: SIM115 - lives as long as the process
+        if self.log_dir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="basis-anvil-")
+            folder = Path(self._tmp.name)
+        else:
+            folder = Path(self.log_dir)
+            folder.mkdir(parents=True, exist_ok=True)
+            if (folder / "anvil.log").exists():  # the previous run's log (maybe of a crash) is kept once
+                (folder / "anvil.log").replace(folder / "anvil.log.1")
+        config_out = folder / "anvil.json"
+        config_out.unlink(missing_ok=True)  # readiness waits for this run's own config
+        log = open(folder / "anvil.log", "wb")  # noqa: SIM115 - lives as long as the process
         last_error = ""
         for _attempt in range(3):  # a picked free port can be taken before anvil binds it
             port = self.port or free_port(self.host)
@@ -126,7 +138,7 @@ class Anvil:
                 proc.kill()
                 proc.wait()
             log.flush()
-            last_error = (Path(self._tmp.name) / "anvil.log").read_text(errors="replace")[-2000:]
+            last_error = (folder / "anvil.log").read_text(errors="replace")[-2000:]
             if self.port is not None and _attempt < 2:
                 self.port = None if "Address already in use" in last_error else self.port
         log.close()

@@ -51,7 +51,7 @@ LOCAL_ROOT_DELAY = 5
 def start_local_chain(home: Path, operator: str, port: int, root_delay: int = LOCAL_ROOT_DELAY) -> LocalChain:
     manifest_path = home / "deployment.json"
     anvil = Anvil(port=port, state_path=home / "anvil-state.json", state_interval=1,
-                  die_with_parent=True).start()
+                  die_with_parent=True, log_dir=home).start()
     try:
         w3 = connect(anvil.rpc_url)
         if manifest_path.exists():
