@@ -36,6 +36,7 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -302,9 +303,10 @@ def build_app(script: list[int], *, eos_id: int, behaviour: Behaviour | None = N
         tops: list = [None]
         for pos in range(start + 1, len(ids)):
             lps = reference(ids[:pos])
-            tokens.append([lps[ids[pos]], clip(ids[pos]), None])
-            order = sorted(range(len(lps)), key=lambda v: -lps[v])[:k]
-            tops.append([[lps[v], v, None] for v in order])
+            tokens.append([float(lps[ids[pos]]), clip(ids[pos]), None])
+            # most likely first, ties by id (a stable sort): numpy, so a real-sized vocabulary is quick
+            order = np.argsort(-np.asarray(lps, dtype=float), kind="stable")[:k]
+            tops.append([[float(lps[v]), int(v), None] for v in order])
         meta = {"id": body.get("rid") or "score-0", "finish_reason": {"type": "length", "length": 0},
                 "prompt_tokens": len(ids), "completion_tokens": 0, "input_token_logprobs": tokens,
                 "input_top_logprobs": tops, "output_token_logprobs": [], "output_top_logprobs": []}

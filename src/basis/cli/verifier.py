@@ -115,39 +115,76 @@ def verifier_run(
     scorer: str = typer.Option(None, "--scorer", envvar="BASIS_VERIFIER_SCORER",
                                help="MODULE:CALLABLE making the scorer per model (default: llama.cpp over "
                                "each binding's GGUF)."),
+    sglang_urls: list[str] = typer.Option(
+        None, "--sglang-url", envvar="BASIS_VERIFIER_SGLANG_URL",
+        help="[MODEL=]URL of a running sglang server (0.5.6+) that scores MODEL's jobs on a GPU (repeatable; a "
+             "bare URL when every advertised model has one backing). Other models: llama.cpp."),
+    sglang_api_key: str = typer.Option(None, "--sglang-api-key", envvar="BASIS_SGLANG_API_KEY",
+                                       help="API key of the --sglang-url servers (their --api-key)."),
+    sglang_top_k: int = typer.Option(64, "--sglang-top-k", min=1, max=1024,
+                                     help="Top logprobs asked per position (the claimed distribution is "
+                                     "built from them: raise it for hot jobs)."),
 ) -> None:
     """Verify the jobs selected for a check, from the shared store (SQLite under BASIS_HOME, or
     BASIS_DATABASE_URL); verdicts enter the ledger as commands. Stop with Ctrl-C or SIGTERM."""
     from basis.models import load_bindings
     from basis.verifier import Verifier
     from basis.verifier.policy import load_factory, policy_from_env
+    from basis.verifier.sglang import SGLangOptionError, SGLangScorers, parse_sglang_urls
 
     if scorer is not None and not re.match(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$", scorer):
         _fail(f"--scorer must be MODULE:CALLABLE, not {scorer!r}")
+    if scorer is not None and sglang_urls:
+        _fail("--scorer and --sglang-url both choose the scorer: give one")
     ledger = _ledger()
     try:
         bindings = load_bindings(list(ledger.pricing.models.values()))
-        policy, models = policy_from_env(bindings, mode="pool")
+        sglang = None
+        if sglang_urls:
+            try:
+                sglang = SGLangScorers(parse_sglang_urls(sglang_urls, bindings), bindings, load_factory(None, bindings),
+                                       api_key=sglang_api_key, top_k=sglang_top_k)
+            except SGLangOptionError as exc:
+                _fail(str(exc))
+        # "external": the scorer is given (--scorer, --sglang-url), so a box without llama.cpp still verifies
+        policy, models = policy_from_env(bindings, mode="external" if scorer or sglang_urls else "pool")
         if scorer is None and not models:
             _fail("no reference model is installed for any advertised model: nothing can be verified here", 1)
         try:
-            factory = load_factory(scorer, bindings)
+            factory = sglang or load_factory(scorer, bindings)
         except (ImportError, AttributeError) as exc:
             _fail(f"--scorer {scorer}: {exc}")
         from dataclasses import replace
 
         worker = Verifier(ledger, ledger.settings.views_path, replace(policy, enabled=True), factory, project=True)
+
+        async def main(work):
+            """The sglang servers are asked first, on the loop that scores (their clients live there)."""
+            try:
+                if sglang is not None:
+                    await sglang.check()
+                return await work()
+            finally:
+                if sglang is not None:
+                    await sglang.aclose()
+
         if once:
             try:
-                done = asyncio.run(worker.run_once())
+                done = asyncio.run(main(worker.run_once))
+            except SGLangOptionError as exc:
+                _fail(str(exc), 1)
             finally:
                 worker.close()
             print(json.dumps({"verdicts": done, "errors": worker.errors}))
             return
         stop = threading.Event()
-        err.print(f"verifier running on {ledger.settings.home} (models: {', '.join(models) or 'via --scorer'})")
+        scoring = sglang.describe(models) if sglang is not None else ", ".join(models) or "via --scorer"
+        err.print(f"verifier running on {ledger.settings.home} (models: {scoring})")
         try:
-            asyncio.run(worker.run(stop, interval))
+            asyncio.run(main(lambda: worker.run(stop, interval)))
+        except SGLangOptionError as exc:
+            worker.close()
+            _fail(str(exc), 1)
         except KeyboardInterrupt:
             stop.set()
     finally:

@@ -161,10 +161,22 @@ def receipt_page(request: Request, key: str) -> Response:
     core = found["core"]
     charged, reward = base_units(core.get("charged")), base_units(core.get("reward"))
     fee = str(int(charged) - int(reward)) if charged is not None and reward is not None else None
+    worker = reader.worker_status(core["worker"]) if core.get("worker") else None
     return _render(
         request, "receipt.html", active="receipts", r=found, core=core, fee=fee,
         core_pretty=json.dumps(core, indent=2, ensure_ascii=False), problems=recompute_problems(core),
-        job=reader.job(job_id))
+        job=reader.job(job_id), worker=worker, thresholds=_worker_thresholds(_runtime(request)))
+
+
+def _worker_thresholds(rt: Any) -> dict[str, float] | None:
+    """The published per-worker suspension levels (None: the runtime publishes no policy, or it is off)."""
+    policy = getattr(rt, "verification", None)
+    if policy is None or not policy.enabled:
+        return None
+    from basis.verification.sequential import e_threshold
+
+    return {"cusum": float(policy.worker_threshold), "e": e_threshold(policy.worker_e_alpha),
+            "e_alpha": float(policy.worker_e_alpha)}
 
 
 @router.get("/workers", response_class=HTMLResponse, name="explorer_workers")

@@ -133,7 +133,8 @@ def record_verdict(job_id: UUID, ids_sha256: str, statistic: JobStatistic, polic
         if worker is None:
             worker = uow.add(Worker(address=job.worker))
         worker.record_check(job_id=str(job.id), verdict=verdict, evidence=u, drift=policy.drift,
-                            log_e=statistic.temperature_log_e, worker_e_alpha=policy.worker_e_alpha)
+                            log_e=statistic.temperature_log_e, worker_e_alpha=policy.worker_e_alpha,
+                            worker_threshold=policy.worker_threshold)
         suspended = False
         crossed = _crossed(worker, policy) if not worker.is_suspended else None
         if crossed is not None:

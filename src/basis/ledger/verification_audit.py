@@ -6,8 +6,13 @@
 - a forfeit names the receipt's own reward; one "worker suspended" forfeit needs the worker to
   have been suspended at that point of the log;
 - each worker's checked / failed counts, CUSUM levels and e-detector level refolded from its verdicts
-  (each check's log E must be its verdict statistic's temperature log E); a suspension by the
-  e-detector needs the refolded level at log(1 / worker_e_alpha), with the alpha its check recorded;
+  (each check's evidence and log E must be its verdict's evidence and statistic's temperature log E);
+  a suspension by the e-detector needs the refolded level at log(1 / worker_e_alpha), one by the CUSUM
+  its level at worker_threshold, each as its check recorded;
+- a worker not suspended whose refolded level crossed either threshold at a check is suspended by
+  the verifier right there (the same command records both: its next event is the suspension), and
+  a crossing without one is named with the job where it crossed (a worker already suspended, by the
+  operator or earlier, is not suspended again; reinstatement clears the levels);
 - a worker back on probation only right after its reinstatement, from its checked count then;
 - settled batches: no job settled while awaiting its verdict; a forfeited reward carried as 0;
   the rewards view's ``settled`` equals the sum of the settled rewards not forfeited.
@@ -58,6 +63,9 @@ def check_verification(replay: ViewReader, store: LedgerStore, problems: list[st
     folded: dict[str, WorkerEvidence] = defaultdict(WorkerEvidence)
     log_es: dict[str, float | None] = {}  # the temperature log E of each verdict's statistic
     e_alpha: dict[str, float | None] = {}  # the worker_e_alpha each worker's latest check recorded
+    threshold: dict[str, float | None] = {}  # the worker_threshold each worker's latest check recorded
+    evidences: dict[str, float] = {}  # each verdict's standardised evidence (what its check must fold)
+    crossing: dict[str, str] = {}  # worker -> the crossing its next event must answer with a suspension
     decode = store.mapper.transcoder.decode
     worker_of: dict[str, str] = {r["worker_id"]: r["address"] for r in db.execute(
         "SELECT worker_id, address FROM workers")}
@@ -68,6 +76,7 @@ def check_verification(replay: ViewReader, store: LedgerStore, problems: list[st
             requested.add(job_id)
         elif topic == "basis:Job.Verified.v1":
             verdicts[job_id] = d["verdict"]
+            evidences[job_id] = float(d["evidence"])
             log_es[job_id] = (d.get("statistic") or {}).get("temperature_log_e")
             _rejudge(job_id, d, problems)
             if job_id not in requested:
@@ -95,12 +104,23 @@ def check_verification(replay: ViewReader, store: LedgerStore, problems: list[st
             if d.get("log_e") != log_es.get(d["job_id"]):
                 problems.append(f"worker {address}: check of job {d['job_id']} carries log E {d.get('log_e')}, the "
                                 f"job's verdict statistic says {log_es.get(d['job_id'])}")
+            if d["job_id"] in evidences and not math.isclose(float(d["evidence"]), evidences[d["job_id"]],
+                                                             rel_tol=1e-9, abs_tol=1e-9):
+                problems.append(f"worker {address}: check of job {d['job_id']} folds evidence {d['evidence']}, the "
+                                f"job's verdict says {evidences[d['job_id']]}")
+            _unanswered(crossing, address, problems)
             folded[address] = folded[address].update(d["evidence"], failed=d["verdict"] == "failed",
                                                      drift=d["drift"], log_e=d.get("log_e"))
             e_alpha[address] = d.get("worker_e_alpha")
+            threshold[address] = d.get("worker_threshold")
+            if address not in suspended:
+                crossed = _crossed(folded[address], threshold[address], e_alpha[address])
+                if crossed:
+                    crossing[address] = f"its {crossed} at job {d['job_id']}"
         elif topic == "basis:Worker.Suspended.v1":
             address = worker_of.get(job_id, job_id)
             suspended.add(address)
+            crossing.pop(address, None)
             if d["by"] == "verifier":  # its evidence: checked jobs of this worker, and evidence there was
                 for ev_job in d["evidence"]:
                     if ev_job not in verdicts or (receipts.get(ev_job) or {}).get("worker") != address:
@@ -112,19 +132,27 @@ def check_verification(replay: ViewReader, store: LedgerStore, problems: list[st
                                                       or not ev.e_crossed(float(e_alpha[address]))):  # type: ignore[arg-type]
                     problems.append(f"worker {address}: suspended by the e-detector at log E {ev.e_level:.4f}, below "
                                     f"log(1/worker_e_alpha) for its recorded alpha {e_alpha.get(address)}")
+                elif ("worker_threshold" in d["reason"] and threshold.get(address) is not None
+                      and not ev.crossed(float(threshold[address]))):  # type: ignore[arg-type]
+                    problems.append(f"worker {address}: suspended by the CUSUM at level {ev.level:.4f}, below its "
+                                    f"recorded worker_threshold {threshold[address]}")
         elif topic == "basis:Worker.Reinstated.v1":
             address = worker_of.get(job_id, job_id)
+            _unanswered(crossing, address, problems)
             suspended.discard(address)
             ev = folded[address]
             folded[address] = WorkerEvidence(checked=ev.checked, failed=ev.failed)
             reinstated_last = address
         elif topic == "basis:Worker.ProbationStarted.v1":
             address = worker_of.get(job_id, job_id)
+            _unanswered(crossing, address, problems)
             if just_reinstated != address:
                 problems.append(f"worker {address}: put on probation without being reinstated just before")
             if int(d["from_checked"]) != folded[address].checked:
                 problems.append(f"worker {address}: probation from {d['from_checked']} checked jobs, its verdicts "
                                 f"say {folded[address].checked}")
+    for address in sorted(crossing):
+        _unanswered(crossing, address, problems)
     for job_id, verdict in sorted(verdicts.items()):
         core = receipts.get(job_id)
         refund = refunds.get(job_id)
@@ -140,6 +168,25 @@ def check_verification(replay: ViewReader, store: LedgerStore, problems: list[st
             problems.append(f"refund {job_id} of {amount}: the job has no failed verdict")
     _check_workers(replay, folded, problems)
     _check_batches(replay, store, forfeited, receipts, problems)
+
+
+def _crossed(ev: WorkerEvidence, worker_threshold: float | None, worker_e_alpha: float | None) -> str | None:
+    """Which published threshold the refolded levels reach (None: neither, or not recorded: checks
+    from before the threshold was recorded in them are not judged by it)."""
+    out = []
+    if worker_threshold is not None and ev.crossed(float(worker_threshold)):
+        out.append(f"CUSUM level {ev.level:.4f} crossed worker_threshold {float(worker_threshold):g}")
+    if worker_e_alpha is not None and ev.e_crossed(float(worker_e_alpha)):
+        out.append(f"e-detector level {ev.e_level:.4f} crossed log(1/worker_e_alpha) for alpha "
+                   f"{float(worker_e_alpha):g}")
+    return " and ".join(out) or None
+
+
+def _unanswered(crossing: dict[str, str], address: str, problems: list[str]) -> None:
+    """The worker's pending crossing, if any, was not followed by its suspension: name it."""
+    what = crossing.pop(address, None)
+    if what is not None:
+        problems.append(f"worker {address}: {what}, but it was not suspended")
 
 
 def _events(store: LedgerStore, decode: Any, upto: int | None = None):

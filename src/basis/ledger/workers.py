@@ -42,11 +42,14 @@ class Worker(Aggregate):
 
     @event("Checked", topic="basis:Worker.Checked.v1")
     def record_check(self, job_id: str, verdict: str, evidence: float, drift: float,
-                     log_e: float | None = None, worker_e_alpha: float | None = None) -> None:
+                     log_e: float | None = None, worker_e_alpha: float | None = None,
+                     worker_threshold: float | None = None) -> None:
         """One verdict on one of its jobs, folded into the per-worker CUSUM (``drift`` as published
         when it was judged, so a replay gives the same levels) and into the e-detector (``log_e``:
         the job's temperature log E, None for a job without it; ``worker_e_alpha``: the level it
-        was judged against, as published then). Events from before the e-detector lack both."""
+        was judged against, as published then). Events from before the e-detector lack both.
+        ``worker_threshold``: the CUSUM level it was judged against, as published then (so the audit
+        can tell a crossing that went without a suspension); events from before it lack it."""
         self.evidence = self.evidence.update(evidence, failed=verdict == "failed", drift=drift, log_e=log_e)
         self.evidence_jobs = [*self.evidence_jobs, job_id] if self.evidence.level > 0 else []
         self.e_evidence_jobs = [*self.e_evidence_jobs, job_id] if self.evidence.e_level > 0 else []

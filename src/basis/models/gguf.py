@@ -16,6 +16,9 @@ import threading
 from pathlib import Path
 from typing import Any
 
+# the header readers (no llama.cpp, no weights), re-exported for the catalog's callers
+from basis.models.gguf_header import gguf_context_length, gguf_vocab_size  # noqa: F401
+
 _DEFAULT_GEMMA_TEMPLATE = (
     "{{ bos_token }}{% for message in messages %}"
     "{% if message['role'] == 'assistant' %}{% set role = 'model' %}"
@@ -281,61 +284,3 @@ def resolve_gguf(name: str | None) -> str:
     """A catalog's ``gguf``: a packaged model's short name, else a file path."""
     locate = PACKAGED_GGUFS.get(name or "gemma3-270m")
     return locate() if locate is not None else str(name)
-
-
-# -- training context, read from the GGUF header (no llama.cpp, no weights) ----------------------
-_GGUF_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q",
-                 12: "<d"}
-_GGUF_STRING, _GGUF_ARRAY = 8, 9
-
-
-@functools.cache
-def gguf_context_length(path: str) -> int | None:
-    """``<architecture>.context_length`` (the context the model was trained for, llama.cpp's
-    n_ctx_train) from a GGUF file's key-value header; None when the file does not say.
-
-    Reads only the header up to that key (it precedes the large tokenizer arrays), so it costs
-    milliseconds where loading the vocabulary costs a second."""
-    import struct
-
-    with open(path, "rb") as fh:
-        def read(fmt: str) -> Any:
-            size = struct.calcsize(fmt)
-            data = fh.read(size)
-            if len(data) != size:
-                raise ValueError(f"{path}: truncated GGUF header")
-            return struct.unpack(fmt, data)[0]
-
-        def string() -> str:
-            return fh.read(read("<Q")).decode("utf-8", "replace")
-
-        def value(kind: int) -> Any:
-            if kind in _GGUF_SCALARS:
-                return read(_GGUF_SCALARS[kind])
-            if kind == _GGUF_STRING:
-                return string()
-            if kind == _GGUF_ARRAY:
-                item, count = read("<I"), read("<Q")
-                if item in _GGUF_SCALARS:  # skip without decoding
-                    fh.seek(struct.calcsize(_GGUF_SCALARS[item]) * count, os.SEEK_CUR)
-                else:
-                    for _ in range(count):
-                        value(item)
-                return None
-            raise ValueError(f"{path}: unknown GGUF value type {kind}")
-
-        if fh.read(4) != b"GGUF":
-            raise ValueError(f"{path} is not a GGUF file")
-        version = read("<I")
-        if version < 2:
-            raise ValueError(f"{path}: GGUF version {version} is not supported")
-        read("<Q")  # tensor count
-        architecture = None
-        for _ in range(read("<Q")):
-            key, kind = string(), read("<I")
-            val = value(kind)
-            if key == "general.architecture":
-                architecture = val
-            elif architecture and key == f"{architecture}.context_length":
-                return int(val)
-    return None

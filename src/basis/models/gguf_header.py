@@ -1,0 +1,94 @@
+"""Facts read from a GGUF file's key-value header alone (no llama.cpp, no weights): milliseconds,
+where loading the vocabulary with llama.cpp costs a second (and needs llama-cpp-python, which a
+GPU verifier box may not have)."""
+
+from __future__ import annotations
+
+import functools
+import os
+import struct
+from collections.abc import Callable
+from typing import Any
+
+_GGUF_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q",
+                 12: "<d"}
+_GGUF_STRING, _GGUF_ARRAY = 8, 9
+
+
+class ArrayLength(int):
+    """An array value, reported by its element count (the elements themselves are skipped)."""
+
+
+def _scan(path: str, pick: Callable[[str, Any, dict[str, Any]], Any]) -> Any:
+    """Walk the header's keys in order; ``pick(key, value, seen)`` returns the answer (not None) to
+    stop early. Arrays are given as their ``ArrayLength`` before their elements are read."""
+    with open(path, "rb") as fh:
+        def read(fmt: str) -> Any:
+            size = struct.calcsize(fmt)
+            data = fh.read(size)
+            if len(data) != size:
+                raise ValueError(f"{path}: truncated GGUF header")
+            return struct.unpack(fmt, data)[0]
+
+        def string() -> str:
+            return fh.read(read("<Q")).decode("utf-8", "replace")
+
+        def skip_array(item: int, count: int) -> None:
+            if item in _GGUF_SCALARS:  # skip without decoding
+                fh.seek(struct.calcsize(_GGUF_SCALARS[item]) * count, os.SEEK_CUR)
+                return
+            for _ in range(count):
+                scalar(item)
+
+        def scalar(kind: int) -> Any:
+            if kind in _GGUF_SCALARS:
+                return read(_GGUF_SCALARS[kind])
+            if kind == _GGUF_STRING:
+                return string()
+            if kind == _GGUF_ARRAY:
+                skip_array(read("<I"), read("<Q"))
+                return None
+            raise ValueError(f"{path}: unknown GGUF value type {kind}")
+
+        if fh.read(4) != b"GGUF":
+            raise ValueError(f"{path} is not a GGUF file")
+        version = read("<I")
+        if version < 2:
+            raise ValueError(f"{path}: GGUF version {version} is not supported")
+        read("<Q")  # tensor count
+        seen: dict[str, Any] = {}
+        for _ in range(read("<Q")):
+            key, kind = string(), read("<I")
+            if kind == _GGUF_ARRAY:
+                item, count = read("<I"), read("<Q")
+                found = pick(key, ArrayLength(count), seen)
+                if found is not None:
+                    return found
+                skip_array(item, count)
+                continue
+            val = scalar(kind)
+            seen[key] = val
+            found = pick(key, val, seen)
+            if found is not None:
+                return found
+    return None
+
+
+@functools.cache
+def gguf_context_length(path: str) -> int | None:
+    """``<architecture>.context_length`` (the context the model was trained for, llama.cpp's
+    n_ctx_train); None when the file does not say. It precedes the large tokenizer arrays."""
+
+    def pick(key: str, val: Any, seen: dict[str, Any]) -> int | None:
+        arch = seen.get("general.architecture")
+        return int(val) if arch and key == f"{arch}.context_length" else None
+
+    return _scan(path, pick)
+
+
+@functools.cache
+def gguf_vocab_size(path: str) -> int | None:
+    """The vocabulary size: the length of ``tokenizer.ggml.tokens`` (llama.cpp's ``n_vocab``, which
+    is also the width of the model's logits: llama.cpp loads the output tensor at that width). None
+    when the file has no tokenizer."""
+    return _scan(path, lambda key, val, seen: int(val) if key == "tokenizer.ggml.tokens" else None)

@@ -1,0 +1,124 @@
+"""The verifier's built-in GPU scorer: ``basis verifier run --sglang-url [MODEL=]URL``.
+
+Each advertised model named (or every one, when they all share one backing file) is scored by
+``SGLangScorer`` on that server, with the binding's vocabulary size as ``n_vocab``: the temperature
+test bounds its hotter alternatives from sglang's top-k with it, and without it they get factor 0
+(basis.engines.sglang_scoring). sglang's ``/get_model_info`` reports no vocabulary size (model_path,
+tokenizer_path, is_generation, preferred_sampling_params, weight_version), so it is read from the
+binding's GGUF header, which the verifier needs anyway: the worker's ids are ids of that
+vocabulary. Models not named keep the default scorer (llama.cpp over their GGUF).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from urllib.parse import urlsplit
+
+from basis.engines.scoring import ScoringError
+from basis.engines.sglang_scoring import DEFAULT_TOP_K, SGLangScorer
+from basis.models import ModelBinding
+from basis.models.gguf_header import gguf_vocab_size
+from basis.verifier.policy import ScorerFactory
+
+
+class SGLangOptionError(ValueError):
+    """A ``--sglang-url`` the verifier cannot use (the message names why)."""
+
+
+def parse_sglang_urls(values: Sequence[str], bindings: Mapping[str, ModelBinding]) -> dict[str, str]:
+    """``[MODEL=]URL`` options -> {advertised model: base URL}. A bare URL serves every advertised
+    model, which is only meaningful when they all share one backing file (one sglang server
+    serves one model); else each must be named."""
+    out: dict[str, str] = {}
+    for value in values:
+        model, sep, url = value.partition("=") if "=" in value.split("://", 1)[0] else ("", "", value)
+        url = _base_url(url.strip(), value)
+        if sep:
+            model = model.strip()
+            if model not in bindings:
+                raise SGLangOptionError(f"--sglang-url {value}: {model!r} is not an advertised model "
+                                        f"(advertised: {', '.join(sorted(bindings))})")
+            targets = [model]
+        else:
+            backings = {b.gguf for b in bindings.values()}
+            if len(backings) > 1:
+                raise SGLangOptionError(
+                    f"--sglang-url {value}: the advertised models are backed by {len(backings)} different models "
+                    f"({', '.join(sorted(backings))}); say which model this server serves: --sglang-url MODEL=URL")
+            targets = list(bindings)
+        for target in targets:
+            if target in out and out[target] != url:
+                raise SGLangOptionError(f"--sglang-url: {target!r} is given two servers ({out[target]}, {url})")
+            out[target] = url
+    return out
+
+
+def _base_url(url: str, value: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise SGLangOptionError(f"--sglang-url {value}: not an http(s) URL of an sglang server "
+                                "(e.g. http://127.0.0.1:30000)")
+    try:
+        parts.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError as exc:
+        raise SGLangOptionError(f"--sglang-url {value}: {exc}") from exc
+    return url.rstrip("/")
+
+
+def binding_vocab_size(model: str, binding: ModelBinding) -> int:
+    """The binding's vocabulary size, from its GGUF header (no llama.cpp needed)."""
+    try:
+        path = binding.gguf_path
+    except (RuntimeError, OSError, ValueError) as exc:  # a packaged model whose package is missing
+        raise SGLangOptionError(f"model {model!r}: its binding's GGUF is not installed here ({exc}); the "
+                                "verifier needs the binding's vocabulary to score with sglang") from exc
+    if not path or not os.path.isfile(path):
+        raise SGLangOptionError(f"model {model!r}: its binding's GGUF {path!r} is not here; the verifier needs "
+                                "the binding's vocabulary to score with sglang")
+    try:
+        n_vocab = gguf_vocab_size(path)
+    except (OSError, ValueError) as exc:
+        raise SGLangOptionError(f"model {model!r}: cannot read {path}: {exc}") from exc
+    if not n_vocab:
+        raise SGLangOptionError(f"model {model!r}: {path} holds no tokenizer vocabulary")
+    return n_vocab
+
+
+class SGLangScorers:
+    """One ``SGLangScorer`` per (server, vocabulary), and the factory over them; the models not
+    served by sglang go to ``fallback``."""
+
+    def __init__(self, urls: Mapping[str, str], bindings: Mapping[str, ModelBinding], fallback: ScorerFactory,
+                 *, api_key: str | None = None, top_k: int = DEFAULT_TOP_K) -> None:
+        self.by_model: dict[str, SGLangScorer] = {}
+        shared: dict[tuple[str, int], SGLangScorer] = {}
+        for model, url in sorted(urls.items()):
+            n_vocab = binding_vocab_size(model, bindings[model])
+            key = (url, n_vocab)
+            if key not in shared:
+                shared[key] = SGLangScorer(url, api_key=api_key, top_k=top_k, n_vocab=n_vocab)
+            self.by_model[model] = shared[key]
+        self.fallback = fallback
+
+    def __call__(self, model: str):
+        scorer = self.by_model.get(model)
+        return scorer if scorer is not None else self.fallback(model)
+
+    async def check(self) -> None:
+        """Each server answers and passes the scorer's version gate; raises SGLangOptionError naming
+        the server otherwise (before any job is claimed)."""
+        for scorer in {id(s): s for s in self.by_model.values()}.values():
+            try:
+                await scorer.check_server()
+            except ScoringError as exc:
+                raise SGLangOptionError(f"sglang at {scorer.base_url}: {exc}") from exc
+
+    async def aclose(self) -> None:
+        for scorer in {id(s): s for s in self.by_model.values()}.values():
+            await scorer.aclose()
+
+    def describe(self, models: Sequence[str]) -> str:
+        """Which scorer checks which model (``models``: those with a reference installed here)."""
+        return ", ".join(f"{m} via sglang at {s.base_url} (n_vocab {s.n_vocab})" for m, s in self.by_model.items()) + \
+            "".join(f", {m} via llama.cpp" for m in models if m not in self.by_model)

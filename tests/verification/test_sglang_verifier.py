@@ -1,0 +1,195 @@
+"""`basis verifier run --sglang-url`: the built-in GPU scorer, end to end against the sglang protocol
+double (tests/engines/sglang_double.py) on loopback, with a real ledger. Its toy reference model
+spans the binding's whole vocabulary (SmolLM2's 49,152 ids) and is peaked like a language model's,
+so sglang's top-64 hold nearly all the mass, as they would on a real server.
+
+The point of the built-in option: the scorer gets the binding's vocabulary size (``n_vocab``), without
+which the temperature test gives the hotter alternatives factor 0 on sglang, and a worker sampling at
+double the temperature passes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import numpy as np
+import pytest
+import uvicorn
+from typer.testing import CliRunner
+
+from basis.cli.main import app
+from basis.config import Settings
+from basis.engines.scoring import TEMPERATURE_RATIOS, ScoreRequest
+from basis.engines.sglang_scoring import SGLangScorer
+from basis.ledger.service import Ledger
+from basis.models import load_bindings
+from basis.models.gguf_header import gguf_vocab_size
+from basis.verification.stats import job_statistic
+from tests.engines.sglang_double import build_app
+from tests.models.support import require_llama
+from tests.verification.helpers import CHEAT, HONEST, POLICY, contributor_job
+from tests.verification.test_cli import head
+
+MODEL = "basis-default"  # SmolLM2-135M-Instruct's vocabulary
+PROMPT = [1, 2, 3, 4, 5]  # contributor_job's prompt ids
+TEMPERATURE = 0.7  # contributor_job's claimed temperature (top_p 1.0)
+N = 64  # output ids a job (its max_tokens)
+runner = CliRunner()
+
+
+def toy_reference(vocab: int):
+    """Log-probabilities over ``vocab`` ids as a function of the prefix: 24 likely candidates (logits
+    0..6) over a floor of -20 for every other id, so the top-64 hold all but ~1e-7 of the mass."""
+
+    def logprobs(prefix: list[int]) -> np.ndarray:
+        rng = np.random.default_rng([int(t) for t in prefix[-3:]] + [len(prefix)])
+        logits = np.full(vocab, -20.0) + rng.standard_normal(vocab) * 0.3
+        logits[rng.choice(np.arange(100, 2000), size=24, replace=False)] = rng.uniform(0.0, 6.0, size=24)
+        return logits - np.logaddexp.reduce(logits)
+
+    return logprobs
+
+
+def sample(reference, temperature: float, n: int, seed: int) -> list[int]:
+    """n ids sampled from the toy reference at ``temperature``, teacher-forced on its own output."""
+    rng = np.random.default_rng(seed)
+    out: list[int] = []
+    for _ in range(n):
+        lp = reference(PROMPT + out) / temperature
+        p = np.exp(lp - np.logaddexp.reduce(lp))
+        out.append(int(rng.choice(len(p), p=p)))
+    return out
+
+
+@contextmanager
+def serve_in_thread(fastapi_app) -> Iterator[str]:
+    """The double on a loopback port, served from its own thread (the CLI runs its own loop)."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(fastapi_app, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[sock])), daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            assert thread.is_alive(), "the sglang double did not start"
+            threading.Event().wait(0.01)
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()
+
+
+@pytest.fixture(scope="module")
+def vocab() -> int:
+    return gguf_vocab_size(load_bindings()[MODEL].gguf_path)
+
+
+@pytest.fixture(scope="module")
+def outputs(vocab):
+    """An honest worker's ids (sampled at the claimed temperature) and a cheat's (at double it)."""
+    ref = toy_reference(vocab)
+    return ref, sample(ref, TEMPERATURE, N, seed=1), sample(ref, 2 * TEMPERATURE, N, seed=2)
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch, outputs):
+    """A store where the honest worker and the cheat each have one job awaiting its check."""
+    for var in ("BASIS_DATABASE_URL", "BASIS_VERIFIER_SCORER", "BASIS_VERIFIER_SGLANG_URL", "BASIS_SGLANG_API_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("BASIS_HOME", str(tmp_path / "home"))
+    settings = Settings(home=tmp_path / "home")
+    _, honest, cheat = outputs
+    ledger = Ledger(settings, verification=POLICY)
+    account_id = ledger.open_account("alice")
+    ledger.grant("alice", 10**18)
+    jobs = {"honest": contributor_job(ledger, account_id, HONEST, output_ids=honest)[0],
+            "cheat": contributor_job(ledger, account_id, CHEAT, output_ids=cheat)[0]}
+    assert all(ledger.get(j).awaiting_verdict for j in jobs.values())
+    ledger.close()
+    return settings, jobs
+
+
+def test_the_vocabulary_size_is_read_from_the_gguf_header_as_llama_cpp_counts_it():
+    require_llama()  # binding.n_vocab: llama.cpp's own count, loaded with the vocabulary
+    for model, binding in load_bindings().items():
+        assert gguf_vocab_size(binding.gguf_path) == binding.n_vocab, model
+
+
+def test_verifier_run_with_sglang_scores_with_the_bindings_vocabulary(home, outputs, vocab):
+    settings, jobs = home
+    ref, _, cheat = outputs
+    double = build_app([], eos_id=2, reference=ref, vocab_size=vocab)
+    with serve_in_thread(double) as url:
+        result = runner.invoke(app, ["verifier", "run", "--once", "--sglang-url", f"{MODEL}={url}"])
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout) == {"verdicts": 2, "errors": 0}
+        prefills = [r for r in double.state.requests if r.get("return_logprob")]
+        # the same cheat job scored the way a `--scorer` callable building SGLangScorer(url) did
+        without = asyncio.run(_score_without_n_vocab(url, cheat))
+    assert sorted(len(r["input_ids"]) for r in prefills) == [len(PROMPT) + N] * 2
+    assert all(r["top_logprobs_num"] == 64 and r["sampling_params"]["max_new_tokens"] == 0 for r in prefills)
+    ledger = Ledger(settings)
+    try:
+        honest_v, cheat_v = ledger.get(jobs["honest"]).verdict, ledger.get(jobs["cheat"]).verdict
+    finally:
+        ledger.close()
+    assert honest_v["verdict"] == "passed", honest_v
+    assert honest_v["statistic"]["temperature"] > honest_v["temperature_alpha"]
+    # double the temperature: the hotter alternatives carry the evidence, and fail the job
+    assert cheat_v["verdict"] == "failed", cheat_v
+    stat = cheat_v["statistic"]
+    assert stat["temperature_ratio"] > 1 and stat["temperature"] < cheat_v["temperature_alpha"]
+    # without n_vocab the hotter ratios get factor 0 at every position: the same job passes that test
+    assert without.temperature_ratio is not None and without.temperature_ratio < 1
+    assert without.temperature == 1.0
+
+
+async def _score_without_n_vocab(url: str, output_ids: list[int]):
+    scorer = SGLangScorer(url)
+    try:
+        scores = await scorer.score(ScoreRequest(PROMPT, output_ids, TEMPERATURE, 1.0, model=MODEL))
+    finally:
+        await scorer.aclose()
+    hotter = [j for j, s in enumerate(TEMPERATURE_RATIOS) if s > 1]
+    assert all(s.temperature_lr[j] == float("-inf") for s in scores for j in hotter)  # type: ignore[index]
+    return job_statistic(scores, TEMPERATURE, output_ids)
+
+
+def closed_port_url() -> str:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()  # nothing listens there now
+    return f"http://127.0.0.1:{port}"
+
+
+@pytest.mark.parametrize("args, message, code", [
+    (["--sglang-url", "nope=http://127.0.0.1:30000"], "'nope' is not an advertised model", 2),
+    (["--sglang-url", "http://127.0.0.1:30000"], "say which model this server serves", 2),
+    (["--sglang-url", f"{MODEL}=ftp://127.0.0.1:30000"], "not an http(s) URL", 2),
+    (["--sglang-url", f"{MODEL}=http://127.0.0.1:port"], "--sglang-url", 2),
+    (["--sglang-url", f"{MODEL}=http://127.0.0.1:1", "--sglang-url", f"{MODEL}=http://127.0.0.1:2"],
+     "two servers", 2),
+    (["--sglang-url", f"{MODEL}=http://127.0.0.1:1", "--scorer", "tests.verification.doubles:canned"],
+     "give one", 2),
+    (["--sglang-url", "UNREACHABLE"], "did not answer", 1),
+])
+def test_bad_sglang_options_are_clear_errors_and_record_nothing(home, args, message, code):
+    settings, jobs = home
+    args = [a.replace("UNREACHABLE", f"{MODEL}={closed_port_url()}") for a in args]
+    before = head(settings)
+    result = runner.invoke(app, ["verifier", "run", "--once", *args])
+    assert result.exit_code == code and message in result.output, result.output
+    assert "Traceback" not in result.output
+    assert head(settings) == before
+    ledger = Ledger(settings)
+    try:
+        assert all(ledger.get(uuid.UUID(str(j))).awaiting_verdict for j in jobs.values())
+    finally:
+        ledger.close()
