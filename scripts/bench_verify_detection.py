@@ -211,6 +211,18 @@ def main() -> None:
         print(f"| {rule.name} | {th:.2f} | {min(bound, 1.0):.1e} | {sus}/{args.honest_workers * len(hcells)} | "
               f"{top:.2f} | " + " | ".join(cells) + " |")
     _ = temps
+    print("\nThe largest CUSUM threshold h (drift 1, with the v3 e-detector) at which each cheat cell is suspended "
+          "within 5 checked jobs in >= 99 % of trials, and the honest bound it implies:\n")
+    for key, ev in sorted(ccells.items()):
+        found = None
+        for h in np.arange(12.0, 5.0, -0.25):
+            when = simulate(ev, Rule("", 1.0, float(h), e_alpha), args.trials, 5, rng)
+            if (when > 0).mean() >= 0.99:
+                found = float(h)
+                break
+        bound = 2 * args.honest_checked * math.exp(-thetas[1.0] * found) if found else None
+        print(f"- T {key[0]}, {key[2]}: " + (f"h <= {found:.2f} (bound {bound:.1e} over {args.honest_checked} checked "
+                                             "jobs)" if found else "no h >= 5 reaches it"))
 
     if args.pools:  # every other cheat of the benchmark's pools, under the compared rules
         groups: dict[tuple, list[dict]] = {}
@@ -236,16 +248,15 @@ def main() -> None:
                              f">{args.cap} / {worst} / 0 % / 0 %")
             print(f"| {key[0]} | {key[1]} | {key[2]} | {len(ev)} | " + " | ".join(cells) + " |")
 
-    long = [r for r in cheats if r["file"].endswith("128")]
-    if long:
-        print("\n### Cheat by job length (the jobs of the *-128 files cut at their first L tokens)\n")
-        print(CHEAT_HEADER)
-        for t in sorted({r["temperature"] for r in long}):
-            for L in (int(x) for x in args.lengths.split(",")):
-                ev = [job_evidence(r["pos"][:L], t, r["ids"][:L], r["binding"], policy) for r in long
-                      if r["temperature"] == t and len(r["ids"]) >= min(L, 48)]
-                for rule in (v3, rules[3]):
-                    print(cheat_row(f"{t}, first {L}", ev, rule, args.trials, args.cap, rng))
+    print("\n### Cheat by job length: each job cut at its first L tokens (what max_tokens L would have given)\n")
+    print(CHEAT_HEADER)
+    for f, t in sorted({(r["file"], r["temperature"]) for r in cheats}):
+        jobs = [r for r in cheats if r["file"] == f and r["temperature"] == t]
+        longest = max(len(r["ids"]) for r in jobs)
+        for L in (int(x) for x in args.lengths.split(",") if int(x) <= longest):
+            ev = [job_evidence(r["pos"][:L], t, r["ids"][:L], r["binding"], policy) for r in jobs]
+            for rule in compare:
+                print(cheat_row(f"{t}, {f}, first {L}", ev, rule, args.trials, args.cap, rng))
 
 
 CHEAT_HEADER = ("| claimed T, jobs | rule | jobs | z mean (min..max) | caught on first checked job | checked jobs to "
