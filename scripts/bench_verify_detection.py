@@ -125,6 +125,7 @@ def main() -> None:
     ap.add_argument("--honest-workers", type=int, default=1000)
     ap.add_argument("--honest-checked", type=int, default=2000)
     ap.add_argument("--lengths", default="16,24,32,40,48,64,96,128")
+    ap.add_argument("--boot", type=int, default=200, help="bootstrap resamples of a cell's jobs")
     ap.add_argument("--pools", default="",
                     help="bench_verify.py pool files (JSON): their cheats under the compared rules")
     args = ap.parse_args()
@@ -137,7 +138,7 @@ def main() -> None:
     rules = [v3] + [Rule(f"CUSUM d {d} h {h}", d, h, e_alpha) for d, h in grid]
     rules += [Rule("v3, hot-only e-det", 1.0, 12.0, e_alpha, "hot"),
               Rule("e-det alone (v3 mix)", 1.0, math.inf, e_alpha)]
-    compare = [v3] + [r for r in rules if (r.drift, r.threshold) in ((1.0, 10.0), (1.5, 8.0), (1.5, 7.0))]
+    compare = [v3] + [r for r in rules if (r.drift, r.threshold) in ((1.0, 10.0), (1.0, 9.0), (1.5, 7.0))]
 
     honest = read_jobs(args.honest.split(","))
     cheats = read_jobs(args.cheat.split(","))
@@ -159,6 +160,28 @@ def main() -> None:
     print(CHEAT_HEADER)
     for key, ev in sorted(ccells.items()):
         print(cheat_row(f"{key[0]}, {key[2]}", ev, v3, args.trials, args.cap, rng))
+    # every job of a claimed T cut at 48 tokens (the 48-token files whole, the longer ones' first 48):
+    # one population, since the first 48 tokens of a longer job are distributed as a 48-token job
+    pooled: dict[float, list[dict]] = {}
+    for r in cheats:
+        pooled.setdefault(r["temperature"], []).append(
+            job_evidence(r["pos"][:48], r["temperature"], r["ids"][:48], r["binding"], policy))
+    print("\n### Every cheat job cut at 48 tokens, pooled per claimed T: the share within 5 and its spread\n")
+    print(f"Bootstrap: {args.boot} resamples of the cell's jobs (with replacement), {args.trials // 10} "
+          "workers each; the 5-95 % range of the share of workers suspended within 5 checked jobs.\n")
+    print("| claimed T | jobs | rule | within 5 (all jobs) | bootstrap median | bootstrap 5-95 % |")
+    print("|---|---|---|---|---|---|")
+    for t, ev in sorted(pooled.items()):
+        for rule in compare:
+            point = (simulate(ev, rule, args.trials, 5, rng) > 0).mean()
+            boot = []
+            for _ in range(args.boot):
+                pick = [ev[i] for i in rng.integers(0, len(ev), len(ev))]
+                boot.append((simulate(pick, rule, args.trials // 10, 5, rng) > 0).mean())
+            lo, med, hi = np.percentile(boot, [5, 50, 95])
+            print(f"| {t} | {len(ev)} | {rule.name} | {100 * point:.1f} % | {100 * med:.1f} % | "
+                  f"{100 * lo:.1f}-{100 * hi:.1f} % |")
+
     print("\n### Cheat z per job (u = z / 1.1): quantiles\n")
     for key, ev in sorted(ccells.items()):
         zs = sorted(e["z"] for e in ev)
