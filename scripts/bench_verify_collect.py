@@ -49,6 +49,12 @@ def quantize_q2k(src: str, out_dir: str) -> str:
     return dst
 
 
+def retokenised(binding: ModelBinding, other: ModelBinding, other_ids: list[int], tokens: int) -> list[int]:
+    """The other_model cheat's output: the other model's ids as text, tokenised by the claimed
+    binding, cut at ``tokens``."""
+    return binding.tokenize(other.detokenize(other_ids).decode("utf-8", "replace"))[:tokens]
+
+
 def job_seed(*key: object) -> int:
     """A well-spread seed per job. Not ``base + k``: llama.cpp's sampler streams for consecutive
     seeds are correlated (measured: SmolLM2 at T 1.0, seeds 1000..1007 over 8 different prompts
@@ -140,7 +146,7 @@ class Lab:
             _, ids, _ = await self.generate("q2k", text, temperature, top_p, seed)
         elif kind == "other_model":
             ob, oids, _ = await self.generate("other", text, temperature, top_p, seed)
-            ids = self.binding.tokenize(ob.detokenize(oids).decode("utf-8", "replace"))[: self.tokens]
+            ids = retokenised(self.binding, ob, oids, self.tokens)
         else:
             raise ValueError(kind)
         if len(ids) < 4:

@@ -19,6 +19,14 @@ scorer under test:
 
 scores every job line of ``--rescore`` not yet in ``--out`` (bench_verify_rescore.py); ``--follow``
 keeps scoring the lines a running generator appends, until ``--until``.
+
+With ``--kind other_model`` the jobs are the other_model cheat of bench_verify_collect instead: the
+other packaged model (``OTHER``: Gemma 3 270M for the SmolLM2 binding) answers the same prompt in
+its own chat template at the job's temperature and top_p, its text is re-tokenised into the
+binding's vocabulary (cut at ``--tokens``) and scored by the binding's scorer, per position:
+
+    PYTHONPATH=src nice -n 10 .venv/bin/python scripts/bench_verify_honest.py --kind other_model \
+        --binding smollm2-135m-instruct --configs 1.0/1.0 --jobs 60 --tokens 48 --out other.jsonl
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ from basis.engines.llama_scoring import LlamaScorer
 from basis.engines.scoring import ScoreRequest
 from basis.models.binding import ModelBinding
 from bench_verify import PROMPTS, job_seed
+from bench_verify_collect import OTHER, retokenised
 from bench_verify_lines import pos_row
 from bench_verify_rescore import main_rescore
 
@@ -51,7 +60,9 @@ async def run(args) -> None:
     binding = ModelBinding(model_id=args.binding, gguf=args.binding)
     scorer = LlamaScorer(binding, n_threads=1)
     configs = [tuple(float(x) for x in c.split("/")) for c in args.configs.split(",") if c]
-    engine = LlamaCppEngine(binding, n_ctx=512, n_threads=args.worker_threads)
+    cheat = args.kind == "other_model"
+    gen_binding = ModelBinding(model_id=OTHER[args.binding], gguf=OTHER[args.binding]) if cheat else binding
+    engine = LlamaCppEngine(gen_binding, n_ctx=512, n_threads=args.worker_threads)
     if args.batch != 512:  # another batch size: the engine's own model cache, filled with a smaller n_batch
         import threading
 
@@ -73,19 +84,24 @@ async def run(args) -> None:
                     print("deadline reached", file=sys.stderr)
                     return
                 text = PROMPTS[k % len(PROMPTS)]
-                prompt = b.apply_chat_template([{"role": "user", "content": text}])
-                req = GenerateRequest(prompt_ids=prompt, max_tokens=args.tokens, temperature=t, top_p=p,
-                                      seed=job_seed(t, p, args.worker_threads, args.batch, k))
+                gen_prompt = b.apply_chat_template([{"role": "user", "content": text}])
+                # honest seeds as before (the jobs already in files keep their identity); a cheat's its own
+                key = (t, p, args.worker_threads, args.batch, k) if not cheat else (args.kind, args.tokens, t, p, k)
+                req = GenerateRequest(prompt_ids=gen_prompt, max_tokens=args.tokens, temperature=t, top_p=p,
+                                      seed=job_seed(*key))
                 g0 = time.process_time()
                 ids = [i async for step in engine.generate(req) for i in step.ids]
                 gen_cpu = time.process_time() - g0
-                if not ids:
+                if cheat:  # the other model's text in the binding's vocabulary
+                    ids = retokenised(binding, b, ids, args.tokens)
+                if len(ids) < (4 if cheat else 1):  # a cheat ending at once: nothing to judge (as collect)
                     continue
+                prompt = binding.apply_chat_template([{"role": "user", "content": text}])
                 s0 = time.process_time()
                 scores = [] if args.no_score else await scorer.score(
                     ScoreRequest(prompt_ids=prompt, output_ids=ids, temperature=t, top_p=p))
                 score_cpu = time.process_time() - s0
-                rec = {"binding": args.binding, "kind": "honest", "temperature": t, "top_p": p,
+                rec = {"binding": args.binding, "kind": args.kind, "temperature": t, "top_p": p,
                        "worker_threads": args.worker_threads, "n_batch": args.batch, "k": k, "ids": ids,
                        "gen_cpu": round(gen_cpu, 4), "score_cpu": round(score_cpu, 4),
                        "pos": [pos_row(s) for s in scores]}
@@ -100,6 +116,8 @@ async def run(args) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--binding", default="smollm2-135m-instruct")
+    ap.add_argument("--kind", choices=("honest", "other_model"), default="honest",
+                    help="honest jobs, or the other_model cheat (the other packaged model's text re-tokenised)")
     ap.add_argument("--configs", default="1.0/1.0", help="temperature/top_p, comma-separated")
     ap.add_argument("--jobs", type=int, default=2000)
     ap.add_argument("--tokens", type=int, default=40)

@@ -49,7 +49,8 @@ def load_lines(files: list[Path]) -> list[dict]:
                         "agreement": stat.agreement, "tail": stat.tail, "repeat": stat.repeat,
                         "temperature_p": stat.temperature, "temperature_ratio": stat.temperature_ratio,
                         "temperature_log_e": stat.temperature_log_e,
-                        "gen_tokens": len(r["ids"]) if r.get("gen_cpu") else 0})
+                        # a cheat's generation (another model) is no worker cost
+                        "gen_tokens": len(r["ids"]) if r.get("gen_cpu") and r["kind"] == "honest" else 0})
     return out
 
 

@@ -41,6 +41,20 @@ def test_update_folds_log_e_unclipped_and_leaves_m_for_jobs_without_it():
     assert VerificationPolicy().public()["worker_e_alpha"] == WORKER_E_ALPHA == 1e-8
 
 
+@pytest.mark.parametrize("theta", [0.5, 1.75, 3.0])
+def test_cusum_lower_side_is_the_e_detector_of_exp_theta_minus_u_minus_drift(theta):
+    """docs/verification.md, "The CUSUM as an e-detector": for any theta > 0 the CUSUM's lower side
+    times theta is the e-detector M over the per-job values exp(theta (-u - drift)), job by job, so
+    the CUSUM crosses its threshold h exactly when that M crosses theta h."""
+    rng = np.random.default_rng(7)
+    for drift in (0.5, 1.0, 1.5):
+        cusum, e_det = WorkerEvidence(), WorkerEvidence()
+        for u in rng.normal(-0.5, 2.0, 300):  # a worker drifting low, with large swings both ways
+            cusum = cusum.update(float(u), failed=False, drift=drift)
+            e_det = e_det.update(0.0, failed=False, drift=drift, log_e=theta * (-float(u) - drift))
+            assert e_det.e_level == pytest.approx(theta * cusum.lower, abs=1e-9)
+
+
 @pytest.mark.parametrize("sigma", [0.5, 1.5, 3.0])
 def test_honest_workers_rarely_cross_within_the_arl_bound(sigma):
     """Honest e-values: log E ~ N(-sigma^2 / 2, sigma^2), so E has mean exactly 1. At the published
