@@ -228,13 +228,22 @@ class Projector:
 
     def _apply(self, notes: list[Any], states: list[dict[str, Any]]) -> None:
         batch = _Batch(self.db)
+        self.handle(batch, notes, states)
+        self.close_batch(batch, notes[-1].id)
+
+    def handle(self, batch: _Batch, notes: list[Any], states: list[dict[str, Any]]) -> None:
+        """Apply events to ``batch`` (in the transaction the caller opened): rows several events
+        change stay in it until ``close_batch``."""
         handlers = self.handlers
         for n, d in zip(notes, states, strict=True):
             handler = handlers.get(n.topic)
             if handler is not None:
                 handler(batch, n, d)
+
+    def close_batch(self, batch: _Batch, position: int) -> None:
+        """Write ``batch``'s rows and the tracked ``position`` (the caller commits)."""
         batch.flush()
-        self.db.execute("INSERT OR REPLACE INTO tracking (view, position) VALUES (?, ?)", (VIEW, notes[-1].id))
+        self.db.execute("INSERT OR REPLACE INTO tracking (view, position) VALUES (?, ?)", (VIEW, position))
 
     def _select(self, start: int, limit: int) -> list[Any]:
         """The next page of the log. On SQLite, read it directly: eventsourcing's reader turns every
