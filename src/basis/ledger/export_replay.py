@@ -110,7 +110,9 @@ class _PageProjection:
                 if self.batch is None:
                     self.projector.db.execute("BEGIN IMMEDIATE")
                     self.batch = _Batch(self.projector.db)
-                self.projector.handle(self.batch, [Note(r[0], _uuid_text(r[1]), r[2], b"") for r in rows],
+                # each stream's id as text once a page (a job's events: 5 to a stream)
+                ids = {raw: _uuid_text(raw) for raw in {r[1] for r in rows}}
+                self.projector.handle(self.batch, [Note(r[0], ids[r[1]], r[2], b"") for r in rows],
                                       [decode(r[3]) for r in rows])
                 self.in_batch += len(rows)
                 self.position = rows[-1][0]

@@ -358,16 +358,17 @@ class Projector:
         job_id = str(n.originator_id)
         job = self._job(b, n)
         account_id = job["account_id"]
+        issued_at = self._ts(d)
         self.db.execute(
             "INSERT INTO receipts VALUES (?, ?, ?, ?, ?, ?, 'issued', NULL, ?, ?, ?, ?, ?, ?, ?, ?, NULL)",
             (job_id, n.id, d["hash"], canonical_json(core).decode(), d["signature"], d["signer"], account_id,
              core["model"], core["served_by"], core["worker"], core["outcome"], core["charged"], core["reward"],
-             self._ts(d)))
+             issued_at))
         job["status"] = "receipted"
         acc = b.row("accounts", account_id)
         assert acc is not None
         acc["receipts"] += 1
-        self._usage(b, account_id, self._ts(d)[:10], core)
+        self._usage(b, account_id, issued_at[:10], core)
         if core["worker"]:
             row = checks.reward_row(b, core["worker"])
             row["accrued"] += int(core["reward"])
