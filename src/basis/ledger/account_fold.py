@@ -14,6 +14,7 @@ from uuid import UUID
 
 from eventsourcing.persistence import StoredEvent
 
+from basis.ledger.account_mutators import apply_plain
 from basis.ledger.store import LedgerStore
 
 ACCOUNT_TOPICS = "basis:Account."  # every event of the Account aggregate: basis:Account.<Name>.v1
@@ -49,6 +50,7 @@ class AccountFold:
         if self.db is None:  # opened here, on the process that folds (a connection never crosses a fork)
             self.db = sqlite3.connect(self.events_db, isolation_level=None)
         aggregates, streams = self.aggregates, self.streams
+        decode = self.mapper.transcoder.decode  # the store's, as ``to_domain_event`` decodes
         for raw_id, version, topic, state in self.db.execute(self.select, (first, last, ACCOUNT_TOPICS)):
             stream = streams.get(raw_id)
             if stream is None:
@@ -62,9 +64,12 @@ class AccountFold:
             elif aggregate is _REFUSED:
                 continue
             try:
-                event = self.mapper.to_domain_event(StoredEvent(originator_id=stream, originator_version=version,
-                                                                topic=topic, state=state))
-                aggregates[stream] = event.mutate(aggregate)
+                # an opened account's events by plain functions (``account_mutators``: a fifth of
+                # eventsourcing's cost), the rest as the repository applies them
+                if aggregate is None or not apply_plain(aggregate, version, topic, decode(state)):
+                    event = self.mapper.to_domain_event(StoredEvent(originator_id=stream, originator_version=version,
+                                                                    topic=topic, state=state))
+                    aggregates[stream] = event.mutate(aggregate)
             except Exception:  # the checks rebuild it from the store and name what refused it
                 aggregates[stream] = _REFUSED
 

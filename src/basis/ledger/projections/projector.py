@@ -228,13 +228,22 @@ class Projector:
 
     def _apply(self, notes: list[Any], states: list[dict[str, Any]]) -> None:
         batch = _Batch(self.db)
+        self.handle(batch, notes, states)
+        self.close_batch(batch, notes[-1].id)
+
+    def handle(self, batch: _Batch, notes: list[Any], states: list[dict[str, Any]]) -> None:
+        """Apply events to ``batch`` (in the transaction the caller opened): rows several events
+        change stay in it until ``close_batch``."""
         handlers = self.handlers
         for n, d in zip(notes, states, strict=True):
             handler = handlers.get(n.topic)
             if handler is not None:
                 handler(batch, n, d)
+
+    def close_batch(self, batch: _Batch, position: int) -> None:
+        """Write ``batch``'s rows and the tracked ``position`` (the caller commits)."""
         batch.flush()
-        self.db.execute("INSERT OR REPLACE INTO tracking (view, position) VALUES (?, ?)", (VIEW, notes[-1].id))
+        self.db.execute("INSERT OR REPLACE INTO tracking (view, position) VALUES (?, ?)", (VIEW, position))
 
     def _select(self, start: int, limit: int) -> list[Any]:
         """The next page of the log. On SQLite, read it directly: eventsourcing's reader turns every
@@ -349,16 +358,17 @@ class Projector:
         job_id = str(n.originator_id)
         job = self._job(b, n)
         account_id = job["account_id"]
+        issued_at = self._ts(d)
         self.db.execute(
             "INSERT INTO receipts VALUES (?, ?, ?, ?, ?, ?, 'issued', NULL, ?, ?, ?, ?, ?, ?, ?, ?, NULL)",
             (job_id, n.id, d["hash"], canonical_json(core).decode(), d["signature"], d["signer"], account_id,
              core["model"], core["served_by"], core["worker"], core["outcome"], core["charged"], core["reward"],
-             self._ts(d)))
+             issued_at))
         job["status"] = "receipted"
         acc = b.row("accounts", account_id)
         assert acc is not None
         acc["receipts"] += 1
-        self._usage(b, account_id, self._ts(d)[:10], core)
+        self._usage(b, account_id, issued_at[:10], core)
         if core["worker"]:
             row = checks.reward_row(b, core["worker"])
             row["accrued"] += int(core["reward"])
