@@ -8,10 +8,9 @@ from uuid import UUID
 from eventsourcing.domain import Aggregate, event
 
 from basis.domain.pricing import require_amount
+from basis.ledger import account_rules as rules
 from basis.ledger import ids
-from basis.ledger.errors import InsufficientCredit, InvalidTransition, KeyCapReached
-
-CREDIT_SOURCES = ("grant", "deposit", "refund")
+from basis.ledger.errors import InvalidTransition, KeyCapReached
 
 
 class Account(Aggregate):
@@ -72,37 +71,15 @@ class Account(Aggregate):
 
     @event("ApiKeyAdded", topic="basis:Account.ApiKeyAdded.v1")
     def add_api_key(self, key_hash: str, prefix: str) -> None:
-        self.api_keys += 1
-        self.key_hashes.append(key_hash)
+        rules.add_api_key(self, key_hash, prefix)
 
     @event("Credited", topic="basis:Account.Credited.v1")
     def credit(self, source: str, external_id: str, amount: int, memo: str = "", backed: int = 0) -> None:
-        require_amount(amount, "amount", positive=True)
-        require_amount(backed, "backed")
-        if source not in CREDIT_SOURCES:
-            raise ValueError(f"credit source must be one of {CREDIT_SOURCES}")
-        if backed and (source != "refund" or backed > amount):
-            raise InvalidTransition("only a refund carries a deposit-backed part, at most its amount")
-        if source == "grant":
-            self.granted += amount
-        elif source == "deposit":
-            self.deposited += amount
-        else:  # refund of job ``external_id``: its deposit-backed charge will not leave the vault
-            self.refunded += amount
-            self.refund_backed += backed
-            self.unsettled_deposit_spend.pop(external_id, None)
+        rules.credit(self, source, external_id, amount, memo, backed)
 
     @event("Reserved", topic="basis:Account.Reserved.v1")
     def reserve(self, job_id: str, amount: int) -> None:
-        require_amount(amount, "amount")
-        if job_id in self.reservations:
-            raise InvalidTransition(f"job {job_id} already holds a reservation")
-        if amount > self.available:
-            raise InsufficientCredit(
-                f"this request may cost up to {amount} base units; the account has {self.available} available"
-            )
-        self.reservations[job_id] = amount
-        self.reserved += amount
+        rules.reserve(self, job_id, amount)
 
     @event("ReservationSettled", topic="basis:Account.ReservationSettled.v1")
     def settle_reservation(self, job_id: str, released: int, charged: int, from_grant: int,
@@ -110,17 +87,7 @@ class Account(Aggregate):
         """Release a job's reservation and spend its real charge (0 for a job with no receipt).
 
         ``released`` repeats the amount held, so readers of this stream alone know it."""
-        held = self.reservations.get(job_id)
-        if held is None or held != released:
-            raise InvalidTransition(f"job {job_id} holds no reservation of {released}")
-        if charged > held or from_grant + from_deposit != charged or min(from_grant, from_deposit) < 0:
-            raise InvalidTransition(f"charge {charged} does not fit the reservation {held}")
-        del self.reservations[job_id]
-        self.reserved -= held
-        self.spent_granted += from_grant
-        self.spent_deposited += from_deposit
-        if from_deposit:
-            self.unsettled_deposit_spend[job_id] = from_deposit
+        rules.settle_reservation(self, job_id, released, charged, from_grant, from_deposit)
 
     def split_spend(self, charged: int) -> tuple[int, int]:
         """How a charge divides between granted and deposited credit (grant first)."""
@@ -138,35 +105,20 @@ class Account(Aggregate):
     @event("DepositSpendSettled", topic="basis:Account.DepositSpendSettled.v1")
     def settle_deposit_spend(self, batch_id: str, job_ids: list[str]) -> None:
         """These jobs' deposit-backed charges left the vault in settlement batch ``batch_id``."""
-        for job_id in job_ids:
-            self.unsettled_deposit_spend.pop(job_id, None)
+        rules.settle_deposit_spend(self, batch_id, job_ids)
 
     @event("WithdrawalReserved", topic="basis:Account.WithdrawalReserved.v1")
     def reserve_withdrawal(self, nonce: int, amount: int, recipient: str, expiry: int) -> None:
-        require_amount(amount, "amount", positive=True)
-        if str(nonce) in self.vouchers:
-            raise InvalidTransition(f"voucher {nonce} already reserved")
-        if amount > self.withdrawable:
-            raise InsufficientCredit(
-                f"withdrawal of {amount} base units asked; {self.withdrawable} of deposited credit is withdrawable")
-        self.vouchers[str(nonce)] = amount
-        self.reserved += amount
+        rules.reserve_withdrawal(self, nonce, amount, recipient, expiry)
 
     @event("WithdrawalRedeemed", topic="basis:Account.WithdrawalRedeemed.v1")
     def redeem_withdrawal(self, nonce: int, amount: int, tx_hash: str, log_index: int) -> None:
-        if self.vouchers.get(str(nonce)) != amount:
-            raise InvalidTransition(f"voucher {nonce} for {amount} is not outstanding")
-        del self.vouchers[str(nonce)]
-        self.reserved -= amount
-        self.withdrawn += amount
+        rules.redeem_withdrawal(self, nonce, amount, tx_hash, log_index)
 
     @event("WithdrawalReleased", topic="basis:Account.WithdrawalReleased.v1")
     def release_withdrawal(self, nonce: int, amount: int, chain_time: int) -> None:
         """The voucher expired unredeemed (chain time past its expiry): its credit is available again."""
-        if self.vouchers.get(str(nonce)) != amount:
-            raise InvalidTransition(f"voucher {nonce} for {amount} is not outstanding")
-        del self.vouchers[str(nonce)]
-        self.reserved -= amount
+        rules.release_withdrawal(self, nonce, amount, chain_time)
 
     def snapshot_view(self) -> dict[str, Any]:
         return {
