@@ -89,7 +89,12 @@ def up(
         raise typer.Exit(2) from None
     options = GatewayOptions(engine="llama-cpp" if gateway_engine else "none", engine_models=None,
                              verifier=verifier)
-    runtime = GatewayRuntime(settings, options)
+    try:
+        runtime = GatewayRuntime(settings, options)
+    except ValueError as exc:  # e.g. a malformed BASIS_VERIFIER_SGLANG_URL: a message, not a traceback
+        chain.stop()
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
     runtime.enable_chain(chain.rpc_url, settle_interval=settle_interval or None)
     try:
         local_chain.check_ledger_matches_chain(runtime)

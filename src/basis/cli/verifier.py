@@ -121,7 +121,7 @@ def verifier_run(
              "bare URL when every advertised model has one backing). Other models: llama.cpp."),
     sglang_api_key: str = typer.Option(None, "--sglang-api-key", envvar="BASIS_SGLANG_API_KEY",
                                        help="API key of the --sglang-url servers (their --api-key)."),
-    sglang_top_k: int = typer.Option(64, "--sglang-top-k", min=1, max=1024,
+    sglang_top_k: int = typer.Option(64, "--sglang-top-k", min=1, max=1024, envvar="BASIS_VERIFIER_SGLANG_TOP_K",
                                      help="Top logprobs asked per position (the claimed distribution is "
                                      "built from them: raise it for hot jobs)."),
 ) -> None:
@@ -130,7 +130,7 @@ def verifier_run(
     from basis.models import load_bindings
     from basis.verifier import Verifier
     from basis.verifier.policy import load_factory, policy_from_env
-    from basis.verifier.sglang import SGLangOptionError, SGLangScorers, parse_sglang_urls
+    from basis.verifier.sglang import SGLangOptionError, build_sglang_scorers
 
     if scorer is not None and not re.match(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$", scorer):
         _fail(f"--scorer must be MODULE:CALLABLE, not {scorer!r}")
@@ -142,8 +142,7 @@ def verifier_run(
         sglang = None
         if sglang_urls:
             try:
-                sglang = SGLangScorers(parse_sglang_urls(sglang_urls, bindings), bindings, load_factory(None, bindings),
-                                       api_key=sglang_api_key, top_k=sglang_top_k)
+                sglang = build_sglang_scorers(sglang_urls, bindings, api_key=sglang_api_key, top_k=sglang_top_k)
             except SGLangOptionError as exc:
                 _fail(str(exc))
         # "external": the scorer is given (--scorer, --sglang-url), so a box without llama.cpp still verifies

@@ -9,7 +9,7 @@ import json
 import logging
 import os
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -198,23 +198,37 @@ class GatewayRuntime:
     # -- verification -------------------------------------------------------------------------
     def _setup_verification(self) -> None:
         from basis.verifier import Verifier, VerifierThread
-        from basis.verifier.policy import MODES, load_factory, policy_from_env
+        from basis.verifier.policy import MODES, can_score_locally, load_factory, policy_from_env
+        from basis.verifier.sglang import sglang_scorers_from_env
 
         mode = self.options.verifier
         if mode not in MODES:
             raise ValueError(f"unknown verifier mode {mode!r} ({', '.join(MODES)})")
         self.verification, self.verified_models = policy_from_env(self.bindings, mode)
+        scorer_spec = os.environ.get("BASIS_VERIFIER_SCORER")
+        sglang = None
+        if mode == "pool" and self.verification.enabled:
+            # BASIS_VERIFIER_SGLANG_URL: as `basis verifier run --sglang-url` (SGLangOptionError, a ValueError)
+            sglang = sglang_scorers_from_env(self.bindings)
+            if sglang is not None and scorer_spec:
+                raise ValueError("BASIS_VERIFIER_SCORER and BASIS_VERIFIER_SGLANG_URL both choose the scorer: set one")
+            if sglang is not None and not can_score_locally():  # the other models have no scorer here
+                self.verified_models = [m for m in self.verified_models if m in sglang.by_model]
+                self.verification = replace(self.verification, enabled=bool(self.verified_models))
         # The writer (thread or process) selects jobs in finish_job: it needs the policy.
         self.ledger.verification = self.verification
         self.ledger.verified_models = list(self.verified_models)
         self.verifier_thread: VerifierThread | None = None
         self._recent_suspensions: set[str] = set()
         if mode == "pool" and self.verification.enabled:
-            factory = load_factory(os.environ.get("BASIS_VERIFIER_SCORER"), self.bindings)
+            factory = sglang or load_factory(scorer_spec, self.bindings)
+            if sglang is not None:
+                log.info("verifier scoring: %s", sglang.describe(self.verified_models))
             self.verifier_thread = VerifierThread(Verifier(self.ledger, self.settings.views_path, self.verification,
                                                            factory, on_suspended=self._suspended,
                                                            on_suspensions=self._suspensions,
-                                                           on_verdict=self._verdict_recorded))
+                                                           on_verdict=self._verdict_recorded),
+                                                  aclose=sglang.aclose if sglang is not None else None)
 
     def _verdict_recorded(self, receipt: dict[str, Any], verdict: dict[str, Any]) -> None:
         """Protocol v2 (DESIGN 1.7): the worker is sent the verdict on its job (from the verifier's thread)."""

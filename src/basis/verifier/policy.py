@@ -49,10 +49,11 @@ def policy_from_env(bindings: Mapping[str, ModelBinding], mode: str | None = Non
                                                                                             list[str]]:
     """(policy, verified models): on wherever a reference is installed, unless switched off
     (``BASIS_VERIFIER=off``), in which case the published policy says ``enabled: false``. A pool
-    without a scorer to run (no ``BASIS_VERIFIER_SCORER`` and no llama.cpp scorer here) is off too:
-    selecting jobs that nothing here can judge would only hold them."""
+    without a scorer to run (no ``BASIS_VERIFIER_SCORER``, no ``BASIS_VERIFIER_SGLANG_URL`` and no
+    llama.cpp scorer here) is off too: selecting jobs that nothing here can judge would only hold them."""
     mode = mode or verifier_mode()
-    if mode == "pool" and not os.environ.get("BASIS_VERIFIER_SCORER") and not can_score_locally():
+    if mode == "pool" and not os.environ.get("BASIS_VERIFIER_SCORER") and \
+            not os.environ.get("BASIS_VERIFIER_SGLANG_URL", "").split() and not can_score_locally():
         mode = "off"
     # Per-binding calibration (measured honest runs per reference file).
     base = VerificationPolicy.for_bindings(bindings)

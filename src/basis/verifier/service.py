@@ -12,7 +12,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -178,15 +178,23 @@ class VerifierThread:
     """The verifier inside a gateway: a thread with its own event loop, so scoring never runs on
     (or waits for) the loop that serves clients."""
 
-    def __init__(self, verifier: Verifier, interval: float = 1.0) -> None:
+    def __init__(self, verifier: Verifier, interval: float = 1.0,
+                 aclose: Callable[[], Awaitable[None]] | None = None) -> None:
         self.verifier = verifier
         self.interval = interval
+        self._aclose = aclose  # closes the scorers' clients, on the loop they were used on (sglang's)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
+    async def _main(self) -> None:
+        try:
+            await self.verifier.run(self._stop, self.interval)
+        finally:
+            if self._aclose is not None:
+                await self._aclose()
+
     def start(self) -> None:
-        self._thread = threading.Thread(target=lambda: asyncio.run(self.verifier.run(self._stop, self.interval)),
-                                        name="basis-verifier", daemon=True)
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), name="basis-verifier", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:

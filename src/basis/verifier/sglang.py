@@ -19,50 +19,58 @@ from basis.engines.scoring import ScoringError
 from basis.engines.sglang_scoring import DEFAULT_TOP_K, SGLangScorer
 from basis.models import ModelBinding
 from basis.models.gguf_header import gguf_vocab_size
-from basis.verifier.policy import ScorerFactory
+from basis.verifier.policy import ScorerFactory, load_factory
+
+URL_ENV = "BASIS_VERIFIER_SGLANG_URL"  # the --sglang-url of `basis verifier run`, and the gateway's pool
+API_KEY_ENV = "BASIS_SGLANG_API_KEY"
+TOP_K_ENV = "BASIS_VERIFIER_SGLANG_TOP_K"
+
+
+MAX_TOP_K = 1024  # the CLI's --sglang-top-k bound
 
 
 class SGLangOptionError(ValueError):
     """A ``--sglang-url`` the verifier cannot use (the message names why)."""
 
 
-def parse_sglang_urls(values: Sequence[str], bindings: Mapping[str, ModelBinding]) -> dict[str, str]:
+def parse_sglang_urls(values: Sequence[str], bindings: Mapping[str, ModelBinding],
+                      source: str = "--sglang-url") -> dict[str, str]:
     """``[MODEL=]URL`` options -> {advertised model: base URL}. A bare URL serves every advertised
     model, which is only meaningful when they all share one backing file (one sglang server
-    serves one model); else each must be named."""
+    serves one model); else each must be named. ``source`` names the option or variable in errors."""
     out: dict[str, str] = {}
     for value in values:
         model, sep, url = value.partition("=") if "=" in value.split("://", 1)[0] else ("", "", value)
-        url = _base_url(url.strip(), value)
+        url = _base_url(url.strip(), value, source)
         if sep:
             model = model.strip()
             if model not in bindings:
-                raise SGLangOptionError(f"--sglang-url {value}: {model!r} is not an advertised model "
+                raise SGLangOptionError(f"{source} {value}: {model!r} is not an advertised model "
                                         f"(advertised: {', '.join(sorted(bindings))})")
             targets = [model]
         else:
             backings = {b.gguf for b in bindings.values()}
             if len(backings) > 1:
                 raise SGLangOptionError(
-                    f"--sglang-url {value}: the advertised models are backed by {len(backings)} different models "
-                    f"({', '.join(sorted(backings))}); say which model this server serves: --sglang-url MODEL=URL")
+                    f"{source} {value}: the advertised models are backed by {len(backings)} different models "
+                    f"({', '.join(sorted(backings))}); say which model this server serves: MODEL=URL")
             targets = list(bindings)
         for target in targets:
             if target in out and out[target] != url:
-                raise SGLangOptionError(f"--sglang-url: {target!r} is given two servers ({out[target]}, {url})")
+                raise SGLangOptionError(f"{source}: {target!r} is given two servers ({out[target]}, {url})")
             out[target] = url
     return out
 
 
-def _base_url(url: str, value: str) -> str:
+def _base_url(url: str, value: str, source: str) -> str:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise SGLangOptionError(f"--sglang-url {value}: not an http(s) URL of an sglang server "
+        raise SGLangOptionError(f"{source} {value}: not an http(s) URL of an sglang server "
                                 "(e.g. http://127.0.0.1:30000)")
     try:
         parts.port  # noqa: B018 - raises on a port that is not a number
     except ValueError as exc:
-        raise SGLangOptionError(f"--sglang-url {value}: {exc}") from exc
+        raise SGLangOptionError(f"{source} {value}: {exc}") from exc
     return url.rstrip("/")
 
 
@@ -122,3 +130,29 @@ class SGLangScorers:
         """Which scorer checks which model (``models``: those with a reference installed here)."""
         return ", ".join(f"{m} via sglang at {s.base_url} (n_vocab {s.n_vocab})" for m, s in self.by_model.items()) + \
             "".join(f", {m} via llama.cpp" for m in models if m not in self.by_model)
+
+
+def build_sglang_scorers(values: Sequence[str], bindings: Mapping[str, ModelBinding], *, api_key: str | None = None,
+                         top_k: int = DEFAULT_TOP_K, source: str = "--sglang-url") -> SGLangScorers:
+    """The verifier's scorers for ``[MODEL=]URL`` values: sglang for the models named, llama.cpp
+    (the default factory) for the rest. Raises SGLangOptionError on a value it cannot use."""
+    return SGLangScorers(parse_sglang_urls(values, bindings, source), bindings, load_factory(None, bindings),
+                         api_key=api_key, top_k=top_k)
+
+
+def sglang_urls_from_env() -> list[str]:
+    """``BASIS_VERIFIER_SGLANG_URL``'s values, split on whitespace (as the CLI's option reads it)."""
+    return os.environ.get(URL_ENV, "").split()
+
+
+def sglang_scorers_from_env(bindings: Mapping[str, ModelBinding]) -> SGLangScorers | None:
+    """The gateway pool's sglang scorers from the same variables as ``basis verifier run``; None
+    when ``BASIS_VERIFIER_SGLANG_URL`` is unset."""
+    values = sglang_urls_from_env()
+    if not values:
+        return None
+    raw_top_k = os.environ.get(TOP_K_ENV, "").strip() or str(DEFAULT_TOP_K)
+    if not raw_top_k.isdigit() or not 1 <= int(raw_top_k) <= MAX_TOP_K:
+        raise SGLangOptionError(f"{TOP_K_ENV} must be a whole number 1..{MAX_TOP_K}, not {raw_top_k!r}")
+    return build_sglang_scorers(values, bindings, api_key=os.environ.get(API_KEY_ENV) or None, top_k=int(raw_top_k),
+                                source=URL_ENV)
