@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Iterator
@@ -26,11 +29,13 @@ from basis.cli.main import app
 from basis.config import Settings
 from basis.engines.scoring import TEMPERATURE_RATIOS, ScoreRequest
 from basis.engines.sglang_scoring import SGLangScorer
+from basis.gateway.runtime import GatewayOptions
 from basis.ledger.service import Ledger
 from basis.models import load_bindings
 from basis.models.gguf_header import gguf_vocab_size
 from basis.verification.stats import job_statistic
 from tests.engines.sglang_double import build_app
+from tests.gateway.harness import REPO, Gateway
 from tests.models.support import require_llama
 from tests.verification.helpers import CHEAT, HONEST, POLICY, contributor_job
 from tests.verification.test_cli import head
@@ -193,3 +198,41 @@ def test_bad_sglang_options_are_clear_errors_and_record_nothing(home, args, mess
         assert all(ledger.get(uuid.UUID(str(j))).awaiting_verdict for j in jobs.values())
     finally:
         ledger.close()
+
+
+def test_the_gateways_pool_verifier_scores_with_sglang_from_the_environment(home, outputs, vocab, monkeypatch):
+    """`basis serve`'s in-process verifier takes BASIS_VERIFIER_SGLANG_URL as `basis verifier run`
+    takes --sglang-url: the same scorer, with the binding's vocabulary size."""
+    settings, jobs = home
+    ref, _, _ = outputs
+    double = build_app([], eos_id=2, reference=ref, vocab_size=vocab)
+    with serve_in_thread(double) as url:
+        monkeypatch.setenv("BASIS_VERIFIER_SGLANG_URL", f"{MODEL}={url}")
+        gw = Gateway(settings.home, GatewayOptions(heartbeat_interval=1.0, verifier="pool"))
+        try:
+            assert MODEL in gw.runtime.verification_status()["models"]
+            gw.until(lambda: all(gw.ledger.get(j).verdict is not None for j in jobs.values()),
+                     what="the pool's verdicts", timeout=120)
+            honest_v, cheat_v = (gw.ledger.get(jobs[k]).verdict for k in ("honest", "cheat"))
+        finally:
+            gw.close()
+    prefills = [r for r in double.state.requests if r.get("return_logprob")]
+    assert sorted(len(r["input_ids"]) for r in prefills) == [len(PROMPT) + N] * 2  # judged by the double
+    assert honest_v["verdict"] == "passed", honest_v
+    # the hotter alternatives carry the evidence only with n_vocab: the double-temperature cheat fails
+    assert cheat_v["verdict"] == "failed", cheat_v
+
+
+@pytest.mark.parametrize("value, message", [
+    ("nope=http://127.0.0.1:30000", "BASIS_VERIFIER_SGLANG_URL nope=http://127.0.0.1:30000: 'nope' is not an "
+                                    "advertised model"),
+    (f"{MODEL}=ftp://127.0.0.1:30000", "not an http(s) URL"),
+])
+def test_basis_serve_refuses_a_bad_sglang_url_clearly(home, value, message):
+    settings, _ = home
+    env = {**os.environ, "BASIS_HOME": str(settings.home), "BASIS_VERIFIER_SGLANG_URL": value,
+           "COLUMNS": "400"}  # the error panel on one line
+    proc = subprocess.run([sys.executable, "-m", "basis.cli.main", "serve", "--host", "127.0.0.1", "--port", "0"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
