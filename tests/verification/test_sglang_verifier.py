@@ -25,11 +25,12 @@ import pytest
 import uvicorn
 from typer.testing import CliRunner
 
+import basis.verifier.policy as verifier_policy
 from basis.cli.main import app
 from basis.config import Settings
 from basis.engines.scoring import TEMPERATURE_RATIOS, ScoreRequest
 from basis.engines.sglang_scoring import SGLangScorer
-from basis.gateway.runtime import GatewayOptions
+from basis.gateway.runtime import GatewayOptions, GatewayRuntime
 from basis.ledger.service import Ledger
 from basis.models import load_bindings
 from basis.models.gguf_header import gguf_vocab_size
@@ -236,3 +237,25 @@ def test_basis_serve_refuses_a_bad_sglang_url_clearly(home, value, message):
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_without_llama_cpp_an_sglang_url_keeps_the_pool_on_for_its_models_only(home, monkeypatch):
+    """policy.py's "is there a scorer to run": the URL is one, and the models it does not serve
+    (nothing here scores them) are not selected for checks."""
+    settings, _ = home
+    monkeypatch.setattr(verifier_policy, "can_score_locally", lambda: False)
+    runtime = GatewayRuntime(settings, GatewayOptions(verifier="pool", ledger_writer="thread"))
+    try:
+        assert runtime.verification_status()["enabled"] is False  # no scorer at all: off, as before
+    finally:
+        runtime.ledger.close()
+        runtime.node_lock.release()
+    monkeypatch.setenv("BASIS_VERIFIER_SGLANG_URL", f"{MODEL}={closed_port_url()}")  # not asked at startup
+    runtime = GatewayRuntime(settings, GatewayOptions(verifier="pool", ledger_writer="thread"))
+    try:
+        status = runtime.verification_status()
+        assert status["enabled"] is True and status["models"] == [MODEL], status
+        assert runtime.ledger.verified_models == [MODEL] and runtime.verifier_thread is not None
+    finally:
+        runtime.ledger.close()
+        runtime.node_lock.release()
