@@ -338,3 +338,33 @@ def test_a_deposit_backed_refund_stays_withdrawable_and_settles_nothing(ledger, 
     views(ledger, settings).close()
     report = audit(ledger.store, settings.views_path, signer=ledger.signer.address)
     assert report.ok, report.problems
+
+
+def test_rewards_a_suspension_did_not_reach_are_forfeited_by_the_sweep(ledger, settings):
+    """The suspending command forfeits the receipts the views held then; a receipt they had not seen
+    yet (the views lag the ledger) and a job finished in flight after the suspension are forfeited by
+    the verifier's sweep, once, and not at all for a worker reinstated meanwhile."""
+    from basis.verifier.service import forfeit_sweep
+
+    account_id = ledger.open_account("gina")
+    ledger.grant("gina", 10**18)
+    before = [contributor_job(ledger, account_id, HONEST)[0] for _ in range(2)]
+    judge(ledger, before[0], passing())  # the network knows the worker from its first check
+    ledger.run(suspend_worker(HONEST, "abuse report 18", []))  # the views had seen none of them
+    after, _ = contributor_job(ledger, account_id, HONEST)  # in flight at the suspension, finished after
+    r = views(ledger, settings)
+    due = [str(j) for j in [*before, after] if int(r.receipt(str(j))["core"]["reward"]) > 0]
+    assert due and all(not r.receipt(j)["reward_forfeited"] for j in due)
+    assert forfeit_sweep(ledger, r) == len(due)
+    r.close()
+    r = views(ledger, settings)
+    assert all(r.receipt(j)["reward_forfeited"] for j in due)
+    assert forfeit_sweep(ledger, r) == 0  # once
+    r.close()
+    ledger.run(reinstate_worker(HONEST, "appeal upheld"))
+    later, _ = contributor_job(ledger, account_id, HONEST)
+    r = views(ledger, settings)
+    assert forfeit_sweep(ledger, r) == 0 and not r.receipt(str(later))["reward_forfeited"]
+    r.close()
+    report = audit(ledger.store, settings.views_path, signer=ledger.signer.address)
+    assert report.ok, report.problems

@@ -209,6 +209,21 @@ def _forfeitable(job: Job) -> bool:
             and int(job.receipt["core"]["reward"]) > 0)
 
 
+def forfeit_while_suspended(address: str, job_ids: Sequence[str]) -> Callable[[UnitOfWork], int]:
+    """Forfeit the rewards of a suspended worker that its suspension did not reach: receipts the
+    views had not seen yet when it was suspended (they lag the ledger), and jobs that were in flight
+    then and finished after. Nothing for a worker reinstated meanwhile, nor for a reward already
+    forfeited or settled. Returns how many were forfeited."""
+
+    def cmd(uow: UnitOfWork) -> int:
+        worker = uow.find(Worker, ids.worker_id(address))
+        if worker is None or not worker.is_suspended:
+            return 0
+        return _forfeit_unsettled(uow, job_ids, worker)
+
+    return cmd
+
+
 # -- the operator's hand -----------------------------------------------------------------------
 def suspend_worker(address: str, reason: str, unsettled: Sequence[str] = ()) -> Callable[[UnitOfWork], int]:
     """Suspend by hand: recorded with the operator's reason; its unsettled rewards forfeited.
@@ -258,5 +273,6 @@ def settleable_reward(uow: UnitOfWork, job: Job) -> int | None:
     return 0 if job.reward_forfeited else int(job.receipt["core"]["reward"])
 
 
-__all__ = ["InvalidTransition", "UnknownWorker", "ids_digest", "record_verdict", "reinstate_worker",
+__all__ = ["InvalidTransition", "UnknownWorker", "forfeit_while_suspended", "ids_digest", "record_verdict",
+           "reinstate_worker",
            "sampling_secret", "select_for_check", "settleable_reward", "suspend_worker"]

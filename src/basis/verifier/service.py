@@ -22,7 +22,7 @@ from basis.engines.scoring import ScoreRequest, ScoringError
 from basis.ledger.jobs import Job
 from basis.ledger.projections import Projector, ViewReader
 from basis.ledger.service import Ledger
-from basis.ledger.verdicts import record_verdict
+from basis.ledger.verdicts import forfeit_while_suspended, record_verdict
 from basis.observability import metrics
 from basis.verification.policy import VerificationPolicy
 from basis.verification.reported_logprobs import KEY as REPORTED_KEY
@@ -33,6 +33,20 @@ from basis.verifier.policy import ScorerFactory
 
 log = logging.getLogger("basis.verifier")
 RETRY_AFTER = 30.0  # seconds before a check that could not be scored is tried again
+
+
+def forfeit_sweep(ledger: Ledger, reader: ViewReader) -> int:
+    """Forfeit what a suspension did not reach (``forfeit_while_suspended``): the suspending verdict
+    forfeits the receipts the views held then, and the views lag the ledger; settlement would forfeit
+    the rest when it proposes them, but until then a receipt of a suspended worker would show its
+    reward as due. Each pass of the verifier closes that gap. Returns how many were forfeited."""
+    done = 0
+    for worker, job_ids in reader.unforfeited_of_suspended().items():
+        n = ledger.run(forfeit_while_suspended(worker, job_ids))
+        if n:
+            log.info("worker %s: %d more unsettled rewards forfeited (suspended)", worker, n)
+        done += n
+    return done
 
 
 class Verifier:
@@ -85,6 +99,7 @@ class Verifier:
         if self.on_suspensions is not None:
             self.on_suspensions({r[0] for r in reader.db.execute(
                 "SELECT address FROM worker_status WHERE status = 'suspended'")})
+        await asyncio.to_thread(forfeit_sweep, self.ledger, reader)
         self._publish_lag(reader, pending)
         done = 0
         now = time.monotonic()

@@ -159,6 +159,16 @@ class ViewReader:
                                (worker.lower(),))
         return [r[0] for r in rows]
 
+    def unforfeited_of_suspended(self) -> dict[str, list[str]]:
+        """Suspended workers' issued receipts with a reward that no forfeit reached yet, by worker."""
+        out: dict[str, list[str]] = {}
+        for worker, job_id in self.db.execute(
+                "SELECT r.worker, r.job_id FROM receipts r JOIN worker_status w ON w.address = r.worker"
+                " WHERE w.status = 'suspended' AND r.status = 'issued' AND r.reward != '0'"
+                " AND NOT EXISTS (SELECT 1 FROM forfeits f WHERE f.job_id = r.job_id) ORDER BY r.seq"):
+            out.setdefault(worker, []).append(job_id)
+        return out
+
     def job(self, job_id: str) -> dict[str, Any] | None:
         row = self.db.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
         return dict(row) if row else None
