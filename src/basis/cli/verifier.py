@@ -121,17 +121,22 @@ def verifier_run(
              "bare URL when every advertised model has one backing). Other models: llama.cpp."),
     sglang_api_key: str = typer.Option(None, "--sglang-api-key", envvar="BASIS_SGLANG_API_KEY",
                                        help="API key of the --sglang-url servers (their --api-key)."),
-    sglang_top_k: int = typer.Option(64, "--sglang-top-k", min=1, max=1024, envvar="BASIS_VERIFIER_SGLANG_TOP_K",
-                                     help="Top logprobs asked per position (the claimed distribution is "
-                                     "built from them: raise it for hot jobs)."),
+    sglang_top_k: int = typer.Option(None, "--sglang-top-k", envvar="BASIS_VERIFIER_SGLANG_TOP_K",
+                                     help="Top logprobs asked per position, 1..1024 (default 64; the claimed "
+                                     "distribution is built from them: raise it for hot jobs)."),
 ) -> None:
     """Verify the jobs selected for a check, from the shared store (SQLite under BASIS_HOME, or
     BASIS_DATABASE_URL); verdicts enter the ledger as commands. Stop with Ctrl-C or SIGTERM."""
     from basis.models import load_bindings
     from basis.verifier import Verifier
     from basis.verifier.policy import load_factory, policy_from_env
-    from basis.verifier.sglang import SGLangOptionError, build_sglang_scorers
+    from basis.verifier.sglang import SGLangOptionError, build_sglang_scorers, check_top_k
 
+    if sglang_top_k is not None:
+        try:
+            check_top_k(sglang_top_k)
+        except SGLangOptionError as exc:
+            _fail(str(exc))
     if scorer is not None and not re.match(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$", scorer):
         _fail(f"--scorer must be MODULE:CALLABLE, not {scorer!r}")
     if scorer is not None and sglang_urls:

@@ -274,5 +274,4 @@ def settleable_reward(uow: UnitOfWork, job: Job) -> int | None:
 
 
 __all__ = ["InvalidTransition", "UnknownWorker", "forfeit_while_suspended", "ids_digest", "record_verdict",
-           "reinstate_worker",
-           "sampling_secret", "select_for_check", "settleable_reward", "suspend_worker"]
+           "reinstate_worker", "sampling_secret", "select_for_check", "settleable_reward", "suspend_worker"]

@@ -15,6 +15,12 @@ from basis.verification.policy import VerificationPolicy
 
 ScorerFactory = Callable[[str], Scorer]  # advertised model -> the scorer of its binding
 MODES = ("pool", "external", "off")  # check in the gateway / leave checks to `basis verifier run` / none
+SGLANG_URL_ENV = "BASIS_VERIFIER_SGLANG_URL"  # the --sglang-url of `basis verifier run`, and the gateway's pool
+
+
+def sglang_urls_from_env() -> list[str]:
+    """``BASIS_VERIFIER_SGLANG_URL``'s values, split on whitespace (as the CLI's option reads it)."""
+    return os.environ.get(SGLANG_URL_ENV, "").split()
 
 
 def verifier_mode() -> str:
@@ -52,8 +58,8 @@ def policy_from_env(bindings: Mapping[str, ModelBinding], mode: str | None = Non
     without a scorer to run (no ``BASIS_VERIFIER_SCORER``, no ``BASIS_VERIFIER_SGLANG_URL`` and no
     llama.cpp scorer here) is off too: selecting jobs that nothing here can judge would only hold them."""
     mode = mode or verifier_mode()
-    if mode == "pool" and not os.environ.get("BASIS_VERIFIER_SCORER") and \
-            not os.environ.get("BASIS_VERIFIER_SGLANG_URL", "").split() and not can_score_locally():
+    if mode == "pool" and not os.environ.get("BASIS_VERIFIER_SCORER") and not sglang_urls_from_env() \
+            and not can_score_locally():
         mode = "off"
     # Per-binding calibration (measured honest runs per reference file).
     base = VerificationPolicy.for_bindings(bindings)

@@ -19,14 +19,12 @@ from basis.engines.scoring import ScoringError
 from basis.engines.sglang_scoring import DEFAULT_TOP_K, SGLangScorer
 from basis.models import ModelBinding
 from basis.models.gguf_header import gguf_vocab_size
-from basis.verifier.policy import ScorerFactory, load_factory
+from basis.verifier.policy import SGLANG_URL_ENV as URL_ENV
+from basis.verifier.policy import ScorerFactory, load_factory, sglang_urls_from_env
 
-URL_ENV = "BASIS_VERIFIER_SGLANG_URL"  # the --sglang-url of `basis verifier run`, and the gateway's pool
 API_KEY_ENV = "BASIS_SGLANG_API_KEY"
 TOP_K_ENV = "BASIS_VERIFIER_SGLANG_TOP_K"
-
-
-MAX_TOP_K = 1024  # the CLI's --sglang-top-k bound
+MAX_TOP_K = 1024  # --sglang-top-k / BASIS_VERIFIER_SGLANG_TOP_K at most
 
 
 class SGLangOptionError(ValueError):
@@ -113,17 +111,21 @@ class SGLangScorers:
         scorer = self.by_model.get(model)
         return scorer if scorer is not None else self.fallback(model)
 
+    def servers(self) -> list[SGLangScorer]:
+        """Each distinct scorer once (models served by one server share it)."""
+        return list({id(s): s for s in self.by_model.values()}.values())
+
     async def check(self) -> None:
         """Each server answers and passes the scorer's version gate; raises SGLangOptionError naming
         the server otherwise (before any job is claimed)."""
-        for scorer in {id(s): s for s in self.by_model.values()}.values():
+        for scorer in self.servers():
             try:
                 await scorer.check_server()
             except ScoringError as exc:
                 raise SGLangOptionError(f"sglang at {scorer.base_url}: {exc}") from exc
 
     async def aclose(self) -> None:
-        for scorer in {id(s): s for s in self.by_model.values()}.values():
+        for scorer in self.servers():
             await scorer.aclose()
 
     def describe(self, models: Sequence[str]) -> str:
@@ -132,17 +134,21 @@ class SGLangScorers:
             "".join(f", {m} via llama.cpp" for m in models if m not in self.by_model)
 
 
+def check_top_k(top_k: int, source: str = "--sglang-top-k") -> int:
+    """``top_k`` when it is 1..MAX_TOP_K; else SGLangOptionError naming ``source``."""
+    if not 1 <= top_k <= MAX_TOP_K:
+        raise SGLangOptionError(f"{source} must be a whole number 1..{MAX_TOP_K}, not {top_k!r}")
+    return top_k
+
+
 def build_sglang_scorers(values: Sequence[str], bindings: Mapping[str, ModelBinding], *, api_key: str | None = None,
-                         top_k: int = DEFAULT_TOP_K, source: str = "--sglang-url") -> SGLangScorers:
+                         top_k: int | None = None, source: str = "--sglang-url",
+                         top_k_source: str = "--sglang-top-k") -> SGLangScorers:
     """The verifier's scorers for ``[MODEL=]URL`` values: sglang for the models named, llama.cpp
     (the default factory) for the rest. Raises SGLangOptionError on a value it cannot use."""
+    top_k = DEFAULT_TOP_K if top_k is None else check_top_k(top_k, top_k_source)
     return SGLangScorers(parse_sglang_urls(values, bindings, source), bindings, load_factory(None, bindings),
                          api_key=api_key, top_k=top_k)
-
-
-def sglang_urls_from_env() -> list[str]:
-    """``BASIS_VERIFIER_SGLANG_URL``'s values, split on whitespace (as the CLI's option reads it)."""
-    return os.environ.get(URL_ENV, "").split()
 
 
 def sglang_scorers_from_env(bindings: Mapping[str, ModelBinding]) -> SGLangScorers | None:
@@ -151,8 +157,8 @@ def sglang_scorers_from_env(bindings: Mapping[str, ModelBinding]) -> SGLangScore
     values = sglang_urls_from_env()
     if not values:
         return None
-    raw_top_k = os.environ.get(TOP_K_ENV, "").strip() or str(DEFAULT_TOP_K)
-    if not raw_top_k.isdigit() or not 1 <= int(raw_top_k) <= MAX_TOP_K:
+    raw_top_k = os.environ.get(TOP_K_ENV, "").strip()
+    if raw_top_k and not raw_top_k.isdigit():
         raise SGLangOptionError(f"{TOP_K_ENV} must be a whole number 1..{MAX_TOP_K}, not {raw_top_k!r}")
-    return build_sglang_scorers(values, bindings, api_key=os.environ.get(API_KEY_ENV) or None, top_k=int(raw_top_k),
-                                source=URL_ENV)
+    return build_sglang_scorers(values, bindings, api_key=os.environ.get(API_KEY_ENV) or None,
+                                top_k=int(raw_top_k) if raw_top_k else None, source=URL_ENV, top_k_source=TOP_K_ENV)
