@@ -192,6 +192,7 @@ def test_event_topics_are_pinned():
         "basis:CreditRef.Created.v1",
         "basis:CreditRef.Recorded.v1", "basis:Job.Created.v1", "basis:Job.Accepted.v1", "basis:Job.Assigned.v1",
         "basis:Job.Ended.v1", "basis:Job.ReceiptIssued.v1", "basis:Job.Settled.v1",
+        "basis:Job.Batched.v1", "basis:Job.Unbatched.v1",
         "basis:IdempotencyRecord.Created.v1", "basis:IdempotencyRecord.Recorded.v1",
         "basis:IdempotencyRecord.Rebound.v1", "basis:Worker.Created.v1", "basis:Worker.Registered.v1",
         "basis:Worker.Advertised.v1",

@@ -368,3 +368,50 @@ def test_rewards_a_suspension_did_not_reach_are_forfeited_by_the_sweep(ledger, s
     r.close()
     report = audit(ledger.store, settings.views_path, signer=ledger.signer.address)
     assert report.ok, report.problems
+
+
+def test_a_suspension_leaves_the_rewards_of_a_batch_in_flight_to_it(ledger, settings):
+    """Regression (review after session 7): a worker suspended while a settlement batch holding its
+    rewards is in flight (proposed or submitted, not yet confirmed). That batch's rewards root is
+    already posted or about to be, so the suspension must not forfeit those rewards: the batch pays
+    them. Before the fix they were forfeited, the batch still paid them, and the audit named the
+    batch ("carries reward …, expected 0 (forfeited)"). If the batch is abandoned instead, the
+    rewards are the suspended worker's unsettled ones again and the sweep forfeits them."""
+    from basis.settlement.batches import abandon_batch, confirm_batch, record_submitted
+    from basis.verifier.service import forfeit_sweep
+
+    account_id = ledger.open_account("ivy")
+    ledger.grant("ivy", 10**18)
+    paid, _ = contributor_job(ledger, account_id, HONEST)
+    judge(ledger, paid, passing())
+    batch_id = ledger.run(propose_batch(31337, VAULT, DIST, [str(paid)]))
+    ledger.run(record_submitted(batch_id, "0x" + "ab" * 32, 7))
+    r = views(ledger, settings)
+    assert ledger.run(suspend_worker(HONEST, "abuse report 31", r.unsettled_of(HONEST))) == 0
+    assert forfeit_sweep(ledger, r) == 0
+    r.close()
+    with pytest.raises(InvalidTransition):  # the aggregate itself refuses it
+        ledger.run(lambda uow: uow.find(type(ledger.get(paid)), paid).forfeit_reward(
+            reason="worker suspended", evidence=[], amount=int(ledger.get(paid).receipt["core"]["reward"])))
+    assert ledger.run(confirm_batch(batch_id, "0x" + "ab" * 32, 10, 100000, None))
+    assert ledger.get(paid).forfeit is None and ledger.get(paid).settlement["batch_id"] == batch_id
+
+    # the same, but the batch is abandoned: the suspended worker's reward goes back to the sweep
+    ledger.run(reinstate_worker(HONEST, "appeal upheld"))
+    again, _ = contributor_job(ledger, account_id, HONEST)
+    if ledger.get(again).awaiting_verdict:
+        judge(ledger, again, passing())
+    second = ledger.run(propose_batch(31337, VAULT, DIST, [str(again)]))
+    assert ledger.get(batch_aggregate_id(second)).rewards
+    ledger.run(suspend_worker(HONEST, "abuse report 32", [str(again)]))
+    assert ledger.get(again).forfeit is None
+    ledger.run(abandon_batch(second, "the vault refused the batch"))
+    r = views(ledger, settings)
+    assert forfeit_sweep(ledger, r) == 1 and ledger.get(again).forfeit["reason"] == "worker suspended"
+    r.close()
+    third = ledger.run(propose_batch(31337, VAULT, DIST, [str(again)]))
+    paid_before = ledger.get(batch_aggregate_id(batch_id)).rewards  # cumulative: nothing added for `again`
+    assert ledger.get(batch_aggregate_id(third)).rewards == paid_before
+    views(ledger, settings).close()
+    report = audit(ledger.store, settings.views_path, signer=ledger.signer.address)
+    assert report.ok, report.problems

@@ -1,6 +1,7 @@
 """Job aggregate: one stream per job.
 
-accepted -> assigned (once per attempt) -> completed | failed | cancelled -> receipt issued -> settled
+accepted -> assigned (once per attempt) -> completed | failed | cancelled -> receipt issued
+-> batched (proposed for settlement; unbatched again if that batch is abandoned) -> settled
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ class Job(Aggregate):
         self.finish_reason: str | None = None
         self.receipt: dict[str, Any] | None = None
         self.settlement: dict[str, Any] | None = None
+        self.in_batch: str | None = None  # the settlement batch in flight that carries this receipt
         self.check: dict[str, Any] | None = None  # what the verifier needs (private: ids are text)
         self.verdict: dict[str, Any] | None = None  # DESIGN 1.6: public, hashes only
         self.forfeit: dict[str, Any] | None = None  # the reward went to the treasury, and why
@@ -125,10 +127,31 @@ class Job(Aggregate):
         self.receipt = {"core": core, "hash": hash, "signature": signature, "signer": signer}
         self.status = "receipted"
 
+    @event("Batched", topic="basis:Job.Batched.v1")
+    def batch(self, batch_id: str) -> None:
+        """Proposed for settlement in ``batch_id``: from here until that batch is confirmed or
+        abandoned its reward is committed to the batch's rewards root, so it can no longer be
+        forfeited (a suspension meanwhile leaves it to the batch)."""
+        if self.receipt is None or self.settlement is not None:
+            raise InvalidTransition("only an issued, unsettled receipt can be batched")
+        if self.in_batch is not None:
+            raise InvalidTransition(f"this receipt is already in batch {self.in_batch}")
+        self.in_batch = batch_id
+
+    @event("Unbatched", topic="basis:Job.Unbatched.v1")
+    def unbatch(self, batch_id: str) -> None:
+        """Its batch was abandoned: the receipt is unsettled and outside any batch again."""
+        if self.in_batch != batch_id:
+            raise InvalidTransition(f"this receipt is not in batch {batch_id}")
+        self.in_batch = None
+
     @event("Settled", topic="basis:Job.Settled.v1")
     def mark_settled(self, batch_id: str, leaf_index: int, tx_hash: str, chain_id: int) -> None:
         if self.receipt is None or self.settlement is not None:
             raise InvalidTransition("only an issued, unsettled receipt can be settled")
+        if self.in_batch not in (None, batch_id):  # None: batched before batches were recorded on jobs
+            raise InvalidTransition(f"this receipt is in batch {self.in_batch}, not {batch_id}")
+        self.in_batch = None
         self.settlement = {"batch_id": batch_id, "leaf_index": leaf_index, "tx_hash": tx_hash,
                            "chain_id": chain_id}
         self.status = "settled"
@@ -187,6 +210,9 @@ class Job(Aggregate):
             raise InvalidTransition("only an issued, unsettled receipt's reward can be forfeited")
         if self.forfeit is not None:
             raise InvalidTransition("this reward was already forfeited")
+        if self.in_batch is not None:
+            raise InvalidTransition(f"this reward is committed to settlement batch {self.in_batch} in flight; "
+                                    "it can be forfeited only if that batch is abandoned")
         if amount != int(self.receipt["core"]["reward"]):
             raise InvalidTransition("a forfeit names the receipt's own reward")
         self.forfeit = {"reason": reason, "evidence": list(evidence), "amount": amount}

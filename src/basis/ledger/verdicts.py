@@ -205,8 +205,10 @@ def _reward(job: Job) -> int:
 
 
 def _forfeitable(job: Job) -> bool:
-    return (job.receipt is not None and job.settlement is None and not job.reward_forfeited
-            and int(job.receipt["core"]["reward"]) > 0)
+    """An issued reward not yet settled, forfeited or committed to a batch in flight (that batch pays
+    it; if the batch is abandoned instead, the sweep or the next proposal forfeits it)."""
+    return (job.receipt is not None and job.settlement is None and job.in_batch is None
+            and not job.reward_forfeited and int(job.receipt["core"]["reward"]) > 0)
 
 
 def forfeit_while_suspended(address: str, job_ids: Sequence[str]) -> Callable[[UnitOfWork], int]:

@@ -54,16 +54,17 @@ def propose_batch(chain_id: int, vault: str, distributor: str, candidates: list[
             assert prev is not None
             cumulative = {w: int(c) for w, c in prev.rewards}
         jobs: list[dict[str, Any]] = []
+        picked: list[Job] = []
         for job_id in candidates:
             if len(jobs) >= max_receipts:
                 break
             job = uow.find(Job, UUID(job_id))
-            if job is None or job.receipt is None or job.settlement is not None:
+            if job is None or job.receipt is None or job.settlement is not None or job.in_batch is not None:
                 continue
             reward = settleable_reward(uow, job)  # None: awaiting its verdict; 0: forfeited (DESIGN 1.6)
             if reward is None:
                 continue
-            uow.release(job)
+            picked.append(job)
             acc = uow.find(Account, job.account_id)
             assert acc is not None
             core = job.receipt["core"]
@@ -86,6 +87,9 @@ def propose_batch(chain_id: int, vault: str, distributor: str, candidates: list[
         seq = slog.next_seq
         batch_id = batch_id_for(chain_id, vault, seq, receipts_root)
         slog.open_batch(batch_id=batch_id, seq=seq)
+        for job in picked:  # their rewards are committed now: no suspension forfeits them meanwhile
+            job.batch(batch_id=batch_id)
+            uow.release(job)
         uow.add(SettlementBatch(batch_id=batch_id, seq=seq, chain_id=chain_id, vault=vault, distributor=distributor,
                                 jobs=jobs, receipts_root=receipts_root, rewards=rewards, rewards_root=rewards_root,
                                 to_distributor=to_dist, to_treasury=to_treasury, reward_top_up=top_up,
@@ -146,6 +150,12 @@ def abandon_batch(batch_id: str, reason: str) -> Callable[[UnitOfWork], None]:
         assert slog is not None
         batch.abandon(reason=reason[:500])
         slog.close_batch(batch_id=batch_id, confirmed=False)
+        for e in batch.jobs:
+            job = uow.find(Job, UUID(e["job_id"]))
+            assert job is not None
+            if job.in_batch == batch_id:  # None: proposed before batches were recorded on jobs
+                job.unbatch(batch_id=batch_id)
+            uow.release(job)
 
     return cmd
 
