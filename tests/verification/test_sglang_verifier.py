@@ -33,15 +33,17 @@ from basis.engines.sglang_scoring import SGLangScorer
 from basis.gateway.runtime import GatewayOptions, GatewayRuntime
 from basis.ledger.service import Ledger
 from basis.models import load_bindings
-from basis.models.gguf_header import gguf_vocab_size
+from basis.models.gguf_header import gguf_tokenizer, gguf_vocab_size
 from basis.verification.stats import job_statistic
-from tests.engines.sglang_double import build_app
+from basis.verifier.sglang_identity import token_text
+from tests.engines.sglang_double import Behaviour, build_app
 from tests.gateway.harness import REPO, Gateway
 from tests.models.support import require_llama
 from tests.verification.helpers import CHEAT, HONEST, POLICY, contributor_job
 from tests.verification.test_cli import head
 
 MODEL = "basis-default"  # SmolLM2-135M-Instruct's vocabulary
+MODEL_PATH = "HuggingFaceTB/SmolLM2-135M-Instruct"  # what sglang serving that binding reports
 PROMPT = [1, 2, 3, 4, 5]  # contributor_job's prompt ids
 TEMPERATURE = 0.7  # contributor_job's claimed temperature (top_p 1.0)
 N = 64  # output ids a job (its max_tokens)
@@ -70,6 +72,19 @@ def sample(reference, temperature: float, n: int, seed: int) -> list[int]:
         p = np.exp(lp - np.logaddexp.reduce(lp))
         out.append(int(rng.choice(len(p), p=p)))
     return out
+
+
+def gguf_texts(model: str = MODEL):
+    """sglang's text of one id, for a double serving ``model``'s binding: the GGUF token decoded
+    (tests/verification/test_sglang_identity.py checks it against llama.cpp's pieces)."""
+    tokenizer = gguf_tokenizer(load_bindings()[model].gguf_path)
+    return lambda i: token_text(tokenizer.model, tokenizer.tokens[i])
+
+
+def binding_double(ref, vocab: int, model_path: str = MODEL_PATH, texts=None):
+    """The double serving the binding's model (its model_path and tokenizer) with ``ref``'s logprobs."""
+    return build_app([], eos_id=2, reference=ref, vocab_size=vocab, behaviour=Behaviour(model_path=model_path),
+                     token_texts=texts or gguf_texts())
 
 
 @contextmanager
@@ -130,12 +145,15 @@ def test_the_vocabulary_size_is_read_from_the_gguf_header_as_llama_cpp_counts_it
 def test_verifier_run_with_sglang_scores_with_the_bindings_vocabulary(home, outputs, vocab):
     settings, jobs = home
     ref, _, cheat = outputs
-    double = build_app([], eos_id=2, reference=ref, vocab_size=vocab)
+    double = binding_double(ref, vocab)
     with serve_in_thread(double) as url:
         result = runner.invoke(app, ["verifier", "run", "--once", "--sglang-url", f"{MODEL}={url}"])
         assert result.exit_code == 0, result.output
         assert json.loads(result.stdout) == {"verdicts": 2, "errors": 0}
-        prefills = [r for r in double.state.requests if r.get("return_logprob")]
+        # the server was shown to serve the binding before any job was claimed
+        assert f"serves '{MODEL_PATH}' (its name matches 'SmolLM2-135M-Instruct'; 32 of 32 probe tokens" \
+            in result.stderr, result.stderr
+        prefills = [r for r in double.state.requests if r.get("return_logprob") and r["top_logprobs_num"]]
         # the same cheat job scored the way a `--scorer` callable building SGLangScorer(url) did
         without = asyncio.run(_score_without_n_vocab(url, cheat))
     assert sorted(len(r["input_ids"]) for r in prefills) == [len(PROMPT) + N] * 2
@@ -206,7 +224,7 @@ def test_the_gateways_pool_verifier_scores_with_sglang_from_the_environment(home
     takes --sglang-url: the same scorer, with the binding's vocabulary size."""
     settings, jobs = home
     ref, _, _ = outputs
-    double = build_app([], eos_id=2, reference=ref, vocab_size=vocab)
+    double = binding_double(ref, vocab)
     with serve_in_thread(double) as url:
         monkeypatch.setenv("BASIS_VERIFIER_SGLANG_URL", f"{MODEL}={url}")
         gw = Gateway(settings.home, GatewayOptions(heartbeat_interval=1.0, verifier="pool"))
@@ -217,7 +235,7 @@ def test_the_gateways_pool_verifier_scores_with_sglang_from_the_environment(home
             honest_v, cheat_v = (gw.ledger.get(jobs[k]).verdict for k in ("honest", "cheat"))
         finally:
             gw.close()
-    prefills = [r for r in double.state.requests if r.get("return_logprob")]
+    prefills = [r for r in double.state.requests if r.get("return_logprob") and r["top_logprobs_num"]]
     assert sorted(len(r["input_ids"]) for r in prefills) == [len(PROMPT) + N] * 2  # judged by the double
     assert honest_v["verdict"] == "passed", honest_v
     # the hotter alternatives carry the evidence only with n_vocab: the double-temperature cheat fails
@@ -239,10 +257,11 @@ def test_basis_serve_refuses_a_bad_sglang_url_clearly(home, value, message):
     assert "Traceback" not in proc.stderr
 
 
-def test_without_llama_cpp_an_sglang_url_keeps_the_pool_on_for_its_models_only(home, monkeypatch):
+def test_without_llama_cpp_an_sglang_url_keeps_the_pool_on_for_its_models_only(home, outputs, vocab, monkeypatch):
     """policy.py's "is there a scorer to run": the URL is one, and the models it does not serve
     (nothing here scores them) are not selected for checks."""
     settings, _ = home
+    ref, _, _ = outputs
     monkeypatch.setattr(verifier_policy, "can_score_locally", lambda: False)
     runtime = GatewayRuntime(settings, GatewayOptions(verifier="pool", ledger_writer="thread"))
     try:
@@ -250,8 +269,9 @@ def test_without_llama_cpp_an_sglang_url_keeps_the_pool_on_for_its_models_only(h
     finally:
         runtime.ledger.close()
         runtime.node_lock.release()
-    monkeypatch.setenv("BASIS_VERIFIER_SGLANG_URL", f"{MODEL}={closed_port_url()}")  # not asked at startup
-    runtime = GatewayRuntime(settings, GatewayOptions(verifier="pool", ledger_writer="thread"))
+    with serve_in_thread(binding_double(ref, vocab)) as url:  # asked at start-up
+        monkeypatch.setenv("BASIS_VERIFIER_SGLANG_URL", f"{MODEL}={url}")
+        runtime = GatewayRuntime(settings, GatewayOptions(verifier="pool", ledger_writer="thread"))
     try:
         status = runtime.verification_status()
         assert status["enabled"] is True and status["models"] == [MODEL], status
