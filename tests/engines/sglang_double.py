@@ -52,6 +52,10 @@ KNOWN_SAMPLING_KEYS = {
 }
 
 
+class _NoTokenizer(Exception):
+    pass
+
+
 def _v(text: str) -> tuple[int, int, int]:
     parts = [int(p) for p in text.split(".post")[0].split(".")]
     return tuple([*parts, 0, 0][:3])  # type: ignore[return-value]
@@ -325,7 +329,7 @@ def build_app(script: list[int], *, eos_id: int, behaviour: Behaviour | None = N
             if not body.get("return_text_in_logprobs"):
                 return None
             if token_texts is None:  # --skip-tokenizer-init: sglang has no tokenizer to decode with
-                raise LookupError("no tokenizer")
+                raise _NoTokenizer
             return token_texts(t)
 
         try:
@@ -335,9 +339,9 @@ def build_app(script: list[int], *, eos_id: int, behaviour: Behaviour | None = N
                 lps = reference(ids[:pos])
                 tokens.append([float(lps[ids[pos]]), clip(ids[pos]), text(clip(ids[pos]))])
                 # most likely first, ties by id (a stable sort): numpy, so a real-sized vocabulary is quick
-                order = np.argsort(-np.asarray(lps, dtype=float), kind="stable")[:k]
+                order = np.argsort(-np.asarray(lps, dtype=float), kind="stable")[:k] if k else []
                 tops.append([[float(lps[v]), int(v), text(int(v))] for v in order])
-        except LookupError:
+        except _NoTokenizer:  # sglang's `assert self.tokenizer is not None`
             return JSONResponse({"error": {"message": "AssertionError"}}, status_code=500)
         meta = {"id": body.get("rid") or "score-0", "finish_reason": {"type": "length", "length": 0},
                 "prompt_tokens": len(ids), "completion_tokens": 0, "input_token_logprobs": tokens,

@@ -31,7 +31,13 @@ from basis.models import ModelBinding
 from basis.models.gguf_header import gguf_vocab_size
 from basis.verifier.policy import SGLANG_URL_ENV as URL_ENV
 from basis.verifier.policy import ScorerFactory, load_factory, sglang_urls_from_env
-from basis.verifier.sglang_identity import ModelIdentity, ModelIdentityError, check_identity, fetch_model_info
+from basis.verifier.sglang_identity import (
+    PINNED,
+    ModelIdentity,
+    ModelIdentityError,
+    check_identity,
+    fetch_model_info,
+)
 
 log = logging.getLogger("basis.verifier")
 API_KEY_ENV = "BASIS_SGLANG_API_KEY"
@@ -176,13 +182,12 @@ class SGLangScorers:
                                                           self.identities[model], info, timeout))
                 except (ScoringError, ModelIdentityError) as exc:
                     raise SGLangOptionError(f"sglang at {scorer.base_url}: {exc}") from exc
-        for note in notes:
-            (log.warning if "pinned by the operator" in note else log.info)("verifier sglang: %s", note)
         return notes
 
     def check_blocking(self, connect_timeout: float = CONNECT_TIMEOUT) -> list[str]:
         """``check`` from synchronous code (the gateway's start-up), on a loop of its own in a
-        thread of its own (the caller may be inside a running loop)."""
+        thread of its own (the caller may be inside a running loop); logs each note (a model
+        accepted by the operator's pin, not by its name, as a warning)."""
         result: list = []
 
         def run() -> None:
@@ -196,6 +201,8 @@ class SGLangScorers:
         thread.join()
         if isinstance(result[0], BaseException):
             raise result[0]
+        for note in result[0]:
+            (log.warning if PINNED in note else log.info)("verifier sglang: %s", note)
         return result[0]
 
     async def aclose(self) -> None:

@@ -56,6 +56,7 @@ MIN_PROBE_TOKENS = 16  # fewer ordinary tokens than this: the vocabulary cannot 
 _NORMAL = 1  # llama.cpp's LLAMA_TOKEN_TYPE_NORMAL
 _QUANT_SUFFIX = re.compile(r"[-._](?:i?q\d\w*|bf16|fp16|f16|f32)$", re.IGNORECASE)
 _HF_CACHE = re.compile(r"^models--[^/]+?--(.+)$")
+PINNED = "model_path pinned by the operator, its name not checked"  # the start-up note's words
 
 
 class ModelIdentityError(ValueError):
@@ -173,7 +174,7 @@ class ModelIdentity:
             if model_path.rstrip("/") != self.pinned_path.rstrip("/"):
                 raise ModelIdentityError(f"serves {model_path!r}, not {self.pinned_path!r} as pinned for "
                                          f"{self.model!r}")
-            return "model_path pinned by the operator, its name not checked"
+            return PINNED
         served = normalise_name(served_name(model_path))
         for name in self.names:
             if normalise_name(name) == served:
