@@ -7,6 +7,7 @@ the GGUF decoding under test), with a real ledger."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import uuid
@@ -212,3 +213,18 @@ def test_a_gateway_refused_at_start_up_holds_nothing(sglang_home, outputs, vocab
     finally:
         runtime.ledger.close()
         runtime.node_lock.release()
+
+
+def test_a_server_that_takes_the_connection_but_never_answers_does_not_hold_start_up():
+    """A socket that listens but never accepts (the kernel completes the handshake): the check gives up
+    after its deadline (60 s at start-up; 1 s here) with the server named, rather than hang."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    try:
+        scorers = SGLangScorers({MODEL: url}, load_bindings(), lambda m: None)
+        with pytest.raises(SGLangOptionError, match=rf"sglang at {url}:? did not (answer|finish)"):
+            scorers.check_blocking(deadline=1.0)
+    finally:
+        listener.close()

@@ -45,9 +45,11 @@ TOP_K_ENV = "BASIS_VERIFIER_SGLANG_TOP_K"
 MODEL_PATH_ENV = "BASIS_VERIFIER_SGLANG_MODEL_PATH"  # --sglang-model-path MODEL=PATH ...
 MAX_TOP_K = 1024  # --sglang-top-k / BASIS_VERIFIER_SGLANG_TOP_K at most
 # The start-up check: a server that does not take the connection within CONNECT_TIMEOUT is down (a
-# gateway must not hang on it); one that takes it answers within CHECK_TIMEOUT (one short prefill).
+# gateway must not hang on it); one that takes it answers each request within CHECK_TIMEOUT (the
+# largest is one short prefill), and the whole check within CHECK_DEADLINE.
 CONNECT_TIMEOUT = 5.0
 CHECK_TIMEOUT = 30.0
+CHECK_DEADLINE = 60.0
 
 
 class SGLangOptionError(ValueError):
@@ -165,26 +167,32 @@ class SGLangScorers:
         """Each distinct scorer once (models served by one server share it)."""
         return list({id(s): s for s in self.by_model.values()}.values())
 
-    async def check(self, connect_timeout: float = CONNECT_TIMEOUT) -> list[str]:
+    async def check(self, *, connect_timeout: float = CONNECT_TIMEOUT, deadline: float = CHECK_DEADLINE) -> list[str]:
         """Before any job is claimed: each server answers, passes the scorer's version gate and
-        serves each of its models' binding (basis.verifier.sglang_identity). Raises
-        SGLangOptionError naming the server otherwise; returns one note per model (how it was shown).
-        Its own HTTP client, closed here: the gateway checks on another event loop than it scores."""
+        serves each of its models' binding (basis.verifier.sglang_identity), within ``deadline``
+        seconds a server. Raises SGLangOptionError naming the server otherwise; returns one note per
+        model (how it was shown). Its own HTTP client, closed here: the gateway checks on another
+        event loop than it scores."""
         notes = []
-        timeout = httpx.Timeout(CHECK_TIMEOUT, connect=connect_timeout)
+        timeout = httpx.Timeout(min(CHECK_TIMEOUT, deadline), connect=min(connect_timeout, deadline))
         async with httpx.AsyncClient(timeout=timeout) as client:
             for scorer in self.servers():
                 try:
-                    await scorer.check_server(client, timeout)
-                    info = await fetch_model_info(client, scorer.base_url, self.api_key, timeout)
-                    for model in sorted(m for m, s in self.by_model.items() if s is scorer):
-                        notes.append(await check_identity(client, scorer.base_url, self.api_key,
-                                                          self.identities[model], info, timeout))
+                    async with asyncio.timeout(deadline):
+                        await scorer.check_server(client, timeout)
+                        info = await fetch_model_info(client, scorer.base_url, self.api_key, timeout)
+                        for model in sorted(m for m, s in self.by_model.items() if s is scorer):
+                            notes.append(await check_identity(client, scorer.base_url, self.api_key,
+                                                              self.identities[model], info, timeout))
+                except TimeoutError as exc:
+                    raise SGLangOptionError(f"sglang at {scorer.base_url} did not finish the start-up check "
+                                            f"within {deadline:g} s") from exc
                 except (ScoringError, ModelIdentityError) as exc:
                     raise SGLangOptionError(f"sglang at {scorer.base_url}: {exc}") from exc
         return notes
 
-    def check_blocking(self, connect_timeout: float = CONNECT_TIMEOUT) -> list[str]:
+    def check_blocking(self, *, connect_timeout: float = CONNECT_TIMEOUT,
+                       deadline: float = CHECK_DEADLINE) -> list[str]:
         """``check`` from synchronous code (the gateway's start-up), on a loop of its own in a
         thread of its own (the caller may be inside a running loop); logs each note (a model
         accepted by the operator's pin, not by its name, as a warning)."""
@@ -192,7 +200,7 @@ class SGLangScorers:
 
         def run() -> None:
             try:
-                result.append(asyncio.run(self.check(connect_timeout)))
+                result.append(asyncio.run(self.check(connect_timeout=connect_timeout, deadline=deadline)))
             except BaseException as exc:
                 result.append(exc)
 
