@@ -140,16 +140,13 @@ def gguf_tokenizer(path: str) -> GGUFTokenizer | None:
 
 
 @functools.cache
-def gguf_names(path: str) -> dict[str, str]:
-    """The ``general.*`` naming keys the file has (name, basename, finetune, size_label,
-    organization): what the converter recorded about the model it came from."""
-    wanted = {"general.name", "general.basename", "general.finetune", "general.size_label", "general.organization"}
-    found: dict[str, str] = {}
+def gguf_model_name(path: str) -> str | None:
+    """``general.name``: the model's name as the converter recorded it; None when the file has none.
+    The general keys precede the tokenizer's."""
 
-    def pick(key: str, val: Any, seen: dict[str, Any]) -> bool | None:
-        if key in wanted and isinstance(val, str):
-            found[key.removeprefix("general.")] = val
-        return True if key.startswith("tokenizer.") else None  # the general keys come first
+    def pick(key: str, val: Any, seen: dict[str, Any]) -> str | None:
+        if key == "general.name":
+            return val if isinstance(val, str) else ""
+        return "" if key.startswith("tokenizer.") else None  # past the general keys: stop ("" = none)
 
-    _scan(path, pick)
-    return found
+    return _scan(path, pick) or None

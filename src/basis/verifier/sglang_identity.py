@@ -29,7 +29,7 @@ binding's model: its last path component (or the ``NAME`` of a Hugging Face cach
 ``models--ORG--NAME``), lower-cased with everything but letters and digits dropped, must equal one
 of the binding's names normalised alike: the backing name the gateway publishes (up to its
 first " ("), the GGUF file's name less ``.gguf`` and a quantization suffix, and the GGUF header's
-``general.name`` and ``basename-size_label[-finetune]``. Equality, not containment:
+``general.name``. Equality, not containment:
 ``gemma-3-270m-it`` is not ``gemma-3-270m``. The packaged pairings pass
 (SmolLM2-135M-Instruct.Q4_1.gguf with ``HuggingFaceTB/SmolLM2-135M-Instruct``; Gemma 3 270M with
 ``google/gemma-3-270m``). A server started from a folder of another name is refused until the
@@ -48,7 +48,7 @@ import httpx
 
 from basis.engines.sglang_server import auth_headers
 from basis.models import ModelBinding
-from basis.models.gguf_header import GGUFTokenizer, gguf_names, gguf_tokenizer
+from basis.models.gguf_header import GGUFTokenizer, gguf_model_name, gguf_tokenizer
 
 PROBE_TOKENS = 32
 MAX_PROBE_MISMATCHES = 3  # of PROBE_TOKENS: decoder quirks, never a whole other tokenizer
@@ -132,11 +132,11 @@ def served_name(model_path: str) -> str:
 def binding_names(binding: ModelBinding, gguf_path: str) -> list[str]:
     """The names the binding's model goes by (module doc), most telling first, duplicates dropped."""
     names = [_stem(binding.backing_name.split(" (", 1)[0]), _stem(gguf_path)]
-    meta = gguf_names(gguf_path)
-    if meta.get("name"):
-        names.append(meta["name"])
-    if meta.get("basename"):
-        names.append("-".join(meta[k] for k in ("basename", "size_label", "finetune") if meta.get(k)))
+    # Not general.basename + size_label (+ finetune): a finetune key need not say "Instruct"
+    # (SmolLM2-135M-Instruct's holds its training run), and without it they name the base model.
+    meta_name = gguf_model_name(gguf_path)
+    if meta_name:
+        names.append(meta_name)
     out: list[str] = []
     for name in names:
         if normalise_name(name) and normalise_name(name) not in map(normalise_name, out):
