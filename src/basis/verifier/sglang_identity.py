@@ -10,9 +10,11 @@ binding's vocabulary (read from its GGUF, no llama.cpp needed) is sent as one pr
                     "return_logprob": true, "logprob_start_len": 0, "return_text_in_logprobs": true}
 
 sglang answers ``meta_info.input_token_logprobs`` as ``[logprob, id, text]`` per id, the text being
-its Hugging Face tokenizer's ``batch_decode`` of that id alone (``detokenize_logprob_tokens``,
-sglang 0.5.6 to 0.5.23). Each text is compared, whitespace-trimmed (tokenizers differ in whether a
-lone token keeps its leading space, and in ``clean_up_tokenization_spaces``), with the same id's
+its Hugging Face tokenizer's ``batch_decode`` of that id alone (``detokenize_logprob_tokens``:
+0.5.6 passes the ids flat to transformers 4.57, which decodes each; 0.5.10 and 0.5.23 wrap each id
+for transformers 5, which would join flat ids). Each text is compared, whitespace-trimmed
+(tokenizers differ in whether a lone token keeps its leading space, and in
+``clean_up_tokenization_spaces``), with the same id's
 token in the GGUF decoded as its tokenizer type decodes (byte-level BPE ``gpt2``: GPT-2's byte
 alphabet reversed; SentencePiece ``llama``: U+2581 as a space). Only normal tokens of two or more
 visible characters that decode to whole UTF-8 are probed, and up to ``MAX_PROBE_MISMATCHES``
@@ -24,7 +26,7 @@ vocabulary answers the high ids as 0 (sglang clips ids >= vocab_size - 1).
 sibling: SmolLM2-135M and SmolLM2-135M-Instruct) answer the probe alike, and no cheap question to
 the server tells their weights apart: comparing logits with llama.cpp's would need llama.cpp on
 the GPU box and a drift threshold between a 4-bit GGUF and bf16 weights. So the served
-``model_path`` (``GET /model_info``, ``/get_model_info`` before 0.5.10's rename) must name the
+``model_path`` (``GET /model_info``, or ``/get_model_info``, its older name) must name the
 binding's model: its last path component (or the ``NAME`` of a Hugging Face cache folder
 ``models--ORG--NAME``), lower-cased with everything but letters and digits dropped, must equal one
 of the binding's names normalised alike: the backing name the gateway publishes (up to its
