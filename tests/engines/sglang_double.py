@@ -18,8 +18,11 @@ It reproduces, from sglang's own source (wheels 0.4.6.post5 to 0.5.23), what a c
   ``output_top_logprobs`` (per id so far, k [logprob, id, null], most likely first).
 * ``POST /generate`` without ``stream`` and ``return_logprob``: the scoring answer
   (``meta_info.input_token_logprobs`` / ``input_top_logprobs``) from a scripted reference model.
+* ``return_text_in_logprobs``: each ``[logprob, id, text]`` carries the tokenizer's decode of that
+  id alone (``token_texts``; sglang's ``batch_decode([[id] ...])``).
 * ``GET /health`` (503 for the first ``starting`` polls), ``GET /get_server_info`` (and
-  ``/server_info`` from 0.5.10), optionally only ``GET /version``; ``POST /abort_request``.
+  ``/server_info`` from 0.5.10), optionally only ``GET /version``; ``GET /model_info`` and
+  ``/get_model_info`` (``model_path`` ...); ``POST /abort_request``.
 * ``--api-key``: every path but ``/health`` needs ``Authorization: Bearer KEY`` (401
   ``{"error": "Unauthorized"}``), ``/abort_request`` included.
 
@@ -49,6 +52,10 @@ KNOWN_SAMPLING_KEYS = {
 }
 
 
+class _NoTokenizer(Exception):
+    pass
+
+
 def _v(text: str) -> tuple[int, int, int]:
     parts = [int(p) for p in text.split(".post")[0].split(".")]
     return tuple([*parts, 0, 0][:3])  # type: ignore[return-value]
@@ -63,6 +70,7 @@ class Behaviour:
     preferred_sampling_params: dict = field(default_factory=dict)
     info: str = "get_server_info"  # or "version_only" (a front end exposing /version alone) or "none"
     reported_version: str | None = None  # a build that reports another version than it behaves as
+    model_path: str = "double/model"  # its --model-path (reported by /server_info and /model_info)
 
     @classmethod
     def for_version(cls, version: str, **kw) -> Behaviour:
@@ -105,7 +113,7 @@ class Behaviour:
         return self.v >= (0, 5, 23)
 
     def server_info(self) -> dict:
-        info = {"version": self.reported_version or self.version, "model_path": "double/model",
+        info = {"version": self.reported_version or self.version, "model_path": self.model_path,
                 "enable_deterministic_inference": self.deterministic, "api_key": self.api_key,
                 "skip_tokenizer_init": False,
                 "preferred_sampling_params": json.dumps(self.preferred_sampling_params)
@@ -133,9 +141,12 @@ def reference_logprobs(vocab: int) -> Callable[[list[int]], list[float]]:
 def build_app(script: list[int], *, eos_id: int, behaviour: Behaviour | None = None, pieces=None,
               error_after: int | None = None, abort_after: int | None = None, delay: float = 0.0,
               burst: int = 1, starting: int = 0, reference: Callable[[list[int]], list[float]] | None = None,
-              vocab_size: int | None = None, incremental: bool | None = None, abort_status: int = 200) -> FastAPI:
+              vocab_size: int | None = None, incremental: bool | None = None, abort_status: int = 200,
+              token_texts: Callable[[int], str] | None = None) -> FastAPI:
     """``burst``: tokens generated before the reader wakes (queued chunks). ``starting``: how many
-    /health and /generate calls answer 503 first. ``reference``/``vocab_size``: the scoring model."""
+    /health and /generate calls answer 503 first. ``reference``/``vocab_size``: the scoring model.
+    ``token_texts``: its tokenizer's text of one id (``return_text_in_logprobs``; None: a server
+    started with ``--skip-tokenizer-init``, which fails such a request)."""
     b = behaviour or Behaviour()
     if incremental is not None:
         b.incremental = incremental
@@ -181,6 +192,21 @@ def build_app(script: list[int], *, eos_id: int, behaviour: Behaviour | None = N
         if b.info != "version_only":
             return JSONResponse({"detail": "Not Found"}, status_code=404)
         return {"version": b.reported_version or b.version}
+
+    async def model_info(req: Request):
+        if not authorized(req):
+            return unauthorized
+        return {"model_path": b.model_path, "tokenizer_path": b.model_path, "is_generation": True,
+                "preferred_sampling_params": json.dumps(b.preferred_sampling_params)
+                if b.preferred_sampling_params else None, "weight_version": "default"}
+
+    @app.get("/model_info")
+    async def model_info_route(req: Request):
+        return await model_info(req)
+
+    @app.get("/get_model_info")
+    async def get_model_info(req: Request):
+        return await model_info(req)
 
     @app.post("/abort_request")
     async def abort(req: Request):
@@ -299,14 +325,24 @@ def build_app(script: list[int], *, eos_id: int, behaviour: Behaviour | None = N
         def clip(t: int) -> int:  # sglang: ids >= vocab_size - 1 come back as 0
             return t if t < vs - 1 else 0
 
-        tokens = [[None, clip(ids[start]), None]]
-        tops: list = [None]
-        for pos in range(start + 1, len(ids)):
-            lps = reference(ids[:pos])
-            tokens.append([float(lps[ids[pos]]), clip(ids[pos]), None])
-            # most likely first, ties by id (a stable sort): numpy, so a real-sized vocabulary is quick
-            order = np.argsort(-np.asarray(lps, dtype=float), kind="stable")[:k]
-            tops.append([[float(lps[v]), int(v), None] for v in order])
+        def text(t: int) -> str | None:  # return_text_in_logprobs: the tokenizer's decode of t alone
+            if not body.get("return_text_in_logprobs"):
+                return None
+            if token_texts is None:  # --skip-tokenizer-init: sglang has no tokenizer to decode with
+                raise _NoTokenizer
+            return token_texts(t)
+
+        try:
+            tokens = [[None, clip(ids[start]), text(clip(ids[start]))]]
+            tops: list = [None]
+            for pos in range(start + 1, len(ids)):
+                lps = reference(ids[:pos])
+                tokens.append([float(lps[ids[pos]]), clip(ids[pos]), text(clip(ids[pos]))])
+                # most likely first, ties by id (a stable sort): numpy, so a real-sized vocabulary is quick
+                order = np.argsort(-np.asarray(lps, dtype=float), kind="stable")[:k] if k else []
+                tops.append([[float(lps[v]), int(v), text(int(v))] for v in order])
+        except _NoTokenizer:  # sglang's `assert self.tokenizer is not None`
+            return JSONResponse({"error": {"message": "AssertionError"}}, status_code=500)
         meta = {"id": body.get("rid") or "score-0", "finish_reason": {"type": "length", "length": 0},
                 "prompt_tokens": len(ids), "completion_tokens": 0, "input_token_logprobs": tokens,
                 "input_top_logprobs": tops, "output_token_logprobs": [], "output_top_logprobs": []}

@@ -12,22 +12,15 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
-import threading
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 
-import numpy as np
 import pytest
-import uvicorn
 from typer.testing import CliRunner
 
 import basis.verifier.policy as verifier_policy
 from basis.cli.main import app
-from basis.config import Settings
 from basis.engines.scoring import TEMPERATURE_RATIOS, ScoreRequest
 from basis.engines.sglang_scoring import SGLangScorer
 from basis.gateway.runtime import GatewayOptions, GatewayRuntime
@@ -35,90 +28,26 @@ from basis.ledger.service import Ledger
 from basis.models import load_bindings
 from basis.models.gguf_header import gguf_vocab_size
 from basis.verification.stats import job_statistic
-from tests.engines.sglang_double import build_app
 from tests.gateway.harness import REPO, Gateway
 from tests.models.support import require_llama
-from tests.verification.helpers import CHEAT, HONEST, POLICY, contributor_job
+from tests.verification.sglang_support import (
+    MODEL,
+    MODEL_PATH,
+    PROMPT,
+    TEMPERATURE,
+    N,
+    binding_double,
+    closed_port_url,
+    serve_in_thread,
+)
 from tests.verification.test_cli import head
 
-MODEL = "basis-default"  # SmolLM2-135M-Instruct's vocabulary
-PROMPT = [1, 2, 3, 4, 5]  # contributor_job's prompt ids
-TEMPERATURE = 0.7  # contributor_job's claimed temperature (top_p 1.0)
-N = 64  # output ids a job (its max_tokens)
 runner = CliRunner()
 
 
-def toy_reference(vocab: int):
-    """Log-probabilities over ``vocab`` ids as a function of the prefix: 24 likely candidates (logits
-    0..6) over a floor of -20 for every other id, so the top-64 hold all but ~1e-7 of the mass."""
-
-    def logprobs(prefix: list[int]) -> np.ndarray:
-        rng = np.random.default_rng([int(t) for t in prefix[-3:]] + [len(prefix)])
-        logits = np.full(vocab, -20.0) + rng.standard_normal(vocab) * 0.3
-        logits[rng.choice(np.arange(100, 2000), size=24, replace=False)] = rng.uniform(0.0, 6.0, size=24)
-        return logits - np.logaddexp.reduce(logits)
-
-    return logprobs
-
-
-def sample(reference, temperature: float, n: int, seed: int) -> list[int]:
-    """n ids sampled from the toy reference at ``temperature``, teacher-forced on its own output."""
-    rng = np.random.default_rng(seed)
-    out: list[int] = []
-    for _ in range(n):
-        lp = reference(PROMPT + out) / temperature
-        p = np.exp(lp - np.logaddexp.reduce(lp))
-        out.append(int(rng.choice(len(p), p=p)))
-    return out
-
-
-@contextmanager
-def serve_in_thread(fastapi_app) -> Iterator[str]:
-    """The double on a loopback port, served from its own thread (the CLI runs its own loop)."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(fastapi_app, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[sock])), daemon=True)
-    thread.start()
-    try:
-        while not server.started:
-            assert thread.is_alive(), "the sglang double did not start"
-            threading.Event().wait(0.01)
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-        sock.close()
-
-
-@pytest.fixture(scope="module")
-def vocab() -> int:
-    return gguf_vocab_size(load_bindings()[MODEL].gguf_path)
-
-
-@pytest.fixture(scope="module")
-def outputs(vocab):
-    """An honest worker's ids (sampled at the claimed temperature) and a cheat's (at double it)."""
-    ref = toy_reference(vocab)
-    return ref, sample(ref, TEMPERATURE, N, seed=1), sample(ref, 2 * TEMPERATURE, N, seed=2)
-
-
 @pytest.fixture
-def home(tmp_path, monkeypatch, outputs):
-    """A store where the honest worker and the cheat each have one job awaiting its check."""
-    for var in ("BASIS_DATABASE_URL", "BASIS_VERIFIER_SCORER", "BASIS_VERIFIER_SGLANG_URL", "BASIS_SGLANG_API_KEY"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("BASIS_HOME", str(tmp_path / "home"))
-    settings = Settings(home=tmp_path / "home")
-    _, honest, cheat = outputs
-    ledger = Ledger(settings, verification=POLICY)
-    account_id = ledger.open_account("alice")
-    ledger.grant("alice", 10**18)
-    jobs = {"honest": contributor_job(ledger, account_id, HONEST, output_ids=honest)[0],
-            "cheat": contributor_job(ledger, account_id, CHEAT, output_ids=cheat)[0]}
-    assert all(ledger.get(j).awaiting_verdict for j in jobs.values())
-    ledger.close()
-    return settings, jobs
+def home(sglang_home):
+    return sglang_home
 
 
 def test_the_vocabulary_size_is_read_from_the_gguf_header_as_llama_cpp_counts_it():
@@ -130,12 +59,15 @@ def test_the_vocabulary_size_is_read_from_the_gguf_header_as_llama_cpp_counts_it
 def test_verifier_run_with_sglang_scores_with_the_bindings_vocabulary(home, outputs, vocab):
     settings, jobs = home
     ref, _, cheat = outputs
-    double = build_app([], eos_id=2, reference=ref, vocab_size=vocab)
+    double = binding_double(ref, vocab)
     with serve_in_thread(double) as url:
         result = runner.invoke(app, ["verifier", "run", "--once", "--sglang-url", f"{MODEL}={url}"])
         assert result.exit_code == 0, result.output
         assert json.loads(result.stdout) == {"verdicts": 2, "errors": 0}
-        prefills = [r for r in double.state.requests if r.get("return_logprob")]
+        # the server was shown to serve the binding before any job was claimed
+        assert f"serves '{MODEL_PATH}' (its name matches 'SmolLM2-135M-Instruct'; 32 of 32 probe tokens" \
+            in result.stderr, result.stderr
+        prefills = [r for r in double.state.requests if r.get("return_logprob") and r["top_logprobs_num"]]
         # the same cheat job scored the way a `--scorer` callable building SGLangScorer(url) did
         without = asyncio.run(_score_without_n_vocab(url, cheat))
     assert sorted(len(r["input_ids"]) for r in prefills) == [len(PROMPT) + N] * 2
@@ -165,14 +97,6 @@ async def _score_without_n_vocab(url: str, output_ids: list[int]):
     hotter = [j for j, s in enumerate(TEMPERATURE_RATIOS) if s > 1]
     assert all(s.temperature_lr[j] == float("-inf") for s in scores for j in hotter)  # type: ignore[index]
     return job_statistic(scores, TEMPERATURE, output_ids)
-
-
-def closed_port_url() -> str:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()  # nothing listens there now
-    return f"http://127.0.0.1:{port}"
 
 
 @pytest.mark.parametrize("args, message, code", [
@@ -206,7 +130,7 @@ def test_the_gateways_pool_verifier_scores_with_sglang_from_the_environment(home
     takes --sglang-url: the same scorer, with the binding's vocabulary size."""
     settings, jobs = home
     ref, _, _ = outputs
-    double = build_app([], eos_id=2, reference=ref, vocab_size=vocab)
+    double = binding_double(ref, vocab)
     with serve_in_thread(double) as url:
         monkeypatch.setenv("BASIS_VERIFIER_SGLANG_URL", f"{MODEL}={url}")
         gw = Gateway(settings.home, GatewayOptions(heartbeat_interval=1.0, verifier="pool"))
@@ -217,7 +141,7 @@ def test_the_gateways_pool_verifier_scores_with_sglang_from_the_environment(home
             honest_v, cheat_v = (gw.ledger.get(jobs[k]).verdict for k in ("honest", "cheat"))
         finally:
             gw.close()
-    prefills = [r for r in double.state.requests if r.get("return_logprob")]
+    prefills = [r for r in double.state.requests if r.get("return_logprob") and r["top_logprobs_num"]]
     assert sorted(len(r["input_ids"]) for r in prefills) == [len(PROMPT) + N] * 2  # judged by the double
     assert honest_v["verdict"] == "passed", honest_v
     # the hotter alternatives carry the evidence only with n_vocab: the double-temperature cheat fails
@@ -239,10 +163,11 @@ def test_basis_serve_refuses_a_bad_sglang_url_clearly(home, value, message):
     assert "Traceback" not in proc.stderr
 
 
-def test_without_llama_cpp_an_sglang_url_keeps_the_pool_on_for_its_models_only(home, monkeypatch):
+def test_without_llama_cpp_an_sglang_url_keeps_the_pool_on_for_its_models_only(home, outputs, vocab, monkeypatch):
     """policy.py's "is there a scorer to run": the URL is one, and the models it does not serve
     (nothing here scores them) are not selected for checks."""
     settings, _ = home
+    ref, _, _ = outputs
     monkeypatch.setattr(verifier_policy, "can_score_locally", lambda: False)
     runtime = GatewayRuntime(settings, GatewayOptions(verifier="pool", ledger_writer="thread"))
     try:
@@ -250,8 +175,9 @@ def test_without_llama_cpp_an_sglang_url_keeps_the_pool_on_for_its_models_only(h
     finally:
         runtime.ledger.close()
         runtime.node_lock.release()
-    monkeypatch.setenv("BASIS_VERIFIER_SGLANG_URL", f"{MODEL}={closed_port_url()}")  # not asked at startup
-    runtime = GatewayRuntime(settings, GatewayOptions(verifier="pool", ledger_writer="thread"))
+    with serve_in_thread(binding_double(ref, vocab)) as url:  # asked at start-up
+        monkeypatch.setenv("BASIS_VERIFIER_SGLANG_URL", f"{MODEL}={url}")
+        runtime = GatewayRuntime(settings, GatewayOptions(verifier="pool", ledger_writer="thread"))
     try:
         status = runtime.verification_status()
         assert status["enabled"] is True and status["models"] == [MODEL], status

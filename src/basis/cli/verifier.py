@@ -124,6 +124,10 @@ def verifier_run(
     sglang_top_k: int = typer.Option(None, "--sglang-top-k", envvar="BASIS_VERIFIER_SGLANG_TOP_K",
                                      help="Top logprobs asked per position, 1..1024 (default 64; the claimed "
                                      "distribution is built from them: raise it for hot jobs)."),
+    sglang_model_paths: list[str] = typer.Option(
+        None, "--sglang-model-path", envvar="BASIS_VERIFIER_SGLANG_MODEL_PATH",
+        help="MODEL=PATH: the model_path MODEL's sglang server reports, vouched for by you, when its name does not "
+             "name the binding's model (repeatable; the tokenizer is still checked)."),
 ) -> None:
     """Verify the jobs selected for a check, from the shared store (SQLite under BASIS_HOME, or
     BASIS_DATABASE_URL); verdicts enter the ledger as commands. Stop with Ctrl-C or SIGTERM."""
@@ -141,13 +145,16 @@ def verifier_run(
         _fail(f"--scorer must be MODULE:CALLABLE, not {scorer!r}")
     if scorer is not None and sglang_urls:
         _fail("--scorer and --sglang-url both choose the scorer: give one")
+    if sglang_model_paths and not sglang_urls:
+        _fail("--sglang-model-path pins the model of an --sglang-url server: give the server too")
     ledger = _ledger()
     try:
         bindings = load_bindings(list(ledger.pricing.models.values()))
         sglang = None
         if sglang_urls:
             try:
-                sglang = build_sglang_scorers(sglang_urls, bindings, api_key=sglang_api_key, top_k=sglang_top_k)
+                sglang = build_sglang_scorers(sglang_urls, bindings, api_key=sglang_api_key, top_k=sglang_top_k,
+                                              model_paths=sglang_model_paths or ())
             except SGLangOptionError as exc:
                 _fail(str(exc))
         # "external": the scorer is given (--scorer, --sglang-url), so a box without llama.cpp still verifies
@@ -166,7 +173,8 @@ def verifier_run(
             """The sglang servers are asked first, on the loop that scores (their clients live there)."""
             try:
                 if sglang is not None:
-                    await sglang.check()
+                    for note in await sglang.check():
+                        err.print(f"verifier sglang: {note}", markup=False)
                 return await work()
             finally:
                 if sglang is not None:

@@ -189,13 +189,15 @@ class SGLangScorer:
         self._lock = asyncio.Lock()
         self.server: ServerInfo | None = None
 
-    async def check_server(self) -> ServerInfo:
+    async def check_server(self, client: httpx.AsyncClient | None = None,
+                           timeout: httpx.Timeout | float = 30.0) -> ServerInfo:
         """The same version gate as the engine's (``max_new_tokens: 0`` is a prefill only from 0.5.2,
-        and the logprob layout read here is 0.5.6's to 0.5.23's). Raises ScoringError."""
+        and the logprob layout read here is 0.5.6's to 0.5.23's). Raises ScoringError. ``client``:
+        another than the scorer's own (a start-up check on another event loop)."""
         async with self._lock:
             if self.server is None:
                 try:
-                    info = await fetch_server_info(self._client, self.base_url, self.api_key)
+                    info = await fetch_server_info(client or self._client, self.base_url, self.api_key, timeout)
                 except EngineError as exc:
                     raise ScoringError(str(exc)) from exc
                 if info.version_tuple[:3] < MIN_VERSION:

@@ -138,12 +138,13 @@ def auth_headers(api_key: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
 
-async def fetch_server_info(client: httpx.AsyncClient, base_url: str, api_key: str | None) -> ServerInfo:
+async def fetch_server_info(client: httpx.AsyncClient, base_url: str, api_key: str | None,
+                            timeout: httpx.Timeout | float = 30.0) -> ServerInfo:
     """Ask the server what it is: ``/server_info`` (0.5.10+), ``/get_server_info``, then ``/version``."""
     statuses = []
     for path in ("/server_info", "/get_server_info", "/version"):
         try:
-            resp = await client.get(f"{base_url}{path}", headers=auth_headers(api_key), timeout=30.0)
+            resp = await client.get(f"{base_url}{path}", headers=auth_headers(api_key), timeout=timeout)
         except httpx.HTTPError as exc:
             raise EngineError(f"sglang at {base_url} did not answer {path}: {exc}") from exc
         if resp.status_code == 401:

@@ -71,7 +71,13 @@ class GatewayRuntime:
         self.chain_id = int(self.deployment["chain_id"]) if self.deployment else int(
             os.environ.get("BASIS_CHAIN_ID", LOCAL_CHAIN_ID))
         self.web3: Any = None
-        self._setup_verification()
+        try:
+            self._setup_verification()
+        except BaseException:  # e.g. a verifier sglang server refused at start-up: nothing stays held
+            if ledger is None:
+                self.ledger.close()
+            self.node_lock.release()
+            raise
         self.hub = WorkerHub(
             gateway_address=self.ledger.signer.address,
             chain_id=self.chain_id,
@@ -215,6 +221,8 @@ class GatewayRuntime:
             if sglang is not None and not can_score_locally():  # the other models have no scorer here
                 self.verified_models = [m for m in self.verified_models if m in sglang.by_model]
                 self.verification = replace(self.verification, enabled=bool(self.verified_models))
+            if sglang is not None:  # as `basis verifier run`: each server up, recent enough, serving the binding
+                sglang.check_blocking()
         # The writer (thread or process) selects jobs in finish_job: it needs the policy.
         self.ledger.verification = self.verification
         self.ledger.verified_models = list(self.verified_models)

@@ -8,6 +8,7 @@ import functools
 import os
 import struct
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 _GGUF_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q",
@@ -19,9 +20,10 @@ class ArrayLength(int):
     """An array value, reported by its element count (the elements themselves are skipped)."""
 
 
-def _scan(path: str, pick: Callable[[str, Any, dict[str, Any]], Any]) -> Any:
+def _scan(path: str, pick: Callable[[str, Any, dict[str, Any]], Any], arrays: frozenset[str] = frozenset()) -> Any:
     """Walk the header's keys in order; ``pick(key, value, seen)`` returns the answer (not None) to
-    stop early. Arrays are given as their ``ArrayLength`` before their elements are read."""
+    stop early. Arrays are given as their ``ArrayLength`` before their elements are read, except
+    those named in ``arrays``: read whole (a list) into ``seen`` and given to ``pick`` as such."""
     with open(path, "rb") as fh:
         def read(fmt: str) -> Any:
             size = struct.calcsize(fmt)
@@ -59,6 +61,18 @@ def _scan(path: str, pick: Callable[[str, Any, dict[str, Any]], Any]) -> Any:
         seen: dict[str, Any] = {}
         for _ in range(read("<Q")):
             key, kind = string(), read("<I")
+            if kind == _GGUF_ARRAY and key in arrays:
+                item, count = read("<I"), read("<Q")
+                if item in _GGUF_SCALARS:  # one read for the whole array
+                    fmt = "<" + _GGUF_SCALARS[item][1:] * count
+                    values: list[Any] = list(struct.unpack(fmt, fh.read(struct.calcsize(fmt))))
+                else:
+                    values = [scalar(item) for _ in range(count)]
+                seen[key] = values
+                found = pick(key, values, seen)
+                if found is not None:
+                    return found
+                continue
             if kind == _GGUF_ARRAY:
                 item, count = read("<I"), read("<Q")
                 found = pick(key, ArrayLength(count), seen)
@@ -92,3 +106,47 @@ def gguf_vocab_size(path: str) -> int | None:
     is also the width of the model's logits: llama.cpp loads the output tensor at that width). None
     when the file has no tokenizer."""
     return _scan(path, lambda key, val, seen: int(val) if key == "tokenizer.ggml.tokens" else None)
+
+
+@dataclass(frozen=True)
+class GGUFTokenizer:
+    """The vocabulary as the file stores it: ``tokenizer.ggml.model`` ("gpt2": byte-level BPE,
+    "llama": SentencePiece, ...), each id's token string, and its type (llama.cpp's: 1 normal,
+    2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte; empty when the file has none)."""
+
+    model: str
+    tokens: list[str]
+    types: list[int]
+
+
+def gguf_tokenizer(path: str) -> GGUFTokenizer | None:
+    """The file's vocabulary (no llama.cpp: a verifier box may not have it); None without one.
+    Reads every token string (Gemma 3's 262,144 in well under a second): not cached."""
+
+    keys = frozenset({"tokenizer.ggml.tokens", "tokenizer.ggml.token_type"})
+    header: dict[str, Any] = {}
+
+    def pick(key: str, val: Any, seen: dict[str, Any]) -> bool | None:
+        if key in keys or key == "tokenizer.ggml.model":
+            header[key] = val
+        return True if keys <= header.keys() else None
+
+    _scan(path, pick, keys)
+    tokens = header.get("tokenizer.ggml.tokens")
+    if tokens is None:
+        return None
+    return GGUFTokenizer(model=str(header.get("tokenizer.ggml.model", "")), tokens=tokens,
+                         types=list(header.get("tokenizer.ggml.token_type") or []))
+
+
+@functools.cache
+def gguf_model_name(path: str) -> str | None:
+    """``general.name``: the model's name as the converter recorded it; None when the file has none.
+    The general keys precede the tokenizer's."""
+
+    def pick(key: str, val: Any, seen: dict[str, Any]) -> str | None:
+        if key == "general.name":
+            return val if isinstance(val, str) else ""
+        return "" if key.startswith("tokenizer.") else None  # past the general keys: stop ("" = none)
+
+    return _scan(path, pick) or None
