@@ -4,6 +4,7 @@ jobs, its forfeits, views and audit, reinstatement clearing it, and tampering na
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from basis.ledger import ids
@@ -47,6 +48,24 @@ def test_the_run_crosses_the_fast_cusum_at_the_third_job_and_v3_not_within_five(
     assert [ev.fast_crossed(FAST_THRESHOLD) for ev in fast] == [False, False, True, False, False]
     assert fast[2].fast == pytest.approx(9.4)
     assert not any(ev.crossed(POLICY.worker_threshold) for ev in _fold(RUN + AFTER))  # v3: 10.9 at most
+
+
+def test_honest_workers_with_job_tests_failing_at_their_nominal_rate_do_not_cross_9():
+    """Honest u ~ N(0, 0.95) (measured sd 0.93-0.95 at top_p 1) with a job failed by its tests at
+    their summed alphas (9e-4) counting u = -5: 4,000 workers x 2,000 checked jobs (seeded). None
+    crosses the published 9; at 7 two such failures in a row alone cross (7.0), and some do."""
+    rng = np.random.default_rng(11)
+    workers, checks = 4000, 2000
+    fast, top = np.zeros(workers), np.zeros(workers)
+    crossed_7 = np.zeros(workers, dtype=bool)
+    for _ in range(checks):
+        u = rng.normal(0.0, 0.95, workers)
+        u[rng.random(workers) < 9e-4] = -5.0
+        fast = np.maximum(0.0, fast - u - FAST_DRIFT)
+        top = np.maximum(top, fast)
+        crossed_7 |= fast >= 7.0
+    assert top.max() < FAST_THRESHOLD
+    assert crossed_7.sum() >= 1  # the risk the published threshold avoids (about 1e-3 a worker)
 
 
 @pytest.fixture
