@@ -97,8 +97,10 @@ def evidence(rec: dict, policy: VerificationPolicy) -> tuple[bool, float, float 
 
 
 def suspended(ev: WorkerEvidence, policy: VerificationPolicy) -> bool:
-    """Either published worker rule: the CUSUM, or the e-detector over the temperature e-values."""
-    return ev.crossed(policy.worker_threshold) or ev.e_crossed(policy.worker_e_alpha)
+    """Any published worker rule: the CUSUM, the fast lower-side CUSUM (v4), or the e-detector over the
+    temperature e-values."""
+    return (ev.crossed(policy.worker_threshold) or ev.fast_crossed(policy.fast_threshold)
+            or ev.e_crossed(policy.worker_e_alpha))
 
 
 def checks_until_suspended(draw, policy: VerificationPolicy, cap: int) -> int | None:
@@ -106,7 +108,8 @@ def checks_until_suspended(draw, policy: VerificationPolicy, cap: int) -> int | 
     ev = WorkerEvidence()
     for n in range(1, cap + 1):
         failed, u, *rest = draw()
-        ev = ev.update(u, failed=failed, drift=policy.drift, log_e=rest[0] if rest else None)
+        ev = ev.update(u, failed=failed, drift=policy.drift, log_e=rest[0] if rest else None,
+                       fast_drift=policy.fast_drift)
         if suspended(ev, policy):
             return n
     return None

@@ -22,6 +22,10 @@ A CUSUM with allowance d over u is the e-detector (Shin, Ramdas & Rinaldo 2023) 
 e-values exp(theta (+-u - d)) whenever those have mean <= 1 under honest work; for u ~ N(0, s^2)
 that holds with theta = 2 d / s^2, and a threshold h then bounds an honest worker's false
 suspension within n checked jobs by 2 n exp(-theta h) (both sides; Ville's inequality).
+
+The published policy v4 runs three detectors and suspends when any crosses: v3's two-sided CUSUM
+(d 1, h 12), a fast lower-side CUSUM (``fast_drift``, ``fast_threshold``) and the e-detector; its
+bound is the sum of theirs. ``--published-only`` measures just v3, the fast CUSUM alone and v4.
 """
 
 from __future__ import annotations
@@ -48,6 +52,8 @@ class Rule:
     threshold: float  # CUSUM level that suspends (inf: no CUSUM)
     e_alpha: float  # the e-detector's alpha (0: no e-detector)
     e_kind: str = "mix4"  # the e-detector's per-job log E: "mix4" (v3) or "hot" (ratios 1.5 and 2 only)
+    fast_drift: float = 0.0  # a second, lower-side-only CUSUM beside it (v4's fast one)
+    fast_threshold: float = math.inf  # its level that suspends (inf: none)
 
 
 def job_evidence(rows: list, temperature: float, ids: list[int], binding: str, policy: VerificationPolicy) -> dict:
@@ -83,6 +89,7 @@ def simulate(ev: list[dict], rule: Rule, workers: int, checks: int, rng: np.rand
     le = np.array([e[rule.e_kind] if e[rule.e_kind] is not None else 0.0 for e in ev])
     upper = np.zeros(workers)
     lower = np.zeros(workers)
+    fast = np.zeros(workers)
     m = np.zeros(workers)
     when = np.zeros(workers, dtype=int)
     e_level = -math.log(rule.e_alpha) if rule.e_alpha > 0 else math.inf
@@ -90,8 +97,9 @@ def simulate(ev: list[dict], rule: Rule, workers: int, checks: int, rng: np.rand
         idx = rng.integers(0, len(ev), workers)
         upper = np.maximum(0, upper + u[idx] - rule.drift)
         lower = np.maximum(0, lower - u[idx] - rule.drift)
+        fast = np.maximum(0, fast - u[idx] - rule.fast_drift)
         m = np.maximum(0, m + le[idx])
-        hit = (np.maximum(upper, lower) >= rule.threshold) | (m >= e_level)
+        hit = (np.maximum(upper, lower) >= rule.threshold) | (m >= e_level) | (fast >= rule.fast_threshold)
         when[(when == 0) & hit] = n
         if (when > 0).all():
             break
@@ -128,22 +136,34 @@ def main() -> None:
     ap.add_argument("--boot", type=int, default=200, help="bootstrap resamples of a cell's jobs")
     ap.add_argument("--pools", default="",
                     help="bench_verify.py pool files (JSON): their cheats under the compared rules")
+    ap.add_argument("--published-only", action="store_true",
+                    help="only v3, the fast CUSUM alone and the published v4 (not the candidate grid)")
     args = ap.parse_args()
     policy = VerificationPolicy()
     rng = np.random.default_rng(11)
     e_alpha = policy.worker_e_alpha
     v3 = Rule("v3: CUSUM d 1 h 12", policy.drift, policy.worker_threshold, e_alpha)
+    fd, fh = policy.fast_drift, policy.fast_threshold
+    v4 = Rule(f"v4: v3 + fast CUSUM d {fd:g} h {fh:g}", policy.drift, policy.worker_threshold, e_alpha,
+              fast_drift=fd, fast_threshold=fh)
+    fast_alone = Rule(f"fast lower CUSUM d {fd:g} h {fh:g} alone", 1.0, math.inf, 0.0, fast_drift=fd,
+                      fast_threshold=fh)
     grid = ((1.0, 11.0), (1.0, 10.0), (1.0, 9.0), (1.0, 8.0), (1.5, 9.0), (1.5, 8.0), (1.5, 7.0), (2.0, 6.0),
             (0.5, 15.0))
-    rules = [v3] + [Rule(f"CUSUM d {d} h {h}", d, h, e_alpha) for d, h in grid]
-    rules += [Rule("v3, hot-only e-det", 1.0, 12.0, e_alpha, "hot"),
-              Rule("e-det alone (v3 mix)", 1.0, math.inf, e_alpha)]
-    compare = [v3] + [r for r in rules if (r.drift, r.threshold) in ((1.0, 10.0), (1.0, 9.0), (1.5, 7.0))]
+    if args.published_only:
+        rules = [v3, fast_alone, v4]
+    else:
+        rules = [v3, v4, fast_alone] + [Rule(f"CUSUM d {d} h {h}", d, h, e_alpha) for d, h in grid]
+        rules += [Rule("v3, hot-only e-det", 1.0, 12.0, e_alpha, "hot"),
+                  Rule("e-det alone (v3 mix)", 1.0, math.inf, e_alpha)]
+    compare = [v3, v4] + [r for r in rules if r.fast_drift == 0 and r.threshold < math.inf
+                          and (r.drift, r.threshold) in ((1.0, 10.0), (1.0, 9.0), (1.5, 7.0))]
 
     honest = read_jobs(args.honest.split(","))
     cheats = read_jobs(args.cheat.split(","))
-    print(f"policy v3: job_threshold {policy.job_threshold}, worker_threshold {policy.worker_threshold}, drift "
-          f"{policy.drift}, worker_e_alpha {e_alpha}; {len(honest)} honest sampled jobs, {len(cheats)} cheat jobs; "
+    print(f"policy: job_threshold {policy.job_threshold}, worker_threshold {policy.worker_threshold}, drift "
+          f"{policy.drift}, fast_drift {fd}, fast_threshold {fh}, worker_e_alpha {e_alpha}; {len(honest)} honest "
+          f"sampled jobs, {len(cheats)} cheat jobs; "
           f"{args.trials} cheating workers a cell, {args.honest_workers} honest workers x {args.honest_checked} "
           "checked jobs a configuration\n")
 
@@ -156,10 +176,11 @@ def main() -> None:
         ccells.setdefault((r["temperature"], r["top_p"], r["file"]), []).append(
             job_evidence(r["pos"], r["temperature"], r["ids"], r["binding"], policy))
 
-    print("### Cheat (other_model vs smollm2-135m-instruct), the published v3 policy\n")
+    print("### Cheat (other_model vs smollm2-135m-instruct), v3 and the published v4 policy\n")
     print(CHEAT_HEADER)
     for key, ev in sorted(ccells.items()):
-        print(cheat_row(f"{key[0]}, {key[2]}", ev, v3, args.trials, args.cap, rng))
+        for rule in (v3, v4):
+            print(cheat_row(f"{key[0]}, {key[2]}", ev, rule, args.trials, args.cap, rng))
     # every job of a claimed T cut at 48 tokens (the 48-token files whole, the longer ones' first 48):
     # one population, since the first 48 tokens of a longer job are distributed as a 48-token job
     pooled: dict[float, list[dict]] = {}
@@ -197,42 +218,64 @@ def main() -> None:
           "the configuration's real jobs; Gaussian u with sd s gives 2 d / s^2\n")
     print("| configuration | jobs | u mean / sd / skew / min | theta* d 0.5 | theta* d 1 | theta* d 1.5 | theta* d 2 |")
     print("|---|---|---|---|---|---|---|")
-    thetas: dict[float, float] = {}
+    thetas: dict[float, float] = {}  # both sides
+    side_thetas: dict[tuple[float, int], float] = {}  # (drift, side): each side alone (the fast CUSUM: -1)
     for key, ev in sorted(hcells.items()):
         u = np.array([e["u"] for e in ev])
         cells = []
-        for d in (0.5, 1.0, 1.5, 2.0):
+        for d in sorted({0.5, 1.0, 1.5, 2.0, 2.5, fd}):
             lo, hi = theta_star(u, d, -1), theta_star(u, d, +1)
             thetas[d] = min(thetas.get(d, math.inf), lo, hi)
+            side_thetas[d, -1] = min(side_thetas.get((d, -1), math.inf), lo)
+            side_thetas[d, 1] = min(side_thetas.get((d, 1), math.inf), hi)
+            if d not in (0.5, 1.0, 1.5, 2.0):
+                continue
             cells.append(f"{lo:.2f} / {hi:.2f}")
         skew = float(((u - u.mean()) ** 3).mean() / u.std() ** 3)
         print(f"| {key[0][:7]} T {key[1]} top_p {key[2]} threads {key[3]} n_batch {key[4]} | {len(ev)} | "
               f"{u.mean():.3f} / {u.std(ddof=1):.3f} / {skew:.2f} / {u.min():.2f} | " + " | ".join(cells) + " |")
 
     print("\n### Candidate worker rules (each with the v3 e-detector beside its CUSUM unless named)\n")
-    print("Bound: an honest worker's false suspension by the CUSUM within n = "
-          f"{args.honest_checked} checked jobs <= 2 n exp(-theta h), theta the smallest theta* over the honest "
-          "configurations (the e-detector adds n x worker_e_alpha).\n")
+    print("Bound: an honest worker's false suspension by the whole rule within n = "
+          f"{args.honest_checked} checked jobs <= the sum over its detectors: each CUSUM side n exp(-theta h), theta "
+          "that side's smallest theta* over the honest configurations at its drift (a fast lower-side CUSUM: "
+          "the lower side's at fast_drift, with fast_threshold); the e-detector n x worker_e_alpha. theta: the "
+          "CUSUM's lower / upper side's, then the fast CUSUM's. Highest level: the two-sided CUSUM's / the fast "
+          "CUSUM's.\n")
+
+    def bound_of(rule: Rule) -> float:
+        n = args.honest_checked
+        out = n * rule.e_alpha
+        if rule.threshold < math.inf:
+            out += sum(n * math.exp(-side_thetas[rule.drift, side] * rule.threshold) for side in (-1, 1))
+        if rule.fast_threshold < math.inf:
+            out += n * math.exp(-side_thetas[rule.fast_drift, -1] * rule.fast_threshold)
+        return out
+
     temps = sorted({k[0] for k in ccells})
-    print("| rule | theta (min theta*) | bound, 2,000 checked jobs | honest: suspended (all configurations) | "
+    print("| rule | theta | bound, 2,000 checked jobs | honest: suspended (all configurations) | "
           "honest: highest CUSUM | " + " | ".join(f"cheat T {t} ({k[2]}): within 5 / median / worst"
                                                  for k in sorted(ccells) for t in [k[0]]) + " |")
     print("|---|---|---|---|---|" + "---|" * len(ccells))
     for rule in rules:
-        th = thetas.get(rule.drift, 0.0)
-        bound = 2 * args.honest_checked * math.exp(-th * rule.threshold) if rule.threshold < math.inf else 0.0
-        sus, top = 0, 0.0
+        th = " / ".join(([f"{side_thetas[rule.drift, -1]:.2f} / {side_thetas[rule.drift, 1]:.2f}"]
+                         if rule.threshold < math.inf else [])
+                        + ([f"fast {side_thetas[rule.fast_drift, -1]:.2f}"] if rule.fast_threshold < math.inf else []))
+        bound = bound_of(rule)
+        sus, top, top_f = 0, 0.0, 0.0
         for ev in hcells.values():
-            when, t_c, _ = honest_run(ev, rule, args.honest_workers, args.honest_checked, rng)
-            sus, top = sus + int((when > 0).sum()), max(top, t_c)
+            when, t_c, _, t_f = honest_run(ev, rule, args.honest_workers, args.honest_checked, rng)
+            sus, top, top_f = sus + int((when > 0).sum()), max(top, t_c), max(top_f, t_f)
         cells = []
         for _key, ev in sorted(ccells.items()):
             when = simulate(ev, rule, args.trials, args.cap, rng)
             runs = np.where(when == 0, args.cap + 1, when)
             worst = f">{args.cap}" if (when == 0).any() else str(int(runs.max()))
             cells.append(f"{100 * (runs <= 5).mean():.1f} % / {np.median(runs):.0f} / {worst}")
-        print(f"| {rule.name} | {th:.2f} | {min(bound, 1.0):.1e} | {sus}/{args.honest_workers * len(hcells)} | "
-              f"{top:.2f} | " + " | ".join(cells) + " |")
+        tops = (f"{top:.2f}" if rule.threshold < math.inf else "-") + (
+            f" / {top_f:.2f}" if rule.fast_threshold < math.inf else "")
+        print(f"| {rule.name} | {th or '-'} | {min(bound, 1.0):.1e} | {sus}/{args.honest_workers * len(hcells)} | "
+              f"{tops} | " + " | ".join(cells) + " |")
     _ = temps
     print("\nThe largest CUSUM threshold h (drift 1, with the v3 e-detector) at which each cheat cell is suspended "
           "within 5 checked jobs in >= 99 % of trials, and the honest bound it implies:\n")
@@ -243,9 +286,27 @@ def main() -> None:
             if (when > 0).mean() >= 0.99:
                 found = float(h)
                 break
-        bound = 2 * args.honest_checked * math.exp(-thetas[1.0] * found) if found else None
+        bound = bound_of(Rule("", 1.0, found, e_alpha)) if found else None
         print(f"- T {key[0]}, {key[2]}: " + (f"h <= {found:.2f} (bound {bound:.1e} over {args.honest_checked} checked "
                                              "jobs)" if found else "no h >= 5 reaches it"))
+
+    # the fast CUSUM's parameters: beside v3 and the e-detector, the share of other_model workers at
+    # T 1.0 (every job cut at 48 tokens) suspended within 5 checked jobs, against the union's bound
+    print("\n### Choosing the fast CUSUM: v3 + a fast lower-side CUSUM (d, h) + the e-detector\n")
+    print(f"Other model at claimed T 1.0, every job cut at 48 tokens ({len(pooled.get(1.0, []))} jobs): the share of "
+          f"{args.trials} workers suspended within 5 checked jobs; the union's honest bound over "
+          f"{args.honest_checked} checked jobs (as above). Rows with a bound <= 1e-3.\n")
+    print("| fast_drift | fast_threshold | theta (lower side) | bound | within 5 |")
+    print("|---|---|---|---|---|")
+    for d in (1.0, 1.5, 2.0, 2.5):
+        for h in np.arange(5.0, 12.01, 0.5):
+            rule = Rule("", v3.drift, v3.threshold, e_alpha, fast_drift=d, fast_threshold=float(h))
+            b = bound_of(rule)
+            if b > 1e-3 or 1.0 not in pooled:
+                continue
+            w5 = (simulate(pooled[1.0], rule, args.trials, 5, rng) > 0).mean()
+            mark = " (published)" if (d, float(h)) == (fd, fh) else ""
+            print(f"| {d:g} | {h:g}{mark} | {side_thetas[d, -1]:.2f} | {b:.1e} | {100 * w5:.1f} % |")
 
     if args.pools:  # every other cheat of the benchmark's pools, under the compared rules
         groups: dict[tuple, list[dict]] = {}
@@ -287,23 +348,24 @@ CHEAT_HEADER = ("| claimed T, jobs | rule | jobs | z mean (min..max) | caught on
 
 
 def honest_run(ev: list[dict], rule: Rule, workers: int, checks: int, rng: np.random.Generator
-               ) -> tuple[np.ndarray, float, float]:
-    """As ``simulate``, also the highest CUSUM level and e-detector level any worker reached."""
+               ) -> tuple[np.ndarray, float, float, float]:
+    """As ``simulate``, also the highest CUSUM, e-detector and fast CUSUM level any worker reached."""
     u = np.array([e["u"] for e in ev])
     le = np.array([e[rule.e_kind] if e[rule.e_kind] is not None else 0.0 for e in ev])
-    upper, lower, m = np.zeros(workers), np.zeros(workers), np.zeros(workers)
+    upper, lower, m, fast = np.zeros(workers), np.zeros(workers), np.zeros(workers), np.zeros(workers)
     when = np.zeros(workers, dtype=int)
-    top = top_m = 0.0
-    e_level = -math.log(rule.e_alpha)
+    top = top_m = top_f = 0.0
+    e_level = -math.log(rule.e_alpha) if rule.e_alpha > 0 else math.inf
     for n in range(1, checks + 1):
         idx = rng.integers(0, len(ev), workers)
         upper = np.maximum(0, upper + u[idx] - rule.drift)
         lower = np.maximum(0, lower - u[idx] - rule.drift)
+        fast = np.maximum(0, fast - u[idx] - rule.fast_drift)
         m = np.maximum(0, m + le[idx])
         level = np.maximum(upper, lower)
-        top, top_m = max(top, float(level.max())), max(top_m, float(m.max()))
-        when[(when == 0) & ((level >= rule.threshold) | (m >= e_level))] = n
-    return when, top, top_m
+        top, top_m, top_f = max(top, float(level.max())), max(top_m, float(m.max())), max(top_f, float(fast.max()))
+        when[(when == 0) & ((level >= rule.threshold) | (m >= e_level) | (fast >= rule.fast_threshold))] = n
+    return when, top, top_m, top_f
 
 
 if __name__ == "__main__":

@@ -64,7 +64,8 @@ def analyse_real_honest(recs: list[dict], policy: VerificationPolicy, args) -> N
     print("| binding | T | top_p | worker threads / n_batch | real checked jobs | z or agreement: mean (sd) | "
           "failed: any (z / tail / repeat / temperature) | smallest p_temperature | "
           "per-job false fail: observed (95 % upper bound) | "
-          "one worker over all of them: max CUSUM / e-detector level, suspended | resampled: suspended workers |")
+          "one worker over all of them: max CUSUM / fast CUSUM / e-detector level, suspended | "
+          "resampled: suspended workers |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     groups: dict[tuple, list[dict]] = {}
     for r in recs:
@@ -72,12 +73,13 @@ def analyse_real_honest(recs: list[dict], policy: VerificationPolicy, args) -> N
         groups.setdefault(key, []).append(r)
     for (b, t, p, th, nb), rs in sorted(groups.items()):
         rs = sorted(rs, key=lambda r: r.get("k", 0))
-        ev, top, top_e, judged = WorkerEvidence(), 0.0, 0.0, []
+        ev, top, top_f, top_e, judged = WorkerEvidence(), 0.0, 0.0, 0.0, []
         stats = [stat_of(r) for r in rs]
         for stat in stats:
             failed, u = judge(stat, b, policy)
-            ev = ev.update(u, failed=failed, drift=policy.drift, log_e=stat.temperature_log_e)
-            top, top_e = max(top, ev.level), max(top_e, ev.e_level)
+            ev = ev.update(u, failed=failed, drift=policy.drift, log_e=stat.temperature_log_e,
+                           fast_drift=policy.fast_drift)
+            top, top_f, top_e = max(top, ev.level), max(top_f, ev.fast), max(top_e, ev.e_level)
             judged.append((failed, u, stat.temperature_log_e))
         fails = sum(j[0] for j in judged)
         boot = sum(checks_until_suspended(lambda j=judged: rng.choice(j), policy, args.honest_checked) is not None
@@ -89,5 +91,6 @@ def analyse_real_honest(recs: list[dict], policy: VerificationPolicy, args) -> N
         print(f"| {b} | {t} | {p} | {th} / {nb} | {n} | {statistics.fmean(raw):.3f} "
               f"({statistics.stdev(raw) if n > 1 else 0:.3f}) | {fails} ({caught_by(stats, b, policy)}) | "
               f"{log_p(min(tps)) if tps else '-'} | "
-              f"{fails / n:.2%} ({upper:.2%}) | {top:.2f} / {top_e:.2f}, {'yes' if suspended(ev, policy) else 'no'} | "
+              f"{fails / n:.2%} ({upper:.2%}) | {top:.2f} / {top_f:.2f} / {top_e:.2f}, "
+              f"{'yes' if suspended(ev, policy) else 'no'} | "
               f"{boot}/{args.trials} x {args.honest_checked} |")

@@ -1,5 +1,5 @@
 """The receipt page shows a checked job's temperature test (p, log E, the best alternative) beside its
-verdict, and its worker's e-detector level (and CUSUM) against the published thresholds, from real
+verdict, and its worker's e-detector level (and both CUSUMs) against the published thresholds, from real
 verdict events and projections over real HTTP."""
 
 from __future__ import annotations
@@ -56,10 +56,11 @@ def test_receipt_page_shows_the_temperature_test_and_the_workers_e_detector_leve
         evidence = page_text(html, "receipt-worker-evidence")
         assert evidence.startswith("e-detector M = 8.00 of 18.42 (log(1/worker_e_alpha), worker_e_alpha 1e-08)"), \
             evidence
-        assert "CUSUM 0.00 of 12 (worker_threshold) · active" in evidence, evidence
+        assert "CUSUM 0.00 of 12 (worker_threshold) · fast CUSUM 0.00 of 9 (fast_threshold, lower side, " \
+            "fast_drift 1.5) · active" in evidence, evidence
         assert "after its 2 checked jobs" in evidence
         # a runtime that publishes no policy: the levels alone
         bare = page_text(fetch(ledger, settings, f"/receipts/{second}", policy=None), "receipt-worker-evidence")
-        assert bare.startswith("e-detector M = 8.00 · CUSUM 0.00 · active"), bare
+        assert bare.startswith("e-detector M = 8.00 · CUSUM 0.00 · fast CUSUM 0.00 · active"), bare
     finally:
         ledger.close()

@@ -135,8 +135,9 @@ def test_tampered_log_e_and_alpha_are_named(e_suspended, settings):
 
 
 def test_events_of_the_old_shape_replay_and_audit_unchanged(settings):
-    """Verdicts and checks from before the e-detector (no temperature_log_e, no log_e / worker_e_alpha):
-    the CUSUM suspends as before, M stays 0, the audit passes."""
+    """Verdicts and checks from before the e-detector (no temperature_log_e, no log_e / worker_e_alpha,
+    nor the later fast CUSUM's fast_drift / fast_threshold, and a suspension reason naming the CUSUM
+    alone): the CUSUM suspends as before, M and the fast level stay 0, the audit passes."""
     ledger = Ledger(settings, verification=POLICY)
     account_id = ledger.open_account("fay")
     ledger.grant("fay", 10**18)
@@ -148,7 +149,9 @@ def test_events_of_the_old_shape_replay_and_audit_unchanged(settings):
     ledger.close()
     for worker in (HONEST, CHEAT):
         _edit_events(settings, str(ids.worker_id(worker)), "basis:Worker.Checked.v1",
-                     lambda s: [s.pop("log_e"), s.pop("worker_e_alpha")])
+                     lambda s: [s.pop(k) for k in ("log_e", "worker_e_alpha", "fast_drift", "fast_threshold")])
+    assert _edit_events(settings, str(ids.worker_id(CHEAT)), "basis:Worker.Suspended.v1",
+                        lambda s: s.update(reason="evidence 13.00 crossed worker_threshold 12.0")) == 1
     db = sqlite3.connect(settings.events_path)
     jobs = [r[0] for r in db.execute("SELECT originator_id FROM stored_events WHERE topic = 'basis:Job.Verified.v1'")]
     db.close()
@@ -163,4 +166,5 @@ def test_events_of_the_old_shape_replay_and_audit_unchanged(settings):
     cheat, honest = ledger.get(ids.worker_id(CHEAT)), ledger.get(ids.worker_id(HONEST))
     assert cheat.suspended["reason"] == "evidence 13.00 crossed worker_threshold 12.0"
     assert honest.evidence.e_level == 0.0 and cheat.evidence.e_level == 0.0 and honest.evidence.checked == 2
+    assert cheat.evidence.fast == 0.0 and cheat.fast_evidence_jobs == []
     ledger.close()

@@ -176,7 +176,8 @@ def _worker_thresholds(rt: Any) -> dict[str, float] | None:
     from basis.verification.sequential import e_threshold
 
     return {"cusum": float(policy.worker_threshold), "e": e_threshold(policy.worker_e_alpha),
-            "e_alpha": float(policy.worker_e_alpha)}
+            "e_alpha": float(policy.worker_e_alpha), "fast": float(policy.fast_threshold),
+            "fast_drift": float(policy.fast_drift)}
 
 
 @router.get("/workers", response_class=HTMLResponse, name="explorer_workers")

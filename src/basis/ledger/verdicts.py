@@ -134,7 +134,8 @@ def record_verdict(job_id: UUID, ids_sha256: str, statistic: JobStatistic, polic
             worker = uow.add(Worker(address=job.worker))
         worker.record_check(job_id=str(job.id), verdict=verdict, evidence=u, drift=policy.drift,
                             log_e=statistic.temperature_log_e, worker_e_alpha=policy.worker_e_alpha,
-                            worker_threshold=policy.worker_threshold)
+                            worker_threshold=policy.worker_threshold, fast_drift=policy.fast_drift,
+                            fast_threshold=policy.fast_threshold)
         suspended = False
         crossed = _crossed(worker, policy) if not worker.is_suspended else None
         if crossed is not None:
@@ -151,7 +152,7 @@ def record_verdict(job_id: UUID, ids_sha256: str, statistic: JobStatistic, polic
 def _crossed(worker: Worker, policy: VerificationPolicy) -> tuple[str, list[str]] | None:
     """(reason, evidence job ids) when a per-worker test crossed: the reason names each detector
     that crossed and at what level; the evidence is the jobs since that detector was last at zero
-    (both crossed: the longer run, which holds the other, since both end at the latest job)."""
+    (several crossed: the longest run, which holds the others, since all end at the latest job)."""
     ev = worker.evidence
     reasons, runs = [], []
     if ev.crossed(policy.worker_threshold):
@@ -161,6 +162,10 @@ def _crossed(worker: Worker, policy: VerificationPolicy) -> tuple[str, list[str]
         reasons.append(f"e-detector log E {ev.e_level:.2f} crossed log(1/worker_e_alpha) "
                        f"{e_threshold(policy.worker_e_alpha):.2f} (worker_e_alpha {policy.worker_e_alpha:g})")
         runs.append(worker.e_evidence_jobs)
+    if ev.fast_crossed(policy.fast_threshold):
+        reasons.append(f"fast CUSUM {ev.fast:.2f} crossed fast_threshold {policy.fast_threshold} "
+                       f"(fast_drift {policy.fast_drift})")
+        runs.append(worker.fast_evidence_jobs)
     if not reasons:
         return None
     return "; ".join(reasons), list(max(runs, key=len))

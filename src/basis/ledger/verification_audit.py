@@ -5,11 +5,12 @@
   reward forfeited; a refund or a forfeit without that cause is named;
 - a forfeit names the receipt's own reward; one "worker suspended" forfeit needs the worker to
   have been suspended at that point of the log;
-- each worker's checked / failed counts, CUSUM levels and e-detector level refolded from its verdicts
-  (each check's evidence and log E must be its verdict's evidence and statistic's temperature log E);
-  a suspension by the e-detector needs the refolded level at log(1 / worker_e_alpha), one by the CUSUM
-  its level at worker_threshold, each as its check recorded;
-- a worker not suspended whose refolded level crossed either threshold at a check is suspended by
+- each worker's checked / failed counts, CUSUM levels, fast CUSUM level and e-detector level refolded
+  from its verdicts (each check's evidence and log E must be its verdict's evidence and statistic's
+  temperature log E); a suspension by the e-detector needs the refolded level at log(1 / worker_e_alpha),
+  one by the CUSUM its level at worker_threshold, one by the fast CUSUM its level at fast_threshold,
+  each as its check recorded (checks from before the fast CUSUM record neither fast field: not judged by it);
+- a worker not suspended whose refolded level crossed any threshold at a check is suspended by
   the verifier right there (the same command records both: its next event is the suspension), and
   a crossing without one is named with the job where it crossed (a worker already suspended, by the
   operator or earlier, is not suspended again; reinstatement clears the levels);
@@ -64,6 +65,7 @@ def check_verification(replay: ViewReader, store: LedgerStore, problems: list[st
     log_es: dict[str, float | None] = {}  # the temperature log E of each verdict's statistic
     e_alpha: dict[str, float | None] = {}  # the worker_e_alpha each worker's latest check recorded
     threshold: dict[str, float | None] = {}  # the worker_threshold each worker's latest check recorded
+    fast_threshold: dict[str, float | None] = {}  # the fast_threshold each worker's latest check recorded
     evidences: dict[str, float] = {}  # each verdict's standardised evidence (what its check must fold)
     crossing: dict[str, str] = {}  # worker -> the crossing its next event must answer with a suspension
     decode = store.mapper.transcoder.decode
@@ -110,11 +112,13 @@ def check_verification(replay: ViewReader, store: LedgerStore, problems: list[st
                                 f"job's verdict says {evidences[d['job_id']]}")
             _unanswered(crossing, address, problems)
             folded[address] = folded[address].update(d["evidence"], failed=d["verdict"] == "failed",
-                                                     drift=d["drift"], log_e=d.get("log_e"))
+                                                     drift=d["drift"], log_e=d.get("log_e"),
+                                                     fast_drift=d.get("fast_drift"))
             e_alpha[address] = d.get("worker_e_alpha")
             threshold[address] = d.get("worker_threshold")
+            fast_threshold[address] = d.get("fast_threshold")
             if address not in suspended:
-                crossed = _crossed(folded[address], threshold[address], e_alpha[address])
+                crossed = _crossed(folded[address], threshold[address], e_alpha[address], fast_threshold[address])
                 if crossed:
                     crossing[address] = f"its {crossed} at job {d['job_id']}"
         elif topic == "basis:Worker.Suspended.v1":
@@ -126,10 +130,12 @@ def check_verification(replay: ViewReader, store: LedgerStore, problems: list[st
                     if ev_job not in verdicts or (receipts.get(ev_job) or {}).get("worker") != address:
                         problems.append(f"worker {address}: suspension cites job {ev_job}, not a checked job of it")
                 ev = folded[address]
-                if not d["evidence"] or max(ev.level, ev.e_level) <= 0:
+                if not d["evidence"] or max(ev.level, ev.e_level, ev.fast) <= 0:
                     problems.append(f"worker {address}: suspended by the verifier without accumulated evidence")
-                elif "e-detector" in d["reason"] and (e_alpha.get(address) is None
-                                                      or not ev.e_crossed(float(e_alpha[address]))):  # type: ignore[arg-type]
+                    continue
+                _check_fast_suspension(address, d["reason"], ev, fast_threshold.get(address), problems)
+                if "e-detector" in d["reason"] and (e_alpha.get(address) is None
+                                                    or not ev.e_crossed(float(e_alpha[address]))):  # type: ignore[arg-type]
                     problems.append(f"worker {address}: suspended by the e-detector at log E {ev.e_level:.4f}, below "
                                     f"log(1/worker_e_alpha) for its recorded alpha {e_alpha.get(address)}")
                 elif ("worker_threshold" in d["reason"] and threshold.get(address) is not None
@@ -170,8 +176,18 @@ def check_verification(replay: ViewReader, store: LedgerStore, problems: list[st
     _check_batches(replay, store, forfeited, receipts, problems)
 
 
-def _crossed(ev: WorkerEvidence, worker_threshold: float | None, worker_e_alpha: float | None) -> str | None:
-    """Which published threshold the refolded levels reach (None: neither, or not recorded: checks
+def _check_fast_suspension(address: str, reason: str, ev: WorkerEvidence, recorded: float | None,
+                           problems: list[str]) -> None:
+    """A suspension whose reason names the fast CUSUM needs its refolded level at the fast_threshold
+    its check recorded (a reason may name several detectors; each named one must have crossed)."""
+    if "fast_threshold" in reason and (recorded is None or not ev.fast_crossed(float(recorded))):
+        problems.append(f"worker {address}: suspended by the fast CUSUM at level {ev.fast:.4f}, below its "
+                        f"recorded fast_threshold {recorded}")
+
+
+def _crossed(ev: WorkerEvidence, worker_threshold: float | None, worker_e_alpha: float | None,
+             fast_threshold: float | None = None) -> str | None:
+    """Which published threshold the refolded levels reach (None: none, or not recorded: checks
     from before the threshold was recorded in them are not judged by it)."""
     out = []
     if worker_threshold is not None and ev.crossed(float(worker_threshold)):
@@ -179,6 +195,8 @@ def _crossed(ev: WorkerEvidence, worker_threshold: float | None, worker_e_alpha:
     if worker_e_alpha is not None and ev.e_crossed(float(worker_e_alpha)):
         out.append(f"e-detector level {ev.e_level:.4f} crossed log(1/worker_e_alpha) for alpha "
                    f"{float(worker_e_alpha):g}")
+    if fast_threshold is not None and ev.fast_crossed(float(fast_threshold)):
+        out.append(f"fast CUSUM level {ev.fast:.4f} crossed fast_threshold {float(fast_threshold):g}")
     return " and ".join(out) or None
 
 
@@ -242,6 +260,8 @@ def _check_workers(replay: ViewReader, folded: dict[str, WorkerEvidence], proble
         if not math.isclose(float(row["e_level"]), ev.e_level, rel_tol=1e-9, abs_tol=1e-9):
             problems.append(f"worker {row['address']}: e-detector level {row['e_level']}, its verdicts say "
                             f"{ev.e_level}")
+        if not math.isclose(float(row["fast"]), ev.fast, rel_tol=1e-9, abs_tol=1e-9):
+            problems.append(f"worker {row['address']}: fast CUSUM level {row['fast']}, its verdicts say {ev.fast}")
 
 
 def _check_batches(replay: ViewReader, store: LedgerStore, forfeited: set[str], receipts: ReceiptCores,

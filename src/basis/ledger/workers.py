@@ -29,6 +29,7 @@ class Worker(Aggregate):
         self.evidence = WorkerEvidence()
         self.evidence_jobs: list[str] = []  # checked jobs since the CUSUM was last at zero
         self.e_evidence_jobs: list[str] = []  # checked jobs since the e-detector was last at zero
+        self.fast_evidence_jobs: list[str] = []  # checked jobs since the fast CUSUM was last at zero
         self.suspended: dict[str, object] | None = None  # {by, reason, evidence} while suspended
         self.probation_from = 0  # its probation counts checked jobs from this count on (0: since it joined)
 
@@ -43,16 +44,21 @@ class Worker(Aggregate):
     @event("Checked", topic="basis:Worker.Checked.v1")
     def record_check(self, job_id: str, verdict: str, evidence: float, drift: float,
                      log_e: float | None = None, worker_e_alpha: float | None = None,
-                     worker_threshold: float | None = None) -> None:
+                     worker_threshold: float | None = None, fast_drift: float | None = None,
+                     fast_threshold: float | None = None) -> None:
         """One verdict on one of its jobs, folded into the per-worker CUSUM (``drift`` as published
         when it was judged, so a replay gives the same levels) and into the e-detector (``log_e``:
         the job's temperature log E, None for a job without it; ``worker_e_alpha``: the level it
         was judged against, as published then). Events from before the e-detector lack both.
         ``worker_threshold``: the CUSUM level it was judged against, as published then (so the audit
-        can tell a crossing that went without a suspension); events from before it lack it."""
-        self.evidence = self.evidence.update(evidence, failed=verdict == "failed", drift=drift, log_e=log_e)
+        can tell a crossing that went without a suspension); events from before it lack it.
+        ``fast_drift`` / ``fast_threshold``: the fast lower-side CUSUM's allowance and level as published
+        then (policy v4); events from before it lack both, and leave its level at 0 (old rules)."""
+        self.evidence = self.evidence.update(evidence, failed=verdict == "failed", drift=drift, log_e=log_e,
+                                             fast_drift=fast_drift)
         self.evidence_jobs = [*self.evidence_jobs, job_id] if self.evidence.level > 0 else []
         self.e_evidence_jobs = [*self.e_evidence_jobs, job_id] if self.evidence.e_level > 0 else []
+        self.fast_evidence_jobs = [*self.fast_evidence_jobs, job_id] if self.evidence.fast > 0 else []
 
     @event("Suspended", topic="basis:Worker.Suspended.v1")
     def suspend(self, by: str, reason: str, evidence: list[str]) -> None:
@@ -89,3 +95,4 @@ class Worker(Aggregate):
         self.evidence = WorkerEvidence(checked=self.evidence.checked, failed=self.evidence.failed)
         self.evidence_jobs = []
         self.e_evidence_jobs = []
+        self.fast_evidence_jobs = []

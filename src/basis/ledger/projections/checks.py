@@ -57,7 +57,7 @@ def _status_row(p: Projector, n: Any, d: dict[str, Any]) -> dict[str, Any]:
     if row is None:
         return {"address": found[0], "checked": 0, "failed": 0, "upper": 0.0, "lower": 0.0, "status": "active",
                 "suspended_by": None, "reason": None, "evidence": None, "updated_at": _ts(d), "probation_from": 0,
-                "e_level": 0.0}
+                "e_level": 0.0, "fast": 0.0}
     return dict(zip([c[0] for c in cur.description], row, strict=True))
 
 
@@ -69,10 +69,11 @@ def _put_status(p: Projector, row: dict[str, Any]) -> None:
 
 def worker_checked(p: Projector, b: _Batch, n: Any, d: dict[str, Any]) -> None:
     row = _status_row(p, n, d)
-    ev = WorkerEvidence(row["checked"], row["failed"], row["upper"], row["lower"], row["e_level"]).update(
-        d["evidence"], failed=d["verdict"] == "failed", drift=d["drift"], log_e=d.get("log_e"))
+    ev = WorkerEvidence(row["checked"], row["failed"], row["upper"], row["lower"], row["e_level"],
+                        row["fast"]).update(d["evidence"], failed=d["verdict"] == "failed", drift=d["drift"],
+                                            log_e=d.get("log_e"), fast_drift=d.get("fast_drift"))
     row.update(checked=ev.checked, failed=ev.failed, upper=ev.upper, lower=ev.lower, e_level=ev.e_level,
-               updated_at=_ts(d))
+               fast=ev.fast, updated_at=_ts(d))
     _put_status(p, row)
 
 
@@ -86,7 +87,7 @@ def worker_suspended(p: Projector, b: _Batch, n: Any, d: dict[str, Any]) -> None
 def worker_reinstated(p: Projector, b: _Batch, n: Any, d: dict[str, Any]) -> None:
     row = _status_row(p, n, d)
     row.update(status="active", suspended_by=None, reason=d["reason"], evidence=None, upper=0.0, lower=0.0,
-               e_level=0.0, updated_at=_ts(d))
+               e_level=0.0, fast=0.0, updated_at=_ts(d))
     _put_status(p, row)
 
 

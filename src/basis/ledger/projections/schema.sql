@@ -89,5 +89,6 @@ CREATE TABLE IF NOT EXISTS worker_status (
     address TEXT PRIMARY KEY, checked INTEGER NOT NULL, failed INTEGER NOT NULL, upper REAL NOT NULL,
     lower REAL NOT NULL, status TEXT NOT NULL, suspended_by TEXT, reason TEXT, evidence TEXT, updated_at TEXT NOT NULL,
     probation_from INTEGER NOT NULL DEFAULT 0,  -- probation counts checked jobs from here (reinstated: its count then)
-    e_level REAL NOT NULL DEFAULT 0  -- the e-detector's M (log), beside the CUSUM's upper / lower
+    e_level REAL NOT NULL DEFAULT 0,  -- the e-detector's M (log), beside the CUSUM's upper / lower
+    fast REAL NOT NULL DEFAULT 0  -- the fast lower-side CUSUM's level (policy v4; 0 for checks before it)
 );
