@@ -140,6 +140,34 @@ def test_one_byte_flipped_in_a_line_is_named_at_its_position(exported, tmp_path)
     assert summary["first_bad_position"] == position_of(lines[i]) and "not a JSON line" in report.problems[0]
 
 
+
+def test_a_head_or_stream_without_its_form_is_named_and_the_line_skipped(exported, tmp_path):
+    """A head that is not 0x + 64 lowercase hex (even the right digest in capitals) or a stream that
+    is not a lowercase UUID: the line is named at its position and not read; the next line's head
+    then does not follow. The reader matches a head's form only where it is not the expected one,
+    and a stream's once while it holds it: each way is covered here."""
+    path, _, _ = exported
+    lines = read_lines(path)
+    i = next(i for i, x in enumerate(lines) if '"topic":"basis:Account.Credited.v1"' in x)
+    obj = json.loads(lines[i])
+    p = obj["position"]
+    variants = {
+        "head in capitals": lines[i].replace(obj["head"], "0x" + obj["head"][2:].upper(), 1),
+        "head too short": lines[i].replace(obj["head"], obj["head"][:-1], 1),
+        "stream in capitals": lines[i].replace(obj["stream"], obj["stream"].upper(), 1),
+    }
+    for what, line in variants.items():
+        assert line != lines[i], what
+        report, summary = _audit(tmp_path, [*lines[:i], line, *lines[i + 1:]])
+        assert not report.ok and summary["first_bad_position"] == p, what
+        assert report.problems[0].startswith(f"position {p}: tampered.jsonl:{i + 1}: a field has the wrong type or "
+                                             "form"), (what, report.problems[:2])
+        assert report.problems[1].startswith(f"position {p + 1}: its head does not follow"), (what, report.problems[:2])
+        assert summary["events"] == len(lines) - 1, what  # the line was not read
+    # the honest file: every line read, nothing named
+    report, summary = _audit(tmp_path, lines)
+    assert report.ok and summary["events"] == len(lines) and summary["first_bad_position"] is None
+
 def test_a_line_in_another_json_form_passes_but_not_one_chained_over_its_own_bytes(exported, tmp_path):
     """The chain commits to C(line), not to the line's bytes (docs/audit.md section 3): the same
     values written another way (spaces, keys reordered) still verify; a line whose head is the hash
