@@ -332,6 +332,36 @@ def test_a_stream_version_repeated_at_another_position_is_named_and_never_counte
     assert (report.receipts, report.charged_total) == (honest.receipts, honest.charged_total)
 
 
+def test_a_stream_version_missing_or_after_the_next_is_named_at_its_position(exported, tmp_path):
+    """Rechained exports whose stream versions do not run 1, 2, 3 … in log order: a job's version 2
+    dropped (its version 3 named), and a job's versions 2 and 3 exchanged (the 3, which now comes
+    before its 2, named; the 2 follows the 1 and is not)."""
+    path, _, ledger = exported
+    lines = read_lines(path)
+
+    def missing(line: dict, version: int) -> str:
+        return (f"position {line['position']}: stream {line['stream'].replace('-', '')} has version {version} "
+                f"without version {version - 1} before it")
+
+    i = next(i for i, x in enumerate(lines) if '"topic":"basis:Job.' in x and json.loads(x)["version"] == 2)
+    job = json.loads(lines[i])["stream"]
+    third = next(j for j, x in enumerate(lines) if json.loads(x)["stream"] == job and json.loads(x)["version"] == 3)
+    dropped = rechain([*lines[:i], *lines[i + 1:]], i)
+    report, summary = _audit(tmp_path, dropped, signer=ledger.signer.address)
+    named = json.loads(dropped[third - 1])
+    assert missing(named, 3) in report.problems, report.problems
+    assert summary["first_bad_position"] == named["position"]
+
+    second, later = json.loads(lines[i]), json.loads(lines[third])
+    second["version"], later["version"] = 3, 2
+    exchanged = [*lines]
+    exchanged[i], exchanged[third] = json.dumps(second), json.dumps(later)
+    report, summary = _audit(tmp_path, rechain(exchanged, i), signer=ledger.signer.address)
+    assert missing(second, 3) in report.problems, report.problems
+    assert not any(p.startswith(f"position {later['position']}: stream ") for p in report.problems)
+    assert summary["first_bad_position"] == second["position"]
+
+
 @pytest.mark.postgres
 def test_an_export_of_a_postgresql_ledger_audits_the_same_way(pg_dsn, tmp_path):
     settings = Settings(home=tmp_path / "pg-home", database_url=pg_dsn)
