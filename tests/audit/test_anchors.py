@@ -59,6 +59,9 @@ def test_export_on_one_home_passes_audit_events_chain_in_another_folder(env, tmp
     assert [heads[a.position] for a in anchors] == [a.head for a in anchors]
     claims = [json.loads(x)["state"] for x in lines if '"topic":"basis:SettlementBatch.Confirmed.v1"' in x]
     assert [(c["anchor_position"], c["anchor_head"]) for c in claims] == [(a.position, a.head) for a in anchors]
+    # each settled receipt was proposed first (Job.Batched): the audit below replays both
+    batched = [x for x in lines if '"topic":"basis:Job.Batched.v1"' in x]
+    assert len(batched) == sum(1 for x in lines if '"topic":"basis:Job.Settled.v1"' in x) > 0
 
     home = env.settings.home
     moved = home.with_name("operator-away")

@@ -140,6 +140,34 @@ def test_one_byte_flipped_in_a_line_is_named_at_its_position(exported, tmp_path)
     assert summary["first_bad_position"] == position_of(lines[i]) and "not a JSON line" in report.problems[0]
 
 
+
+def test_a_head_or_stream_without_its_form_is_named_and_the_line_skipped(exported, tmp_path):
+    """A head that is not 0x + 64 lowercase hex (even the right digest in capitals) or a stream that
+    is not a lowercase UUID: the line is named at its position and not read; the next line's head
+    then does not follow. The reader matches a head's form only where it is not the expected one,
+    and a stream's once while it holds it: each way is covered here."""
+    path, _, _ = exported
+    lines = read_lines(path)
+    i = next(i for i, x in enumerate(lines) if '"topic":"basis:Account.Credited.v1"' in x)
+    obj = json.loads(lines[i])
+    p = obj["position"]
+    variants = {
+        "head in capitals": lines[i].replace(obj["head"], "0x" + obj["head"][2:].upper(), 1),
+        "head too short": lines[i].replace(obj["head"], obj["head"][:-1], 1),
+        "stream in capitals": lines[i].replace(obj["stream"], obj["stream"].upper(), 1),
+    }
+    for what, line in variants.items():
+        assert line != lines[i], what
+        report, summary = _audit(tmp_path, [*lines[:i], line, *lines[i + 1:]])
+        assert not report.ok and summary["first_bad_position"] == p, what
+        assert report.problems[0].startswith(f"position {p}: tampered.jsonl:{i + 1}: a field has the wrong type or "
+                                             "form"), (what, report.problems[:2])
+        assert report.problems[1].startswith(f"position {p + 1}: its head does not follow"), (what, report.problems[:2])
+        assert summary["events"] == len(lines) - 1, what  # the line was not read
+    # the honest file: every line read, nothing named
+    report, summary = _audit(tmp_path, lines)
+    assert report.ok and summary["events"] == len(lines) and summary["first_bad_position"] is None
+
 def test_a_line_in_another_json_form_passes_but_not_one_chained_over_its_own_bytes(exported, tmp_path):
     """The chain commits to C(line), not to the line's bytes (docs/audit.md section 3): the same
     values written another way (spaces, keys reordered) still verify; a line whose head is the hash
@@ -302,6 +330,36 @@ def test_a_stream_version_repeated_at_another_position_is_named_and_never_counte
     assert report.problems == [f"position {copy['position']}: stream {copy['stream'].replace('-', '')} version "
                                f"{copy['version']} or this position appears twice"]
     assert (report.receipts, report.charged_total) == (honest.receipts, honest.charged_total)
+
+
+def test_a_stream_version_missing_or_after_the_next_is_named_at_its_position(exported, tmp_path):
+    """Rechained exports whose stream versions do not run 1, 2, 3 … in log order: a job's version 2
+    dropped (its version 3 named), and a job's versions 2 and 3 exchanged (the 3, which now comes
+    before its 2, named; the 2 follows the 1 and is not)."""
+    path, _, ledger = exported
+    lines = read_lines(path)
+
+    def missing(line: dict, version: int) -> str:
+        return (f"position {line['position']}: stream {line['stream'].replace('-', '')} has version {version} "
+                f"without version {version - 1} before it")
+
+    i = next(i for i, x in enumerate(lines) if '"topic":"basis:Job.' in x and json.loads(x)["version"] == 2)
+    job = json.loads(lines[i])["stream"]
+    third = next(j for j, x in enumerate(lines) if json.loads(x)["stream"] == job and json.loads(x)["version"] == 3)
+    dropped = rechain([*lines[:i], *lines[i + 1:]], i)
+    report, summary = _audit(tmp_path, dropped, signer=ledger.signer.address)
+    named = json.loads(dropped[third - 1])
+    assert missing(named, 3) in report.problems, report.problems
+    assert summary["first_bad_position"] == named["position"]
+
+    second, later = json.loads(lines[i]), json.loads(lines[third])
+    second["version"], later["version"] = 3, 2
+    exchanged = [*lines]
+    exchanged[i], exchanged[third] = json.dumps(second), json.dumps(later)
+    report, summary = _audit(tmp_path, rechain(exchanged, i), signer=ledger.signer.address)
+    assert missing(second, 3) in report.problems, report.problems
+    assert not any(p.startswith(f"position {later['position']}: stream ") for p in report.problems)
+    assert summary["first_bad_position"] == second["position"]
 
 
 @pytest.mark.postgres

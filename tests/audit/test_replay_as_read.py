@@ -115,6 +115,35 @@ def test_a_replay_the_export_breaks_is_reported_the_same_on_its_own_process_or_i
                for p in reports[0].problems), reports[0].problems
 
 
+def test_two_receipts_of_one_hash_fail_the_replay_on_its_own_process_inline_and_from_the_store(settings, tmp_path):
+    """A receipt's hash is unique in the views: an export whose second receipt claims the first one's
+    hash fails the replay as the store's own replay does (the index is built after the projection
+    from an export, row by row from the store: the same error)."""
+    path = tmp_path / "ledger.jsonl"
+    signer = _exported(settings, path)
+    lines = read_lines(path)
+    receipts = [i for i, x in enumerate(lines) if '"topic":"basis:Job.ReceiptIssued.v1"' in x]
+    first, second = json.loads(lines[receipts[0]]), json.loads(lines[receipts[1]])
+    second["state"]["hash"] = first["state"]["hash"]
+    i = receipts[1]
+    forged = write_lines(tmp_path / "forged.jsonl", rechain([*lines[:i], json.dumps(second), *lines[i + 1:]], i))
+    reports = [audit_events([forged], signer=signer, parallel=parallel)[0] for parallel in (True, False)]
+    assert reports[0].as_dict() == reports[1].as_dict()
+    failed = "the replay of the export failed: IntegrityError: UNIQUE constraint failed: receipts.hash"
+    assert failed in reports[0].problems, reports[0].problems
+    # the store the export was imported into, projected row by row as `basis audit` does, fails the same way
+    store = LedgerStore(Settings(home=tmp_path / "auditor", database_url=None).event_store_env())
+    try:
+        _, heads = read_export([forged], store)
+        heads.close()
+        projector = Projector(store, tmp_path / "from-store.sqlite3")
+        with pytest.raises(sqlite3.IntegrityError, match=r"^UNIQUE constraint failed: receipts\.hash$"):
+            projector.catch_up()
+        projector.stop()
+    finally:
+        store.close()
+
+
 def test_lines_out_of_order_are_replayed_from_the_store_in_position_order(settings, tmp_path):
     """Swapped lines are named; the views projected in file order are dropped and the store (which
     holds them in position order) is replayed, as before."""

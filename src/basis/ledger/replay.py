@@ -177,6 +177,7 @@ def read_export(files: Iterable[Path], store: LedgerStore, on_page: Callable[[li
     previous = GENESIS_HEAD
     previous_position = 0
     unknown_topics: set[str] = set()
+    streams: dict[str, str] = {}  # stream ids whose form was matched, each with its stored form
 
     def flush() -> None:
         db.execute("BEGIN")
@@ -207,14 +208,21 @@ def read_export(files: Iterable[Path], store: LedgerStore, on_page: Callable[[li
         with open(path, "rb") as fh:
             for lineno, raw in enumerate(fh, 1):
                 reading.lines += 1
-                parsed = _parse(raw, name, lineno, reading)
+                parsed = _parse(raw, name, lineno, reading, streams)
                 if parsed is None:
                     continue
-                position, stream, version, topic, state, head, has_float = parsed
-                state_json = canonical_bytes(state, has_float=has_float)
+                position, stream, stored_stream, version, topic, state, head, has_float = parsed
+                state_json = canonical_bytes(state, has_float=has_float)  # (cannot fail on what msgspec read)
                 expected = sha256(previous + body_bytes(position, stream, version, topic, state_json)).digest()
-                own = bytes.fromhex(head[2:])
-                if own != expected:
+                # A head equal to the one the chain expects has the form (0x + 64 lowercase hex): only
+                # another one is matched against it (the match was 1.5-3 µs a line, a fifth of the reading)
+                if head == "0x" + expected.hex():
+                    own = expected
+                elif _HEX64.match(head) is None:  # only a line ``decode_line_fields`` read gets here
+                    _parse_any(raw, name, lineno, reading)  # names the field's form, as it always did
+                    continue
+                else:
+                    own = bytes.fromhex(head[2:])
                     if previous_position == 0 and reading.events == 0:
                         reading.problem(position, "its head does not follow from the genesis head (an export made "
                                                   "with --from? give the earlier parts first)")
@@ -250,7 +258,7 @@ def read_export(files: Iterable[Path], store: LedgerStore, on_page: Callable[[li
                 reading.last_position = previous_position
                 reading.head = head
                 if importable:
-                    events.append((position, stream.replace("-", ""), version, topic, state_json))
+                    events.append((position, stored_stream, version, topic, state_json))
                     if on_page is not None:
                         page.append((position, stream, topic, state if page_states else None, state_json))
                 head_rows.append((position, own))
@@ -311,12 +319,32 @@ def _index_streams(db: sqlite3.Connection, table: str, reading: ExportReading) -
     db.execute("COMMIT")
 
 
-def _parse(raw: bytes, name: str, lineno: int,
-           reading: ExportReading) -> tuple[int, str, int, str, dict, str, bool] | None:
-    fields = decode_line_fields(raw)  # a well-formed line, checked in C
+# stream ids held with their stored form (``_parse``): a job's events are near one another in the
+# log, an account's recur throughout, so most lines find theirs (matching the form was 1.5-2.5 µs)
+STREAMS_HELD = 8192
+
+ParsedLine = tuple[int, str, str, int, str, dict, str, bool]  # position, stream, stored stream, version, …
+
+
+def _parse(raw: bytes, name: str, lineno: int, reading: ExportReading, streams: dict[str, str]) -> ParsedLine | None:
+    """The line's fields, its stream's form matched; its head's form is the caller's to match (where
+    the head is not the one the chain expects)."""
+    fields = decode_line_fields(raw)  # the line's keys and their types, checked in C
     if fields is not None:
         line, has_float = fields
-        return line.position, line.stream, line.version, line.topic, line.state, line.head, has_float
+        stream = line.stream
+        stored = streams.get(stream)
+        if stored is None and _UUID.match(stream) is not None:
+            if len(streams) >= STREAMS_HELD:
+                streams.clear()
+            stored = streams[stream] = stream.replace("-", "")
+        if stored is not None:
+            return line.position, stream, stored, line.version, line.topic, line.state, line.head, has_float
+    return _parse_any(raw, name, lineno, reading)
+
+
+def _parse_any(raw: bytes, name: str, lineno: int, reading: ExportReading) -> ParsedLine | None:
+    """Any line, read field by field: None (its problem named) unless every field has its form."""
     try:
         obj, has_float = decode_line(raw)
     except ValueError as exc:  # not UTF-8, not JSON (strict RFC 8259), or a number out of range
@@ -335,7 +363,7 @@ def _parse(raw: bytes, name: str, lineno: int,
                         f"{name}:{lineno}: a field has the wrong type or form (position and version positive integers, "
                         "stream a lowercase UUID, topic a string, state an object, head 0x + 64 lowercase hex)")
         return None
-    return position, stream, version, topic, state, head, has_float
+    return position, stream, stream.replace("-", ""), version, topic, state, head, has_float
 
 
 def _guess_position(raw: bytes) -> int | None:
@@ -345,12 +373,18 @@ def _guess_position(raw: bytes) -> int | None:
 
 
 def _check_streams(db: sqlite3.Connection, table: str, reading: ExportReading) -> None:
-    """Each stream's versions run 1, 2, 3 … in log order (no version missing, none out of order)."""
+    """Each stream's versions run 1, 2, 3 … in log order (no version missing, none out of order): an
+    event of version v > 1 needs version v - 1 of its stream at an earlier position. (stream, version)
+    is unique here (``_index_streams``, or the table's key), so in each stream's events by version
+    the one before is v - 1 when that exists: one pass over the index, in its order (a lookup per
+    event instead was 1.41-1.47 CPU-s at 1,000,020 events, this 1.21-1.22)."""
     rows = db.execute(
-        f"SELECT e.rowid, e.originator_id, e.originator_version FROM {table} e WHERE NOT EXISTS ("
-        f" SELECT 1 FROM {table} p WHERE p.originator_id = e.originator_id"
-        f" AND p.originator_version = e.originator_version - 1 AND p.rowid < e.rowid)"
-        " AND e.originator_version > 1 ORDER BY e.rowid LIMIT 20").fetchall()
+        "SELECT position, stream, version FROM (SELECT rowid AS position, originator_id AS stream,"
+        " originator_version AS version, lag(originator_version) OVER by_version AS version_before,"
+        f" lag(rowid) OVER by_version AS position_before FROM {table}"
+        " WINDOW by_version AS (PARTITION BY originator_id ORDER BY originator_version))"
+        " WHERE version > 1 AND NOT (version_before IS NOT NULL AND version_before = version - 1"
+        " AND position_before < position) ORDER BY position LIMIT 20").fetchall()
     for position, stream, version in rows:
         reading.problem(position, f"stream {stream} has version {version} without version {version - 1} before it")
 

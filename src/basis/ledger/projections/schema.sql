@@ -19,12 +19,16 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_open ON jobs (node, status);
 CREATE TABLE IF NOT EXISTS receipts (
-    job_id TEXT PRIMARY KEY, seq INTEGER NOT NULL UNIQUE, hash TEXT NOT NULL UNIQUE, core TEXT NOT NULL,
+    job_id TEXT PRIMARY KEY, seq INTEGER NOT NULL UNIQUE, hash TEXT NOT NULL, core TEXT NOT NULL,
     signature TEXT NOT NULL, signer TEXT NOT NULL, status TEXT NOT NULL, settlement TEXT,
     account_id TEXT NOT NULL, model TEXT NOT NULL, served_by TEXT NOT NULL, worker TEXT,
     outcome TEXT NOT NULL, charged TEXT NOT NULL, reward TEXT NOT NULL,
     issued_at TEXT NOT NULL, settled_at TEXT
 );
+-- A receipt's hash is unique by an index of its own, not a constraint of the table (the same check, the
+-- same error): a replay of an export builds it once, sorted, after the projection (a random key kept
+-- row by row was 40 % of a receipt's insert at 1,000,020 events).
+CREATE UNIQUE INDEX IF NOT EXISTS receipts_hash ON receipts (hash);
 CREATE INDEX IF NOT EXISTS receipts_unsettled ON receipts (status, seq);
 CREATE INDEX IF NOT EXISTS receipts_worker ON receipts (worker, seq);
 CREATE INDEX IF NOT EXISTS receipts_account ON receipts (account_id, seq);
