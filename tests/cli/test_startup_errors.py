@@ -26,6 +26,13 @@ def _restore_logging():
     root.setLevel(level)
 
 
+@pytest.fixture(autouse=True)
+def _one_line_error_panels(monkeypatch):
+    """Rich wraps the error panel at the terminal width; a message naming a long tmp_path (pytest-xdist
+    adds popen-gwN/) would split across lines, so give the panel room to keep each message whole."""
+    monkeypatch.setenv("COLUMNS", "400")
+
+
 @pytest.fixture
 def home(tmp_path, monkeypatch):
     monkeypatch.setenv("BASIS_HOME", str(tmp_path / "home"))

@@ -149,6 +149,7 @@ def test_a_running_up_on_the_same_home_is_refused(tmp_path, monkeypatch, _restor
     home = tmp_path / "home"
     home.mkdir()
     monkeypatch.setenv("BASIS_HOME", str(home))
+    monkeypatch.setenv("COLUMNS", "400")  # the error panel keeps the (long, under pytest-xdist) home on one line
     other = subprocess.Popen(["sleep", "600"])  # stands in for the `basis up` still running here
     try:
         # Record it once it has exec'd: before, its command line is still the forking Python's, and the
