@@ -159,3 +159,30 @@ def test_a_non_streaming_caller_that_leaves_cancels_its_job_at_once(gateway):
         gateway.until(lambda: len(worker.cancels()) == 3, what="the worker told to cancel")
     finally:
         worker.close()
+
+
+def test_the_total_deadline_holds_on_a_starved_loop():
+    """Frames already buffered return without suspending, so asyncio's timeout (delivered at the next
+    loop turn) never fires: on a loop too busy to turn, a trickling worker outlived the total deadline
+    (seen with the suite in two processes under load: 200 instead of 504). Each frame is now also
+    checked against the total limit."""
+    import asyncio
+    import time
+    from types import SimpleNamespace
+
+    from basis.gateway.chat.deadlines import DeadlineMissed, JobDeadlines, within_deadlines
+
+    async def starved_frames():
+        for _ in range(5):
+            time.sleep(0.1)  # the loop does not turn: the worker's frames pile up unread
+            yield SimpleNamespace(ids=[1])
+
+    async def serve() -> int:
+        seen = 0
+        async for _ in within_deadlines(starved_frames(), JobDeadlines(first_token_s=10, stall_s=10, total_s=0.25)):
+            seen += 1
+        return seen
+
+    with pytest.raises(DeadlineMissed) as missed:
+        asyncio.run(serve())
+    assert missed.value.kind == "total"

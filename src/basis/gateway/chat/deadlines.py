@@ -110,6 +110,11 @@ async def within_deadlines(frames: AsyncIterator[Any], limits: JobDeadlines, *,
             return
         except TimeoutError:
             raise DeadlineMissed(which, limits) from None
+        if loop.time() >= end_by:
+            # A frame that was already buffered returns without suspending, so the timeout (due at
+            # the next loop turn) never fires: on a starved loop a trickling worker would outlive
+            # the total deadline. Checked here too, the total limit holds however busy the loop is.
+            raise DeadlineMissed("total", limits)
         if getattr(frame, "ids", None):
             next_by, kind = loop.time() + limits.stall_s, "stall"
         yield frame
