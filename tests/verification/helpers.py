@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 
+from basis.ledger.projections import Projector, ViewReader
 from basis.ledger.service import Ledger
 from basis.verification.policy import VerificationPolicy
 from basis.verification.stats import JobStatistic
@@ -38,3 +39,12 @@ def contributor_job(ledger: Ledger, account_id, worker: str, *, output_tokens: i
     receipt = ledger.run(ledger.finish_job(job_id, outcome=outcome, output_tokens=output_tokens,
                                            finish_reason="length", check=check))
     return job_id, receipt
+
+
+def caught_up_views(ledger: Ledger, views_path) -> ViewReader:
+    """The views with everything the ledger committed so far (a projector run to the end, stopped)."""
+    projector = Projector(ledger.store, views_path)
+    projector.catch_up()
+    projector.stop()
+    return ViewReader(views_path)
+

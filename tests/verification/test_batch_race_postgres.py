@@ -14,12 +14,11 @@ import pytest
 
 from basis.config import Settings
 from basis.ledger.audit import audit
-from basis.ledger.projections import Projector
 from basis.ledger.service import Ledger
 from basis.ledger.settlement import batch_aggregate_id
 from basis.ledger.verdicts import record_verdict, suspend_worker
 from basis.settlement.batches import confirm_batch, propose_batch
-from tests.verification.helpers import HONEST, POLICY, contributor_job, passing
+from tests.verification.helpers import HONEST, POLICY, caught_up_views, contributor_job, passing
 
 KEY = "0x" + "11" * 32
 VAULT = "0x" + "ee" * 20
@@ -62,9 +61,7 @@ def test_a_suspension_racing_a_batch_proposal_on_postgresql_never_pays_a_forfeit
         assert settler.run(confirm_batch(batch_id, "0x" + "ab" * 32, 10, 100000, None))
 
         views_path = tmp_path / "a" / "audit-views.db"
-        projector = Projector(settler.store, views_path)
-        projector.catch_up()
-        projector.stop()
+        caught_up_views(settler, views_path).close()
         report = audit(settler.store, views_path, signer=settler.signer.address)
         assert report.ok, report.problems
     finally:

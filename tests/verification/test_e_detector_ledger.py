@@ -14,12 +14,12 @@ import pytest
 
 from basis.ledger import ids
 from basis.ledger.audit import audit
-from basis.ledger.projections import Projector, ViewReader
+from basis.ledger.projections import Projector
 from basis.ledger.service import Ledger
 from basis.ledger.verdicts import record_verdict, reinstate_worker
 from basis.verification.stats import JobStatistic
 from tests.ledger.test_audit import basis_audit
-from tests.verification.helpers import CHEAT, HONEST, POLICY, contributor_job
+from tests.verification.helpers import CHEAT, HONEST, POLICY, caught_up_views, contributor_job
 
 LOG_E = 4.0  # about what Gemma greedy claiming T 0.7 gives per job (docs/verification.md)
 
@@ -30,16 +30,9 @@ def _greedyish(log_e: float = LOG_E) -> JobStatistic:
                         temperature_ratio=0.25, temperature_log_e=log_e)
 
 
-def _views(ledger: Ledger, settings) -> ViewReader:
-    p = Projector(ledger.store, settings.views_path)
-    p.catch_up()
-    p.stop()
-    return ViewReader(settings.views_path)
-
-
 def _judge(ledger: Ledger, settings, job_id, stat: JobStatistic) -> dict:
     job = ledger.get(job_id)
-    r = _views(ledger, settings)
+    r = caught_up_views(ledger, settings.views_path)
     unsettled = r.unsettled_of(job.worker)
     r.close()
     return ledger.run(record_verdict(job_id, job.check["ids_sha256"], stat, POLICY, unsettled))
@@ -77,7 +70,7 @@ def test_the_e_detector_suspends_after_the_expected_checks_and_forfeits(e_suspen
         if j != checked[5]:
             assert ledger.get(j).forfeit == {"reason": "worker suspended", "evidence": [str(x) for x in checked[1:6]],
                                              "amount": int(ledger.get(j).receipt["core"]["reward"])}
-    r = _views(ledger, settings)
+    r = caught_up_views(ledger, settings.views_path)
     status = r.worker_status(CHEAT)
     assert status["status"] == "suspended" and status["e_level"] == pytest.approx(20.0)
     assert status["reason"].startswith("e-detector")
@@ -88,7 +81,7 @@ def test_the_e_detector_suspends_after_the_expected_checks_and_forfeits(e_suspen
     ledger.run(reinstate_worker(CHEAT, "appeal upheld"))
     worker = ledger.get(ids.worker_id(CHEAT))
     assert worker.evidence.e_level == 0.0 and worker.e_evidence_jobs == [] and worker.evidence.checked == 6
-    r = _views(ledger, settings)
+    r = caught_up_views(ledger, settings.views_path)
     assert r.worker_status(CHEAT)["e_level"] == 0.0
     r.close()
     report = audit(ledger.store, settings.views_path, signer=ledger.signer.address)

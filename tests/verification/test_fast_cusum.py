@@ -14,8 +14,8 @@ from basis.verification.policy import VerificationPolicy
 from basis.verification.sequential import FAST_DRIFT, FAST_THRESHOLD, WorkerEvidence
 from basis.verification.stats import JobStatistic
 from tests.ledger.test_audit import basis_audit
-from tests.verification.helpers import CHEAT, POLICY, contributor_job
-from tests.verification.test_e_detector_ledger import _edit_events, _judge, _views
+from tests.verification.helpers import CHEAT, POLICY, caught_up_views, contributor_job
+from tests.verification.test_e_detector_ledger import _edit_events, _judge
 from tests.verification.test_unsuspended_crossing import delete_suspension, new_ledger
 
 # Another model's text at claimed T 1.0 (docs/verification.md): z about -4.9 per 48-token job, each
@@ -90,7 +90,7 @@ def test_the_fast_cusum_suspends_forfeits_and_the_audit_agrees(fast_suspended, s
     for j in jobs:  # every unsettled reward but the suspending job's (settlement forfeits that one)
         if j != checked[2]:
             assert ledger.get(j).forfeit["reason"] == "worker suspended"
-    r = _views(ledger, settings)
+    r = caught_up_views(ledger, settings.views_path)
     status = r.worker_status(CHEAT)
     assert status["status"] == "suspended" and status["fast"] == pytest.approx(9.4)
     r.close()
@@ -99,7 +99,7 @@ def test_the_fast_cusum_suspends_forfeits_and_the_audit_agrees(fast_suspended, s
     ledger.run(reinstate_worker(CHEAT, "appeal upheld"))
     worker = ledger.get(ids.worker_id(CHEAT))
     assert worker.evidence.fast == 0.0 and worker.fast_evidence_jobs == [] and worker.evidence.checked == 3
-    r = _views(ledger, settings)
+    r = caught_up_views(ledger, settings.views_path)
     assert r.worker_status(CHEAT)["fast"] == 0.0
     r.close()
     report = audit(ledger.store, settings.views_path, signer=ledger.signer.address)

@@ -12,12 +12,11 @@ import pytest
 from basis.ledger import ids
 from basis.ledger.audit import audit
 from basis.ledger.errors import InvalidTransition
-from basis.ledger.projections import Projector, ViewReader
 from basis.ledger.service import Ledger
 from basis.ledger.settlement import SettlementBatch, batch_aggregate_id
 from basis.ledger.verdicts import UnknownWorker, ids_digest, record_verdict, reinstate_worker, suspend_worker
 from basis.settlement.batches import propose_batch
-from tests.verification.helpers import CHEAT, HONEST, POLICY, contributor_job, failing, passing
+from tests.verification.helpers import CHEAT, HONEST, POLICY, caught_up_views, contributor_job, failing, passing
 
 VAULT = "0x" + "ee" * 20
 DIST = "0x" + "dd" * 20
@@ -30,18 +29,11 @@ def ledger(settings):
     led.close()
 
 
-def views(ledger: Ledger, settings) -> ViewReader:
-    p = Projector(ledger.store, settings.views_path)
-    p.catch_up()
-    p.stop()
-    return ViewReader(settings.views_path)
-
-
 def judge(ledger: Ledger, job_id, stat, settings=None):
     job = ledger.get(job_id)
     unsettled = []
     if settings is not None:
-        r = views(ledger, settings)
+        r = caught_up_views(ledger, settings.views_path)
         unsettled = r.unsettled_of(job.worker)
         r.close()
     return ledger.run(record_verdict(job_id, job.check["ids_sha256"], stat, POLICY, unsettled))
@@ -54,7 +46,7 @@ def test_probation_jobs_are_selected_and_held_out_of_settlement(ledger, settings
     gateway_job = ledger.get(first)
     assert gateway_job.check["reason"] == "probation" and gateway_job.awaiting_verdict
     assert gateway_job.check["ids_sha256"] == ids_digest(range(100, 108))
-    r = views(ledger, settings)
+    r = caught_up_views(ledger, settings.views_path)
     pending = r.pending_checks()
     assert [p["job_id"] for p in pending] == [str(first)]
     env = r.receipt(str(first))
@@ -99,7 +91,7 @@ def test_a_failed_job_is_refunded_once_and_its_reward_forfeited(ledger, settings
     assert acc.available == before and acc.refunded == charged
     job = ledger.get(job_id)
     assert job.verdict["verdict"] == "failed" and job.forfeit["reason"] == "failed verification"
-    r = views(ledger, settings)
+    r = caught_up_views(ledger, settings.views_path)
     env = r.receipt(str(job_id))
     assert env["verification"]["verdict"] == "failed" and env["reward_forfeited"] is True
     assert env["verification"]["tokens"] == 8 and env["verification"]["method"] == POLICY.method
@@ -147,7 +139,7 @@ def test_evidence_suspends_the_cheat_and_forfeits_its_unsettled_rewards(ledger, 
     rewards = dict(batch.rewards)
     assert CHEAT not in rewards and rewards[HONEST] == sum(
         int(ledger.get(j).receipt["core"]["reward"]) for j in honest)
-    r = views(ledger, settings)
+    r = caught_up_views(ledger, settings.views_path)
     row = {w["address"]: w for w in r.workers()}
     assert row[CHEAT]["status"] == "suspended" and row[CHEAT]["failed"] == len(checked)
     assert row[HONEST]["status"] == "active" and row[HONEST]["failed"] == 0
@@ -168,7 +160,7 @@ def test_the_operator_suspends_and_reinstates_by_hand(ledger, settings):
         ledger.run(suspend_worker("0x" + "99" * 20, "never seen"))
     with pytest.raises(InvalidTransition):
         ledger.run(reinstate_worker(HONEST, "not suspended"))
-    r = views(ledger, settings)
+    r = caught_up_views(ledger, settings.views_path)
     forfeited = ledger.run(suspend_worker(HONEST, "abuse report 17", r.unsettled_of(HONEST)))
     r.close()
     assert forfeited >= 2  # every unsettled reward with one (the pending job's too)
@@ -180,7 +172,7 @@ def test_the_operator_suspends_and_reinstates_by_hand(ledger, settings):
     assert ledger.get(ids.worker_id(HONEST)).suspended is None
     if ledger.get(third).awaiting_verdict:
         judge(ledger, third, passing())
-    r = views(ledger, settings)
+    r = caught_up_views(ledger, settings.views_path)
     assert r.worker_status(HONEST)["status"] == "active"
     r.close()
     report = audit(ledger.store, settings.views_path, signer=ledger.signer.address)
@@ -221,7 +213,7 @@ def test_a_reinstated_worker_is_on_probation_again(ledger, settings):
     topics = [e.topic for e in ledger.store.recorder.select_events(ids.worker_id(HONEST))]
     assert topics.count("basis:Worker.ProbationStarted.v1") == 1
     assert topics.index("basis:Worker.ProbationStarted.v1") == topics.index("basis:Worker.Reinstated.v1") + 1
-    r = views(ledger, settings)
+    r = caught_up_views(ledger, settings.views_path)
     assert r.worker_status(HONEST)["probation_from"] == checked and r.worker_status(HONEST)["status"] == "active"
     r.close()
     report = audit(ledger.store, settings.views_path, signer=ledger.signer.address)
@@ -244,7 +236,7 @@ def test_statistics_round_trip_as_json(ledger, settings):
     from basis.verification.stats import JobStatistic
 
     judge(ledger, job_id, JobStatistic(tokens=8, greedy=True, agreement=0.875))
-    r = views(ledger, settings)
+    r = caught_up_views(ledger, settings.views_path)
     stat = r.receipt(str(job_id))["verification"]["statistic"]
     assert {k: stat[k] for k in ("tokens", "greedy", "z", "agreement")} == {
         "tokens": 8, "greedy": True, "z": None, "agreement": 0.875}
@@ -272,7 +264,7 @@ def test_settlement_forfeits_what_the_views_had_not_shown_at_suspension(ledger, 
     batch = ledger.get(batch_aggregate_id(batch_id))
     assert all(e["reward"] == 0 for e in batch.jobs) and batch.rewards == []
     assert all(ledger.get(j).forfeit["reason"] == "worker suspended" for j in done + late)
-    views(ledger, settings).close()
+    caught_up_views(ledger, settings.views_path).close()
     report = audit(ledger.store, settings.views_path, signer=ledger.signer.address)
     assert report.ok, report.problems
 
@@ -335,7 +327,7 @@ def test_a_deposit_backed_refund_stays_withdrawable_and_settles_nothing(ledger, 
     # The next job spends the refunded, vault-backed credit as deposit (moved on chain when settled).
     second, receipt2 = contributor_job(ledger, account_id, HONEST)
     assert ledger.get(account_id).unsettled_deposit_spend == {str(second): int(receipt2["core"]["charged"])}
-    views(ledger, settings).close()
+    caught_up_views(ledger, settings.views_path).close()
     report = audit(ledger.store, settings.views_path, signer=ledger.signer.address)
     assert report.ok, report.problems
 
@@ -352,18 +344,18 @@ def test_rewards_a_suspension_did_not_reach_are_forfeited_by_the_sweep(ledger, s
     judge(ledger, before[0], passing())  # the network knows the worker from its first check
     ledger.run(suspend_worker(HONEST, "abuse report 18", []))  # the views had seen none of them
     after, _ = contributor_job(ledger, account_id, HONEST)  # in flight at the suspension, finished after
-    r = views(ledger, settings)
+    r = caught_up_views(ledger, settings.views_path)
     due = [str(j) for j in [*before, after] if int(r.receipt(str(j))["core"]["reward"]) > 0]
     assert due and all(not r.receipt(j)["reward_forfeited"] for j in due)
     assert forfeit_sweep(ledger, r) == len(due)
     r.close()
-    r = views(ledger, settings)
+    r = caught_up_views(ledger, settings.views_path)
     assert all(r.receipt(j)["reward_forfeited"] for j in due)
     assert forfeit_sweep(ledger, r) == 0  # once
     r.close()
     ledger.run(reinstate_worker(HONEST, "appeal upheld"))
     later, _ = contributor_job(ledger, account_id, HONEST)
-    r = views(ledger, settings)
+    r = caught_up_views(ledger, settings.views_path)
     assert forfeit_sweep(ledger, r) == 0 and not r.receipt(str(later))["reward_forfeited"]
     r.close()
     report = audit(ledger.store, settings.views_path, signer=ledger.signer.address)
@@ -386,7 +378,7 @@ def test_a_suspension_leaves_the_rewards_of_a_batch_in_flight_to_it(ledger, sett
     judge(ledger, paid, passing())
     batch_id = ledger.run(propose_batch(31337, VAULT, DIST, [str(paid)]))
     ledger.run(record_submitted(batch_id, "0x" + "ab" * 32, 7))
-    r = views(ledger, settings)
+    r = caught_up_views(ledger, settings.views_path)
     assert ledger.run(suspend_worker(HONEST, "abuse report 31", r.unsettled_of(HONEST))) == 0
     assert forfeit_sweep(ledger, r) == 0
     r.close()
@@ -406,12 +398,12 @@ def test_a_suspension_leaves_the_rewards_of_a_batch_in_flight_to_it(ledger, sett
     ledger.run(suspend_worker(HONEST, "abuse report 32", [str(again)]))
     assert ledger.get(again).forfeit is None
     ledger.run(abandon_batch(second, "the vault refused the batch"))
-    r = views(ledger, settings)
+    r = caught_up_views(ledger, settings.views_path)
     assert forfeit_sweep(ledger, r) == 1 and ledger.get(again).forfeit["reason"] == "worker suspended"
     r.close()
     third = ledger.run(propose_batch(31337, VAULT, DIST, [str(again)]))
     paid_before = ledger.get(batch_aggregate_id(batch_id)).rewards  # cumulative: nothing added for `again`
     assert ledger.get(batch_aggregate_id(third)).rewards == paid_before
-    views(ledger, settings).close()
+    caught_up_views(ledger, settings.views_path).close()
     report = audit(ledger.store, settings.views_path, signer=ledger.signer.address)
     assert report.ok, report.problems
