@@ -10,7 +10,14 @@ import statistics
 
 from basis.verification.policy import VerificationPolicy
 from basis.verification.sequential import WorkerEvidence
-from basis.verification.stats import JobStatistic, judge_job, standardised, temperature_evidence, temperature_test
+from basis.verification.stats import (
+    JobStatistic,
+    judge_job,
+    opening_evidence,
+    standardised,
+    temperature_evidence,
+    temperature_test,
+)
 
 HONEST_KINDS = ("honest", "threads")
 
@@ -40,10 +47,15 @@ def temperature_log_e_of(rec: dict) -> float | None:
 
 
 def stat_of(rec: dict) -> JobStatistic:
+    """A pooled job's statistic. Its opening z (policy v5) is the record's (per-position job files); a
+    pool record of ``bench_verify.py`` has no per-position rows, and its whole-job z stands in (v5's
+    opening z is at most it: cheats' checked jobs to suspension are upper bounds there)."""
     p, ratio = temperature_evidence_of(rec)
-    return JobStatistic(tokens=rec["tokens"], greedy=rec["agreement"] is not None, z=rec["z"],
+    greedy = rec["agreement"] is not None
+    return JobStatistic(tokens=rec["tokens"], greedy=greedy, z=rec["z"],
                         agreement=rec["agreement"], tail=rec.get("tail"), repeat=rec.get("repeat"),
-                        temperature=p, temperature_ratio=ratio, temperature_log_e=temperature_log_e_of(rec))
+                        temperature=p, temperature_ratio=ratio, temperature_log_e=temperature_log_e_of(rec),
+                        opening_z=None if greedy else rec.get("opening_z", rec["z"]))
 
 
 def judge(stat: JobStatistic, binding: str, policy: VerificationPolicy) -> tuple[bool, float]:
@@ -90,26 +102,29 @@ def log_p(p: float) -> str:
     return f"{p:.2g}" if p >= 0.01 else f"1e{math.log10(p):.1f}"
 
 
-def evidence(rec: dict, policy: VerificationPolicy) -> tuple[bool, float, float | None]:
-    """(failed, CUSUM evidence u, temperature log E for the e-detector) of one pooled job."""
+def evidence(rec: dict, policy: VerificationPolicy) -> tuple[bool, float, float | None, float | None]:
+    """(failed, CUSUM evidence u, temperature log E for the e-detector, the fast CUSUM's opening
+    evidence) of one pooled job."""
     stat = stat_of(rec)
-    return (*judge(stat, rec["binding"], policy), stat.temperature_log_e)
+    return (*judge(stat, rec["binding"], policy), stat.temperature_log_e,
+            opening_evidence(stat, policy.calibration_for(rec["binding"])))
 
 
 def suspended(ev: WorkerEvidence, policy: VerificationPolicy) -> bool:
-    """Any published worker rule: the CUSUM, the fast lower-side CUSUM (v4), or the e-detector over the
+    """Any published worker rule: the CUSUM, the fast lower-side CUSUM (v4, v5), or the e-detector over the
     temperature e-values."""
     return (ev.crossed(policy.worker_threshold) or ev.fast_crossed(policy.fast_threshold)
             or ev.e_crossed(policy.worker_e_alpha))
 
 
 def checks_until_suspended(draw, policy: VerificationPolicy, cap: int) -> int | None:
-    """``draw()`` gives (failed, u) or (failed, u, log E) for each checked job."""
+    """``draw()`` gives (failed, u), (failed, u, log E) or (failed, u, log E, opening evidence) for
+    each checked job."""
     ev = WorkerEvidence()
     for n in range(1, cap + 1):
         failed, u, *rest = draw()
         ev = ev.update(u, failed=failed, drift=policy.drift, log_e=rest[0] if rest else None,
-                       fast_drift=policy.fast_drift)
+                       fast_drift=policy.fast_drift, fast_evidence=rest[1] if len(rest) > 1 else None)
         if suspended(ev, policy):
             return n
     return None

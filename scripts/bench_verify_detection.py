@@ -23,9 +23,12 @@ e-values exp(theta (+-u - d)) whenever those have mean <= 1 under honest work; f
 that holds with theta = 2 d / s^2, and a threshold h then bounds an honest worker's false
 suspension within n checked jobs by 2 n exp(-theta h) (both sides; Ville's inequality).
 
-The published policy v4 runs three detectors and suspends when any crosses: v3's two-sided CUSUM
-(d 1, h 12), a fast lower-side CUSUM (``fast_drift``, ``fast_threshold``) and the e-detector; its
-bound is the sum of theirs. ``--published-only`` measures just v3, the fast CUSUM alone and v4.
+The published policy runs three detectors and suspends when any crosses: v3's two-sided CUSUM
+(d 1, h 12) over u, a fast lower-side CUSUM (``fast_drift``, ``fast_threshold``) and the e-detector;
+its bound is the sum of theirs. v4's fast CUSUM counted u (d 1.5, h 9); v5's counts each sampled job's
+opening evidence (``stats.opening_evidence``: the smallest z over its first 24 and 48 tokens,
+standardised), d 1.5 and the published threshold. ``--published-only`` measures just v3, v4, the v5
+fast CUSUM alone and v5.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from basis.verification.policy import VerificationPolicy
-from basis.verification.stats import job_statistic
+from basis.verification.stats import job_statistic, opening_evidence
 from bench_verify_analysis import HONEST_KINDS, evidence, judge, share
 from bench_verify_lines import token_score
 
@@ -54,19 +57,21 @@ class Rule:
     e_kind: str = "mix4"  # the e-detector's per-job log E: "mix4" (v3) or "hot" (ratios 1.5 and 2 only)
     fast_drift: float = 0.0  # a second, lower-side-only CUSUM beside it (v4's fast one)
     fast_threshold: float = math.inf  # its level that suspends (inf: none)
+    fast_key: str = "open"  # what the fast CUSUM counts: "open" (v5: the opening evidence) or "u" (v4)
 
 
 def job_evidence(rows: list, temperature: float, ids: list[int], binding: str, policy: VerificationPolicy) -> dict:
-    """(failed, u, log E mix4, log E hot, z) of one job as the verifier judges it."""
+    """(failed, u, log E mix4, log E hot, z, opening evidence) of one job as the verifier judges it."""
     stat = job_statistic([token_score(r) for r in rows], temperature, ids)
     failed, u = judge(stat, binding, policy)
+    opening = opening_evidence(stat, policy.calibration_for(binding))
     hot = None
     if stat.temperature_log_e is not None:
         sums = [math.fsum(r[5][j] for r in rows) for j in (2, 3)]  # ratios 1.5 and 2.0
         top = max(sums)
         hot = -1e6 if top == -math.inf else top + math.log(sum(math.exp(x - top) for x in sums) / 2)
     return {"failed": failed, "u": u, "mix4": stat.temperature_log_e, "hot": hot, "z": stat.z,
-            "tail": stat.tail, "tokens": stat.tokens}
+            "tail": stat.tail, "tokens": stat.tokens, "open": u if opening is None else opening}
 
 
 def read_jobs(files: list[str]) -> list[dict]:
@@ -86,6 +91,7 @@ def read_jobs(files: list[str]) -> list[dict]:
 def simulate(ev: list[dict], rule: Rule, workers: int, checks: int, rng: np.random.Generator) -> np.ndarray:
     """Checked jobs until suspension per simulated worker (0: not within ``checks``)."""
     u = np.array([e["u"] for e in ev])
+    o = np.array([e[rule.fast_key] for e in ev])
     le = np.array([e[rule.e_kind] if e[rule.e_kind] is not None else 0.0 for e in ev])
     upper = np.zeros(workers)
     lower = np.zeros(workers)
@@ -97,7 +103,7 @@ def simulate(ev: list[dict], rule: Rule, workers: int, checks: int, rng: np.rand
         idx = rng.integers(0, len(ev), workers)
         upper = np.maximum(0, upper + u[idx] - rule.drift)
         lower = np.maximum(0, lower - u[idx] - rule.drift)
-        fast = np.maximum(0, fast - u[idx] - rule.fast_drift)
+        fast = np.maximum(0, fast - o[idx] - rule.fast_drift)
         m = np.maximum(0, m + le[idx])
         hit = (np.maximum(upper, lower) >= rule.threshold) | (m >= e_level) | (fast >= rule.fast_threshold)
         when[(when == 0) & hit] = n
@@ -137,26 +143,28 @@ def main() -> None:
     ap.add_argument("--pools", default="",
                     help="bench_verify.py pool files (JSON): their cheats under the compared rules")
     ap.add_argument("--published-only", action="store_true",
-                    help="only v3, the fast CUSUM alone and the published v4 (not the candidate grid)")
+                    help="only v3, v4, the v5 fast CUSUM alone and the published v5 (not the candidate grid)")
     args = ap.parse_args()
     policy = VerificationPolicy()
     rng = np.random.default_rng(11)
     e_alpha = policy.worker_e_alpha
     v3 = Rule("v3: CUSUM d 1 h 12", policy.drift, policy.worker_threshold, e_alpha)
     fd, fh = policy.fast_drift, policy.fast_threshold
-    v4 = Rule(f"v4: v3 + fast CUSUM d {fd:g} h {fh:g}", policy.drift, policy.worker_threshold, e_alpha,
-              fast_drift=fd, fast_threshold=fh)
-    fast_alone = Rule(f"fast lower CUSUM d {fd:g} h {fh:g} alone", 1.0, math.inf, 0.0, fast_drift=fd,
+    v4 = Rule("v4: v3 + fast CUSUM on u d 1.5 h 9", policy.drift, policy.worker_threshold, e_alpha,
+              fast_drift=1.5, fast_threshold=9.0, fast_key="u")
+    v5 = Rule(f"v5: v3 + fast CUSUM on the opening d {fd:g} h {fh:g}", policy.drift, policy.worker_threshold,
+              e_alpha, fast_drift=fd, fast_threshold=fh)
+    fast_alone = Rule(f"fast CUSUM on the opening d {fd:g} h {fh:g} alone", 1.0, math.inf, 0.0, fast_drift=fd,
                       fast_threshold=fh)
     grid = ((1.0, 11.0), (1.0, 10.0), (1.0, 9.0), (1.0, 8.0), (1.5, 9.0), (1.5, 8.0), (1.5, 7.0), (2.0, 6.0),
             (0.5, 15.0))
     if args.published_only:
-        rules = [v3, fast_alone, v4]
+        rules = [v3, v4, fast_alone, v5]
     else:
-        rules = [v3, v4, fast_alone] + [Rule(f"CUSUM d {d} h {h}", d, h, e_alpha) for d, h in grid]
+        rules = [v3, v4, fast_alone, v5] + [Rule(f"CUSUM d {d} h {h}", d, h, e_alpha) for d, h in grid]
         rules += [Rule("v3, hot-only e-det", 1.0, 12.0, e_alpha, "hot"),
                   Rule("e-det alone (v3 mix)", 1.0, math.inf, e_alpha)]
-    compare = [v3, v4] + [r for r in rules if r.fast_drift == 0 and r.threshold < math.inf
+    compare = [v3, v4, v5] + [r for r in rules if r.fast_drift == 0 and r.threshold < math.inf
                           and (r.drift, r.threshold) in ((1.0, 10.0), (1.0, 9.0), (1.5, 7.0))]
 
     honest = read_jobs(args.honest.split(","))
@@ -176,10 +184,10 @@ def main() -> None:
         ccells.setdefault((r["temperature"], r["top_p"], r["file"]), []).append(
             job_evidence(r["pos"], r["temperature"], r["ids"], r["binding"], policy))
 
-    print("### Cheat (other_model vs smollm2-135m-instruct), v3 and the published v4 policy\n")
+    print("### Cheat (other_model vs smollm2-135m-instruct), v3, v4 and the published v5 policy\n")
     print(CHEAT_HEADER)
     for key, ev in sorted(ccells.items()):
-        for rule in (v3, v4):
+        for rule in (v3, v4, v5):
             print(cheat_row(f"{key[0]}, {key[2]}", ev, rule, args.trials, args.cap, rng))
     # every job of a claimed T cut at 48 tokens (the 48-token files whole, the longer ones' first 48):
     # one population, since the first 48 tokens of a longer job are distributed as a 48-token job
@@ -219,9 +227,14 @@ def main() -> None:
     print("| configuration | jobs | u mean / sd / skew / min | theta* d 0.5 | theta* d 1 | theta* d 1.5 | theta* d 2 |")
     print("|---|---|---|---|---|---|---|")
     thetas: dict[float, float] = {}  # both sides
-    side_thetas: dict[tuple[float, int], float] = {}  # (drift, side): each side alone (the fast CUSUM: -1)
+    side_thetas: dict[tuple[float, int], float] = {}  # (drift, side): each side alone
+    fast_thetas: dict[tuple[float, str], float] = {}  # (drift, evidence): the fast CUSUM's (lower side)
     for key, ev in sorted(hcells.items()):
         u = np.array([e["u"] for e in ev])
+        for d in (1.0, 1.5, 2.0, 2.5):
+            for k in ("u", "open"):
+                x = np.array([e[k] for e in ev])
+                fast_thetas[d, k] = min(fast_thetas.get((d, k), math.inf), theta_star(x, d, -1))
         cells = []
         for d in sorted({0.5, 1.0, 1.5, 2.0, 2.5, fd}):
             lo, hi = theta_star(u, d, -1), theta_star(u, d, +1)
@@ -249,7 +262,7 @@ def main() -> None:
         if rule.threshold < math.inf:
             out += sum(n * math.exp(-side_thetas[rule.drift, side] * rule.threshold) for side in (-1, 1))
         if rule.fast_threshold < math.inf:
-            out += n * math.exp(-side_thetas[rule.fast_drift, -1] * rule.fast_threshold)
+            out += n * math.exp(-fast_thetas[rule.fast_drift, rule.fast_key] * rule.fast_threshold)
         return out
 
     temps = sorted({k[0] for k in ccells})
@@ -260,7 +273,8 @@ def main() -> None:
     for rule in rules:
         th = " / ".join(([f"{side_thetas[rule.drift, -1]:.2f} / {side_thetas[rule.drift, 1]:.2f}"]
                          if rule.threshold < math.inf else [])
-                        + ([f"fast {side_thetas[rule.fast_drift, -1]:.2f}"] if rule.fast_threshold < math.inf else []))
+                        + ([f"fast {fast_thetas[rule.fast_drift, rule.fast_key]:.2f}"]
+                           if rule.fast_threshold < math.inf else []))
         bound = bound_of(rule)
         sus, top, top_f = 0, 0.0, 0.0
         for ev in hcells.values():
@@ -292,7 +306,8 @@ def main() -> None:
 
     # the fast CUSUM's parameters: beside v3 and the e-detector, the share of other_model workers at
     # T 1.0 (every job cut at 48 tokens) suspended within 5 checked jobs, against the union's bound
-    print("\n### Choosing the fast CUSUM: v3 + a fast lower-side CUSUM (d, h) + the e-detector\n")
+    print("\n### Choosing the fast CUSUM: v3 + a fast lower-side CUSUM (d, h) on the opening evidence + the "
+          "e-detector\n")
     print(f"Other model at claimed T 1.0, every job cut at 48 tokens ({len(pooled.get(1.0, []))} jobs): the share of "
           f"{args.trials} workers suspended within 5 checked jobs; the union's honest bound over "
           f"{args.honest_checked} checked jobs (as above). Rows with a bound <= 1e-3.\n")
@@ -306,16 +321,18 @@ def main() -> None:
                 continue
             w5 = (simulate(pooled[1.0], rule, args.trials, 5, rng) > 0).mean()
             mark = " (published)" if (d, float(h)) == (fd, fh) else ""
-            print(f"| {d:g} | {h:g}{mark} | {side_thetas[d, -1]:.2f} | {b:.1e} | {100 * w5:.1f} % |")
+            print(f"| {d:g} | {h:g}{mark} | {fast_thetas[d, 'open']:.2f} | {b:.1e} | {100 * w5:.1f} % |")
 
     if args.pools:  # every other cheat of the benchmark's pools, under the compared rules
         groups: dict[tuple, list[dict]] = {}
         for f in args.pools.split(","):
             for rec in json.loads(Path(f).read_text()):
                 if rec["kind"] not in HONEST_KINDS:
-                    failed, u, log_e = evidence(rec, policy)
+                    # no per-position rows in a pool: its whole-job z stands for its opening z (stat_of)
+                    failed, u, log_e, opening = evidence(rec, policy)
                     groups.setdefault((rec["binding"][:7], rec["kind"], rec["temperature"]), []).append(
-                        {"failed": failed, "u": u, "mix4": log_e, "hot": None, "z": rec["z"]})
+                        {"failed": failed, "u": u, "mix4": log_e, "hot": None, "z": rec["z"],
+                         "open": u if opening is None else opening})
         print("\n### The benchmark's other cheats (pools of bench_verify.py) under the compared rules\n")
         print("checked jobs to suspension: median / worst / within 5 / within 20\n")
         print("| binding | cheat | T | jobs | " + " | ".join(r.name for r in compare) + " |")
@@ -351,6 +368,7 @@ def honest_run(ev: list[dict], rule: Rule, workers: int, checks: int, rng: np.ra
                ) -> tuple[np.ndarray, float, float, float]:
     """As ``simulate``, also the highest CUSUM, e-detector and fast CUSUM level any worker reached."""
     u = np.array([e["u"] for e in ev])
+    o = np.array([e[rule.fast_key] for e in ev])
     le = np.array([e[rule.e_kind] if e[rule.e_kind] is not None else 0.0 for e in ev])
     upper, lower, m, fast = np.zeros(workers), np.zeros(workers), np.zeros(workers), np.zeros(workers)
     when = np.zeros(workers, dtype=int)
@@ -360,7 +378,7 @@ def honest_run(ev: list[dict], rule: Rule, workers: int, checks: int, rng: np.ra
         idx = rng.integers(0, len(ev), workers)
         upper = np.maximum(0, upper + u[idx] - rule.drift)
         lower = np.maximum(0, lower - u[idx] - rule.drift)
-        fast = np.maximum(0, fast - u[idx] - rule.fast_drift)
+        fast = np.maximum(0, fast - o[idx] - rule.fast_drift)
         m = np.maximum(0, m + le[idx])
         level = np.maximum(upper, lower)
         top, top_m, top_f = max(top, float(level.max())), max(top_m, float(m.max())), max(top_f, float(fast.max()))

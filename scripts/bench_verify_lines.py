@@ -14,7 +14,7 @@ from pathlib import Path
 from basis.engines.scoring import TokenScore
 from basis.verification.policy import VerificationPolicy
 from basis.verification.sequential import WorkerEvidence
-from basis.verification.stats import job_statistic
+from basis.verification.stats import job_statistic, opening_evidence
 from bench_verify_analysis import caught_by, checks_until_suspended, judge, log_p, stat_of, suspended, temperature_p
 
 
@@ -48,7 +48,7 @@ def load_lines(files: list[Path]) -> list[dict]:
             out.append({**{k: v for k, v in r.items() if k not in ("pos", "ids")}, "tokens": stat.tokens, "z": stat.z,
                         "agreement": stat.agreement, "tail": stat.tail, "repeat": stat.repeat,
                         "temperature_p": stat.temperature, "temperature_ratio": stat.temperature_ratio,
-                        "temperature_log_e": stat.temperature_log_e,
+                        "temperature_log_e": stat.temperature_log_e, "opening_z": stat.opening_z,
                         # a cheat's generation (another model) is no worker cost
                         "gen_tokens": len(r["ids"]) if r.get("gen_cpu") and r["kind"] == "honest" else 0})
     return out
@@ -77,10 +77,11 @@ def analyse_real_honest(recs: list[dict], policy: VerificationPolicy, args) -> N
         stats = [stat_of(r) for r in rs]
         for stat in stats:
             failed, u = judge(stat, b, policy)
+            opening = opening_evidence(stat, policy.calibration_for(b))
             ev = ev.update(u, failed=failed, drift=policy.drift, log_e=stat.temperature_log_e,
-                           fast_drift=policy.fast_drift)
+                           fast_drift=policy.fast_drift, fast_evidence=opening)
             top, top_f, top_e = max(top, ev.level), max(top_f, ev.fast), max(top_e, ev.e_level)
-            judged.append((failed, u, stat.temperature_log_e))
+            judged.append((failed, u, stat.temperature_log_e, opening))
         fails = sum(j[0] for j in judged)
         boot = sum(checks_until_suspended(lambda j=judged: rng.choice(j), policy, args.honest_checked) is not None
                    for _ in range(args.trials))

@@ -56,7 +56,7 @@ def test_receipt_page_shows_the_temperature_test_and_the_workers_e_detector_leve
         evidence = page_text(html, "receipt-worker-evidence")
         assert evidence.startswith("e-detector M = 8.00 of 18.42 (log(1/worker_e_alpha), worker_e_alpha 1e-08)"), \
             evidence
-        assert "CUSUM 0.00 of 12 (worker_threshold) · fast CUSUM 0.00 of 9 (fast_threshold, lower side, " \
+        assert "CUSUM 0.00 of 12 (worker_threshold) · fast CUSUM 0.00 of 8 (fast_threshold, lower side, " \
             "fast_drift 1.5) · active" in evidence, evidence
         assert "after its 2 checked jobs" in evidence
         # a runtime that publishes no policy: the levels alone

@@ -127,6 +127,10 @@ def test_tampered_log_e_and_alpha_are_named(e_suspended, settings):
                for p in report["problems"]), report["problems"]
 
 
+# what a Worker.Checked written before the e-detector lacks (and the fast CUSUM's fields, v4 and v5)
+OLD_SHAPE_DROPS = ("log_e", "worker_e_alpha", "fast_drift", "fast_threshold", "fast_evidence")
+
+
 def test_events_of_the_old_shape_replay_and_audit_unchanged(settings):
     """Verdicts and checks from before the e-detector (no temperature_log_e, no log_e / worker_e_alpha,
     nor the later fast CUSUM's fast_drift / fast_threshold, and a suspension reason naming the CUSUM
@@ -142,7 +146,7 @@ def test_events_of_the_old_shape_replay_and_audit_unchanged(settings):
     ledger.close()
     for worker in (HONEST, CHEAT):
         _edit_events(settings, str(ids.worker_id(worker)), "basis:Worker.Checked.v1",
-                     lambda s: [s.pop(k) for k in ("log_e", "worker_e_alpha", "fast_drift", "fast_threshold")])
+                     lambda s: [s.pop(k) for k in OLD_SHAPE_DROPS])
     assert _edit_events(settings, str(ids.worker_id(CHEAT)), "basis:Worker.Suspended.v1",
                         lambda s: s.update(reason="evidence 13.00 crossed worker_threshold 12.0")) == 1
     db = sqlite3.connect(settings.events_path)

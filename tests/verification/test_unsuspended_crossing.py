@@ -74,9 +74,9 @@ def test_a_cusum_crossing_whose_suspension_was_removed_is_named(settings):
     drop_views(settings)
     rc, report = basis_audit(settings.home)
     assert rc != 0
-    # failing() (u -7.5) twice also takes the fast CUSUM (6 + 6) past its fast_threshold 9
+    # failing() (u -7.5) twice also takes the fast CUSUM (6 + 6) past its fast_threshold 8
     assert (f"worker {CHEAT}: its CUSUM level 13.0000 crossed worker_threshold 12 and fast CUSUM level 12.0000 "
-            f"crossed fast_threshold 9 at job {jobs[1]}, but it was not suspended") in report["problems"], \
+            f"crossed fast_threshold 8 at job {jobs[1]}, but it was not suspended") in report["problems"], \
         report["problems"]
 
 
@@ -115,7 +115,7 @@ def test_checks_rewritten_to_cross_are_named(settings):
     problems = report["problems"]
     assert rc != 0
     assert (f"worker {HONEST}: its CUSUM level 13.0000 crossed worker_threshold 12 and fast CUSUM level 12.0000 "
-            f"crossed fast_threshold 9 at job {jobs[1]}, but it was not suspended") in problems, problems
+            f"crossed fast_threshold 8 at job {jobs[1]}, but it was not suspended") in problems, problems
     assert f"worker {HONEST}: check of job {jobs[0]} folds evidence -7.5, the job's verdict says 0.3" in problems
 
 

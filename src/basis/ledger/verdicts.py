@@ -30,7 +30,7 @@ from basis.verification.policy import VerificationPolicy, sampled
 from basis.verification.reported_logprobs import KEY as REPORTED_KEY
 from basis.verification.reported_logprobs import ReportedComparison, judge_reported
 from basis.verification.sequential import e_threshold
-from basis.verification.stats import JobStatistic, judge_job
+from basis.verification.stats import JobStatistic, judge_job, opening_evidence
 
 SECRET_FILE = "verification.secret"
 OPERATOR = "operator"
@@ -135,7 +135,8 @@ def record_verdict(job_id: UUID, ids_sha256: str, statistic: JobStatistic, polic
         worker.record_check(job_id=str(job.id), verdict=verdict, evidence=u, drift=policy.drift,
                             log_e=statistic.temperature_log_e, worker_e_alpha=policy.worker_e_alpha,
                             worker_threshold=policy.worker_threshold, fast_drift=policy.fast_drift,
-                            fast_threshold=policy.fast_threshold)
+                            fast_threshold=policy.fast_threshold,
+                            fast_evidence=opening_evidence(statistic, calibration))
         suspended = False
         crossed = _crossed(worker, policy) if not worker.is_suspended else None
         if crossed is not None:

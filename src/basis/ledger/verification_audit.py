@@ -6,10 +6,11 @@
 - a forfeit names the receipt's own reward; one "worker suspended" forfeit needs the worker to
   have been suspended at that point of the log;
 - each worker's checked / failed counts, CUSUM levels, fast CUSUM level and e-detector level refolded
-  from its verdicts (each check's evidence and log E must be its verdict's evidence and statistic's
-  temperature log E); a suspension by the e-detector needs the refolded level at log(1 / worker_e_alpha),
-  one by the CUSUM its level at worker_threshold, one by the fast CUSUM its level at fast_threshold,
-  each as its check recorded (checks from before the fast CUSUM record neither fast field: not judged by it);
+  from its verdicts (each check's evidence, log E and fast CUSUM evidence must be its verdict's
+  evidence, its statistic's temperature log E and the opening evidence its statistic gives); a
+  suspension by the e-detector needs the refolded level at log(1 / worker_e_alpha), one by the CUSUM
+  its level at worker_threshold, one by the fast CUSUM its level at fast_threshold, each as its check
+  recorded (checks from before the fast CUSUM record neither fast field: not judged by it);
 - a worker not suspended whose refolded level crossed any threshold at a check is suspended by
   the verifier right there (the same command records both: its next event is the suspension), and
   a crossing without one is named with the job where it crossed (a worker already suspended, by the
@@ -32,7 +33,7 @@ from basis.ledger.projections import ViewReader
 from basis.ledger.store import LedgerStore
 from basis.verification.reported_logprobs import judge_reported, split_statistic
 from basis.verification.sequential import WorkerEvidence
-from basis.verification.stats import Calibration, JobStatistic, judge_job
+from basis.verification.stats import Calibration, JobStatistic, judge_job, opening_evidence
 
 TOPICS = ("basis:Job.Verified.v1", "basis:Job.RewardForfeited.v1", "basis:Worker.Checked.v1",
           "basis:Worker.Suspended.v1", "basis:Worker.Reinstated.v1", "basis:Worker.ProbationStarted.v1",
@@ -67,6 +68,7 @@ def check_verification(replay: ViewReader, store: LedgerStore, problems: list[st
     threshold: dict[str, float | None] = {}  # the worker_threshold each worker's latest check recorded
     fast_threshold: dict[str, float | None] = {}  # the fast_threshold each worker's latest check recorded
     evidences: dict[str, float] = {}  # each verdict's standardised evidence (what its check must fold)
+    openings: dict[str, float | None] = {}  # each verdict's opening evidence (what its check's fast CUSUM counts)
     crossing: dict[str, str] = {}  # worker -> the crossing its next event must answer with a suspension
     decode = store.mapper.transcoder.decode
     worker_of: dict[str, str] = {r["worker_id"]: r["address"] for r in db.execute(
@@ -80,7 +82,7 @@ def check_verification(replay: ViewReader, store: LedgerStore, problems: list[st
             verdicts[job_id] = d["verdict"]
             evidences[job_id] = float(d["evidence"])
             log_es[job_id] = (d.get("statistic") or {}).get("temperature_log_e")
-            _rejudge(job_id, d, problems)
+            openings[job_id] = _rejudge(job_id, d, problems)
             if job_id not in requested:
                 problems.append(f"job {job_id}: a verdict without a check request")
         elif topic == "basis:Job.RewardForfeited.v1":
@@ -110,10 +112,12 @@ def check_verification(replay: ViewReader, store: LedgerStore, problems: list[st
                                                              rel_tol=1e-9, abs_tol=1e-9):
                 problems.append(f"worker {address}: check of job {d['job_id']} folds evidence {d['evidence']}, the "
                                 f"job's verdict says {evidences[d['job_id']]}")
+            _check_fast_evidence(address, d, openings, problems)
             _unanswered(crossing, address, problems)
             folded[address] = folded[address].update(d["evidence"], failed=d["verdict"] == "failed",
                                                      drift=d["drift"], log_e=d.get("log_e"),
-                                                     fast_drift=d.get("fast_drift"))
+                                                     fast_drift=d.get("fast_drift"),
+                                                     fast_evidence=d.get("fast_evidence"))
             e_alpha[address] = d.get("worker_e_alpha")
             threshold[address] = d.get("worker_threshold")
             fast_threshold[address] = d.get("fast_threshold")
@@ -176,6 +180,20 @@ def check_verification(replay: ViewReader, store: LedgerStore, problems: list[st
     _check_batches(replay, store, forfeited, receipts, problems)
 
 
+def _check_fast_evidence(address: str, d: dict[str, Any], openings: dict[str, float | None],
+                         problems: list[str]) -> None:
+    """A check's fast CUSUM evidence must be its verdict's opening evidence (policy v5); a check judged
+    before v5 (its verdict's statistic has no opening z) records none and counts u."""
+    job_id = d["job_id"]
+    if job_id not in openings:
+        return  # no verdict for it: named above
+    recorded, expected = d.get("fast_evidence"), openings[job_id]
+    if (recorded is None) != (expected is None) or (
+            recorded is not None and not math.isclose(float(recorded), float(expected), rel_tol=1e-9, abs_tol=1e-9)):
+        problems.append(f"worker {address}: check of job {job_id} counts fast CUSUM evidence {recorded}, the job's "
+                        f"verdict statistic gives {expected}")
+
+
 def _check_fast_suspension(address: str, reason: str, ev: WorkerEvidence, recorded: float | None,
                            problems: list[str]) -> None:
     """A suspension whose reason names the fast CUSUM needs its refolded level at the fast_threshold
@@ -221,23 +239,27 @@ def _events(store: LedgerStore, decode: Any, upto: int | None = None):
         start = page[-1].id
 
 
-def _rejudge(job_id: str, d: dict[str, Any], problems: list[str]) -> None:
+def _rejudge(job_id: str, d: dict[str, Any], problems: list[str]) -> float | None:
+    """Re-decide the verdict; returns the opening evidence its statistic gives (None: none)."""
     try:
         own, reported = split_statistic(d["statistic"])
         stat = JobStatistic(**own)
         # the alphas the verdict was judged with (recorded from v2 / v3 on; older verdicts: the defaults,
         # and a statistic without a temperature p-value is judged as before whatever its alpha)
         extra = {k: float(d[k]) for k in ("tail_alpha", "repeat_alpha", "temperature_alpha") if d.get(k) is not None}
-        verdict, u = judge_job(stat, Calibration(**d["calibration"]), float(d["job_threshold"]), **extra)
+        calibration = Calibration(**d["calibration"])
+        verdict, u = judge_job(stat, calibration, float(d["job_threshold"]), **extra)
         verdict, u = judge_reported(verdict, u, reported, float(d["job_threshold"]))
         _check_log_e(job_id, stat, problems)
+        opening = opening_evidence(stat, calibration)
     except (TypeError, ValueError, KeyError, AssertionError) as exc:
         problems.append(f"job {job_id}: verdict cannot be re-decided from its statistic ({exc})")
-        return
+        return None
     if verdict != d["verdict"]:
         problems.append(f"job {job_id}: verdict {d['verdict']!r} but its statistic decides {verdict!r}")
     if not math.isclose(u, float(d["evidence"]), rel_tol=1e-9, abs_tol=1e-9):
         problems.append(f"job {job_id}: recorded evidence {d['evidence']} != recomputed {u}")
+    return opening
 
 
 def _check_log_e(job_id: str, stat: JobStatistic, problems: list[str]) -> None:

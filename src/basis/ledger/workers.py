@@ -45,7 +45,7 @@ class Worker(Aggregate):
     def record_check(self, job_id: str, verdict: str, evidence: float, drift: float,
                      log_e: float | None = None, worker_e_alpha: float | None = None,
                      worker_threshold: float | None = None, fast_drift: float | None = None,
-                     fast_threshold: float | None = None) -> None:
+                     fast_threshold: float | None = None, fast_evidence: float | None = None) -> None:
         """One verdict on one of its jobs, folded into the per-worker CUSUM (``drift`` as published
         when it was judged, so a replay gives the same levels) and into the e-detector (``log_e``:
         the job's temperature log E, None for a job without it; ``worker_e_alpha``: the level it
@@ -53,9 +53,11 @@ class Worker(Aggregate):
         ``worker_threshold``: the CUSUM level it was judged against, as published then (so the audit
         can tell a crossing that went without a suspension); events from before it lack it.
         ``fast_drift`` / ``fast_threshold``: the fast lower-side CUSUM's allowance and level as published
-        then (policy v4); events from before it lack both, and leave its level at 0 (old rules)."""
+        then (policy v4); events from before it lack both, and leave its level at 0 (old rules).
+        ``fast_evidence``: what the fast CUSUM counts for this job (policy v5: its opening evidence);
+        None (a greedy job, or an event from before v5): ``evidence``."""
         self.evidence = self.evidence.update(evidence, failed=verdict == "failed", drift=drift, log_e=log_e,
-                                             fast_drift=fast_drift)
+                                             fast_drift=fast_drift, fast_evidence=fast_evidence)
         self.evidence_jobs = [*self.evidence_jobs, job_id] if self.evidence.level > 0 else []
         self.e_evidence_jobs = [*self.e_evidence_jobs, job_id] if self.evidence.e_level > 0 else []
         self.fast_evidence_jobs = [*self.fast_evidence_jobs, job_id] if self.evidence.fast > 0 else []

@@ -11,7 +11,7 @@ from typing import Any
 from basis.engines.scoring import TEMPERATURE_PROB_FLOOR, TEMPERATURE_RATIOS
 from basis.verification.reported_logprobs import MEAN_TOLERANCE, TOKEN_TOLERANCE
 from basis.verification.sequential import FAST_DRIFT, FAST_THRESHOLD, WORKER_E_ALPHA
-from basis.verification.stats import METHOD, REPEAT_ALPHA, TAIL_ALPHA, TEMPERATURE_ALPHA, Calibration
+from basis.verification.stats import METHOD, OPENING_WINDOWS, REPEAT_ALPHA, TAIL_ALPHA, TEMPERATURE_ALPHA, Calibration
 
 # Honest behaviour of each packaged reference model (models/gguf.py short names), measured with
 # scripts/bench_verify_honest.py (docs/verification.md "Calibration"); a binding over another file
@@ -33,7 +33,8 @@ class VerificationPolicy:
     job_threshold: float = 5.0  # |standardised evidence| beyond which one job fails
     worker_threshold: float = 12.0  # CUSUM level that suspends a worker
     drift: float = 1.0  # CUSUM allowance per job
-    # the fast lower-side CUSUM beside it (v4): suspends at fast_threshold, allowance fast_drift per job
+    # the fast lower-side CUSUM beside it (v4; v5: over each sampled job's opening z, the smallest z over
+    # its first OPENING_WINDOWS tokens): suspends at fast_threshold, allowance fast_drift per job
     fast_drift: float = FAST_DRIFT
     fast_threshold: float = FAST_THRESHOLD
     # the e-detector over the temperature e-values suspends at log(1 / worker_e_alpha): an honest
@@ -66,6 +67,7 @@ class VerificationPolicy:
                 "probation_jobs": self.probation_jobs, "job_threshold": self.job_threshold,
                 "worker_threshold": self.worker_threshold, "drift": self.drift,
                 "fast_drift": self.fast_drift, "fast_threshold": self.fast_threshold,
+                "fast_windows": list(OPENING_WINDOWS),
                 "worker_e_alpha": self.worker_e_alpha, "tail_alpha": self.tail_alpha,
                 "repeat_alpha": self.repeat_alpha, "temperature_alpha": self.temperature_alpha,
                 # the temperature test's alternatives (claimed T times each ratio) and its probability floor

@@ -22,6 +22,11 @@ Sampled jobs also carry a temperature p-value (``temperature_pvalue``, new in v3
 ratio of "the worker sampled at another temperature", T * s for s in TEMPERATURE_RATIOS (greedy is
 s -> 0), against the claimed sampler, again an e-value valid by Ville's inequality. It catches what
 z only leans towards: greedy-when-asked-to-sample (z ~ +1.8 a job) and a doubled temperature.
+Sampled jobs also carry the opening z (``opening_z``, policy v5): the smallest z over the job's first
+``OPENING_WINDOWS`` output tokens (a window longer than the job is the whole job). Another model's text
+shows most in its opening and thins after it (docs/benchmarks.md "Job length"), so the whole-job z of a
+long job dilutes what its opening shows; the fast CUSUM (sequential.py) counts the opening z instead.
+It decides no job on its own.
 """
 
 from __future__ import annotations
@@ -41,6 +46,9 @@ REPEAT_ALPHA = 2e-4  # a sampled job fails when its repeat p-value is below this
 # a sampled job fails when its temperature p-value is below this (honest false fails <= 0.02 %)
 TEMPERATURE_ALPHA = 2e-4
 LOG_E_FLOOR = -1e6  # a temperature log E of -inf (every alternative impossible) is recorded as this
+# the opening windows (output tokens) whose smallest z is the fast CUSUM's evidence (policy v5): two
+# windows, so a short opening (24) and a longer one (48) both show; measured, docs/benchmarks.md "Policy v5"
+OPENING_WINDOWS = (24, 48)
 Verdict = Literal["passed", "failed"]
 
 
@@ -60,6 +68,8 @@ class JobStatistic:
     # sampled jobs: log E of the temperature test, unclipped (temperature = min(1, exp(-log E)));
     # E < 1 is evidence *for* the worker, which the per-worker e-detector counts (sequential.py)
     temperature_log_e: float | None = None
+    # sampled jobs: the smallest z over the first OPENING_WINDOWS tokens (None: judged before policy v5)
+    opening_z: float | None = None
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -158,9 +168,8 @@ def job_statistic(scores: Sequence[TokenScore], temperature: float,
     if temperature <= GREEDY_TEMPERATURE:
         agree = sum(1 for s in scores if s.rank == 0) / n if n else 1.0
         return JobStatistic(tokens=n, greedy=True, agreement=agree)
-    excess = sum(s.logprob - s.expected for s in scores)
-    var = sum(s.variance for s in scores)
-    z = excess / math.sqrt(var) if var > 0 else 0.0
+    z = _z(scores)
+    opening_z = min(_z(scores[:w]) for w in OPENING_WINDOWS)  # a window past the end: the whole job
     tails = [s.tail for s in scores]
     tail = None if not n or any(t is None for t in tails) else tail_pvalue(tails)  # type: ignore[arg-type]
     repeat = None
@@ -173,7 +182,13 @@ def job_statistic(scores: Sequence[TokenScore], temperature: float,
         log_e = max(log_e, LOG_E_FLOOR)  # finite for JSON; any value this low resets the e-detector alike
         temperature = 1.0 if log_e <= 0 else math.exp(-log_e)
     return JobStatistic(tokens=n, greedy=False, z=z, tail=tail, repeat=repeat, temperature=temperature,
-                        temperature_ratio=ratio, temperature_log_e=log_e)
+                        temperature_ratio=ratio, temperature_log_e=log_e, opening_z=opening_z)
+
+
+def _z(scores: Sequence[TokenScore]) -> float:
+    excess = sum(s.logprob - s.expected for s in scores)
+    var = sum(s.variance for s in scores)
+    return excess / math.sqrt(var) if var > 0 else 0.0
 
 
 def standardised(stat: JobStatistic, calibration: Calibration) -> float:
@@ -186,6 +201,15 @@ def standardised(stat: JobStatistic, calibration: Calibration) -> float:
         return (stat.agreement - p) / math.sqrt(p * (1 - p) / stat.tokens)
     assert stat.z is not None
     return (stat.z - calibration.z_mean) / calibration.z_sd
+
+
+def opening_evidence(stat: JobStatistic, calibration: Calibration) -> float | None:
+    """The fast CUSUM's evidence for a sampled job (policy v5): its opening z, standardised like z.
+    None for a greedy job and for a statistic from before v5: the fast CUSUM then counts the job's
+    evidence u as before (sequential.py)."""
+    if stat.greedy or stat.opening_z is None or stat.tokens == 0:
+        return None
+    return (stat.opening_z - calibration.z_mean) / calibration.z_sd
 
 
 def judge_job(stat: JobStatistic, calibration: Calibration, job_threshold: float,
