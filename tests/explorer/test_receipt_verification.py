@@ -11,6 +11,7 @@ import httpx
 from basis.ledger.projections import Projector
 from basis.ledger.service import Ledger
 from basis.ledger.verdicts import record_verdict
+from basis.verification.stats import JobStatistic
 from tests.explorer.runtime import LiveServer, StandInRuntime, build_app
 from tests.verification.helpers import CHEAT, POLICY, contributor_job
 from tests.verification.test_e_detector_ledger import _greedyish
@@ -62,5 +63,24 @@ def test_receipt_page_shows_the_temperature_test_and_the_workers_e_detector_leve
         # a runtime that publishes no policy: the levels alone
         bare = page_text(fetch(ledger, settings, f"/receipts/{second}", policy=None), "receipt-worker-evidence")
         assert bare.startswith("e-detector M = 8.00 · CUSUM 0.00 · fast CUSUM 0.00 · active"), bare
+    finally:
+        ledger.close()
+
+
+def test_receipt_page_shows_the_opening_z_the_fast_cusum_counted(settings):
+    ledger = Ledger(settings, verification=POLICY)
+    try:
+        account_id = ledger.open_account("pat")
+        ledger.grant("pat", 10**18)
+        job, _ = contributor_job(ledger, account_id, CHEAT)
+        stat = JobStatistic(tokens=8, greedy=False, z=-1.2, opening_z=-2.5)
+        ledger.run(record_verdict(job, ledger.get(job).check["ids_sha256"], stat, POLICY))
+        html = fetch(ledger, settings, f"/receipts/{job}")
+        verification = page_text(html, "receipt-verification")
+        assert verification.startswith("passed teacher-forced-z/v3, 8 tokens checked, z = -1.20, opening z = -2.50"), \
+            verification
+        # the fast CUSUM counted the opening (2.5 - 1.5), v3's CUSUM the job's z (1.2 - 1)
+        evidence = page_text(html, "receipt-worker-evidence")
+        assert "CUSUM 0.20 of 12 (worker_threshold) · fast CUSUM 1.00 of 8" in evidence, evidence
     finally:
         ledger.close()
