@@ -22,7 +22,7 @@ from basis.ledger.account_fold import AccountFold
 from basis.ledger.audit import AuditReport, audit
 from basis.ledger.export_replay import ExportReplay, StoredStateDecoder
 from basis.ledger.projections import ViewReader
-from basis.ledger.replay import ExportReading, HeadIndex, read_export
+from basis.ledger.replay import ExportReading, HeadIndex, prepare_temporary_store, read_export
 from basis.ledger.snapshot import LedgerSnapshot
 from basis.ledger.store import LedgerStore
 
@@ -117,6 +117,7 @@ def _audit_events(files: list[Path], *, signer: str | None, chain: bool, rpc: st
     named: list[tuple[int | None, str]] = []
     with tempfile.TemporaryDirectory(prefix="basis-audit-events-") as tmp:
         settings = Settings(home=Path(tmp), database_url=None)
+        prepare_temporary_store(settings.events_path)
         store = LedgerStore(settings.event_store_env())
         _decode_with_msgspec(store)
         heads: HeadIndex | None = None
@@ -127,10 +128,14 @@ def _audit_events(files: list[Path], *, signer: str | None, chain: bool, rpc: st
             reading, heads = read_export(files, store, on_page=replay.on_page, page_states=replay.needs_states)
             named.extend(reading.problems)
             snapshot = LedgerSnapshot(store)
-            account_views = replay.account_views()  # folded on the receipts' process as the pages went by
             rec = store.recorder
-            if account_views is None or reading.problems or reading.irregular or reading.removed or \
-                    not AccountFold.pure(rec.datastore.pool.db_name, rec.events_table_name):  # type: ignore[attr-defined]
+            account_views = None
+            # (whether the fold can be used is asked first: it reads the store, while the projection's
+            # process, which folds the accounts as it projects, finishes)
+            if not (reading.problems or reading.irregular or reading.removed) and \
+                    AccountFold.pure(rec.datastore.pool.db_name, rec.events_table_name):  # type: ignore[attr-defined]
+                account_views = replay.account_views()  # folded on the projection's process as the pages went by
+            if account_views is None:
                 account_views = account_views_ahead(store, snapshot)  # while the projection's process finishes
             replayed = replay.finish(reading.irregular)
             try:
