@@ -234,8 +234,8 @@ def test_the_temporary_store_is_created_with_its_own_page_size(tmp_path):
     import sqlite3
 
     from basis.config import Settings
-    from basis.ledger.replay import TEMPORARY_PAGE_SIZE, prepare_temporary_store
     from basis.ledger.store import LedgerStore
+    from basis.ledger.temporary_store import TEMPORARY_PAGE_SIZE, prepare_temporary_store
 
     settings = Settings(home=tmp_path, database_url=None)
     prepare_temporary_store(settings.events_path)

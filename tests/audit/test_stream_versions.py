@@ -1,4 +1,4 @@
-"""The stream-version check of an export's import (``_check_streams``): one pass over the (stream,
+"""The stream-version check of an export's import (``check_streams``): one pass over the (stream,
 version) index, compared row by row in Python, held equal to the check's definition in SQL (each
 event of version v > 1 needs version v - 1 of its stream at an earlier position; the first 20 by
 position named), over random tables with versions dropped, repeated at other streams, and out of
@@ -9,7 +9,8 @@ from __future__ import annotations
 import random
 import sqlite3
 
-from basis.ledger.replay import STREAM_PROBLEMS, ExportReading, _check_streams
+from basis.ledger.replay import ExportReading
+from basis.ledger.temporary_store import STREAM_PROBLEMS, check_streams
 
 # the check as one SQL statement (how it was written before: lag() windows over the same index)
 DEFINITION = (
@@ -56,7 +57,7 @@ def test_the_stream_version_scan_names_what_its_sql_definition_names():
         expected = [(p, f"position {p}: stream {s} has version {v} without version {v - 1} before it")
                     for p, s, v in db.execute(DEFINITION)]
         reading = ExportReading()
-        _check_streams(db, "events", reading)
+        check_streams(db, "events", reading)
         assert reading.problems == expected, case
         assert reading.first_bad_position == (expected[0][0] if expected else None)
         named_any += bool(expected)

@@ -22,9 +22,10 @@ from basis.ledger.account_fold import AccountFold
 from basis.ledger.audit import AuditReport, audit
 from basis.ledger.export_replay import ExportReplay, StoredStateDecoder
 from basis.ledger.projections import ViewReader
-from basis.ledger.replay import ExportReading, HeadIndex, prepare_temporary_store, read_export
+from basis.ledger.replay import ExportReading, HeadIndex, read_export
 from basis.ledger.snapshot import LedgerSnapshot
 from basis.ledger.store import LedgerStore
+from basis.ledger.temporary_store import prepare_temporary_store
 
 ACCOUNT_OPENED = "basis:Account.Opened.v1"
 ACCOUNTS_AHEAD = 10_000  # account aggregates rebuilt ahead of the checks, at most (about 1 KB each)

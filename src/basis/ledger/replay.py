@@ -9,7 +9,6 @@ and the replay shows what it changed; a line that cannot be read is skipped.
 
 from __future__ import annotations
 
-import heapq
 import re
 import sqlite3
 from collections.abc import Callable, Iterable
@@ -34,6 +33,7 @@ from basis.ledger.export import (
     sorted_json,
 )
 from basis.ledger.store import AGGREGATES, LedgerStore
+from basis.ledger.temporary_store import check_streams, defer_stream_index, index_streams
 
 PAGE = 5000
 MAX_PROBLEMS = 1000
@@ -146,24 +146,6 @@ class HeadIndex:
         self.db.close()
 
 
-# The temporary store's page size: its events are written once, in rowid order, and read back by
-# ranges; at 16 KiB instead of SQLite's 4 KiB the import of 1,000,020 lines took 10.3-11.3 CPU-s
-# instead of 11.6-11.7 (fewer pages to write to the WAL and copy back; its index built faster).
-TEMPORARY_PAGE_SIZE = 16384
-
-
-def prepare_temporary_store(path: Path) -> None:
-    """Create the empty SQLite file of a temporary store (``read_export``'s) at ``path`` with
-    ``TEMPORARY_PAGE_SIZE``; the store's tables are then created in it as in any other. A page size
-    is fixed once the file holds a table: here it is set before."""
-    db = sqlite3.connect(path)
-    try:
-        db.execute(f"PRAGMA page_size={TEMPORARY_PAGE_SIZE}")
-        db.execute("VACUUM")  # writes the empty file's header, with the page size
-    finally:
-        db.close()
-
-
 def _sqlite(store: LedgerStore) -> SQLiteApplicationRecorder:
     rec = store.recorder
     if not isinstance(rec, SQLiteApplicationRecorder):
@@ -188,7 +170,7 @@ def read_export(files: Iterable[Path], store: LedgerStore, on_page: Callable[[li
     db.execute("PRAGMA synchronous=OFF")  # a throwaway store: nothing to keep after a crash
     heads = HeadIndex(db)
     reading = ExportReading()
-    deferred = _defer_stream_index(db, rec.events_table_name)
+    deferred = defer_stream_index(db, rec.events_table_name)
     insert = (f"INSERT INTO {rec.events_table_name} (rowid, originator_id, originator_version, topic, state) "
               "VALUES (?, ?, ?, ?, ?)")
     events: list[tuple[int, str, int, str, bytes]] = []
@@ -296,57 +278,14 @@ def read_export(files: Iterable[Path], store: LedgerStore, on_page: Callable[[li
         reading.last_position, reading.head = previous_position, last_head
     flush()
     if deferred:
-        _index_streams(db, rec.events_table_name, reading)
+        index_streams(db, rec.events_table_name, reading)
     if reading.events == 0:
         reading.problem(None, "it holds no events")
     if reading.omitted:
         reading.problems.append((None, f"export: {reading.omitted} more problem(s) not listed"))
-    _check_streams(db, rec.events_table_name, reading)
+    check_streams(db, rec.events_table_name, reading)
     _check_claims(heads, reading)
     return reading, heads
-
-
-_STREAM_KEY = ", PRIMARY KEY (originator_id, originator_version))"
-
-
-def _defer_stream_index(db: sqlite3.Connection, table: str) -> bool:
-    """Recreate the empty events table without its primary key on (stream, version): its index is
-    built once, sorted, after the import (``_index_streams``); kept row by row, a random stream id's
-    B-tree was a third of the import. False (nothing changed) when the table is not eventsourcing's
-    as known here, or not empty."""
-    row = db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone()
-    if row is None or not row[0].endswith(_STREAM_KEY) or db.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone():
-        return False
-    db.execute("BEGIN")
-    db.execute(f"DROP TABLE {table}")
-    db.execute(row[0][: -len(_STREAM_KEY)] + ")")
-    db.execute("COMMIT")
-    return True
-
-
-def _index_streams(db: sqlite3.Connection, table: str, reading: ExportReading) -> None:
-    """The unique index on (stream, version) the table was created without. A line repeating a
-    stream's version at another position is named and removed (the one at the lowest position
-    stays), as the primary key would have refused it."""
-    index = f"CREATE UNIQUE INDEX {table}_stream_version ON {table} (originator_id, originator_version)"
-    try:
-        db.execute(index)
-        return
-    except sqlite3.IntegrityError:
-        pass
-    reading.irregular = True
-    db.execute("BEGIN")
-    db.execute(f"CREATE INDEX {table}_stream_version_any ON {table} (originator_id, originator_version)")
-    later = (f"EXISTS (SELECT 1 FROM {table} p WHERE p.originator_id = e.originator_id"
-             " AND p.originator_version = e.originator_version AND p.rowid < e.rowid)")
-    for position, stream, version in db.execute(
-            f"SELECT rowid, originator_id, originator_version FROM {table} e WHERE {later} ORDER BY rowid"):
-        reading.removed += 1
-        reading.problem(position, f"stream {stream} version {version} or this position appears twice")
-    db.execute(f"DELETE FROM {table} AS e WHERE {later}")
-    db.execute(f"DROP INDEX {table}_stream_version_any")
-    db.execute(index)
-    db.execute("COMMIT")
 
 
 # stream ids held with their stored form (``_parse``): a job's events are near one another in the
@@ -400,34 +339,6 @@ def _guess_position(raw: bytes) -> int | None:
     """The position a damaged line names, so the problem can still be placed."""
     guess = _POSITION.search(raw)
     return int(guess.group(1)) if guess else None
-
-
-STREAM_PROBLEMS = 20  # the stream-version problems named (the first by position)
-
-
-def _check_streams(db: sqlite3.Connection, table: str, reading: ExportReading) -> None:
-    """Each stream's versions run 1, 2, 3 … in log order (no version missing, none out of order): an
-    event of version v > 1 needs version v - 1 of its stream at an earlier position. (stream, version)
-    is unique here (``_index_streams``, or the table's key), so in each stream's events by version
-    the one before is v - 1 when that exists: one pass over that index, in its order, compared here
-    row by row with the row before (0.55 CPU-s at 1,000,020 events; the same comparison by ``lag()``
-    windows in SQL took 1.2, a lookup per event 1.41-1.47). The first ``STREAM_PROBLEMS`` by
-    position are named, in position order."""
-    first: list[tuple[int, str, int]] = []  # (-position, stream, version): a heap of the lowest positions
-    before_stream: str | None = None
-    before_version = before_position = 0
-    for stream, version, position in db.execute(
-            f"SELECT originator_id, originator_version, rowid FROM {table} ORDER BY originator_id, originator_version"):
-        if version > 1 and not (stream == before_stream and before_version == version - 1
-                                and before_position < position):
-            if len(first) < STREAM_PROBLEMS:
-                heapq.heappush(first, (-position, stream, version))
-            elif -first[0][0] > position:
-                heapq.heapreplace(first, (-position, stream, version))
-        before_stream, before_version, before_position = stream, version, position
-    for minus_position, stream, version in sorted(first, reverse=True):
-        reading.problem(-minus_position, f"stream {stream} has version {version} without version {version - 1} "
-                                         "before it")
 
 
 def _check_claims(heads: HeadIndex, reading: ExportReading) -> None:
