@@ -27,6 +27,7 @@ from basis.ledger.projections.projector import Note, _Batch, _uuid_text
 from basis.ledger.receipt_audit import RECEIPT_TOPIC, ReceiptChecker
 from basis.ledger.replay import PageRow
 from basis.ledger.store import LedgerStore
+from basis.ledger.temporary_store import prepare_temporary_store
 
 
 def transcoded(value: Any, object_hook: Callable[[dict[str, Any]], Any]) -> Any:
@@ -192,6 +193,7 @@ class ExportReplay:
         (``account_views``), at most."""
         transcoder = store.mapper.transcoder
         self.path = path
+        prepare_temporary_store(path)  # the views' file, with the temporary store's page size
         self.projector: Projector | None = None
         self.deferred_indexes: list[str] = []
         self._pool: ProcessPoolExecutor | None = None
