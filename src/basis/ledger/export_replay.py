@@ -20,7 +20,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from basis.ledger.account_fold import AccountFold
+from basis.ledger.account_fold import ACCOUNT_TOPICS, AccountFold
 from basis.ledger.export import decode_line
 from basis.ledger.projections import Projector
 from basis.ledger.projections.projector import Note, _Batch, _uuid_text
@@ -124,7 +124,8 @@ class _PageProjection:
                 states = [decode(r[3]) for r in rows]
                 self.projector.handle(self.batch, [Note(r[0], ids[r[1]], r[2], b"") for r in rows], states)
                 if self.fold is not None:  # the same decoded states (the projection only reads them)
-                    self.fold.page((r[1], r[4], r[2], r[3], state) for r, state in zip(rows, states, strict=True))
+                    self.fold.page([(r[1], r[4], r[2], r[3], state) for r, state in zip(rows, states, strict=True)
+                                    if r[2].startswith(ACCOUNT_TOPICS)])
                 self.in_batch += len(rows)
                 self.position = rows[-1][0]
                 if self.in_batch >= TRANSACTION_EVENTS:
