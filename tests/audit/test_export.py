@@ -243,7 +243,7 @@ def test_an_account_stream_its_aggregate_refuses_is_named_either_way(exported, t
 
 
 def test_accounts_folded_as_the_pages_go_by_equal_their_rebuild_from_the_store(exported, tmp_path, monkeypatch):
-    """The receipts' process folds the account aggregates page by page (``AccountFold``); the money
+    """The projection's process folds the account aggregates page by page (``AccountFold``); the money
     checks compare these with the views. They are each account rebuilt by the repository."""
     import basis.cli.audit_events as audit_module
     import basis.ledger.audit as audit_checks
@@ -269,15 +269,38 @@ def test_accounts_folded_as_the_pages_go_by_equal_their_rebuild_from_the_store(e
 
 
 def test_an_account_fold_that_cannot_read_a_page_gives_nothing_and_never_raises(settings, tmp_path):
-    """The fold runs beside the receipt checks on their process: a page it cannot read must not
-    fail them, and then nothing it folded is used (the checks rebuild every account)."""
+    """The fold runs beside the projection on its process: a page it cannot read must not fail the
+    projection, and then nothing it folded is used (the checks rebuild every account)."""
     from basis.ledger.account_fold import AccountFold
+    from basis.ledger.store import LedgerStore
+
+    def unreadable_page():
+        yield from ()
+        raise sqlite3.OperationalError("disk I/O error")
+
+    store = LedgerStore(settings.event_store_env())
+    try:
+        fold = AccountFold(store, 10)
+        fold.page(unreadable_page())
+        assert fold.failed and fold.result() is None
+    finally:
+        store.close()
+
+
+def test_a_projection_that_fails_leaves_its_account_fold_unused(settings, tmp_path):
+    """The projection's process folds the accounts from the states it decodes for the views: once a
+    page fails there, the pages after are not folded, so nothing folded is used."""
+    from basis.ledger.account_fold import AccountFold
+    from basis.ledger.export_replay import _PageProjection
     from basis.ledger.store import LedgerStore
 
     store = LedgerStore(settings.event_store_env())
     try:
-        fold = AccountFold(store, str(tmp_path / "missing" / "events.sqlite3"), "stored_events", 10)
-        fold.page(1, 5000)
+        fold = AccountFold(store, 10)
+        projection = _PageProjection(store, str(tmp_path / "events.sqlite3"), "no_such_table",
+                                     tmp_path / "views.sqlite3", fold)
+        projection.project(1, 5000)
+        assert isinstance(projection.finish(), sqlite3.OperationalError)
         assert fold.failed and fold.result() is None
     finally:
         store.close()

@@ -225,3 +225,29 @@ def test_the_chain_s_canonical_text_is_rfc8785_wherever_rfc8785_is_defined(value
     """The export's fast path (sorted-key JSON for ASCII text without floats) and its general path
     both write RFC 8785's bytes (the chain hashes these bytes, and an outside verifier uses JCS)."""
     assert canonical(value).encode() == rfc8785.dumps(value)
+
+
+def test_the_temporary_store_and_its_views_are_created_with_their_own_page_size(tmp_path):
+    """``basis audit --events`` imports into a store whose file it creates first, with 16 KiB pages
+    (fewer pages to write and copy back for events written once in order), and projects into views
+    created the same way; the tables then live in them as in any other store."""
+    import sqlite3
+
+    from basis.config import Settings
+    from basis.ledger.export_replay import ExportReplay
+    from basis.ledger.store import LedgerStore
+    from basis.ledger.temporary_store import TEMPORARY_PAGE_SIZE, prepare_temporary_store
+
+    settings = Settings(home=tmp_path, database_url=None)
+    prepare_temporary_store(settings.events_path)
+    store = LedgerStore(settings.event_store_env())
+    replay = ExportReplay(store, tmp_path / "replay.sqlite3", None, parallel=False)
+    try:
+        for path in (settings.events_path, tmp_path / "replay.sqlite3"):
+            db = sqlite3.connect(path)
+            assert db.execute("PRAGMA page_size").fetchone()[0] == TEMPORARY_PAGE_SIZE == 16384
+            assert db.execute("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0] >= 1
+            db.close()
+    finally:
+        replay.close()
+        store.close()

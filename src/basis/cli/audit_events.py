@@ -25,6 +25,7 @@ from basis.ledger.projections import ViewReader
 from basis.ledger.replay import ExportReading, HeadIndex, read_export
 from basis.ledger.snapshot import LedgerSnapshot
 from basis.ledger.store import LedgerStore
+from basis.ledger.temporary_store import prepare_temporary_store
 
 ACCOUNT_OPENED = "basis:Account.Opened.v1"
 ACCOUNTS_AHEAD = 10_000  # account aggregates rebuilt ahead of the checks, at most (about 1 KB each)
@@ -117,6 +118,7 @@ def _audit_events(files: list[Path], *, signer: str | None, chain: bool, rpc: st
     named: list[tuple[int | None, str]] = []
     with tempfile.TemporaryDirectory(prefix="basis-audit-events-") as tmp:
         settings = Settings(home=Path(tmp), database_url=None)
+        prepare_temporary_store(settings.events_path)
         store = LedgerStore(settings.event_store_env())
         _decode_with_msgspec(store)
         heads: HeadIndex | None = None
@@ -127,10 +129,14 @@ def _audit_events(files: list[Path], *, signer: str | None, chain: bool, rpc: st
             reading, heads = read_export(files, store, on_page=replay.on_page, page_states=replay.needs_states)
             named.extend(reading.problems)
             snapshot = LedgerSnapshot(store)
-            account_views = replay.account_views()  # folded on the receipts' process as the pages went by
             rec = store.recorder
-            if account_views is None or reading.problems or reading.irregular or reading.removed or \
-                    not AccountFold.pure(rec.datastore.pool.db_name, rec.events_table_name):  # type: ignore[attr-defined]
+            account_views = None
+            # (whether the fold can be used is asked first: it reads the store, while the projection's
+            # process, which folds the accounts as it projects, finishes)
+            if not (reading.problems or reading.irregular or reading.removed) and \
+                    AccountFold.pure(rec.datastore.pool.db_name, rec.events_table_name):  # type: ignore[attr-defined]
+                account_views = replay.account_views()  # folded on the projection's process as the pages went by
+            if account_views is None:
                 account_views = account_views_ahead(store, snapshot)  # while the projection's process finishes
             replayed = replay.finish(reading.irregular)
             try:

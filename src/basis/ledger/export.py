@@ -148,6 +148,9 @@ def decode_line_fields(data: bytes) -> tuple[LineFields, bool] | None:
         return None
     return line, _line_float_seen.seen
 _sorted_encode = msgspec.json.Encoder(order="sorted").encode
+# msgspec's sorted compact text: the canonical form (JCS) of a value without a float whose text is
+# ASCII (``canonical_bytes``; a reader that checks those two itself may call it directly)
+sorted_json = _sorted_encode
 
 
 def decode_line(data: bytes) -> tuple[Any, bool]:

@@ -20,13 +20,14 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from basis.ledger.account_fold import AccountFold
+from basis.ledger.account_fold import ACCOUNT_TOPICS, AccountFold
 from basis.ledger.export import decode_line
 from basis.ledger.projections import Projector
 from basis.ledger.projections.projector import Note, _Batch, _uuid_text
 from basis.ledger.receipt_audit import RECEIPT_TOPIC, ReceiptChecker
 from basis.ledger.replay import PageRow
 from basis.ledger.store import LedgerStore
+from basis.ledger.temporary_store import prepare_temporary_store
 
 
 def transcoded(value: Any, object_hook: Callable[[dict[str, Any]], Any]) -> Any:
@@ -90,8 +91,10 @@ class _PageProjection:
     into the fresh views (the process was forked from the reader: ``store``'s transcoder is
     inherited, its connections are not used here)."""
 
-    def __init__(self, store: LedgerStore, events_db: str, events_table: str, path: Path) -> None:
+    def __init__(self, store: LedgerStore, events_db: str, events_table: str, path: Path,
+                 fold: AccountFold | None = None) -> None:
         self.projector = Projector(store, path)
+        self.fold = fold  # handed each page's events and their decoded states, once projected
         self.deferred_indexes = defer_indexes(self.projector.db)
         # the rollback journal in a file (no sync): in memory it holds a copy of every page a
         # transaction of TRANSACTION_EVENTS changes: 95 MB for the process at 1,000,020 events
@@ -99,7 +102,7 @@ class _PageProjection:
         self.projector.db.execute("PRAGMA journal_mode=TRUNCATE")
         self.decode = StoredStateDecoder(store.mapper.transcoder.decoder.object_hook)
         self.events = sqlite3.connect(events_db, isolation_level=None)
-        self.select = (f"SELECT rowid, originator_id, topic, state FROM {events_table} "
+        self.select = (f"SELECT rowid, originator_id, topic, state, originator_version FROM {events_table} "
                        "WHERE rowid BETWEEN ? AND ? ORDER BY rowid")
         self.error: Exception | None = None
         self.batch: _Batch | None = None  # the open transaction's rows, over several pages
@@ -118,14 +121,19 @@ class _PageProjection:
                     self.batch = _Batch(self.projector.db)
                 # each stream's id as text once a page (a job's events: 5 to a stream)
                 ids = {raw: _uuid_text(raw) for raw in {r[1] for r in rows}}
-                self.projector.handle(self.batch, [Note(r[0], ids[r[1]], r[2], b"") for r in rows],
-                                      [decode(r[3]) for r in rows])
+                states = [decode(r[3]) for r in rows]
+                self.projector.handle(self.batch, [Note(r[0], ids[r[1]], r[2], b"") for r in rows], states)
+                if self.fold is not None:  # the same decoded states (the projection only reads them)
+                    self.fold.page([(r[1], r[4], r[2], r[3], state) for r, state in zip(rows, states, strict=True)
+                                    if r[2].startswith(ACCOUNT_TOPICS)])
                 self.in_batch += len(rows)
                 self.position = rows[-1][0]
                 if self.in_batch >= TRANSACTION_EVENTS:
                     self._commit()
         except Exception as exc:  # a broken export can break the replay itself
             self.error = exc
+            if self.fold is not None:  # the pages after are not folded: nothing it folded is used
+                self.fold.failed = True
             if self.batch is not None:
                 self.batch = None
                 self.projector.db.execute("ROLLBACK")
@@ -154,14 +162,21 @@ class _PageProjection:
 _projection: _PageProjection | None = None
 
 
-def _start_projection(store: LedgerStore, events_db: str, events_table: str, path: Path) -> None:
+def _start_projection(store: LedgerStore, events_db: str, events_table: str, path: Path,
+                      fold: AccountFold | None = None) -> None:
     global _projection
-    _projection = _PageProjection(store, events_db, events_table, path)
+    _projection = _PageProjection(store, events_db, events_table, path, fold)
 
 
 def _project_pages(first: int, last: int) -> None:
     assert _projection is not None
     _projection.project(first, last)
+
+
+def _folded_accounts() -> dict[str, dict[str, int]] | None:
+    """The fold's result, once the pages handed over before are projected (None without one)."""
+    assert _projection is not None
+    return _projection.fold.result() if _projection.fold is not None else None
 
 
 def _finish_projection() -> tuple[Exception | None, float]:
@@ -179,6 +194,7 @@ class ExportReplay:
         (``account_views``), at most."""
         transcoder = store.mapper.transcoder
         self.path = path
+        prepare_temporary_store(path)  # the views' file, with the temporary store's page size
         self.projector: Projector | None = None
         self.deferred_indexes: list[str] = []
         self._pool: ProcessPoolExecutor | None = None
@@ -186,18 +202,16 @@ class ExportReplay:
         self.projection_cpu_seconds: float | None = None  # of its own process, when it had one
         if parallel and "fork" in multiprocessing.get_all_start_methods():
             rec = store.recorder
+            # the projection's process also folds the account aggregates, from the states it decodes
             self._pool = ProcessPoolExecutor(
                 max_workers=1, mp_context=multiprocessing.get_context("fork"), initializer=_start_projection,
-                initargs=(store, rec.datastore.pool.db_name, rec.events_table_name, path))  # type: ignore[attr-defined]
+                initargs=(store, rec.datastore.pool.db_name, rec.events_table_name, path,  # type: ignore[attr-defined]
+                          AccountFold(store, accounts)))
         else:
             self.projector = Projector(store, path)
             self.deferred_indexes = defer_indexes(self.projector.db)
         self.object_hook = transcoder.decoder.object_hook
-        fold = None
-        if self._pool is not None:  # the receipts' process also folds the account aggregates
-            rec = store.recorder
-            fold = AccountFold(store, rec.datastore.pool.db_name, rec.events_table_name, accounts)  # type: ignore[attr-defined]
-        self.receipts = ReceiptChecker(transcoder.decode, operator, parallel=parallel, fold=fold)
+        self.receipts = ReceiptChecker(transcoder.decode, operator, parallel=parallel)
         self.error: Exception | None = None  # the projection failed here: report it as a failed replay
         self.events = 0
         self.on_progress = on_progress
@@ -209,8 +223,7 @@ class ExportReplay:
         return self._pool is None
 
     def on_page(self, rows: list[PageRow]) -> None:
-        self.receipts.add([(stream, stored) for _, stream, topic, _, stored in rows if topic == RECEIPT_TOPIC],
-                          (rows[0][0], rows[-1][0]))
+        self.receipts.add([(stream, stored) for _, stream, topic, _, stored in rows if topic == RECEIPT_TOPIC])
         if self._pool is not None:
             # stored and committed: the projection reads the page back (lines in file order are in
             # position order, else the views are dropped anyway: see ``finish``)
@@ -235,9 +248,11 @@ class ExportReplay:
 
     def account_views(self) -> dict[str, dict[str, int]] | None:
         """The account aggregates folded as the pages went by (``AccountFold``), by id; None where
-        nothing folded them, or the fold failed."""
+        nothing folded them, or the fold failed. Waits for the pages handed over to be projected."""
+        if self._pool is None:
+            return None
         try:
-            return self.receipts.folded()
+            return self._pool.submit(_folded_accounts).result()
         except Exception:  # the checks rebuild them from the store
             return None
 

@@ -75,35 +75,23 @@ def check_receipt_states(items: Iterable[tuple[str, bytes]], decode: Callable[[b
 
 
 _worker: tuple[Callable[[bytes], Any], str | None] | None = None
-_fold: Any = None  # what else the second process does with each page (``AccountFold``), if anything
 
 
-def _init_worker(decode: Callable[[bytes], Any], operator: str | None, fold: Any = None) -> None:
-    global _worker, _fold
+def _init_worker(decode: Callable[[bytes], Any], operator: str | None) -> None:
+    global _worker
     _worker = (decode, operator)
-    _fold = fold
 
 
-def _check_in_worker(items: list[tuple[str, bytes]], span: tuple[int, int] | None = None) -> ReceiptTally:
+def _check_in_worker(items: list[tuple[str, bytes]]) -> ReceiptTally:
     assert _worker is not None
-    tally = check_receipt_states(items, *_worker)
-    if span is not None and _fold is not None:
-        _fold.page(*span)
-    return tally
-
-
-def _fold_result() -> Any:
-    return _fold.result() if _fold is not None else None
+    return check_receipt_states(items, *_worker)
 
 
 class ReceiptChecker:
     """Checks receipt events as they are handed over, on a second process where the platform forks
-    (the decoder and the operator's address are inherited, not pickled); otherwise here, inline.
-    ``fold``: also handed each page's span of positions on that process (``page(first, last)``),
-    its ``result()`` returned by ``folded``; only where there is a second process."""
+    (the decoder and the operator's address are inherited, not pickled); otherwise here, inline."""
 
-    def __init__(self, decode: Callable[[bytes], Any], operator: str | None, *, parallel: bool = True,
-                 fold: Any = None) -> None:
+    def __init__(self, decode: Callable[[bytes], Any], operator: str | None, *, parallel: bool = True) -> None:
         self.decode = decode
         self.operator = operator
         self.tally = ReceiptTally()
@@ -111,17 +99,15 @@ class ReceiptChecker:
         self._pool: ProcessPoolExecutor | None = None
         if parallel and "fork" in multiprocessing.get_all_start_methods():
             self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("fork"),
-                                             initializer=_init_worker, initargs=(decode, operator, fold))
-        self.folds = self._pool is not None and fold is not None
+                                             initializer=_init_worker, initargs=(decode, operator))
 
-    def add(self, items: list[tuple[str, bytes]], span: tuple[int, int] | None = None) -> None:
+    def add(self, items: list[tuple[str, bytes]]) -> None:
+        if not items:
+            return
         if self._pool is None:
-            if items:
-                self.tally.merge(check_receipt_states(items, self.decode, self.operator))
+            self.tally.merge(check_receipt_states(items, self.decode, self.operator))
             return
-        if not items and (span is None or not self.folds):
-            return
-        self._pending.append(self._pool.submit(_check_in_worker, items, span if self.folds else None))
+        self._pending.append(self._pool.submit(_check_in_worker, items))
         # Merge what is done, in order; and never hold more than a few pages of receipts in flight
         # (memory stays flat even when the second process falls behind).
         while self._pending and (self._pending[0].done() or len(self._pending) > MAX_IN_FLIGHT):
@@ -133,13 +119,6 @@ class ReceiptChecker:
             self.tally.merge(future.result())
         self._pending.clear()
         return self.tally
-
-    def folded(self) -> Any:
-        """The fold's result, once every page handed over is done (None without a fold)."""
-        if not self.folds or self._pool is None:
-            return None
-        self.result()
-        return self._pool.submit(_fold_result).result()
 
     def close(self) -> None:
         if self._pool is not None:

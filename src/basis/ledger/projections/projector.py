@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
+import msgspec
 from eventsourcing.persistence import Notification
 from eventsourcing.sqlite import SQLiteApplicationRecorder
 
@@ -89,16 +90,16 @@ def _sorted_json(value: Any) -> str:
     return "".join(_sorted_encode(value, 0))
 
 
-class Note:
-    """One event of the log as the views need it (the id as canonical UUID text)."""
+class Note(msgspec.Struct, gc=False):
+    """One event of the log as the views need it (the id as canonical UUID text). A msgspec struct:
+    built in C, a fifth of the time of a class with ``__slots__`` and an ``__init__`` (0.06 against
+    0.25 CPU-s per 1,000,000; a replay builds one per event); it holds no other object, so it
+    needs no tracking by the cyclic collector (``gc=False``)."""
 
-    __slots__ = ("id", "originator_id", "state", "topic")
-
-    def __init__(self, id: int, originator_id: str, topic: str, state: bytes) -> None:
-        self.id = id
-        self.originator_id = originator_id
-        self.topic = topic
-        self.state = state
+    id: int
+    originator_id: str
+    topic: str
+    state: bytes
 
 
 def _uuid_text(raw: str) -> str:
@@ -108,16 +109,31 @@ def _uuid_text(raw: str) -> str:
     return str(UUID(raw))
 
 
+_RECEIPT_INSERT = "INSERT INTO receipts VALUES (?, ?, ?, ?, ?, ?, 'issued', NULL, ?, ?, ?, ?, ?, ?, ?, ?, NULL)"
 _UPSERTS: dict[tuple[str, tuple[str, ...]], str] = {}  # a batch's INSERT OR REPLACE, by table and columns
 
 
 class _Batch:
     """Rows that several events change (accounts, rewards, jobs) are read once per page and
-    written back once, instead of one statement per event."""
+    written back once, instead of one statement per event; a receipt's row, written once, waits
+    with them (``insert``)."""
 
     def __init__(self, db: sqlite3.Connection) -> None:
         self.db = db
         self.rows: dict[tuple[str, str], dict[str, Any]] = {}
+        self.inserts: list[tuple[str, tuple[Any, ...]]] = []  # (statement, parameters), in event order
+
+    def insert(self, statement: str, params: tuple[Any, ...]) -> None:
+        """Run ``statement`` at ``flush`` (or ``write_inserts``), in order with the others: run
+        together, each run of one statement is one ``executemany`` (a statement at a time cost
+        about a sixth more). What reads their table first calls ``write_inserts``."""
+        self.inserts.append((statement, params))
+
+    def write_inserts(self) -> None:
+        inserts = self.inserts
+        if inserts:
+            _run_in_order(self.db, inserts)
+            inserts.clear()
 
     def row(self, table: str, key: str) -> dict[str, Any] | None:
         k = (table, key)
@@ -136,9 +152,12 @@ class _Batch:
         self.rows[(table, key)] = row
 
     def flush(self) -> None:
-        """Each row written back; its statement built once per table and set of columns (building
-        it, and a copy of the row with amounts as text, per row: 0.11 CPU-s per 120,008 events)."""
-        execute = self.db.execute
+        """The inserts waiting, then each row written back; its statement built once per table and
+        set of columns (building it, and a copy of the row with amounts as text, per row: 0.11
+        CPU-s per 120,008 events). Each run of rows of one statement is one ``executemany``, in
+        the same order (a job's rows follow one another: 166,680 statements per 1,000,020 events)."""
+        self.write_inserts()
+        writes: list[tuple[str, tuple[Any, ...]]] = []
         for (table, _key), row in self.rows.items():
             columns = tuple(row)
             statement = _UPSERTS.get((table, columns))
@@ -153,8 +172,22 @@ class _Batch:
                 for col in amounts:
                     if col in row:
                         row[col] = str(row[col])
-            execute(statement, tuple(row.values()))
+            writes.append((statement, tuple(row.values())))
+        _run_in_order(self.db, writes)
         self.rows.clear()
+
+
+def _run_in_order(db: sqlite3.Connection, writes: list[tuple[str, tuple[Any, ...]]]) -> None:
+    """Each (statement, parameters) in order: each run of one statement by one ``executemany``."""
+    start = 0
+    for i in range(1, len(writes) + 1):
+        if i == len(writes) or writes[i][0] != writes[start][0]:
+            statement = writes[start][0]
+            if i - start == 1:
+                db.execute(statement, writes[start][1])
+            else:
+                db.executemany(statement, [params for _, params in writes[start:i]])
+            start = i
 
 
 def _plain(value: Any) -> Any:
@@ -359,8 +392,8 @@ class Projector:
         job = self._job(b, n)
         account_id = job["account_id"]
         issued_at = self._ts(d)
-        self.db.execute(
-            "INSERT INTO receipts VALUES (?, ?, ?, ?, ?, ?, 'issued', NULL, ?, ?, ?, ?, ?, ?, ?, ?, NULL)",
+        b.insert(
+            _RECEIPT_INSERT,
             (job_id, n.id, d["hash"], canonical_json(core).decode(), d["signature"], d["signer"], account_id,
              core["model"], core["served_by"], core["worker"], core["outcome"], core["charged"], core["reward"],
              issued_at))
@@ -392,6 +425,7 @@ class Projector:
     def _job_settled(self, b: _Batch, n: Notification, d: dict[str, Any]) -> None:
         settlement = {k: d[k] for k in ("batch_id", "leaf_index", "tx_hash", "chain_id")}
         job_id = str(n.originator_id)
+        b.write_inserts()  # the receipts' rows waiting in the batch: this reads that table
         self.db.execute("UPDATE receipts SET status = 'settled', settlement = ?, settled_at = ? WHERE job_id = ?",
                         (_sorted_json(settlement), self._ts(d), job_id))
         self._job(b, n)["status"] = "settled"
