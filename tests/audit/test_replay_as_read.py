@@ -251,3 +251,52 @@ def test_the_temporary_store_and_its_views_are_created_with_their_own_page_size(
     finally:
         replay.close()
         store.close()
+
+
+def test_the_reading_waits_for_a_projection_behind_it_and_a_failure_there_is_still_reported(settings, tmp_path,
+                                                                                           monkeypatch):
+    """The reader hands the projection's process at most ``PROJECTION_BEHIND`` pages it has not
+    projected (it waits for it beyond that). With pages of two lines and a bound of one, an honest
+    export audits as inline, a forged one fails the replay as inline, and no process is left."""
+    import multiprocessing
+    import time
+
+    import basis.ledger.export_replay as export_replay
+    import basis.ledger.replay as replay
+
+    path = tmp_path / "ledger.jsonl"
+    signer = _exported(settings, path)
+    lines = read_lines(path)
+    receipts = [i for i, x in enumerate(lines) if '"topic":"basis:Job.ReceiptIssued.v1"' in x]
+    first, second = json.loads(lines[receipts[0]]), json.loads(lines[receipts[1]])
+    second["state"]["hash"] = first["state"]["hash"]
+    i = receipts[1]
+    forged = write_lines(tmp_path / "forged.jsonl", rechain([*lines[:i], json.dumps(second), *lines[i + 1:]], i))
+
+    monkeypatch.setattr(replay, "PAGE", 2)
+    monkeypatch.setattr(export_replay, "PROJECTION_BEHIND", 1)
+    behind: list[int] = []
+    on_page = ExportReplay.on_page
+
+    def counted(self: ExportReplay, rows: list) -> None:
+        on_page(self, rows)
+        behind.append(sum(not page.done() for page in self._pages))
+
+    monkeypatch.setattr(ExportReplay, "on_page", counted)
+    project = export_replay._PageProjection.project
+
+    def slow(self: export_replay._PageProjection, first: int, last: int) -> None:  # behind the reading, surely
+        time.sleep(0.02)
+        project(self, first, last)
+
+    monkeypatch.setattr(export_replay._PageProjection, "project", slow)  # (the process is forked after)
+    for export_file in (path, forged):
+        behind.clear()
+        reports = [audit_events([export_file], signer=signer, parallel=parallel)[0] for parallel in (True, False)]
+        assert reports[0].as_dict() == reports[1].as_dict()
+        assert len(behind) >= len(lines) // 2 and max(behind) <= 1, behind
+        assert multiprocessing.active_children() == []
+    failed = "the replay of the export failed: IntegrityError: UNIQUE constraint failed: receipts.hash"
+    assert failed in reports[0].problems, reports[0].problems
+    honest, _ = audit_events([path], signer=signer, parallel=False)
+    assert honest.ok, honest.problems

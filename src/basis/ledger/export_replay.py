@@ -15,8 +15,9 @@ from __future__ import annotations
 import multiprocessing
 import sqlite3
 import time
+from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +85,15 @@ def defer_indexes(db: sqlite3.Connection) -> list[str]:
 # CPU per 120,008 events: 1.70-1.90 s a page, 5,000, at a time; 1.45-1.60 s at 20,000; per
 # 1,000,020: 19.5-20.0 s against 15.4-15.9 with the journal in a file, 14.6 in memory; 50,000: 17.4)
 TRANSACTION_EVENTS = 20_000
+
+# pages the projection's process may fall behind the reading: beyond that, the reader waits for it.
+# The projection is the most work of the three processes (at 1,000,020 events about 18 CPU-s
+# against 15 for the reading and 14 for the receipts); left to the scheduler's equal shares it fell
+# about 25 pages (5 s) behind, and ran those, its indexes and then the checks alone while the other
+# core idled. Bounded, the reader yields its core while the projection catches up, and what the
+# projection has left at the end runs beside the reading's own last checks (the stream index and the
+# stream versions: about 2 CPU-s, some 16 pages of the projection).
+PROJECTION_BEHIND = 16
 
 
 class _PageProjection:
@@ -198,7 +208,7 @@ class ExportReplay:
         self.projector: Projector | None = None
         self.deferred_indexes: list[str] = []
         self._pool: ProcessPoolExecutor | None = None
-        self._pages: list[Future[None]] = []
+        self._pages: deque[Future[None]] = deque()  # handed to the projection's process, not yet projected
         self.projection_cpu_seconds: float | None = None  # of its own process, when it had one
         if parallel and "fork" in multiprocessing.get_all_start_methods():
             rec = store.recorder
@@ -227,7 +237,12 @@ class ExportReplay:
         if self._pool is not None:
             # stored and committed: the projection reads the page back (lines in file order are in
             # position order, else the views are dropped anyway: see ``finish``)
-            self._pages.append(self._pool.submit(_project_pages, rows[0][0], rows[-1][0]))
+            pages = self._pages
+            pages.append(self._pool.submit(_project_pages, rows[0][0], rows[-1][0]))
+            while pages and pages[0].done():  # (a failure is kept on the process, and ``finish`` reports it)
+                pages.popleft()
+            if len(pages) > PROJECTION_BEHIND:
+                wait([pages[0]])
             self._count(rows)
             return
         if self.projector is None or self.error is not None:
