@@ -256,8 +256,11 @@ def test_the_temporary_store_and_its_views_are_created_with_their_own_page_size(
 def test_the_reading_waits_for_a_projection_behind_it_and_a_failure_there_is_still_reported(settings, tmp_path,
                                                                                            monkeypatch):
     """The reader hands the projection's process at most ``PROJECTION_BEHIND`` pages it has not
-    projected (it waits for it beyond that). With pages of two lines and a bound of one, an honest
-    export audits as inline, a forged one fails the replay as inline, and no process is left."""
+    projected (it waits for it beyond that), and has it close the views (their indexes) as soon as
+    the last page is handed over. With pages of two lines and a bound of one, an honest export
+    audits as inline, a forged one (two receipts of one hash: the views' unique index, now built
+    while the reading checks the stream versions) fails the replay as inline, and no process is
+    left."""
     import multiprocessing
     import time
 
@@ -290,12 +293,20 @@ def test_the_reading_waits_for_a_projection_behind_it_and_a_failure_there_is_sti
         project(self, first, last)
 
     monkeypatch.setattr(export_replay._PageProjection, "project", slow)  # (the process is forked after)
+    # the projection's process closes the views once the last page is handed over, before the
+    # reading's own last checks (the stream index), not after them
+    order: list[str] = []
+    pages_done, index_streams = ExportReplay.pages_done, replay.index_streams
+    monkeypatch.setattr(ExportReplay, "pages_done", lambda self: (order.append("pages done"), pages_done(self))[1])
+    monkeypatch.setattr(replay, "index_streams", lambda *a: (order.append("stream index"), index_streams(*a))[1])
     for export_file in (path, forged):
         behind.clear()
+        order.clear()
         reports = [audit_events([export_file], signer=signer, parallel=parallel)[0] for parallel in (True, False)]
         assert reports[0].as_dict() == reports[1].as_dict()
         assert len(behind) >= len(lines) // 2 and max(behind) <= 1, behind
         assert multiprocessing.active_children() == []
+        assert order == ["pages done", "stream index"] * 2, order  # (inline it closes nothing early)
     failed = "the replay of the export failed: IntegrityError: UNIQUE constraint failed: receipts.hash"
     assert failed in reports[0].problems, reports[0].problems
     honest, _ = audit_events([path], signer=signer, parallel=False)

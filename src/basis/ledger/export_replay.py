@@ -210,6 +210,7 @@ class ExportReplay:
         self._pool: ProcessPoolExecutor | None = None
         self._pages: deque[Future[None]] = deque()  # handed to the projection's process, not yet projected
         self.projection_cpu_seconds: float | None = None  # of its own process, when it had one
+        self._finishing: Future[tuple[Exception | None, float]] | None = None
         if parallel and "fork" in multiprocessing.get_all_start_methods():
             rec = store.recorder
             # the projection's process also folds the account aggregates, from the states it decodes
@@ -256,6 +257,14 @@ class ExportReplay:
             self.error = exc
         self._count(rows)
 
+    def pages_done(self) -> None:
+        """``on_pages_done`` for ``read_export``: no page follows, so the projection's process goes on
+        to close the views (its last transaction and the deferred indexes: about 0.6 CPU-s at
+        1,000,020 events) while the reading runs its own last checks, instead of after them, alone.
+        Its error (or its process's death) is reported by ``finish``, as before."""
+        if self._pool is not None and self._finishing is None:
+            self._finishing = self._pool.submit(_finish_projection)
+
     def _count(self, rows: list[PageRow]) -> None:
         self.events += len(rows)
         if self.on_progress:
@@ -278,7 +287,8 @@ class ExportReplay:
                 for page in self._pages:
                     page.result()
                 self._pages.clear()
-                self.error, self.projection_cpu_seconds = self._pool.submit(_finish_projection).result()
+                finishing = self._finishing or self._pool.submit(_finish_projection)
+                self.error, self.projection_cpu_seconds = finishing.result()
             except Exception as exc:  # the projection's process died
                 self.error = exc
             self._pool.shutdown(wait=True)
