@@ -311,3 +311,34 @@ def test_the_reading_waits_for_a_projection_behind_it_and_a_failure_there_is_sti
     assert failed in reports[0].problems, reports[0].problems
     honest, _ = audit_events([path], signer=signer, parallel=False)
     assert honest.ok, honest.problems
+
+
+def test_a_projection_process_that_dies_mid_reading_fails_the_replay_and_leaves_no_process(settings, tmp_path,
+                                                                                          monkeypatch):
+    """The projection's process killed on its third page, while the reading hands it more: the audit
+    reports the replay's failure (no traceback out of ``audit_events``), and nothing is left running."""
+    import multiprocessing
+    import os
+
+    import basis.ledger.export_replay as export_replay
+    import basis.ledger.replay as replay
+
+    path = tmp_path / "ledger.jsonl"
+    signer = _exported(settings, path)
+    monkeypatch.setattr(replay, "PAGE", 2)
+    project = export_replay._PageProjection.project
+    projected: list[int] = []
+
+    def dies(self: export_replay._PageProjection, first: int, last: int) -> None:
+        projected.append(first)  # (in the forked process: its own list)
+        if len(projected) == 3:
+            os._exit(3)
+        project(self, first, last)
+
+    monkeypatch.setattr(export_replay._PageProjection, "project", dies)
+    report, summary = audit_events([path], signer=signer)
+    assert not report.ok
+    assert any(p.startswith("the replay of the export failed: BrokenProcessPool") for p in report.problems), \
+        report.problems
+    assert summary["first_bad_position"] is None  # the export itself is sound
+    assert multiprocessing.active_children() == []

@@ -12,12 +12,14 @@ file's: the views built here are dropped and ``audit`` replays the store as it a
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import sqlite3
 import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -239,7 +241,8 @@ class ExportReplay:
             # stored and committed: the projection reads the page back (lines in file order are in
             # position order, else the views are dropped anyway: see ``finish``)
             pages = self._pages
-            pages.append(self._pool.submit(_project_pages, rows[0][0], rows[-1][0]))
+            with contextlib.suppress(BrokenProcessPool):  # its process died: ``finish`` reports it
+                pages.append(self._pool.submit(_project_pages, rows[0][0], rows[-1][0]))
             while pages and pages[0].done():  # (a failure is kept on the process, and ``finish`` reports it)
                 pages.popleft()
             if len(pages) > PROJECTION_BEHIND:
@@ -263,7 +266,8 @@ class ExportReplay:
         1,000,020 events) while the reading runs its own last checks, instead of after them, alone.
         Its error (or its process's death) is reported by ``finish``, as before."""
         if self._pool is not None and self._finishing is None:
-            self._finishing = self._pool.submit(_finish_projection)
+            with contextlib.suppress(BrokenProcessPool):  # its process died: ``finish`` asks again, reports it
+                self._finishing = self._pool.submit(_finish_projection)
 
     def _count(self, rows: list[PageRow]) -> None:
         self.events += len(rows)
