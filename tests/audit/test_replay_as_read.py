@@ -251,3 +251,94 @@ def test_the_temporary_store_and_its_views_are_created_with_their_own_page_size(
     finally:
         replay.close()
         store.close()
+
+
+def test_the_reading_waits_for_a_projection_behind_it_and_a_failure_there_is_still_reported(settings, tmp_path,
+                                                                                           monkeypatch):
+    """The reader hands the projection's process at most ``PROJECTION_BEHIND`` pages it has not
+    projected (it waits for it beyond that), and has it close the views (their indexes) as soon as
+    the last page is handed over. With pages of two lines and a bound of one, an honest export
+    audits as inline, a forged one (two receipts of one hash: the views' unique index, now built
+    while the reading checks the stream versions) fails the replay as inline, and no process is
+    left."""
+    import multiprocessing
+    import time
+
+    import basis.ledger.export_replay as export_replay
+    import basis.ledger.replay as replay
+
+    path = tmp_path / "ledger.jsonl"
+    signer = _exported(settings, path)
+    lines = read_lines(path)
+    receipts = [i for i, x in enumerate(lines) if '"topic":"basis:Job.ReceiptIssued.v1"' in x]
+    first, second = json.loads(lines[receipts[0]]), json.loads(lines[receipts[1]])
+    second["state"]["hash"] = first["state"]["hash"]
+    i = receipts[1]
+    forged = write_lines(tmp_path / "forged.jsonl", rechain([*lines[:i], json.dumps(second), *lines[i + 1:]], i))
+
+    monkeypatch.setattr(replay, "PAGE", 2)
+    monkeypatch.setattr(export_replay, "PROJECTION_BEHIND", 1)
+    behind: list[int] = []
+    on_page = ExportReplay.on_page
+
+    def counted(self: ExportReplay, rows: list) -> None:
+        on_page(self, rows)
+        behind.append(sum(not page.done() for page in self._pages))
+
+    monkeypatch.setattr(ExportReplay, "on_page", counted)
+    project = export_replay._PageProjection.project
+
+    def slow(self: export_replay._PageProjection, first: int, last: int) -> None:  # behind the reading, surely
+        time.sleep(0.02)
+        project(self, first, last)
+
+    monkeypatch.setattr(export_replay._PageProjection, "project", slow)  # (the process is forked after)
+    # the projection's process closes the views once the last page is handed over, before the
+    # reading's own last checks (the stream index), not after them
+    order: list[str] = []
+    pages_done, index_streams = ExportReplay.pages_done, replay.index_streams
+    monkeypatch.setattr(ExportReplay, "pages_done", lambda self: (order.append("pages done"), pages_done(self))[1])
+    monkeypatch.setattr(replay, "index_streams", lambda *a: (order.append("stream index"), index_streams(*a))[1])
+    for export_file in (path, forged):
+        behind.clear()
+        order.clear()
+        reports = [audit_events([export_file], signer=signer, parallel=parallel)[0] for parallel in (True, False)]
+        assert reports[0].as_dict() == reports[1].as_dict()
+        assert len(behind) >= len(lines) // 2 and max(behind) <= 1, behind
+        assert multiprocessing.active_children() == []
+        assert order == ["pages done", "stream index"] * 2, order  # (inline it closes nothing early)
+    failed = "the replay of the export failed: IntegrityError: UNIQUE constraint failed: receipts.hash"
+    assert failed in reports[0].problems, reports[0].problems
+    honest, _ = audit_events([path], signer=signer, parallel=False)
+    assert honest.ok, honest.problems
+
+
+def test_a_projection_process_that_dies_mid_reading_fails_the_replay_and_leaves_no_process(settings, tmp_path,
+                                                                                          monkeypatch):
+    """The projection's process killed on its third page, while the reading hands it more: the audit
+    reports the replay's failure (no traceback out of ``audit_events``), and nothing is left running."""
+    import multiprocessing
+    import os
+
+    import basis.ledger.export_replay as export_replay
+    import basis.ledger.replay as replay
+
+    path = tmp_path / "ledger.jsonl"
+    signer = _exported(settings, path)
+    monkeypatch.setattr(replay, "PAGE", 2)
+    project = export_replay._PageProjection.project
+    projected: list[int] = []
+
+    def dies(self: export_replay._PageProjection, first: int, last: int) -> None:
+        projected.append(first)  # (in the forked process: its own list)
+        if len(projected) == 3:
+            os._exit(3)
+        project(self, first, last)
+
+    monkeypatch.setattr(export_replay._PageProjection, "project", dies)
+    report, summary = audit_events([path], signer=signer)
+    assert not report.ok
+    assert any(p.startswith("the replay of the export failed: BrokenProcessPool") for p in report.problems), \
+        report.problems
+    assert summary["first_bad_position"] is None  # the export itself is sound
+    assert multiprocessing.active_children() == []

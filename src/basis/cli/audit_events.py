@@ -126,7 +126,8 @@ def _audit_events(files: list[Path], *, signer: str | None, chain: bool, rpc: st
         replay = ExportReplay(store, replay_path, signer, parallel=parallel, on_progress=on_progress,
                               accounts=ACCOUNTS_AHEAD)
         try:
-            reading, heads = read_export(files, store, on_page=replay.on_page, page_states=replay.needs_states)
+            reading, heads = read_export(files, store, on_page=replay.on_page, page_states=replay.needs_states,
+                                         on_pages_done=replay.pages_done)
             named.extend(reading.problems)
             snapshot = LedgerSnapshot(store)
             rec = store.recorder

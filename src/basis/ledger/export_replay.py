@@ -12,11 +12,14 @@ file's: the views built here are dropped and ``audit`` replays the store as it a
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import sqlite3
 import time
+from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +87,15 @@ def defer_indexes(db: sqlite3.Connection) -> list[str]:
 # CPU per 120,008 events: 1.70-1.90 s a page, 5,000, at a time; 1.45-1.60 s at 20,000; per
 # 1,000,020: 19.5-20.0 s against 15.4-15.9 with the journal in a file, 14.6 in memory; 50,000: 17.4)
 TRANSACTION_EVENTS = 20_000
+
+# pages the projection's process may fall behind the reading: beyond that, the reader waits for it.
+# The projection is the most work of the three processes (at 1,000,020 events about 18 CPU-s
+# against 15 for the reading and 14 for the receipts); left to the scheduler's equal shares it fell
+# about 25 pages (5 s) behind, and ran those, its indexes and then the checks alone while the other
+# core idled. Bounded, the reader yields its core while the projection catches up, and what the
+# projection has left at the end runs beside the reading's own last checks (the stream index and the
+# stream versions: about 2 CPU-s, some 16 pages of the projection).
+PROJECTION_BEHIND = 16
 
 
 class _PageProjection:
@@ -198,8 +210,9 @@ class ExportReplay:
         self.projector: Projector | None = None
         self.deferred_indexes: list[str] = []
         self._pool: ProcessPoolExecutor | None = None
-        self._pages: list[Future[None]] = []
+        self._pages: deque[Future[None]] = deque()  # handed to the projection's process, not yet projected
         self.projection_cpu_seconds: float | None = None  # of its own process, when it had one
+        self._finishing: Future[tuple[Exception | None, float]] | None = None
         if parallel and "fork" in multiprocessing.get_all_start_methods():
             rec = store.recorder
             # the projection's process also folds the account aggregates, from the states it decodes
@@ -227,7 +240,13 @@ class ExportReplay:
         if self._pool is not None:
             # stored and committed: the projection reads the page back (lines in file order are in
             # position order, else the views are dropped anyway: see ``finish``)
-            self._pages.append(self._pool.submit(_project_pages, rows[0][0], rows[-1][0]))
+            pages = self._pages
+            with contextlib.suppress(BrokenProcessPool):  # its process died: ``finish`` reports it
+                pages.append(self._pool.submit(_project_pages, rows[0][0], rows[-1][0]))
+            while pages and pages[0].done():  # (a failure is kept on the process, and ``finish`` reports it)
+                pages.popleft()
+            if len(pages) > PROJECTION_BEHIND:
+                wait([pages[0]])
             self._count(rows)
             return
         if self.projector is None or self.error is not None:
@@ -240,6 +259,15 @@ class ExportReplay:
         except Exception as exc:  # a broken export can break the replay itself
             self.error = exc
         self._count(rows)
+
+    def pages_done(self) -> None:
+        """``on_pages_done`` for ``read_export``: no page follows, so the projection's process goes on
+        to close the views (its last transaction and the deferred indexes: about 0.6 CPU-s at
+        1,000,020 events) while the reading runs its own last checks, instead of after them, alone.
+        Its error (or its process's death) is reported by ``finish``, as before."""
+        if self._pool is not None and self._finishing is None:
+            with contextlib.suppress(BrokenProcessPool):  # its process died: ``finish`` asks again, reports it
+                self._finishing = self._pool.submit(_finish_projection)
 
     def _count(self, rows: list[PageRow]) -> None:
         self.events += len(rows)
@@ -263,7 +291,8 @@ class ExportReplay:
                 for page in self._pages:
                     page.result()
                 self._pages.clear()
-                self.error, self.projection_cpu_seconds = self._pool.submit(_finish_projection).result()
+                finishing = self._finishing or self._pool.submit(_finish_projection)
+                self.error, self.projection_cpu_seconds = finishing.result()
             except Exception as exc:  # the projection's process died
                 self.error = exc
             self._pool.shutdown(wait=True)

@@ -158,12 +158,14 @@ PageRow = tuple[int, str, str, dict[str, Any] | None, bytes]
 
 
 def read_export(files: Iterable[Path], store: LedgerStore, on_page: Callable[[list[PageRow]], None] | None = None,
-                page_states: bool = True) -> tuple[ExportReading, HeadIndex]:
+                page_states: bool = True,
+                on_pages_done: Callable[[], None] | None = None) -> tuple[ExportReading, HeadIndex]:
     """Verify and import the export ``files`` (read in order, as one chain) into the empty ``store``.
     ``on_page`` is handed each page of stored events once stored and committed, in file order; with
     ``page_states`` each row holds its parsed state (the callee's), else None (a page of parsed
     states held until the page is stored cost 15 % of the reading). The caller closes the
-    returned ``HeadIndex``."""
+    returned ``HeadIndex``. ``on_pages_done`` is called once the last page is handed over, before
+    the checks that read the whole store (the stream index and versions, the claims)."""
     rec = _sqlite(store)
     db = sqlite3.connect(rec.datastore.pool.db_name, isolation_level=None)
     db.execute("PRAGMA journal_mode=WAL")
@@ -277,6 +279,8 @@ def read_export(files: Iterable[Path], store: LedgerStore, on_page: Callable[[li
     if events_read:
         reading.last_position, reading.head = previous_position, last_head
     flush()
+    if on_pages_done is not None:
+        on_pages_done()
     if deferred:
         index_streams(db, rec.events_table_name, reading)
     if reading.events == 0:
