@@ -342,3 +342,34 @@ def test_a_projection_process_that_dies_mid_reading_fails_the_replay_and_leaves_
         report.problems
     assert summary["first_bad_position"] is None  # the export itself is sound
     assert multiprocessing.active_children() == []
+
+
+def test_a_receipts_process_that_dies_mid_reading_fails_the_audit_and_leaves_no_process(settings, tmp_path,
+                                                                                     monkeypatch):
+    """The receipts' process killed on its second batch, while the reading hands it more: the audit
+    reports the failure (no traceback out of ``audit_events``), and nothing is left running."""
+    import multiprocessing
+    import os
+
+    import basis.ledger.receipt_audit as receipt_audit
+    import basis.ledger.replay as replay
+
+    path = tmp_path / "ledger.jsonl"
+    signer = _exported(settings, path)
+    monkeypatch.setattr(replay, "PAGE", 2)
+    check = receipt_audit.check_receipt_states
+    batches: list[int] = []
+
+    def dies(items, *rest):
+        batches.append(len(items))  # (in the forked process: its own list)
+        if len(batches) == 2:
+            os._exit(3)
+        return check(items, *rest)
+
+    monkeypatch.setattr(receipt_audit, "check_receipt_states", dies)
+    report, summary = audit_events([path], signer=signer)
+    assert not report.ok
+    assert any(p.startswith("the replay of the export failed: BrokenProcessPool") for p in report.problems), \
+        report.problems
+    assert summary["first_bad_position"] is None  # the export itself is sound
+    assert multiprocessing.active_children() == []

@@ -11,6 +11,7 @@ from __future__ import annotations
 import multiprocessing
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -96,25 +97,33 @@ class ReceiptChecker:
         self.operator = operator
         self.tally = ReceiptTally()
         self._pending: list[Future[ReceiptTally]] = []
+        self._broken: BrokenProcessPool | None = None  # its process died: ``result`` raises this
         self._pool: ProcessPoolExecutor | None = None
         if parallel and "fork" in multiprocessing.get_all_start_methods():
             self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("fork"),
                                              initializer=_init_worker, initargs=(decode, operator))
 
     def add(self, items: list[tuple[str, bytes]]) -> None:
-        if not items:
+        if not items or self._broken is not None:
             return
         if self._pool is None:
             self.tally.merge(check_receipt_states(items, self.decode, self.operator))
             return
-        self._pending.append(self._pool.submit(_check_in_worker, items))
-        # Merge what is done, in order; and never hold more than a few pages of receipts in flight
-        # (memory stays flat even when the second process falls behind).
-        while self._pending and (self._pending[0].done() or len(self._pending) > MAX_IN_FLIGHT):
-            self.tally.merge(self._pending.pop(0).result())
+        try:
+            self._pending.append(self._pool.submit(_check_in_worker, items))
+            # Merge what is done, in order; and never hold more than a few pages of receipts in flight
+            # (memory stays flat even when the second process falls behind).
+            while self._pending and (self._pending[0].done() or len(self._pending) > MAX_IN_FLIGHT):
+                self.tally.merge(self._pending.pop(0).result())
+        except BrokenProcessPool as exc:  # the reading goes on; the audit reports it when it asks
+            self._broken = exc
+            self._pending.clear()
 
     def result(self) -> ReceiptTally:
-        """Everything handed over, checked (waits for the second process)."""
+        """Everything handed over, checked (waits for the second process). Raises BrokenProcessPool
+        when that process died: its receipts were not all checked."""
+        if self._broken is not None:
+            raise self._broken
         for future in self._pending:
             self.tally.merge(future.result())
         self._pending.clear()
