@@ -79,7 +79,7 @@ def test_honest_workers_whose_jobs_fail_tests_at_their_nominal_rate_do_not_cross
 @pytest.fixture
 def fast_suspended(settings):
     ledger, account_id = new_ledger(settings)
-    jobs = [contributor_job(ledger, account_id, CHEAT)[0] for _ in range(12)]
+    jobs = [contributor_job(ledger, account_id, CHEAT)[0] for _ in range(16)]
     checked = [j for j in jobs if ledger.get(j).check]
     assert len(checked) >= 3
     out = [_judge(ledger, settings, j, JobStatistic(tokens=48, greedy=False, z=z, opening_z=z))

@@ -63,7 +63,7 @@ def worker_evidence_jobs(ledger) -> list[str]:
 @pytest.fixture
 def opening_suspended(settings):
     ledger, account_id = new_ledger(settings)
-    jobs = [contributor_job(ledger, account_id, CHEAT, output_tokens=64)[0] for _ in range(12)]
+    jobs = [contributor_job(ledger, account_id, CHEAT, output_tokens=64)[0] for _ in range(16)]
     checked = [j for j in jobs if ledger.get(j).check]
     assert len(checked) >= 3
     out = [_judge(ledger, settings, j, JobStatistic(tokens=64, greedy=False, z=DILUTED, opening_z=o))
