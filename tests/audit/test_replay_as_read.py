@@ -16,6 +16,8 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
+import basis.ledger.export_replay as export_replay
+import basis.ledger.receipt_audit as receipt_audit
 from basis.cli.audit_events import audit_events
 from basis.config import Settings
 from basis.ledger.export import canonical, export
@@ -43,6 +45,14 @@ def _exported(settings: Settings, path: Path) -> str:
         return ledger.signer.address
     finally:
         ledger.close()
+
+def _second_receipt_with_the_first_ones_hash(lines: list[str], out: Path) -> Path:
+    """The export ``lines`` with its second receipt claiming the first one's hash, rechained, at ``out``."""
+    receipts = [i for i, x in enumerate(lines) if '"topic":"basis:Job.ReceiptIssued.v1"' in x]
+    first, second = json.loads(lines[receipts[0]]), json.loads(lines[receipts[1]])
+    second["state"]["hash"] = first["state"]["hash"]
+    i = receipts[1]
+    return write_lines(out, rechain([*lines[:i], json.dumps(second), *lines[i + 1:]], i))
 
 
 @pytest.mark.parametrize("parallel", [False, True], ids=["inline", "own-process"])
@@ -122,11 +132,7 @@ def test_two_receipts_of_one_hash_fail_the_replay_on_its_own_process_inline_and_
     path = tmp_path / "ledger.jsonl"
     signer = _exported(settings, path)
     lines = read_lines(path)
-    receipts = [i for i, x in enumerate(lines) if '"topic":"basis:Job.ReceiptIssued.v1"' in x]
-    first, second = json.loads(lines[receipts[0]]), json.loads(lines[receipts[1]])
-    second["state"]["hash"] = first["state"]["hash"]
-    i = receipts[1]
-    forged = write_lines(tmp_path / "forged.jsonl", rechain([*lines[:i], json.dumps(second), *lines[i + 1:]], i))
+    forged = _second_receipt_with_the_first_ones_hash(lines, tmp_path / "forged.jsonl")
     reports = [audit_events([forged], signer=signer, parallel=parallel)[0] for parallel in (True, False)]
     assert reports[0].as_dict() == reports[1].as_dict()
     failed = "the replay of the export failed: IntegrityError: UNIQUE constraint failed: receipts.hash"
@@ -264,17 +270,12 @@ def test_the_reading_waits_for_a_projection_behind_it_and_a_failure_there_is_sti
     import multiprocessing
     import time
 
-    import basis.ledger.export_replay as export_replay
     import basis.ledger.replay as replay
 
     path = tmp_path / "ledger.jsonl"
     signer = _exported(settings, path)
     lines = read_lines(path)
-    receipts = [i for i, x in enumerate(lines) if '"topic":"basis:Job.ReceiptIssued.v1"' in x]
-    first, second = json.loads(lines[receipts[0]]), json.loads(lines[receipts[1]])
-    second["state"]["hash"] = first["state"]["hash"]
-    i = receipts[1]
-    forged = write_lines(tmp_path / "forged.jsonl", rechain([*lines[:i], json.dumps(second), *lines[i + 1:]], i))
+    forged = _second_receipt_with_the_first_ones_hash(lines, tmp_path / "forged.jsonl")
 
     monkeypatch.setattr(replay, "PAGE", 2)
     monkeypatch.setattr(export_replay, "PROJECTION_BEHIND", 1)
@@ -313,60 +314,33 @@ def test_the_reading_waits_for_a_projection_behind_it_and_a_failure_there_is_sti
     assert honest.ok, honest.problems
 
 
-def test_a_projection_process_that_dies_mid_reading_fails_the_replay_and_leaves_no_process(settings, tmp_path,
-                                                                                          monkeypatch):
-    """The projection's process killed on its third page, while the reading hands it more: the audit
-    reports the replay's failure (no traceback out of ``audit_events``), and nothing is left running."""
+@pytest.mark.parametrize(("owner", "name", "nth"), [(export_replay._PageProjection, "project", 3),
+                                                    (receipt_audit, "check_receipt_states", 2)],
+                         ids=["projection", "receipts"])
+def test_a_process_of_the_audit_that_dies_mid_reading_fails_the_replay_and_leaves_no_process(settings, tmp_path,
+                                                                                            monkeypatch, owner,
+                                                                                            name, nth):
+    """The projection's process killed on its third page, or the receipts' on its second batch, while
+    the reading hands it more: the audit reports the replay's failure (no traceback out of
+    ``audit_events``), and nothing is left running."""
     import multiprocessing
     import os
 
-    import basis.ledger.export_replay as export_replay
     import basis.ledger.replay as replay
 
     path = tmp_path / "ledger.jsonl"
     signer = _exported(settings, path)
     monkeypatch.setattr(replay, "PAGE", 2)
-    project = export_replay._PageProjection.project
-    projected: list[int] = []
+    original = getattr(owner, name)
+    calls: list[int] = []
 
-    def dies(self: export_replay._PageProjection, first: int, last: int) -> None:
-        projected.append(first)  # (in the forked process: its own list)
-        if len(projected) == 3:
+    def dies(*args):
+        calls.append(1)  # (in the forked process: its own list)
+        if len(calls) == nth:
             os._exit(3)
-        project(self, first, last)
+        return original(*args)
 
-    monkeypatch.setattr(export_replay._PageProjection, "project", dies)
-    report, summary = audit_events([path], signer=signer)
-    assert not report.ok
-    assert any(p.startswith("the replay of the export failed: BrokenProcessPool") for p in report.problems), \
-        report.problems
-    assert summary["first_bad_position"] is None  # the export itself is sound
-    assert multiprocessing.active_children() == []
-
-
-def test_a_receipts_process_that_dies_mid_reading_fails_the_audit_and_leaves_no_process(settings, tmp_path,
-                                                                                     monkeypatch):
-    """The receipts' process killed on its second batch, while the reading hands it more: the audit
-    reports the failure (no traceback out of ``audit_events``), and nothing is left running."""
-    import multiprocessing
-    import os
-
-    import basis.ledger.receipt_audit as receipt_audit
-    import basis.ledger.replay as replay
-
-    path = tmp_path / "ledger.jsonl"
-    signer = _exported(settings, path)
-    monkeypatch.setattr(replay, "PAGE", 2)
-    check = receipt_audit.check_receipt_states
-    batches: list[int] = []
-
-    def dies(items, *rest):
-        batches.append(len(items))  # (in the forked process: its own list)
-        if len(batches) == 2:
-            os._exit(3)
-        return check(items, *rest)
-
-    monkeypatch.setattr(receipt_audit, "check_receipt_states", dies)
+    monkeypatch.setattr(owner, name, dies)
     report, summary = audit_events([path], signer=signer)
     assert not report.ok
     assert any(p.startswith("the replay of the export failed: BrokenProcessPool") for p in report.problems), \
