@@ -114,10 +114,7 @@ def check_verification(replay: ViewReader, store: LedgerStore, problems: list[st
                                 f"job's verdict says {evidences[d['job_id']]}")
             _check_fast_evidence(address, d, openings, problems)
             _unanswered(crossing, address, problems)
-            folded[address] = folded[address].update(d["evidence"], failed=d["verdict"] == "failed",
-                                                     drift=d["drift"], log_e=d.get("log_e"),
-                                                     fast_drift=d.get("fast_drift"),
-                                                     fast_evidence=d.get("fast_evidence"))
+            folded[address] = folded[address].fold_checked(d)
             e_alpha[address] = d.get("worker_e_alpha")
             threshold[address] = d.get("worker_threshold")
             fast_threshold[address] = d.get("fast_threshold")

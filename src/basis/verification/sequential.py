@@ -26,7 +26,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from typing import Any
 
 # the e-detector's published alpha: an honest worker is suspended by it within its first 2,000
 # checked jobs with probability <= 2e-5, and after >= 10^8 checked jobs on average
@@ -65,6 +67,12 @@ class WorkerEvidence:
         return replace(self, checked=self.checked + 1, failed=self.failed + int(failed),
                        upper=max(0.0, self.upper + u - drift), lower=max(0.0, self.lower - u - drift),
                        e_level=e_level, fast=fast)
+
+    def fold_checked(self, d: Mapping[str, Any]) -> WorkerEvidence:
+        """``update`` from a ``Worker.Checked`` event's stored state, as the views and the audit refold
+        it (a field an older event lacks is None: judged by the rules of its time)."""
+        return self.update(d["evidence"], failed=d["verdict"] == "failed", drift=d["drift"], log_e=d.get("log_e"),
+                           fast_drift=d.get("fast_drift"), fast_evidence=d.get("fast_evidence"))
 
     def crossed(self, worker_threshold: float) -> bool:
         """Whether the CUSUM crossed ``worker_threshold``."""

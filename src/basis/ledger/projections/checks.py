@@ -70,9 +70,7 @@ def _put_status(p: Projector, row: dict[str, Any]) -> None:
 def worker_checked(p: Projector, b: _Batch, n: Any, d: dict[str, Any]) -> None:
     row = _status_row(p, n, d)
     ev = WorkerEvidence(row["checked"], row["failed"], row["upper"], row["lower"], row["e_level"],
-                        row["fast"]).update(d["evidence"], failed=d["verdict"] == "failed", drift=d["drift"],
-                                            log_e=d.get("log_e"), fast_drift=d.get("fast_drift"),
-                                            fast_evidence=d.get("fast_evidence"))
+                        row["fast"]).fold_checked(d)
     row.update(checked=ev.checked, failed=ev.failed, upper=ev.upper, lower=ev.lower, e_level=ev.e_level,
                fast=ev.fast, updated_at=_ts(d))
     _put_status(p, row)
