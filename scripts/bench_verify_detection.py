@@ -193,6 +193,8 @@ def main() -> None:
     # one population, since the first 48 tokens of a longer job are distributed as a 48-token job
     pooled: dict[float, list[dict]] = {}
     for r in cheats:
+        if r["kind"] != "other_model":  # a suffix_other job's first 48 tokens are the claimed model's own
+            continue
         pooled.setdefault(r["temperature"], []).append(
             job_evidence(r["pos"][:48], r["temperature"], r["ids"][:48], r["binding"], policy))
     print("\n### Every cheat job cut at 48 tokens, pooled per claimed T: the share within 5 and its spread\n")

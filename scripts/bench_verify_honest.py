@@ -27,6 +27,10 @@ binding's vocabulary (cut at ``--tokens``) and scored by the binding's scorer, p
 
     PYTHONPATH=src nice -n 10 .venv/bin/python scripts/bench_verify_honest.py --kind other_model \
         --binding smollm2-135m-instruct --configs 1.0/1.0 --jobs 60 --tokens 48 --out other.jsonl
+
+With ``--kind suffix_other`` a job is the cheat that knows the published opening windows: the
+claimed model serves the first ``--opening`` tokens (48), then the other model continues that text
+(appended to its own chat prompt) and its continuation, re-tokenised, fills the job to ``--tokens``.
 """
 
 from __future__ import annotations
@@ -49,6 +53,19 @@ from bench_verify_lines import pos_row
 from bench_verify_rescore import main_rescore
 
 
+async def other_suffix(other_engine: LlamaCppEngine, binding: ModelBinding, text: str, opening: list[int],
+                       tokens: int, t: float, p: float, seed: int) -> list[int]:
+    """The cheap suffix of a ``suffix_other`` job: the other model continues the claimed model's
+    opening (its text appended to the other model's own chat prompt), and its continuation is
+    re-tokenised into the binding's vocabulary, cut at ``tokens``."""
+    ob = other_engine.binding("")
+    prompt = ob.apply_chat_template([{"role": "user", "content": text}])
+    prompt += ob.tokenize(binding.detokenize(opening).decode("utf-8", "replace"))
+    req = GenerateRequest(prompt_ids=prompt, max_tokens=tokens + 8, temperature=t, top_p=p, seed=seed)
+    cont = [i async for step in other_engine.generate(req) for i in step.ids]
+    return binding.tokenize(ob.detokenize(cont).decode("utf-8", "replace"))[:tokens]
+
+
 async def run(args) -> None:
     out = Path(args.out)
     done: dict[tuple, int] = {}
@@ -60,9 +77,11 @@ async def run(args) -> None:
     binding = ModelBinding(model_id=args.binding, gguf=args.binding)
     scorer = LlamaScorer(binding, n_threads=1)
     configs = [tuple(float(x) for x in c.split("/")) for c in args.configs.split(",") if c]
-    cheat = args.kind == "other_model"
-    gen_binding = ModelBinding(model_id=OTHER[args.binding], gguf=OTHER[args.binding]) if cheat else binding
+    cheat = args.kind != "honest"
+    other = ModelBinding(model_id=OTHER[args.binding], gguf=OTHER[args.binding])
+    gen_binding = other if args.kind == "other_model" else binding
     engine = LlamaCppEngine(gen_binding, n_ctx=512, n_threads=args.worker_threads)
+    other_engine = LlamaCppEngine(other, n_ctx=512, n_threads=args.worker_threads)
     if args.batch != 512:  # another batch size: the engine's own model cache, filled with a smaller n_batch
         import threading
 
@@ -76,7 +95,7 @@ async def run(args) -> None:
     b = engine.binding("")
     t0 = time.time()
     with out.open("a") as fh:
-        for k in range(args.jobs):  # round robin over the configurations: a run cut short covers them all
+        for k in range(args.first, args.jobs):  # round robin over the configurations: a run cut short covers them all
             for t, p in configs:
                 if k < done.get((t, p, args.worker_threads, args.batch), 0):
                     continue
@@ -87,12 +106,18 @@ async def run(args) -> None:
                 gen_prompt = b.apply_chat_template([{"role": "user", "content": text}])
                 # honest seeds as before (the jobs already in files keep their identity); a cheat's its own
                 key = (t, p, args.worker_threads, args.batch, k) if not cheat else (args.kind, args.tokens, t, p, k)
-                req = GenerateRequest(prompt_ids=gen_prompt, max_tokens=args.tokens, temperature=t, top_p=p,
-                                      seed=job_seed(*key))
+                suffix = args.kind == "suffix_other"
+                req = GenerateRequest(prompt_ids=gen_prompt, max_tokens=args.opening if suffix else args.tokens,
+                                      temperature=t, top_p=p, seed=job_seed(*key))
                 g0 = time.process_time()
                 ids = [i async for step in engine.generate(req) for i in step.ids]
+                if suffix:
+                    if len(ids) < args.opening:  # the claimed model ended within the opening: no cheat to judge
+                        continue
+                    ids += await other_suffix(other_engine, binding, text, ids, args.tokens - args.opening, t, p,
+                                              job_seed(*key, "suffix"))
                 gen_cpu = time.process_time() - g0
-                if cheat:  # the other model's text in the binding's vocabulary
+                if args.kind == "other_model":  # the other model's text in the binding's vocabulary
                     ids = retokenised(binding, b, ids, args.tokens)
                 if len(ids) < (4 if cheat else 1):  # a cheat ending at once: nothing to judge (as collect)
                     continue
@@ -116,11 +141,17 @@ async def run(args) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--binding", default="smollm2-135m-instruct")
-    ap.add_argument("--kind", choices=("honest", "other_model"), default="honest",
-                    help="honest jobs, or the other_model cheat (the other packaged model's text re-tokenised)")
+    ap.add_argument("--kind", choices=("honest", "other_model", "suffix_other"), default="honest",
+                    help="honest jobs, the other_model cheat (the other packaged model's text re-tokenised), "
+                    "or suffix_other (the claimed model's opening, the other model's continuation)")
     ap.add_argument("--configs", default="1.0/1.0", help="temperature/top_p, comma-separated")
     ap.add_argument("--jobs", type=int, default=2000)
+    ap.add_argument("--first", type=int, default=0,
+                    help="start at this job index (split one configuration's jobs over several processes, "
+                    "each with its own --out)")
     ap.add_argument("--tokens", type=int, default=40)
+    ap.add_argument("--opening", type=int, default=48,
+                    help="--kind suffix_other: tokens of the claimed model before the other model takes over")
     ap.add_argument("--worker-threads", type=int, default=1)
     ap.add_argument("--batch", type=int, default=512, help="the worker's n_batch")
     ap.add_argument("--out", required=True)
