@@ -53,11 +53,12 @@ from bench_verify_lines import pos_row
 from bench_verify_rescore import main_rescore
 
 
-async def other_suffix(other_engine: LlamaCppEngine, binding: ModelBinding, text: str, opening: list[int],
+async def other_suffix(other_engine: LlamaCppEngine | None, binding: ModelBinding, text: str, opening: list[int],
                        tokens: int, t: float, p: float, seed: int) -> list[int]:
     """The cheap suffix of a ``suffix_other`` job: the other model continues the claimed model's
     opening (its text appended to the other model's own chat prompt), and its continuation is
     re-tokenised into the binding's vocabulary, cut at ``tokens``."""
+    assert other_engine is not None
     ob = other_engine.binding("")
     prompt = ob.apply_chat_template([{"role": "user", "content": text}])
     prompt += ob.tokenize(binding.detokenize(opening).decode("utf-8", "replace"))
@@ -81,7 +82,8 @@ async def run(args) -> None:
     other = ModelBinding(model_id=OTHER[args.binding], gguf=OTHER[args.binding])
     gen_binding = other if args.kind == "other_model" else binding
     engine = LlamaCppEngine(gen_binding, n_ctx=512, n_threads=args.worker_threads)
-    other_engine = LlamaCppEngine(other, n_ctx=512, n_threads=args.worker_threads)
+    suffix_kind = args.kind == "suffix_other"
+    other_engine = LlamaCppEngine(other, n_ctx=512, n_threads=args.worker_threads) if suffix_kind else None
     if args.batch != 512:  # another batch size: the engine's own model cache, filled with a smaller n_batch
         import threading
 
