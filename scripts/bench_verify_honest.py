@@ -108,12 +108,11 @@ async def run(args) -> None:
                 gen_prompt = b.apply_chat_template([{"role": "user", "content": text}])
                 # honest seeds as before (the jobs already in files keep their identity); a cheat's its own
                 key = (t, p, args.worker_threads, args.batch, k) if not cheat else (args.kind, args.tokens, t, p, k)
-                suffix = args.kind == "suffix_other"
-                req = GenerateRequest(prompt_ids=gen_prompt, max_tokens=args.opening if suffix else args.tokens,
+                req = GenerateRequest(prompt_ids=gen_prompt, max_tokens=args.opening if suffix_kind else args.tokens,
                                       temperature=t, top_p=p, seed=job_seed(*key))
                 g0 = time.process_time()
                 ids = [i async for step in engine.generate(req) for i in step.ids]
-                if suffix:
+                if suffix_kind:
                     if len(ids) < args.opening:  # the claimed model ended within the opening: no cheat to judge
                         continue
                     ids += await other_suffix(other_engine, binding, text, ids, args.tokens - args.opening, t, p,
