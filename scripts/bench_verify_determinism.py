@@ -16,34 +16,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import threading
 import time
 
-import llama_cpp
-
-from basis.engines import llama_cpp as engine_module
 from basis.engines.base import GenerateRequest
 from basis.engines.llama_cpp import LlamaCppEngine
 from basis.models.binding import ModelBinding
 from bench_verify import PROMPTS, job_seed
-
-N_CTX = 512
-
-
-def engine_with(binding: ModelBinding, threads: int, n_batch: int) -> LlamaCppEngine:
-    """The worker's engine at ``threads``; a non-default n_batch goes into the engine's model cache."""
-    if n_batch != N_CTX:
-        llm = llama_cpp.Llama(
-            model_path=binding.gguf_path,
-            n_ctx=N_CTX,
-            n_threads=threads,
-            n_threads_batch=threads,
-            n_batch=n_batch,
-            logits_all=False,
-            verbose=False,
-        )
-        engine_module._llamas[(binding.gguf_path, N_CTX, threads)] = (llm, threading.Lock())
-    return LlamaCppEngine(binding, n_ctx=N_CTX, n_threads=threads)
+from bench_verify_honest import N_CTX, worker_engine
 
 
 async def one_job(engine: LlamaCppEngine, req: GenerateRequest) -> tuple[list[int], list[tuple]]:
@@ -57,8 +36,8 @@ async def one_job(engine: LlamaCppEngine, req: GenerateRequest) -> tuple[list[in
 
 async def run(args) -> None:
     binding = ModelBinding(model_id=args.binding, gguf=args.binding)
-    a = engine_with(binding, 1, N_CTX)
-    b = engine_with(binding, args.threads, args.batch)
+    a = worker_engine(binding, 1, N_CTX)
+    b = worker_engine(binding, args.threads, args.batch)
     template = a.binding("")
     configs = [tuple(float(x) for x in c.split("/")) for c in args.configs.split(",") if c]
     same_ids = same_lps = jobs = tokens = 0

@@ -39,9 +39,13 @@ import argparse
 import asyncio
 import json
 import sys
+import threading
 import time
 from pathlib import Path
 
+import llama_cpp
+
+from basis.engines import llama_cpp as engine_module
 from basis.engines.base import GenerateRequest
 from basis.engines.llama_cpp import LlamaCppEngine
 from basis.engines.llama_scoring import LlamaScorer
@@ -51,6 +55,18 @@ from bench_verify import PROMPTS, job_seed
 from bench_verify_collect import OTHER, retokenised
 from bench_verify_lines import pos_row
 from bench_verify_rescore import main_rescore
+
+N_CTX = 512  # the worker's context; the engine's default n_batch is min(512, n_ctx)
+
+
+def worker_engine(binding: ModelBinding, threads: int, n_batch: int) -> LlamaCppEngine:
+    """The worker's engine at ``threads``; another n_batch than the engine's own (``N_CTX``) goes into
+    the engine's model cache, a model loaded with that n_batch."""
+    if n_batch != N_CTX:
+        llm = llama_cpp.Llama(model_path=binding.gguf_path, n_ctx=N_CTX, n_threads=threads, n_threads_batch=threads,
+                              n_batch=n_batch, verbose=False)
+        engine_module._llamas[(binding.gguf_path, N_CTX, threads)] = (llm, threading.Lock())
+    return LlamaCppEngine(binding, n_ctx=N_CTX, n_threads=threads)
 
 
 async def other_suffix(other_engine: LlamaCppEngine | None, binding: ModelBinding, text: str, opening: list[int],
@@ -81,19 +97,9 @@ async def run(args) -> None:
     cheat = args.kind != "honest"
     other = ModelBinding(model_id=OTHER[args.binding], gguf=OTHER[args.binding])
     gen_binding = other if args.kind == "other_model" else binding
-    engine = LlamaCppEngine(gen_binding, n_ctx=512, n_threads=args.worker_threads)
+    engine = worker_engine(gen_binding, args.worker_threads, args.batch)
     suffix_kind = args.kind == "suffix_other"
-    other_engine = LlamaCppEngine(other, n_ctx=512, n_threads=args.worker_threads) if suffix_kind else None
-    if args.batch != 512:  # another batch size: the engine's own model cache, filled with a smaller n_batch
-        import threading
-
-        import llama_cpp
-
-        from basis.engines import llama_cpp as engine_module
-
-        llm = llama_cpp.Llama(model_path=binding.gguf_path, n_ctx=512, n_threads=args.worker_threads,
-                              n_threads_batch=args.worker_threads, n_batch=args.batch, verbose=False)
-        engine_module._llamas[(binding.gguf_path, 512, args.worker_threads)] = (llm, threading.Lock())
+    other_engine = LlamaCppEngine(other, n_ctx=N_CTX, n_threads=args.worker_threads) if suffix_kind else None
     b = engine.binding("")
     t0 = time.time()
     with out.open("a") as fh:
