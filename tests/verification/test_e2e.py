@@ -175,6 +175,7 @@ def test_cheat_is_suspended_refunded_and_unpaid_while_the_honest_worker_keeps_ev
     gw.views_caught_up()
     batch = runtime.scheduler.tick()
     assert batch is not None and batch["status"] == "confirmed"
+    gw.views_caught_up()  # the batch's events are recorded; the public endpoint reads them from the views
     full = httpx.get(f"{gw.base}/v1/settlement/batches/{batch['batch_id']}").json()
     cumulative = {w.lower(): int(v) for w, v in full["rewards"]}
     assert cumulative[cheat] == earned_before  # only what it earned before
